@@ -1,0 +1,43 @@
+"""triopool: a process pool for Trio, with structured concurrency all the way down.
+
+Everything public is importable from here; the private modules each hold one
+concept (see DESIGN.md).
+"""
+
+from __future__ import annotations
+
+from ._errors import BrokenPoolError as BrokenPoolError
+from ._errors import BrokenWorkerError as BrokenWorkerError
+from ._errors import RemoteError as RemoteError
+from ._errors import RemoteTraceback as RemoteTraceback
+from ._errors import SerializationError as SerializationError
+from ._errors import SoftTimeLimitExceeded as SoftTimeLimitExceeded
+from ._errors import TimeLimitExceeded as TimeLimitExceeded
+from ._errors import TriopoolError as TriopoolError
+from ._errors import WorkerStartError as WorkerStartError
+from ._pool import POOL_DEFAULT as POOL_DEFAULT
+from ._pool import Pool as Pool
+from ._pool import PoolStatistics as PoolStatistics
+from ._pool import open_pool as open_pool
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "POOL_DEFAULT",
+    "BrokenPoolError",
+    "BrokenWorkerError",
+    "Pool",
+    "PoolStatistics",
+    "RemoteError",
+    "RemoteTraceback",
+    "SerializationError",
+    "SoftTimeLimitExceeded",
+    "TimeLimitExceeded",
+    "TriopoolError",
+    "WorkerStartError",
+    "open_pool",
+]
+
+for _obj in (Pool, PoolStatistics, open_pool):
+    _obj.__module__ = "triopool"
+del _obj

@@ -1,0 +1,292 @@
+"""The worker process: a blocking loop that runs tasks sent by the pool.
+
+It reads frames from its task pipe and writes frames to its result pipe (the
+two fds it was started with, and the only ones it holds besides 0, 1 and 2).
+Invariants:
+
+- It never imports trio or attrs, so a worker starts in the time the
+  interpreter takes; a test proves it.
+- It handles one task at a time, in the order the tasks were sent, and answers
+  each with exactly one RESULT, ERROR or SERIAL_ERROR frame, or with a FATAL
+  frame followed by its exit. The parent relies on this order.
+- SIGINT is ignored (Ctrl-C is the parent's business); on Linux the worker
+  dies with its parent even mid-task (``PR_SET_PDEATHSIG``); EOF on the task
+  pipe ends it normally.
+- A task raising a ``BaseException`` that is not an ``Exception`` ends the
+  worker: the exception is sent as FATAL, then the process exits.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import sys
+
+from . import _protocol
+from ._errors import SoftTimeLimitExceeded
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from types import FrameType
+    from typing import Any
+
+_PR_SET_PDEATHSIG = 1
+_READ_SIZE = 1 << 16
+
+
+class _Pipes:
+    """The worker's two pipe ends, with blocking frame I/O over them."""
+
+    def __init__(self, fd_in: int, fd_out: int) -> None:
+        self.fd_in = fd_in
+        self.fd_out = fd_out
+        self.decoder = _protocol.Decoder()
+
+    def receive(self) -> _protocol.Frame | None:
+        """The next frame, or ``None`` at EOF."""
+        decoder = self.decoder
+        while True:
+            frame = decoder.next_frame()
+            if frame is _protocol.NEED_DATA:
+                target = decoder.read_target()
+                if target is not None:
+                    count = os.readv(self.fd_in, [target])
+                    if count:
+                        decoder.commit(count)
+                    else:
+                        decoder.receive_data(b"")
+                else:
+                    decoder.receive_data(os.read(self.fd_in, _READ_SIZE))
+            elif frame is _protocol.EOF:
+                return None
+            else:
+                return frame  # type: ignore[return-value]
+
+    def send(self, pieces: list[bytes | memoryview]) -> None:
+        for piece in pieces:
+            view = memoryview(piece)
+            while view:
+                view = view[os.write(self.fd_out, view) :]
+
+    def send_message(self, kind: int, obj: object, flags: int = 0) -> None:
+        payload, buffers = _protocol.dumps(obj)
+        self.send(_protocol.encode_frame(kind, payload, buffers, flags))
+
+
+class _MainFixup:
+    """Makes functions defined in the parent's main script unpicklable here.
+
+    Like multiprocessing's spawn, the parent's ``__main__`` is run again as
+    ``__mp_main__`` (so its ``if __name__ == "__main__":`` block does not run),
+    but only when a pickle first refers to it, so workers of programs that
+    send no such function start without running the script at all.
+    """
+
+    def __init__(self, path: str | None, name: str | None) -> None:
+        self.path = path
+        self.name = name
+        self.done = path is None and name is None
+
+    def run(self) -> None:
+        self.done = True
+        import runpy
+
+        module = type(sys)("__mp_main__")
+        if self.name is not None:
+            module.__dict__.update(
+                runpy.run_module(self.name, run_name="__mp_main__", alter_sys=True)
+            )
+        elif self.path is not None:
+            module.__dict__.update(runpy.run_path(self.path, run_name="__mp_main__"))
+        sys.modules["__main__"] = sys.modules["__mp_main__"] = module
+
+    def unpickler(self) -> Callable[..., pickle.Unpickler] | None:
+        if self.done:
+            return None
+        fixup = self
+
+        class Unpickler(pickle.Unpickler):
+            def find_class(self, module_name: str, name: str) -> Any:
+                if module_name == "__main__" and not fixup.done:
+                    fixup.run()
+                return super().find_class(module_name, name)
+
+        return Unpickler
+
+
+class _SoftLimit:
+    """Raises SoftTimeLimitExceeded inside a task after a delay (SIGALRM)."""
+
+    def __init__(self) -> None:
+        self.armed = False
+        self.installed = False
+        self.seconds = 0.0
+
+    def _handler(self, signum: int, frame: FrameType | None) -> None:
+        if self.armed:
+            self.armed = False
+            raise SoftTimeLimitExceeded(
+                f"soft time limit of {self.seconds:g} s exceeded"
+            )
+
+    def arm(self, seconds: float) -> None:
+        if not self.installed:
+            signal.signal(signal.SIGALRM, self._handler)
+            self.installed = True
+        self.seconds = seconds
+        self.armed = True
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+
+    def disarm(self) -> None:
+        self.armed = False
+        signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+def _resident_memory() -> int:
+    """The process's current resident set size, in bytes."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        # Not Linux: the peak is the best the standard library offers, so a
+        # worker that once went above the limit retires after its next task.
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024
+
+
+def _describe(exc: BaseException) -> tuple[str, str, str]:
+    import traceback
+
+    cls = type(exc)
+    return (
+        f"{cls.__module__}.{cls.__qualname__}",
+        str(exc),
+        "".join(traceback.format_exception(exc)),
+    )
+
+
+def _exception_message(exc: BaseException) -> tuple[bytes | None, str, str, str]:
+    try:
+        exc_pickle: bytes | None = pickle.dumps(exc, 5)
+    except Exception:
+        exc_pickle = None
+    return (exc_pickle, *_describe(exc))
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    if sys.platform == "linux":
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    else:  # pragma: no cover - exercised on other systems only
+        import threading
+        import time
+
+        def watchdog() -> None:
+            while os.getppid() == parent_pid:
+                time.sleep(1.0)
+            os._exit(1)
+
+        threading.Thread(target=watchdog, daemon=True).start()
+    if os.getppid() != parent_pid:
+        # The parent died before the signal was armed.
+        os._exit(1)
+
+
+def _exit_code(exc: BaseException) -> int:
+    if isinstance(exc, SystemExit):
+        if exc.code is None:
+            return 0
+        return exc.code if isinstance(exc.code, int) else 1
+    return 1
+
+
+def main(fd_in: int, fd_out: int, parent_pid: int) -> None:
+    """Run the worker until its task pipe reaches EOF."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent(parent_pid)
+    pipes = _Pipes(fd_in, fd_out)
+    frame = pipes.receive()
+    if frame is None:
+        return
+    config = pickle.loads(frame.payload)
+    sys.path[:] = config["sys_path"]
+    fixup = _MainFixup(config["main_path"], config["main_name"])
+    max_memory: int | None = config["max_memory"]
+    try:
+        if config["initializer"] is not None:
+            initializer, initargs = _protocol.loads(
+                config["initializer"], [], fixup.unpickler()
+            )
+            initializer(*initargs)
+    except BaseException as exc:
+        pipes.send_message(_protocol.START_FAILED, _describe(exc))
+        os._exit(1)
+    del frame, config
+    pipes.send(_protocol.encode_frame(_protocol.UP))
+    soft_limit = _SoftLimit()
+    _serve(pipes, fixup, soft_limit, max_memory)
+
+
+def _serve(
+    pipes: _Pipes, fixup: _MainFixup, soft_limit: _SoftLimit, max_memory: int | None
+) -> None:
+    while True:
+        frame = pipes.receive()
+        if frame is None:
+            return
+        flags = 0
+        try:
+            fn, args, soft_time_limit = _protocol.loads(
+                frame.payload, frame.buffers, fixup.unpickler()
+            )
+        except Exception as exc:
+            del frame
+            message = _describe(exc)
+            pipes.send_message(_protocol.SERIAL_ERROR, ("the task", *message))
+            continue
+        del frame
+        kind = _protocol.RESULT
+        try:
+            if soft_time_limit is not None:
+                soft_limit.arm(soft_time_limit)
+            try:
+                result: Any = fn(*args)
+            finally:
+                if soft_time_limit is not None:
+                    soft_limit.disarm()
+        except Exception as exc:
+            kind = _protocol.ERROR
+            result = _exception_message(exc)
+        except BaseException as exc:
+            _fatal(pipes, exc)
+        del fn, args
+        try:
+            payload, buffers = _protocol.dumps(result)
+        except Exception as exc:
+            kind = _protocol.SERIAL_ERROR
+            payload, buffers = _protocol.dumps(("the result", *_describe(exc)))
+        del result
+        if max_memory is not None and _resident_memory() > max_memory:
+            flags = _protocol.OVER_MEMORY
+        pipes.send(_protocol.encode_frame(kind, payload, buffers, flags))
+        del payload, buffers
+
+
+def _fatal(pipes: _Pipes, exc: BaseException) -> None:
+    code = _exit_code(exc)
+    try:
+        pipes.send_message(_protocol.FATAL, _exception_message(exc))
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                if stream is not None:
+                    stream.flush()
+            except Exception:
+                pass
+        os._exit(code)

@@ -1,0 +1,980 @@
+"""The pool: ``open_pool``, :class:`Pool`, its worker slots and its job queue.
+
+Shape: ``open_pool`` owns a supervising nursery with one *slot* task per
+worker. A slot loops: it opens a worker (``async with open_worker()``), waits
+for it to report up, serves jobs until the worker retires, dies or the pool
+closes, and leaves the block, which kills, reaps and closes everything of that
+worker; the next turn of the loop starts the replacement.
+
+Invariants:
+
+- A worker is touched only by its slot task (see ``_worker``).
+- A job is in exactly one place at a time: the waiting queue, handed to one
+  idle slot, running in one slot, or finished. Only a slot that is up and idle
+  takes a job, so a job never reaches a worker that is starting or retiring.
+- Every job ends: its caller gets a result or an error, or was cancelled and
+  stopped waiting. Nothing is left hanging, whatever happens to the workers.
+- Retirement is decided here, in the slot, never by the worker on its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import inspect
+import logging
+import math
+import os
+import pickle
+from collections import deque
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import attrs
+import trio
+
+from . import _protocol
+from ._errors import (
+    BrokenPoolError,
+    BrokenWorkerError,
+    RemoteError,
+    RemoteTraceback,
+    SerializationError,
+    TimeLimitExceeded,
+    WorkerStartError,
+)
+from ._spawn import describe_exit
+from ._worker import Worker, open_worker
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable, Sequence
+    from typing import TypeVarTuple, Unpack
+
+    Ts = TypeVarTuple("Ts")
+
+T = TypeVar("T")
+
+_log = logging.getLogger("triopool")
+
+
+class _Default(enum.Enum):
+    """Marks an option of :meth:`Pool.run_sync` left to the pool's default."""
+
+    POOL_DEFAULT = enum.auto()
+
+    def __repr__(self) -> str:
+        return "POOL_DEFAULT"
+
+
+POOL_DEFAULT = _Default.POOL_DEFAULT
+
+
+# Validation: every message names the parameter and the bad value.
+
+
+def _check_number(
+    name: str, value: object, *, allow_none: bool, allow_zero: bool = False
+) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number of seconds, got {value!r}")
+    if math.isnan(value) or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be {bound}, got {value!r}")
+
+
+def _check_count(name: str, value: object, *, allow_none: bool) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value!r}")
+
+
+def _check_limits(
+    time_limit: float | None, soft_time_limit: float | None, where: str
+) -> None:
+    _check_number("time_limit", time_limit, allow_none=True)
+    _check_number("soft_time_limit", soft_time_limit, allow_none=True)
+    if (
+        time_limit is not None
+        and soft_time_limit is not None
+        and soft_time_limit >= time_limit
+    ):
+        raise ValueError(
+            f"soft_time_limit must be < time_limit{where}, got "
+            f"soft_time_limit={soft_time_limit!r} and time_limit={time_limit!r}"
+        )
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def _parameter_check(fn: Callable[[str, object], None]) -> Any:
+    def validator(
+        instance: object, attribute: attrs.Attribute[Any], value: Any
+    ) -> None:
+        fn(attribute.name, value)
+
+    return validator
+
+
+@attrs.frozen
+class PoolConfig:
+    """The validated options of one pool (see :func:`open_pool`)."""
+
+    workers: int = attrs.field(
+        validator=_parameter_check(lambda n, v: _check_count(n, v, allow_none=False))
+    )
+    start_method: str = attrs.field()
+    forkserver_preload: tuple[str, ...] = attrs.field()
+    initializer: Callable[..., object] | None = attrs.field()
+    initargs: tuple[Any, ...] = attrs.field()
+    max_tasks_per_child: int | None = attrs.field(
+        validator=_parameter_check(lambda n, v: _check_count(n, v, allow_none=True))
+    )
+    max_memory_per_child: int | None = attrs.field(
+        validator=_parameter_check(lambda n, v: _check_count(n, v, allow_none=True))
+    )
+    start_timeout: float = attrs.field(
+        validator=_parameter_check(lambda n, v: _check_number(n, v, allow_none=False))
+    )
+    max_start_failures: int = attrs.field(
+        validator=_parameter_check(lambda n, v: _check_count(n, v, allow_none=False))
+    )
+    time_limit: float | None = attrs.field()
+    soft_time_limit: float | None = attrs.field()
+    kill_on_cancel: bool = attrs.field()
+    shutdown_timeout: float = attrs.field(
+        validator=_parameter_check(
+            lambda n, v: _check_number(n, v, allow_none=False, allow_zero=True)
+        )
+    )
+
+    @start_method.validator
+    def _check_start_method(self, attribute: object, value: object) -> None:
+        if value not in ("spawn", "forkserver"):
+            raise ValueError(
+                f"start_method must be 'spawn' or 'forkserver', got {value!r}"
+            )
+        if value == "forkserver":
+            raise ValueError(
+                "start_method='forkserver' is not available in this version"
+            )
+
+    @forkserver_preload.validator
+    def _check_preload(self, attribute: object, value: tuple[object, ...]) -> None:
+        for name in value:
+            if not isinstance(name, str) or not name:
+                raise TypeError(
+                    f"forkserver_preload must hold module names, got {name!r}"
+                )
+
+    @initializer.validator
+    def _check_initializer(self, attribute: object, value: object) -> None:
+        if value is not None and not callable(value):
+            raise TypeError(f"initializer must be callable or None, got {value!r}")
+
+    @kill_on_cancel.validator
+    def _check_kill_on_cancel(self, attribute: object, value: object) -> None:
+        if not isinstance(value, bool):
+            raise TypeError(f"kill_on_cancel must be a bool, got {value!r}")
+
+    def __attrs_post_init__(self) -> None:
+        _check_limits(self.time_limit, self.soft_time_limit, "")
+
+
+@attrs.frozen
+class PoolStatistics:
+    """A snapshot of a pool's state, from :meth:`Pool.statistics`.
+
+    The worker counters satisfy ``workers_started == workers_alive +
+    workers_recycled + workers_lost + start_failures + workers_stopped``, and
+    once nothing is in flight ``tasks_submitted == tasks_completed +
+    tasks_failed + tasks_cancelled``.
+
+    Attributes:
+        workers: The target number of workers.
+        workers_alive: Worker processes started and not yet reaped, starting
+            ones included.
+        workers_idle: Workers that are up and waiting for a task.
+        workers_busy: Workers running a task.
+        tasks_waiting: Tasks submitted and not yet handed to a worker.
+        tasks_running: Tasks handed to a worker and not yet finished.
+        tasks_completed: Tasks that returned a value.
+        tasks_failed: Tasks that raised, in the worker or because the worker
+            died or hit a time limit.
+        tasks_cancelled: Tasks whose caller was cancelled before they ended.
+        tasks_submitted: All tasks ever submitted.
+        workers_started: Processes started so far, replacements included.
+        workers_recycled: Retired by ``max_tasks_per_child`` or
+            ``max_memory_per_child``.
+        workers_lost: Died unexpectedly, or killed by a time limit, a
+            cancellation or a desynchronised pipe.
+        start_failures: Failed starts (initializer error, early exit, start
+            timeout, no process could be created).
+        workers_stopped: Stopped because the pool closed or broke.
+    """
+
+    workers: int
+    workers_alive: int
+    workers_idle: int
+    workers_busy: int
+    tasks_waiting: int
+    tasks_running: int
+    tasks_completed: int
+    tasks_failed: int
+    tasks_cancelled: int
+    tasks_submitted: int
+    workers_started: int
+    workers_recycled: int
+    workers_lost: int
+    start_failures: int
+    workers_stopped: int
+
+
+class _JobState(enum.IntEnum):
+    WAITING = 0  # in the queue, or handed to an idle slot that has not woken
+    RUNNING = 1
+    DONE = 2
+    CANCELLED = 3
+
+
+@attrs.define(eq=False)
+class _Job:
+    pieces: list[bytes | memoryview]
+    time_limit: float | None
+    kill_on_cancel: bool
+    done: trio.Event = attrs.field(factory=trio.Event)
+    state: _JobState = _JobState.WAITING
+    frame: _protocol.Frame | None = None
+    error: BaseException | None = None
+    # While it runs: the slot's cancel scope around sending it and waiting for
+    # its answer. Cancelling it makes the slot kill the worker.
+    scope: trio.CancelScope | None = None
+
+
+@attrs.define(eq=False)
+class _Slot:
+    number: int
+    # While idle: the scope a caller cancels to wake the slot, and the job it
+    # hands over (None: wake up to notice that the pool closes).
+    idle_scope: trio.CancelScope | None = None
+    handed: _Job | None = None
+    # While starting a worker: cancelled when the pool closes with no work left.
+    start_scope: trio.CancelScope | None = None
+
+
+class _End(enum.Enum):
+    """Why a slot let go of its worker."""
+
+    CLOSED = "stopped"
+    RETIRED = "retired"
+    LOST = "lost"
+
+
+class Pool:
+    """A pool of worker processes; get one from :func:`open_pool`.
+
+    Any number of tasks may use it concurrently. It is usable only inside the
+    ``async with open_pool(...)`` block that made it.
+    """
+
+    def __init__(self, config: PoolConfig) -> None:
+        self._config = config
+        self._config_pieces = _config_frame(config)
+        self._waiting: deque[_Job] = deque()
+        self._idle: list[_Slot] = []
+        self._slots = [_Slot(number) for number in range(config.workers)]
+        self._closing = False
+        self._closed = False
+        self._broken: BrokenPoolError | None = None
+        self._consecutive_start_failures = 0
+        self._nursery: trio.Nursery | None = None
+        # Counters for statistics().
+        self._tasks_waiting = 0
+        self._tasks_running = 0
+        self._tasks_completed = 0
+        self._tasks_failed = 0
+        self._tasks_cancelled = 0
+        self._tasks_submitted = 0
+        self._workers_alive = 0
+        self._workers_started = 0
+        self._workers_recycled = 0
+        self._workers_lost = 0
+        self._start_failures = 0
+        self._workers_stopped = 0
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "broken" if self._broken else "open"
+        return f"<triopool.Pool {state} workers={self._config.workers}>"
+
+    # Public API
+
+    def statistics(self) -> PoolStatistics:
+        """Return a snapshot of the pool's counters (cheap: no I/O)."""
+        return PoolStatistics(
+            workers=self._config.workers,
+            workers_alive=self._workers_alive,
+            workers_idle=len(self._idle),
+            workers_busy=self._tasks_running,
+            tasks_waiting=self._tasks_waiting,
+            tasks_running=self._tasks_running,
+            tasks_completed=self._tasks_completed,
+            tasks_failed=self._tasks_failed,
+            tasks_cancelled=self._tasks_cancelled,
+            tasks_submitted=self._tasks_submitted,
+            workers_started=self._workers_started,
+            workers_recycled=self._workers_recycled,
+            workers_lost=self._workers_lost,
+            start_failures=self._start_failures,
+            workers_stopped=self._workers_stopped,
+        )
+
+    async def run_sync(
+        self,
+        fn: Callable[[Unpack[Ts]], T],
+        *args: *Ts,
+        time_limit: float | _Default | None = POOL_DEFAULT,
+        soft_time_limit: float | _Default | None = POOL_DEFAULT,
+        kill_on_cancel: bool | _Default = POOL_DEFAULT,
+    ) -> T:
+        """Run ``fn(*args)`` in a worker process and return its result.
+
+        ``fn`` and ``args`` travel by pickle; use :func:`functools.partial` for
+        keyword arguments. The options default to the pool's.
+
+        Args:
+            fn: A regular (not async) callable the worker can unpickle.
+            *args: Positional arguments for ``fn``.
+            time_limit: Hard limit in seconds, counted from the moment the
+                worker receives the task: the worker is killed and replaced,
+                and :class:`TimeLimitExceeded` is raised. ``None``: no limit.
+            soft_time_limit: :class:`SoftTimeLimitExceeded` is raised inside
+                ``fn`` after this many seconds. ``None``: no limit.
+            kill_on_cancel: If the caller is cancelled while the task runs,
+                ``True`` kills the worker and lets ``Cancelled`` through at
+                once; ``False`` waits for the task like
+                :func:`trio.to_thread.run_sync` and returns (or raises) its
+                outcome, leaving the cancellation to the next checkpoint.
+
+        Returns:
+            What ``fn`` returned.
+
+        Raises:
+            TypeError: ``fn`` is an async function.
+            SerializationError: ``fn``, ``args``, the result or the exception
+                could not be pickled or unpickled.
+            BrokenWorkerError: The worker died while running the task.
+            TimeLimitExceeded: The hard time limit expired.
+            BrokenPoolError: Workers keep failing to start.
+            trio.ClosedResourceError: The pool's block has exited.
+
+        Any exception ``fn`` raises is raised here, with the worker's traceback
+        as its ``__cause__``.
+
+        Example::
+
+            digest = await pool.run_sync(hashlib.sha256(data).hexdigest)
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
+            raise TypeError(
+                f"run_sync() needs a regular function, got the async function {fn!r}"
+            )
+        config = self._config
+        if time_limit is POOL_DEFAULT:
+            time_limit = config.time_limit
+        if soft_time_limit is POOL_DEFAULT:
+            soft_time_limit = config.soft_time_limit
+        if kill_on_cancel is POOL_DEFAULT:
+            kill_on_cancel = config.kill_on_cancel
+        elif not isinstance(kill_on_cancel, bool):
+            raise TypeError(f"kill_on_cancel must be a bool, got {kill_on_cancel!r}")
+        _check_limits(time_limit, soft_time_limit, " of run_sync()")
+        self._check_usable()
+        try:
+            payload, buffers = _protocol.dumps((fn, args, soft_time_limit))
+        except Exception as exc:
+            raise SerializationError(
+                f"could not pickle the task {_describe_callable(fn)}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        job = _Job(
+            _protocol.encode_frame(_protocol.TASK, payload, buffers),
+            time_limit,
+            kill_on_cancel,
+        )
+        del payload, buffers
+        self._submit(job)
+        try:
+            await job.done.wait()
+        except trio.Cancelled:
+            if not self._abandon(job, kill=job.kill_on_cancel):
+                # kill_on_cancel=False: wait for the outcome, like
+                # trio.to_thread.run_sync; Cancelled comes at the next checkpoint.
+                with trio.CancelScope(shield=True):
+                    await job.done.wait()
+                return _outcome(job)  # type: ignore[no-any-return]
+            raise
+        except BaseException:
+            self._abandon(job, kill=True)
+            raise
+        return _outcome(job)  # type: ignore[no-any-return]
+
+    # Jobs
+
+    def _check_usable(self) -> None:
+        if self._closed or self._closing:
+            raise trio.ClosedResourceError("the pool is closed")
+        if self._broken is not None:
+            raise self._broken_error()
+
+    def _broken_error(self) -> BrokenPoolError:
+        # A fresh instance per raise: one exception object raised in several
+        # tasks at once would have its traceback garbled.
+        assert self._broken is not None
+        error = BrokenPoolError(*self._broken.args)
+        error.__cause__ = self._broken.__cause__
+        return error
+
+    def _submit(self, job: _Job) -> None:
+        self._tasks_submitted += 1
+        self._tasks_waiting += 1
+        if self._idle:
+            slot = self._idle.pop()
+            slot.handed = job
+            assert slot.idle_scope is not None
+            slot.idle_scope.cancel()
+        else:
+            self._waiting.append(job)
+
+    def _abandon(self, job: _Job, *, kill: bool) -> bool:
+        """The caller stops waiting. Returns False if it must take the outcome
+        after all (``kill`` is false and the task has started)."""
+        if job.state is _JobState.WAITING:
+            job.state = _JobState.CANCELLED
+            self._tasks_waiting -= 1
+            self._tasks_cancelled += 1
+            return True
+        if not kill:
+            return False
+        if job.state is _JobState.RUNNING:
+            job.state = _JobState.CANCELLED
+            self._tasks_running -= 1
+            self._tasks_cancelled += 1
+            if job.scope is not None:
+                job.scope.cancel()  # the slot kills the worker
+        return True
+
+    def _next_job(self) -> _Job | None:
+        while self._waiting:
+            job = self._waiting.popleft()
+            if job.state is _JobState.WAITING:
+                return job
+        return None
+
+    def _finish(self, job: _Job, *, failed: bool) -> None:
+        if job.state is not _JobState.RUNNING:
+            return  # its caller was cancelled and is gone
+        job.state = _JobState.DONE
+        self._tasks_running -= 1
+        if failed:
+            self._tasks_failed += 1
+        else:
+            self._tasks_completed += 1
+        job.done.set()
+
+    def _fail_waiting(self, make_error: Callable[[], BaseException]) -> None:
+        jobs = list(self._waiting)
+        self._waiting.clear()
+        for slot in self._slots:
+            if slot.handed is not None:
+                jobs.append(slot.handed)
+                slot.handed = None
+        for job in jobs:
+            if job.state is _JobState.WAITING:
+                job.state = _JobState.RUNNING
+                self._tasks_waiting -= 1
+                self._tasks_running += 1
+                job.error = make_error()
+                self._finish(job, failed=True)
+
+    # Slots
+
+    async def _run_slot(self, slot: _Slot) -> None:
+        while self._broken is None and not self._closing_idle():
+            self._workers_alive += 1
+            self._workers_started += 1
+            # Torn down by the pool's cancellation unless we learn otherwise.
+            end: _End | None = _End.CLOSED
+            try:
+                async with open_worker() as worker:
+                    _log.debug("worker %d started (slot %d)", worker.pid, slot.number)
+                    if await self._start(slot, worker):
+                        end = await self._serve(slot, worker)
+            except WorkerStartError as exc:
+                end = None
+                self._start_failed(exc)
+            except OSError as exc:
+                # No pipes or no process: the same as a worker failing to start.
+                end = None
+                error = WorkerStartError(f"could not start a worker process: {exc}")
+                error.__cause__ = exc
+                self._start_failed(error)
+            finally:
+                self._workers_alive -= 1
+                if end is _End.RETIRED:
+                    self._workers_recycled += 1
+                elif end is _End.LOST:
+                    self._workers_lost += 1
+                elif end is _End.CLOSED:
+                    self._workers_stopped += 1
+            if end is None:
+                # Back off a little, so that a start that fails at once (no fds
+                # left, say) does not spin.
+                await trio.sleep(min(0.01 * 2**self._consecutive_start_failures, 0.5))
+
+    async def _start(self, slot: _Slot, worker: Worker) -> bool:
+        """Hand the worker its configuration and wait for it to report up.
+
+        Returns False if the pool closed meanwhile and has no work left.
+        Raises WorkerStartError if the worker fails to start.
+        """
+        timeout = self._config.start_timeout
+        frame: _protocol.Frame | None = None
+        with trio.CancelScope() as start_scope:
+            slot.start_scope = start_scope
+            with trio.move_on_after(timeout) as timer:
+                await worker.send(self._config_pieces)
+                frame = await worker.receive()
+        slot.start_scope = None
+        if start_scope.cancelled_caught:
+            return False  # the pool closed and has no work for this worker
+        if timer.cancelled_caught:
+            raise WorkerStartError(
+                f"worker {worker.pid} did not report up within {timeout:g} s"
+            )
+        if frame is None:
+            exitcode = await worker.process.wait()
+            raise WorkerStartError(
+                f"worker {worker.pid} exited ({describe_exit(exitcode)}) "
+                "before reporting up"
+            )
+        if frame.kind == _protocol.START_FAILED:
+            type_name, message, traceback_text = _protocol.loads(frame.payload, [])
+            error = WorkerStartError(
+                f"the initializer raised in worker {worker.pid}: {type_name}: {message}"
+            )
+            error.__cause__ = RemoteTraceback(traceback_text)
+            raise error
+        if frame.kind != _protocol.UP:
+            raise WorkerStartError(
+                f"worker {worker.pid} sent {frame!r} instead of reporting up"
+            )
+        self._consecutive_start_failures = 0
+        _log.debug("worker %d up", worker.pid)
+        return True
+
+    def _closing_idle(self) -> bool:
+        return self._closing and not self._waiting
+
+    def _start_failed(self, error: WorkerStartError) -> None:
+        self._start_failures += 1
+        self._consecutive_start_failures += 1
+        count = self._consecutive_start_failures
+        _log.warning("worker failed to start (%d in a row): %s", count, error)
+        if count >= self._config.max_start_failures and self._broken is None:
+            broken = BrokenPoolError(
+                f"{count} worker starts failed in a row; the last: {error}"
+            )
+            broken.__cause__ = error
+            self._broken = broken
+            _log.error("pool broken: %s", broken)
+            self._fail_waiting(self._broken_error)
+            self._wake_idle()
+
+    def _wake_idle(self) -> None:
+        for slot in self._idle:
+            assert slot.idle_scope is not None
+            slot.idle_scope.cancel()
+        self._idle.clear()
+        for slot in self._slots:
+            if slot.start_scope is not None and self._closing_idle():
+                slot.start_scope.cancel()
+
+    async def _serve(self, slot: _Slot, worker: Worker) -> _End:
+        """Run jobs on an up worker until it must go; say why it went."""
+        config = self._config
+        tasks_done = 0
+        while True:
+            job = self._next_job()
+            if job is None:
+                if self._closing or self._broken is not None:
+                    await worker.stop(config.shutdown_timeout)
+                    return _End.CLOSED
+                try:
+                    job = await self._wait_idle(slot, worker)
+                except _WorkerLost:
+                    return _End.LOST
+                if job is None:
+                    continue
+            job.state = _JobState.RUNNING
+            self._tasks_waiting -= 1
+            self._tasks_running += 1
+            keep, over_memory = await self._run_job(worker, job)
+            if not keep:
+                return _End.LOST
+            tasks_done += 1
+            limit = config.max_tasks_per_child
+            if over_memory or (limit is not None and tasks_done >= limit):
+                reason = (
+                    "over max_memory_per_child"
+                    if over_memory
+                    else (f"after {tasks_done} tasks")
+                )
+                _log.info("worker %d retired %s", worker.pid, reason)
+                await worker.stop(config.shutdown_timeout)
+                return _End.RETIRED
+
+    async def _wait_idle(self, slot: _Slot, worker: Worker) -> _Job | None:
+        """Wait, as an idle slot, for a job, while watching the worker for EOF.
+
+        Returns the job a caller handed over, or None to look again (the pool
+        is closing or broken). Raises _WorkerLost if the worker died.
+        """
+        with trio.CancelScope() as slot.idle_scope:
+            self._idle.append(slot)
+            try:
+                frame = await worker.receive()
+            finally:
+                slot.idle_scope = None
+                if slot in self._idle:
+                    self._idle.remove(slot)
+            # Only EOF, or garbage, can arrive while no task runs.
+            if slot.handed is not None:
+                # A caller handed a job over just as the worker died: it has
+                # not started, so it goes back to the front of the queue.
+                self._waiting.appendleft(slot.handed)
+                slot.handed = None
+            if frame is None:
+                exitcode = await worker.process.wait()
+                _log.warning(
+                    "idle worker %d died (%s)", worker.pid, describe_exit(exitcode)
+                )
+            else:
+                _log.error("idle worker %d sent %r; killing it", worker.pid, frame)
+            raise _WorkerLost
+        job = slot.handed
+        slot.handed = None
+        if job is not None and job.state is not _JobState.WAITING:
+            return None  # cancelled before this slot woke up
+        return job
+
+    async def _run_job(self, worker: Worker, job: _Job) -> tuple[bool, bool]:
+        """Send one job and deliver its answer.
+
+        Returns (keep the worker, the worker is over its memory limit).
+        """
+        scope = job.scope = trio.CancelScope()
+        frame: _protocol.Frame | None = None
+        try:
+            with scope:
+                await worker.send(job.pieces)
+                if job.time_limit is not None:
+                    scope.deadline = trio.current_time() + job.time_limit
+                frame = await worker.receive()
+        except BaseException:
+            # The pool is being torn down around this job.
+            job.error = trio.ClosedResourceError("the pool closed while the task ran")
+            self._finish(job, failed=True)
+            raise
+        finally:
+            job.scope = None
+        if scope.cancelled_caught:
+            if job.state is _JobState.CANCELLED:
+                _log.info("worker %d killed: its task was cancelled", worker.pid)
+            else:
+                assert job.time_limit is not None
+                _log.warning(
+                    "worker %d killed: task exceeded its time limit of %g s",
+                    worker.pid,
+                    job.time_limit,
+                )
+                job.error = TimeLimitExceeded(
+                    f"the task exceeded its time limit of {job.time_limit:g} s; "
+                    f"worker {worker.pid} was killed",
+                    job.time_limit,
+                )
+                self._finish(job, failed=True)
+            return False, False
+        cause: BaseException | None = None
+        if frame is not None and frame.kind == _protocol.FATAL:
+            cause = _exception_from(frame.payload, BrokenWorkerError)
+            with trio.move_on_after(self._config.shutdown_timeout):
+                frame = await worker.receive()
+            if frame is not None:
+                worker.kill()
+                frame = None
+        if frame is None:
+            exitcode = await worker.process.wait()
+            _log.warning(
+                "worker %d died running a task (%s)",
+                worker.pid,
+                describe_exit(exitcode),
+            )
+            job.error = BrokenWorkerError(
+                f"worker {worker.pid} died while running the task "
+                f"({describe_exit(exitcode)})",
+                worker.pid,
+                exitcode,
+            )
+            job.error.__cause__ = cause
+            self._finish(job, failed=True)
+            return False, False
+        if frame.kind not in (
+            _protocol.RESULT,
+            _protocol.ERROR,
+            _protocol.SERIAL_ERROR,
+        ):
+            job.error = BrokenWorkerError(
+                f"worker {worker.pid} broke the protocol: it sent {frame!r}",
+                worker.pid,
+                None,
+            )
+            self._finish(job, failed=True)
+            return False, False
+        job.frame = frame
+        self._finish(job, failed=frame.kind != _protocol.RESULT)
+        return True, bool(frame.flags & _protocol.OVER_MEMORY)
+
+    # Lifecycle
+
+    def _open(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+        for slot in self._slots:
+            nursery.start_soon(
+                self._run_slot, slot, name=f"triopool slot {slot.number}"
+            )
+
+    def _close(self) -> None:
+        """Normal exit: run what was submitted, then stop the workers."""
+        self._closing = True
+        self._wake_idle()
+
+    def _abort(self) -> None:
+        """Exit by error or cancellation: kill every worker now."""
+        self._closing = True
+        self._fail_waiting(lambda: trio.ClosedResourceError("the pool closed"))
+        assert self._nursery is not None
+        self._nursery.cancel_scope.cancel()
+
+
+class _WorkerLost(Exception):
+    pass
+
+
+def _describe_callable(fn: object) -> str:
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
+    module = getattr(fn, "__module__", None)
+    if name and module:
+        return f"{module}.{name}"
+    return repr(fn)
+
+
+def _exception_from(
+    payload: bytes | bytearray | memoryview, fallback: type[BaseException]
+) -> BaseException:
+    """Rebuild a worker's exception from an ERROR or FATAL frame."""
+    exc_pickle, type_name, message, traceback_text = pickle.loads(payload)
+    exc: BaseException | None = None
+    if exc_pickle is not None:
+        try:
+            exc = pickle.loads(exc_pickle)
+        except Exception:
+            exc = None
+    if not isinstance(exc, BaseException):
+        exc = RemoteError(type_name, message, traceback_text)
+    exc.__cause__ = RemoteTraceback(traceback_text)
+    return exc
+
+
+def _outcome(job: _Job) -> Any:
+    if job.error is not None:
+        raise job.error
+    frame = job.frame
+    assert frame is not None
+    if frame.kind == _protocol.RESULT:
+        try:
+            return _protocol.loads(frame.payload, frame.buffers)
+        except Exception as exc:
+            raise SerializationError(
+                f"could not unpickle the task's result: {type(exc).__name__}: {exc}"
+            ) from exc
+    if frame.kind == _protocol.ERROR:
+        raise _exception_from(frame.payload, RemoteError)
+    what, type_name, message, traceback_text = pickle.loads(frame.payload)
+    error = SerializationError(
+        f"could not {'unpickle' if what == 'the task' else 'pickle'} {what} "
+        f"in the worker: {type_name}: {message}"
+    )
+    error.__cause__ = RemoteTraceback(traceback_text)
+    raise error
+
+
+def _main_module() -> tuple[str | None, str | None]:
+    """Where the workers find the parent's ``__main__``: (path, module name)."""
+    import sys
+
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    name = getattr(spec, "name", None)
+    if name is not None and name != "__main__":
+        if name.endswith(".__main__"):
+            # A package's __main__ (python -m pkg) is a command line: running it
+            # again would run the command. Like multiprocessing, skip it.
+            return None, None
+        return None, name
+    path = getattr(main, "__file__", None)
+    if isinstance(path, str) and path.endswith(".py") and os.path.exists(path):
+        return os.path.abspath(path), None
+    return None, None
+
+
+def _config_frame(config: PoolConfig) -> list[bytes | memoryview]:
+    import sys
+
+    initializer = None
+    if config.initializer is not None:
+        try:
+            initializer = pickle.dumps((config.initializer, config.initargs), 5)
+        except Exception as exc:
+            raise TypeError(
+                f"initializer and initargs must be picklable: {type(exc).__name__}: {exc}"
+            ) from exc
+    main_path, main_name = _main_module()
+    payload = pickle.dumps(
+        {
+            "sys_path": list(sys.path),
+            "main_path": main_path,
+            "main_name": main_name,
+            "initializer": initializer,
+            "max_memory": config.max_memory_per_child,
+        },
+        5,
+    )
+    return _protocol.encode_frame(_protocol.CONFIG, payload)
+
+
+def open_pool(
+    workers: int | None = None,
+    *,
+    start_method: str = "spawn",
+    forkserver_preload: Sequence[str] = (),
+    initializer: Callable[..., object] | None = None,
+    initargs: Sequence[Any] = (),
+    max_tasks_per_child: int | None = None,
+    max_memory_per_child: int | None = None,
+    start_timeout: float = 4.0,
+    max_start_failures: int = 5,
+    time_limit: float | None = None,
+    soft_time_limit: float | None = None,
+    kill_on_cancel: bool = True,
+    shutdown_timeout: float = 5.0,
+) -> contextlib.AbstractAsyncContextManager[Pool]:
+    """Open a pool of worker processes for the duration of an ``async with``.
+
+    Arguments are checked at once: a bad one raises :class:`ValueError` or
+    :class:`TypeError` before any process starts. Workers start eagerly; the
+    block may begin before all of them are up.
+
+    Leaving the block, however it is left, stops every worker, reaps it and
+    closes every fd the pool opened. A normal exit lets submitted tasks
+    finish; an exit by exception or cancellation kills the workers at once.
+    An exception from the block leaves it as itself, never wrapped in an
+    exception group.
+
+    Args:
+        workers: How many worker processes; ``None``: the number of CPUs this
+            process may use.
+        start_method: ``"spawn"`` (a fresh interpreter per worker) or
+            ``"forkserver"``.
+        forkserver_preload: Modules the fork server imports once, before it
+            forks workers.
+        initializer: Called as ``initializer(*initargs)`` in each worker before
+            it reports up; if it raises, that start counts as failed.
+        initargs: Arguments for ``initializer``.
+        max_tasks_per_child: Retire and replace a worker after this many tasks.
+        max_memory_per_child: Retire and replace a worker after a task leaves
+            its resident memory above this many bytes.
+        start_timeout: Seconds a new worker has to report up.
+        max_start_failures: Consecutive failed starts after which the pool is
+            broken (:class:`BrokenPoolError`).
+        time_limit: Default hard time limit per task, in seconds.
+        soft_time_limit: Default soft time limit per task, in seconds.
+        kill_on_cancel: Default for :meth:`Pool.run_sync`.
+        shutdown_timeout: On exit, seconds workers get to exit before SIGTERM,
+            then SIGKILL.
+
+    Example::
+
+        async with triopool.open_pool(4) as pool:
+            total = await pool.run_sync(sum, range(10))
+    """
+    config = PoolConfig(
+        workers=_usable_cpus() if workers is None else workers,
+        start_method=start_method,
+        forkserver_preload=tuple(forkserver_preload),
+        initializer=initializer,
+        initargs=tuple(initargs),
+        max_tasks_per_child=max_tasks_per_child,
+        max_memory_per_child=max_memory_per_child,
+        start_timeout=start_timeout,
+        max_start_failures=max_start_failures,
+        time_limit=time_limit,
+        soft_time_limit=soft_time_limit,
+        kill_on_cancel=kill_on_cancel,
+        shutdown_timeout=shutdown_timeout,
+    )
+    pool = Pool(config)  # pickles the initializer: fails now if it cannot
+    return _run_pool(pool)
+
+
+@contextlib.asynccontextmanager
+async def _run_pool(pool: Pool) -> AsyncIterator[Pool]:
+    body_error: BaseException | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            pool._open(nursery)
+            try:
+                yield pool
+            except BaseException as exc:
+                body_error = exc
+                pool._abort()
+            else:
+                pool._close()
+    except BaseExceptionGroup as group:
+        # Ctrl-C while the block waits for the workers to finish arrives here
+        # wrapped by the nursery; it leaves as itself, like one from the body.
+        interrupt, rest = group.split(KeyboardInterrupt)
+        if interrupt is not None and rest is None:
+            raise _first_leaf(interrupt) from None
+        raise
+    finally:
+        pool._closing = True
+        pool._closed = True
+        pool._fail_waiting(lambda: trio.ClosedResourceError("the pool closed"))
+    if body_error is not None:
+        raise body_error
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc

@@ -1,0 +1,320 @@
+"""The wire protocol between the pool and a worker, as a sans-io object.
+
+A stream carries *frames*. A frame is a fixed header, the lengths of its
+out-of-band buffers, a main payload and those buffers::
+
+    u8 kind | u8 flags | u32 nbuffers | u64 payload length
+    u64 buffer length * nbuffers
+    payload bytes
+    buffer bytes, one after the other
+
+Every length is 64 bits, so a frame, or one buffer in it, may exceed 4 GiB.
+Payloads are pickles (protocol 5); large ``bytes``, ``bytearray`` and
+``memoryview`` objects inside them travel out of band, as buffers that are
+written straight from the object's memory and read straight into the memory
+that becomes the object on the other side.
+
+:class:`Decoder` is fed whatever chunks the stream delivers (``b""`` is EOF)
+and hands out whole :class:`Frame` objects, :data:`NEED_DATA` or :data:`EOF`.
+Invariants: it does no I/O and never blocks; EOF in the middle of a frame, an
+unknown kind or data after EOF raise :class:`ProtocolError`; a frame is
+returned only once all its bytes have arrived.
+
+This module imports only the standard library: the worker imports it.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import struct
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, Final
+
+    Buffer = bytes | bytearray | memoryview | pickle.PickleBuffer
+
+# Frame kinds. Parent -> worker:
+CONFIG: Final = 1  # first frame: plain-data dict (sys.path, main module, initializer)
+TASK: Final = 2  # pickle of (fn, args, soft_time_limit)
+# Worker -> parent:
+UP: Final = 3  # the initializer ran; the worker takes tasks
+START_FAILED: Final = 4  # pickle of (type name, message, traceback text)
+RESULT: Final = 5  # pickle of the task's return value
+ERROR: Final = 6  # pickle of (exception pickle or None, type name, message, traceback)
+FATAL: Final = 7  # like ERROR, for a BaseException that ends the worker
+SERIAL_ERROR: Final = 8  # pickle of (type name, message, traceback): task or result
+_KINDS: Final = frozenset(range(CONFIG, SERIAL_ERROR + 1))
+
+# Flags on RESULT, ERROR and SERIAL_ERROR frames.
+OVER_MEMORY: Final = 1  # the worker's resident memory is above max_memory_per_child
+
+_HEADER: Final = struct.Struct("<BBIQ")
+_LENGTH: Final = struct.Struct("<Q")
+
+#: Objects at least this large travel out of band.
+OUT_OF_BAND_THRESHOLD: Final = 1 << 16
+# A segment at least this large that has not fully arrived is received into
+# memory of its own (see Decoder.read_target) instead of being accumulated.
+_LARGE_SEGMENT: Final = 1 << 16
+_COMPACT_AFTER: Final = 1 << 16
+
+
+class ProtocolError(Exception):
+    """The byte stream does not follow the protocol."""
+
+
+class _Sentinel:
+    __slots__ = ("_name",)
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __repr__(self) -> str:
+        return self._name
+
+
+#: Returned by :meth:`Decoder.next_frame` when more bytes are needed.
+NEED_DATA: Final = _Sentinel("NEED_DATA")
+#: Returned by :meth:`Decoder.next_frame` when the stream ended between frames.
+EOF: Final = _Sentinel("EOF")
+
+
+class Frame:
+    """One decoded frame: its kind, flags, main payload and buffers."""
+
+    __slots__ = ("buffers", "flags", "kind", "payload")
+
+    def __init__(
+        self,
+        kind: int,
+        flags: int,
+        payload: bytes | bytearray | memoryview,
+        buffers: list[memoryview],
+    ) -> None:
+        self.kind = kind
+        self.flags = flags
+        self.payload = payload
+        self.buffers = buffers
+
+    def __repr__(self) -> str:
+        return (
+            f"Frame(kind={self.kind}, flags={self.flags}, "
+            f"payload={len(self.payload)} bytes, buffers={len(self.buffers)})"
+        )
+
+
+def encode_frame(
+    kind: int,
+    payload: bytes | bytearray | memoryview = b"",
+    buffers: list[pickle.PickleBuffer] | tuple[()] = (),
+    flags: int = 0,
+) -> list[bytes | memoryview]:
+    """Return the pieces of one frame, to be written in order.
+
+    Small pieces are joined; buffers are returned as views of their own memory
+    so that writing them copies nothing in this process.
+    """
+    raws = [buf.raw() for buf in buffers]
+    head = _HEADER.pack(kind, flags, len(raws), len(payload))
+    if raws:
+        head += b"".join([_LENGTH.pack(raw.nbytes) for raw in raws])
+    if len(payload) < _LARGE_SEGMENT:
+        pieces: list[bytes | memoryview] = [head + payload]
+    else:
+        pieces = [head, memoryview(payload)]
+    pieces.extend(raws)
+    return pieces
+
+
+class Decoder:
+    """Turns a byte stream into frames; see the module docstring."""
+
+    __slots__ = (
+        "_data",
+        "_eof",
+        "_filled",
+        "_flags",
+        "_kind",
+        "_lengths",
+        "_nbuffers",
+        "_pos",
+        "_segments",
+        "_target",
+    )
+
+    def __init__(self) -> None:
+        self._data = bytearray()
+        self._pos = 0
+        self._eof = False
+        self._kind = 0  # 0: waiting for a header
+        self._flags = 0
+        self._nbuffers = 0
+        self._lengths: list[int] = []
+        self._segments: list[memoryview] = []
+        self._target: bytearray | None = None
+        self._filled = 0
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Feed bytes from the stream; ``b""`` means the stream ended."""
+        if self._eof:
+            raise ProtocolError("received data after EOF")
+        if not data:
+            self._eof = True
+            return
+        target = self._target
+        if target is not None:
+            view = memoryview(data)
+            n = min(len(view), len(target) - self._filled)
+            target[self._filled : self._filled + n] = view[:n]
+            self._filled += n
+            if n < len(view):
+                self._data += view[n:]
+        else:
+            self._data += data
+
+    def read_target(self) -> memoryview | None:
+        """Memory the next bytes of the stream belong in, or ``None``.
+
+        While a large segment is arriving, the caller may read from the stream
+        straight into this view (``os.readv``) and then call :meth:`commit`,
+        instead of :meth:`receive_data`, to save a copy.
+        """
+        if self._target is None:
+            return None
+        return memoryview(self._target)[self._filled :]
+
+    def commit(self, nbytes: int) -> None:
+        """Record that ``nbytes`` were written into :meth:`read_target`."""
+        if self._target is None or self._filled + nbytes > len(self._target):
+            raise ProtocolError("commit() beyond the read target")
+        self._filled += nbytes
+
+    def next_frame(self) -> Frame | _Sentinel:
+        """Return the next whole frame, :data:`NEED_DATA` or :data:`EOF`."""
+        data = self._data
+        if self._kind == 0:
+            if len(data) - self._pos < _HEADER.size:
+                return self._need_data()
+            kind, flags, nbuffers, length = _HEADER.unpack_from(data, self._pos)
+            if kind not in _KINDS:
+                raise ProtocolError(f"unknown frame kind {kind}")
+            self._pos += _HEADER.size
+            self._kind = kind
+            self._flags = flags
+            self._nbuffers = nbuffers
+            self._lengths = [length]
+        if len(self._lengths) <= self._nbuffers:
+            size = _LENGTH.size * self._nbuffers
+            if len(data) - self._pos < size:
+                return self._need_data()
+            self._lengths.extend(
+                struct.unpack_from(f"<{self._nbuffers}Q", data, self._pos)
+            )
+            self._pos += size
+        segments = self._segments
+        while len(segments) < len(self._lengths):
+            target = self._target
+            if target is not None:
+                if self._filled < len(target):
+                    return self._need_data()
+                segments.append(memoryview(target))
+                self._target = None
+                continue
+            length = self._lengths[len(segments)]
+            available = len(data) - self._pos
+            if available >= length:
+                segments.append(memoryview(data[self._pos : self._pos + length]))
+                self._pos += length
+            elif length >= _LARGE_SEGMENT:
+                target = bytearray(length)
+                target[:available] = data[self._pos :]
+                self._pos = len(data)
+                self._target = target
+                self._filled = available
+            else:
+                return self._need_data()
+        frame = Frame(self._kind, self._flags, segments[0], segments[1:])
+        self._kind = 0
+        self._segments = []
+        if self._pos == len(data):
+            data.clear()
+            self._pos = 0
+        elif self._pos >= _COMPACT_AFTER:
+            del data[: self._pos]
+            self._pos = 0
+        return frame
+
+    def _need_data(self) -> _Sentinel:
+        if not self._eof:
+            return NEED_DATA
+        if self._kind or self._pos < len(self._data):
+            raise ProtocolError("the stream ended in the middle of a frame")
+        return EOF
+
+
+# Pickling with out-of-band buffers.
+
+
+def _rebuild_bytes(buffer: memoryview) -> bytes:
+    return bytes(buffer)
+
+
+def _rebuild_bytearray(buffer: memoryview | bytearray) -> bytearray:
+    # The decoder receives each large buffer into a bytearray of its own; when
+    # this view covers all of one, that bytearray *is* the object: no copy.
+    if isinstance(buffer, memoryview):
+        owner = buffer.obj
+        if type(owner) is bytearray and buffer.nbytes == len(owner):
+            return owner
+    return bytearray(buffer)
+
+
+def _rebuild_memoryview(
+    buffer: memoryview | bytes, fmt: str, shape: tuple[int, ...], readonly: bool
+) -> memoryview:
+    view = memoryview(buffer)
+    if view.format != "B" or view.ndim != 1:
+        view = view.cast("B")
+    if fmt != "B" or len(shape) != 1:
+        view = view.cast(fmt, shape)  # type: ignore[call-overload]
+    return view.toreadonly() if readonly else view
+
+
+class _Pickler(pickle.Pickler):
+    def reducer_override(self, obj: object) -> Any:
+        cls = type(obj)
+        if cls is bytes:
+            if len(obj) >= OUT_OF_BAND_THRESHOLD:  # type: ignore[arg-type]
+                return _rebuild_bytes, (pickle.PickleBuffer(obj),)  # type: ignore[arg-type]
+        elif cls is bytearray:
+            if len(obj) >= OUT_OF_BAND_THRESHOLD:  # type: ignore[arg-type]
+                return _rebuild_bytearray, (pickle.PickleBuffer(obj),)  # type: ignore[arg-type]
+        elif cls is memoryview:
+            view: memoryview = obj  # type: ignore[assignment]
+            args = (view.format, view.shape, view.readonly)
+            if view.nbytes >= OUT_OF_BAND_THRESHOLD and view.c_contiguous:
+                return _rebuild_memoryview, (pickle.PickleBuffer(view), *args)
+            return _rebuild_memoryview, (view.tobytes(), *args)
+        return NotImplemented
+
+
+def dumps(obj: object) -> tuple[bytes, list[pickle.PickleBuffer]]:
+    """Pickle ``obj``; large bytes-like objects become out-of-band buffers."""
+    buffers: list[pickle.PickleBuffer] = []
+    out = io.BytesIO()
+    _Pickler(out, 5, buffer_callback=buffers.append).dump(obj)
+    return out.getvalue(), buffers
+
+
+def loads(
+    payload: bytes | bytearray | memoryview,
+    buffers: list[memoryview],
+    unpickler: Callable[..., pickle.Unpickler] | None = None,
+) -> Any:
+    """Unpickle what :func:`dumps` produced, given the frame's buffers."""
+    if unpickler is None:
+        return pickle.loads(payload, buffers=buffers)
+    return unpickler(io.BytesIO(payload), buffers=buffers).load()

@@ -1,0 +1,135 @@
+"""How a worker process comes to exist, and how its exit status is learned.
+
+A worker is a fresh interpreter (``sys.executable -c``) that inherits exactly
+two fds, its ends of the task and result pipes, besides 0, 1 and 2. It imports
+``triopool._child`` without running ``triopool/__init__.py`` (which imports
+trio), so it starts in about the time of a bare interpreter.
+
+Invariant: a process is signalled only while it has not been reaped, so a
+signal can never reach a process that reused its pid. Only its owner (the
+worker's task) signals it and reaps it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import trio
+
+# The worker's entry point. It registers the triopool package without executing
+# its __init__ (which would import trio); the first access to a public name
+# that is not there yet (a task using the pool API itself) runs the real
+# __init__ in place, so the package is whole whenever anything asks for it.
+_BOOTSTRAP = """\
+import sys
+from importlib.machinery import PathFinder
+def _bootstrap(fd_in, fd_out, parent_pid, root):
+    spec = PathFinder.find_spec("triopool", [root])
+    pkg = type(sys)("triopool")
+    pkg.__spec__ = spec
+    pkg.__loader__ = spec.loader
+    pkg.__file__ = spec.origin
+    pkg.__path__ = list(spec.submodule_search_locations)
+    pkg.__package__ = "triopool"
+    def __getattr__(name):
+        del pkg.__getattr__
+        spec.loader.exec_module(pkg)
+        return getattr(pkg, name)
+    pkg.__getattr__ = __getattr__
+    sys.modules["triopool"] = pkg
+    from triopool import _errors
+    for name in _errors.__all__:
+        setattr(pkg, name, getattr(_errors, name))
+    from triopool._child import main
+    main(int(fd_in), int(fd_out), int(parent_pid))
+_bootstrap(*sys.argv[1:5])
+"""
+
+# The directory holding the triopool package this process runs, for the worker.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def describe_exit(exitcode: int | None) -> str:
+    """``"exit code 3"``, ``"signal SIGKILL"`` or ``"unknown status"``."""
+    if exitcode is None:
+        return "unknown status"
+    if exitcode < 0:
+        try:
+            return f"signal {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"signal {-exitcode}"
+    return f"exit code {exitcode}"
+
+
+class WorkerProcess:
+    """A started worker process, until it is reaped."""
+
+    def __init__(self, fd_in: int, fd_out: int) -> None:
+        argv = [
+            sys.executable,
+            *subprocess._args_from_interpreter_flags(),  # type: ignore[attr-defined]
+            "-c",
+            _BOOTSTRAP,
+            str(fd_in),
+            str(fd_out),
+            str(os.getpid()),
+            _ROOT,
+        ]
+        # Started from the Trio thread on purpose: PR_SET_PDEATHSIG fires when
+        # the *thread* that started the child exits, and Trio's worker threads
+        # come and go. Popen uses vfork here, so this blocks for well under a
+        # millisecond.
+        self._popen = subprocess.Popen(argv, pass_fds=(fd_in, fd_out), close_fds=True)
+        self.pid = self._popen.pid
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit status once reaped (negative: killed by that signal)."""
+        return self._popen.returncode
+
+    def signal(self, signum: int) -> None:
+        """Send ``signum`` unless the process has already been reaped."""
+        # Popen.send_signal polls first and never signals a reaped pid.
+        self._popen.send_signal(signum)
+
+    async def wait(self) -> int:
+        """Wait for the process to exit, reap it and return its exit status."""
+        if self._popen.returncode is not None:
+            return self._popen.returncode
+        if self._popen.poll() is None:
+            await _wait_for_exit(self.pid)
+        return self._popen.wait()
+
+
+if hasattr(os, "pidfd_open"):
+
+    async def _wait_for_exit(pid: int) -> None:
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:  # pragma: no cover - kernels without pidfd
+            await _poll_for_exit(pid)
+            return
+        try:
+            await trio.lowlevel.wait_readable(pidfd)
+        finally:
+            trio.lowlevel.notify_closing(pidfd)
+            os.close(pidfd)
+
+else:  # pragma: no cover - exercised on other systems only
+
+    async def _wait_for_exit(pid: int) -> None:
+        await _poll_for_exit(pid)
+
+
+async def _poll_for_exit(pid: int) -> None:  # pragma: no cover
+    delay = 0.001
+    while True:
+        # WNOWAIT leaves the zombie for Popen.wait to reap.
+        result = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)  # noqa: ASYNC222 - WNOHANG never blocks
+        if result is not None:
+            return
+        await trio.sleep(delay)
+        delay = min(delay * 2, 0.05)

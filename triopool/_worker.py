@@ -1,0 +1,151 @@
+"""One worker's parent side: its pipes, its process, and frame I/O with it.
+
+Invariant: the fds of a worker are closed only by the ``async with`` of the
+task that opened them (:func:`open_worker`). That block creates both pipes
+with ``O_CLOEXEC``, starts the process with only its own ends inherited,
+closes those ends in the parent at once and holds the parent's ends in
+:class:`trio.lowlevel.FdStream` objects, whose ``aclose`` deregisters each fd
+from Trio before closing it. Leaving the block, however it is left, kills the
+process if it still runs, reaps it under a shield, and closes both streams.
+Nothing else in triopool knows a worker's fd numbers, so nothing else can
+close or deregister them, whatever numbers the OS hands out later.
+
+A send that was interrupted leaves the byte stream to the worker out of sync
+(:attr:`Worker.in_sync` is then false); such a worker is killed, never reused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from typing import TYPE_CHECKING
+
+import attrs
+import trio
+
+from . import _protocol
+from ._spawn import WorkerProcess
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+_READ_SIZE = 1 << 16
+# After SIGTERM, how long a worker gets before SIGKILL.
+_TERM_GRACE = 1.0
+
+
+@attrs.define(eq=False)
+class Worker:
+    """The parent's handle on one running worker process."""
+
+    process: WorkerProcess
+    _send_stream: trio.lowlevel.FdStream
+    _receive_stream: trio.lowlevel.FdStream
+    _decoder: _protocol.Decoder = attrs.field(factory=_protocol.Decoder)
+    in_sync: bool = True
+    _eof: bool = False
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    async def send(self, pieces: list[bytes | memoryview]) -> None:
+        """Write one encoded frame to the worker."""
+        self.in_sync = False
+        for piece in pieces:
+            await self._send_stream.send_all(piece)
+        self.in_sync = True
+
+    async def receive(self) -> _protocol.Frame | None:
+        """The next frame from the worker, or ``None`` once its pipe closed.
+
+        EOF means the process died or exited: only it holds the write end. A
+        stream cut in the middle of a frame (death while writing) is EOF too.
+        """
+        decoder = self._decoder
+        while True:
+            try:
+                frame = decoder.next_frame()
+            except _protocol.ProtocolError:
+                # EOF in mid-frame: the worker died while writing.
+                if self._eof:
+                    return None
+                raise
+            if frame is _protocol.NEED_DATA:
+                target = decoder.read_target()
+                if target is None:
+                    data = await self._receive_stream.receive_some(_READ_SIZE)
+                    self._eof = not data
+                    decoder.receive_data(data)
+                else:
+                    count = await self._read_into(target)
+                    if count:
+                        decoder.commit(count)
+                    else:
+                        self._eof = True
+                        decoder.receive_data(b"")
+            elif frame is _protocol.EOF:
+                return None
+            else:
+                assert isinstance(frame, _protocol.Frame)
+                return frame
+
+    async def _read_into(self, target: memoryview) -> int:
+        # Reads a large segment straight into the memory that becomes the
+        # object, saving the copy receive_some() would make.
+        fd = self._receive_stream.fileno()
+        while True:
+            try:
+                return os.readv(fd, [target])
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(fd)
+
+    def kill(self) -> None:
+        """SIGKILL the process (unless it was reaped already)."""
+        self.process.signal(signal.SIGKILL)
+
+    async def stop(self, timeout: float) -> int:  # noqa: ASYNC109 - a grace period, not a deadline
+        """Ask the worker to exit (EOF on its task pipe) and reap it.
+
+        It gets ``timeout`` seconds, then SIGTERM and a short grace, then
+        SIGKILL. Returns the exit status.
+        """
+        await self._send_stream.aclose()
+        with trio.move_on_after(timeout):
+            return await self.process.wait()
+        self.process.signal(signal.SIGTERM)
+        with trio.move_on_after(_TERM_GRACE):
+            return await self.process.wait()
+        self.kill()
+        return await self.process.wait()
+
+
+@contextlib.asynccontextmanager
+async def open_worker() -> AsyncIterator[Worker]:
+    """Start a worker process and own it, and its fds, for the block."""
+    opened: list[int] = []
+    try:
+        task_r, task_w = os.pipe2(os.O_CLOEXEC)
+        opened += (task_r, task_w)
+        result_r, result_w = os.pipe2(os.O_CLOEXEC)
+        opened += (result_r, result_w)
+        process = WorkerProcess(task_r, result_w)
+    except BaseException:
+        for fd in opened:
+            os.close(fd)
+        raise
+    # The child's ends now live in the child only: EOF on result_r means the
+    # child is gone, and the child sees EOF on task_r when we close task_w.
+    os.close(task_r)
+    os.close(result_w)
+    send_stream = trio.lowlevel.FdStream(task_w)
+    receive_stream = trio.lowlevel.FdStream(result_r)
+    async with send_stream, receive_stream:
+        try:
+            yield Worker(process, send_stream, receive_stream)
+        finally:
+            with trio.CancelScope(shield=True):
+                if process.returncode is None:
+                    process.signal(signal.SIGKILL)
+                    await process.wait()
