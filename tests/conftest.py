@@ -1,0 +1,49 @@
+"""Shared fixtures: every test is checked for leaked fds and child processes."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+
+def open_fds() -> set[int]:
+    """This process's open fds (the listing's own fd is excluded)."""
+    fds = set()
+    with os.scandir("/proc/self/fd") as entries:
+        listing = {int(entry.name) for entry in entries}
+    for fd in listing:
+        try:
+            os.fstat(fd)
+        except OSError:
+            continue  # the scandir fd, closed by now
+        fds.add(fd)
+    return fds
+
+
+def child_processes() -> list[int]:
+    """Pids of this process's children, running or zombie."""
+    pids: list[int] = []
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/children") as f:
+                pids.extend(int(pid) for pid in f.read().split())
+        except FileNotFoundError:
+            continue
+    return pids
+
+
+@pytest.fixture(autouse=True)
+async def no_leaks() -> AsyncIterator[None]:
+    """Fail a test that leaves an fd open or a child process behind."""
+    fds_before = open_fds()
+    children_before = set(child_processes())
+    yield
+    leaked_fds = open_fds() - fds_before
+    leftover = set(child_processes()) - children_before
+    assert not leaked_fds, f"fds leaked: {sorted(leaked_fds)}"
+    assert not leftover, f"child processes left: {sorted(leftover)}"

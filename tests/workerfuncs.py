@@ -1,0 +1,191 @@
+"""Functions the tests run in workers. Imports only the standard library, so
+that a worker importing this module stays fast and never imports trio."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+def identity(x: Any) -> Any:
+    return x
+
+
+def getpid() -> int:
+    return os.getpid()
+
+
+def echo_with_pid(nonce: Any) -> tuple[Any, int]:
+    return nonce, os.getpid()
+
+
+def sleep(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def sleep_then_pid(seconds: float) -> int:
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def raise_value_error(*args: Any) -> None:
+    raise ValueError(*args)
+
+
+def exit_with(code: int) -> None:
+    os._exit(code)
+
+
+def kill_self(signum: int) -> None:
+    os.kill(os.getpid(), signum)
+    time.sleep(10)
+
+
+def segfault() -> None:
+    import ctypes
+
+    ctypes.string_at(0)
+
+
+def raise_system_exit(code: Any) -> None:
+    raise SystemExit(code)
+
+
+def raise_keyboard_interrupt() -> None:
+    raise KeyboardInterrupt
+
+
+def open_fds() -> list[int]:
+    return sorted(int(name) for name in os.listdir("/proc/self/fd"))
+
+
+def fd_targets() -> dict[int, str]:
+    """The worker's open fds and what each points at."""
+    result = {}
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            result[int(name)] = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            continue
+    return result
+
+
+def loaded_modules() -> list[str]:
+    return sorted(sys.modules)
+
+
+def sys_path_and_cwd() -> tuple[list[str], str]:
+    return list(sys.path), os.getcwd()
+
+
+def nbytes(data: Any) -> tuple[str, int]:
+    return type(data).__name__, len(memoryview(data).cast("B"))
+
+
+def sigint_disposition() -> bool:
+    return signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+
+
+_counter = 0
+
+
+def count_calls() -> tuple[int, int]:
+    global _counter
+    _counter += 1
+    return os.getpid(), _counter
+
+
+def initializer_fails() -> None:
+    raise RuntimeError("initializer failed on purpose")
+
+
+def initializer_exits() -> None:
+    os._exit(3)
+
+
+def initializer_sleeps(seconds: float) -> None:
+    time.sleep(seconds)
+
+
+_initialized: list[Any] = []
+
+
+def initializer_records(*args: Any) -> None:
+    _initialized.append(args)
+
+
+def initialized() -> list[Any]:
+    return list(_initialized)
+
+
+def busy_loop(seconds: float) -> str:
+    from triopool import SoftTimeLimitExceeded
+
+    deadline = time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline:
+            pass
+    except SoftTimeLimitExceeded:
+        return "cleaned up"
+    return "finished"
+
+
+def allocate(megabytes: int) -> int:
+    global _hoard
+    _hoard = bytearray(megabytes * 1024 * 1024)
+    for i in range(0, len(_hoard), 4096):
+        _hoard[i] = 1
+    return os.getpid()
+
+
+_hoard = bytearray()
+
+
+class Unpicklable:
+    def __reduce__(self) -> Any:
+        raise TypeError("this object refuses to be pickled")
+
+
+def return_unpicklable() -> Unpicklable:
+    return Unpicklable()
+
+
+class FailsToUnpickle:
+    """Pickles fine, but raises when it is unpickled."""
+
+    def __reduce__(self) -> Any:
+        return (_refuse, ())
+
+
+def _refuse() -> None:
+    raise RuntimeError("this object refuses to be unpickled")
+
+
+def return_fails_to_unpickle() -> FailsToUnpickle:
+    return FailsToUnpickle()
+
+
+class UnpicklableError(Exception):
+    def __init__(self, a: int, b: int) -> None:
+        super().__init__(f"needs two args: {a} {b}")
+
+
+def raise_unpicklable_error() -> None:
+    raise UnpicklableError(1, 2)
+
+
+class LockError(Exception):
+    def __reduce__(self) -> Any:
+        raise TypeError("cannot pickle this error")
+
+
+def raise_lock_error() -> None:
+    raise LockError("locked")
