@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import Iterator
 
 
 def open_fds() -> set[int]:
@@ -38,8 +38,12 @@ def child_processes() -> list[int]:
 
 
 @pytest.fixture(autouse=True)
-async def no_leaks() -> AsyncIterator[None]:
-    """Fail a test that leaves an fd open or a child process behind."""
+def no_leaks() -> Iterator[None]:
+    """Fail a test that leaves an fd open or a child process behind.
+
+    A sync fixture: for Trio tests it runs outside ``trio.run``, so the
+    comparison covers Trio's own fds too.
+    """
     fds_before = open_fds()
     children_before = set(child_processes())
     yield

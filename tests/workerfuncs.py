@@ -189,3 +189,14 @@ class LockError(Exception):
 
 def raise_lock_error() -> None:
     raise LockError("locked")
+
+
+def public_name_in_worker() -> str:
+    import triopool
+
+    return triopool.open_pool.__name__
+
+
+def pid_and_fd_targets() -> tuple[int, dict[int, str]]:
+    time.sleep(0.05)  # so that concurrent calls spread over the workers
+    return os.getpid(), fd_targets()

@@ -858,6 +858,11 @@ def _config_frame(config: PoolConfig) -> list[bytes | memoryview]:
                 f"initializer and initargs must be picklable: {type(exc).__name__}: {exc}"
             ) from exc
     main_path, main_name = _main_module()
+    if main_path is not None or main_name is not None:
+        # Workers run the main script as __mp_main__, so objects whose classes
+        # it defines come back under that name; make it resolve here too, as
+        # multiprocessing does.
+        sys.modules.setdefault("__mp_main__", sys.modules["__main__"])
     payload = pickle.dumps(
         {
             "sys_path": list(sys.path),

@@ -276,6 +276,8 @@ def _rebuild_memoryview(
     buffer: memoryview | bytes, fmt: str, shape: tuple[int, ...], readonly: bool
 ) -> memoryview:
     view = memoryview(buffer)
+    if view.readonly and not readonly:
+        view = memoryview(bytearray(view))
     if view.format != "B" or view.ndim != 1:
         view = view.cast("B")
     if fmt != "B" or len(shape) != 1:
@@ -283,16 +285,57 @@ def _rebuild_memoryview(
     return view.toreadonly() if readonly else view
 
 
+class _OutOfBand:
+    """Stands in for a large bytes or bytearray while it is pickled."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: bytes | bytearray) -> None:
+        self.value = value
+
+
+# The C pickler handles bytes and bytearray itself, before it would ask
+# reducer_override, so large ones are swapped for _OutOfBand stand-ins first.
+# Only the top of the object is searched (a task's arguments and what they
+# directly hold, a result and what it directly holds) and only small containers,
+# so the search costs next to nothing; deeper data travels in band, by copy.
+_SEARCH_DEPTH: Final = 3
+_SEARCH_WIDTH: Final = 32
+
+
+def _swap_large(obj: Any, depth: int) -> Any:
+    cls = type(obj)
+    if cls is bytes or cls is bytearray:
+        return _OutOfBand(obj) if len(obj) >= OUT_OF_BAND_THRESHOLD else obj
+    if not depth:
+        return obj
+    if cls is tuple or cls is list:
+        if len(obj) > _SEARCH_WIDTH:
+            return obj
+        items = [_swap_large(item, depth - 1) for item in obj]
+        if all(new is old for new, old in zip(items, obj, strict=True)):
+            return obj
+        return tuple(items) if cls is tuple else items
+    if cls is dict:
+        if len(obj) > _SEARCH_WIDTH:
+            return obj
+        changed = {}
+        for key, value in obj.items():
+            new = _swap_large(value, depth - 1)
+            if new is not value:
+                changed[key] = new
+        return {**obj, **changed} if changed else obj
+    return obj
+
+
 class _Pickler(pickle.Pickler):
     def reducer_override(self, obj: object) -> Any:
         cls = type(obj)
-        if cls is bytes:
-            if len(obj) >= OUT_OF_BAND_THRESHOLD:  # type: ignore[arg-type]
-                return _rebuild_bytes, (pickle.PickleBuffer(obj),)  # type: ignore[arg-type]
-        elif cls is bytearray:
-            if len(obj) >= OUT_OF_BAND_THRESHOLD:  # type: ignore[arg-type]
-                return _rebuild_bytearray, (pickle.PickleBuffer(obj),)  # type: ignore[arg-type]
-        elif cls is memoryview:
+        if cls is _OutOfBand:
+            value = obj.value  # type: ignore[attr-defined]
+            rebuild = _rebuild_bytes if type(value) is bytes else _rebuild_bytearray
+            return rebuild, (pickle.PickleBuffer(value),)
+        if cls is memoryview:
             view: memoryview = obj  # type: ignore[assignment]
             args = (view.format, view.shape, view.readonly)
             if view.nbytes >= OUT_OF_BAND_THRESHOLD and view.c_contiguous:
@@ -302,10 +345,17 @@ class _Pickler(pickle.Pickler):
 
 
 def dumps(obj: object) -> tuple[bytes, list[pickle.PickleBuffer]]:
-    """Pickle ``obj``; large bytes-like objects become out-of-band buffers."""
+    """Pickle ``obj``; large bytes-like objects become out-of-band buffers.
+
+    Large ``bytes`` and ``bytearray`` objects are found near the top of
+    ``obj`` (see ``_swap_large``); ``memoryview`` objects and objects that
+    offer pickle buffers themselves (NumPy arrays) anywhere.
+    """
     buffers: list[pickle.PickleBuffer] = []
     out = io.BytesIO()
-    _Pickler(out, 5, buffer_callback=buffers.append).dump(obj)
+    _Pickler(out, 5, buffer_callback=buffers.append).dump(
+        _swap_large(obj, _SEARCH_DEPTH)
+    )
     return out.getvalue(), buffers
 
 

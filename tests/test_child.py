@@ -1,0 +1,148 @@
+"""The worker process as its parent sees it: imports, fds, signals, paths."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from typing import TYPE_CHECKING
+
+import trio
+
+import triopool
+from tests import workerfuncs as wf
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+TIMEOUT = 60
+
+
+async def test_worker_never_imports_trio_or_attrs() -> None:
+    with trio.fail_after(TIMEOUT):
+        async with triopool.open_pool(1) as pool:
+            modules = await pool.run_sync(wf.loaded_modules)
+    assert "triopool._child" in modules
+    assert "tests.workerfuncs" in modules
+    for heavy in ("trio", "attrs", "attr", "triopool._pool", "outcome", "sniffio"):
+        assert heavy not in modules
+
+
+async def test_worker_holds_only_its_own_pipes() -> None:
+    with trio.fail_after(TIMEOUT):
+        async with triopool.open_pool(3) as pool, trio.open_nursery() as nursery:
+            fds: dict[int, dict[int, str]] = {}
+
+            async def collect() -> None:
+                pid, targets = await pool.run_sync(wf.pid_and_fd_targets)
+                fds.setdefault(pid, targets)
+
+            for _ in range(30):
+                nursery.start_soon(collect)
+    pipes_by_worker = []
+    for targets in fds.values():
+        own = {
+            fd: target
+            for fd, target in targets.items()
+            if fd > 2 and not target.startswith("/proc/")
+        }
+        # Exactly two fds besides 0, 1 and 2, both pipes.
+        assert len(own) == 2, targets
+        assert all(target.startswith("pipe:") for target in own.values()), targets
+        pipes_by_worker.append(set(own.values()))
+    # No worker holds another worker's pipe.
+    for i, mine in enumerate(pipes_by_worker):
+        for theirs in pipes_by_worker[i + 1 :]:
+            assert not mine & theirs
+
+
+async def test_worker_ignores_sigint_and_shares_path_and_cwd() -> None:
+    with trio.fail_after(TIMEOUT):
+        async with triopool.open_pool(1) as pool:
+            assert await pool.run_sync(wf.sigint_disposition) is True
+            path, cwd = await pool.run_sync(wf.sys_path_and_cwd)
+    assert path == sys.path
+    assert cwd == os.getcwd()
+
+
+async def test_workers_use_the_cwd_of_their_start(tmp_path: Path) -> None:
+    old = os.getcwd()
+    with trio.fail_after(TIMEOUT):
+        async with triopool.open_pool(1, max_tasks_per_child=1) as pool:
+            await pool.run_sync(wf.add, 1, 1)
+            os.chdir(tmp_path)
+            try:
+                # The replacement worker starts after the chdir.
+                _, cwd = await pool.run_sync(wf.sys_path_and_cwd)
+            finally:
+                os.chdir(old)
+    assert cwd == str(tmp_path)
+
+
+SCRIPT = """
+    import sys
+    import trio
+    import triopool
+
+    class Point:
+        def __init__(self, x):
+            self.x = x
+
+    def double(point):
+        return Point(point.x * 2)
+
+    async def main():
+        async with triopool.open_pool(2) as pool:
+            result = await pool.run_sync(double, Point(21))
+            print("result", result.x, type(result).__name__)
+
+    if __name__ == "__main__":
+        trio.run(main)
+"""
+
+
+def test_functions_from_the_main_script_work(tmp_path: Path) -> None:
+    script = tmp_path / "user_script.py"
+    script.write_text(textwrap.dedent(SCRIPT))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env=env,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "result 42 Point"
+    assert done.stderr == ""
+
+
+def test_functions_from_a_main_module_run_with_dash_m(tmp_path: Path) -> None:
+    (tmp_path / "user_module.py").write_text(textwrap.dedent(SCRIPT))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+    done = subprocess.run(
+        [sys.executable, "-m", "user_module"],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env=env,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "result 42 Point"
+
+
+async def test_a_task_can_use_the_public_package_in_the_worker() -> None:
+    # The worker starts without triopool/__init__ (no trio); the first public
+    # name a task asks for loads the whole package.
+    with trio.fail_after(TIMEOUT):
+        async with triopool.open_pool(1) as pool:
+            assert await pool.run_sync(wf.busy_loop, 0.01) == "finished"
+            modules = await pool.run_sync(wf.loaded_modules)
+            assert "triopool._errors" in modules
+            with_pool = await pool.run_sync(wf.public_name_in_worker)
+    assert with_pool == "open_pool"

@@ -1,0 +1,256 @@
+"""The wire protocol, tested synchronously: no processes, no I/O."""
+
+from __future__ import annotations
+
+import mmap
+import pickle
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from triopool import _protocol
+from triopool._protocol import EOF, NEED_DATA, Decoder, Frame, ProtocolError
+
+
+def encode(kind: int, obj: object, flags: int = 0) -> bytes:
+    payload, buffers = _protocol.dumps(obj)
+    return b"".join(
+        bytes(piece) for piece in _protocol.encode_frame(kind, payload, buffers, flags)
+    )
+
+
+def drain(decoder: Decoder) -> list[Frame]:
+    frames: list[Frame] = []
+    while True:
+        frame = decoder.next_frame()
+        if frame is NEED_DATA or frame is EOF:
+            return frames
+        assert isinstance(frame, Frame)
+        frames.append(frame)
+
+
+def decode_chunks(chunks: list[bytes]) -> list[tuple[int, int, object]]:
+    decoder = Decoder()
+    frames: list[Frame] = []
+    for chunk in chunks:
+        decoder.receive_data(chunk)
+        frames.extend(drain(decoder))
+    decoder.receive_data(b"")
+    frames.extend(drain(decoder))
+    assert decoder.next_frame() is EOF
+    return [
+        (frame.kind, frame.flags, _protocol.loads(frame.payload, frame.buffers))
+        for frame in frames
+    ]
+
+
+def split(data: bytes, points: list[int]) -> list[bytes]:
+    cuts = sorted({p % (len(data) + 1) for p in points})
+    chunks, start = [], 0
+    for cut in [*cuts, len(data)]:
+        chunks.append(data[start:cut])
+        start = cut
+    return [chunk for chunk in chunks if chunk]
+
+
+MESSAGES: list[tuple[int, int, object]] = [
+    (_protocol.TASK, 0, (len, ("abc",), None)),
+    (_protocol.RESULT, _protocol.OVER_MEMORY, 42),
+    (_protocol.UP, 0, None),
+    (_protocol.RESULT, 0, b"x" * (_protocol.OUT_OF_BAND_THRESHOLD + 3)),
+    (_protocol.RESULT, 0, [bytearray(b"y" * 70_000), b"z" * 100_000, "s"]),
+    (_protocol.ERROR, 0, ("text" * 20_000, 1.5)),
+]
+STREAM = b"".join(encode(kind, obj, flags) for kind, flags, obj in MESSAGES)
+
+
+def test_frames_round_trip_in_one_chunk() -> None:
+    assert decode_chunks([STREAM]) == MESSAGES
+
+
+def test_frames_round_trip_byte_by_byte_at_the_start() -> None:
+    head = STREAM[:200]
+    chunks = [head[i : i + 1] for i in range(len(head))] + [STREAM[200:]]
+    assert decode_chunks(chunks) == MESSAGES
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(min_value=0), max_size=30))
+def test_frames_round_trip_whatever_the_split(points: list[int]) -> None:
+    assert decode_chunks(split(STREAM, points)) == MESSAGES
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.binary(max_size=300),
+            st.text(max_size=50),
+            st.integers(),
+            st.binary(min_size=65_536, max_size=70_000),
+        ),
+        max_size=4,
+    ),
+    st.lists(st.integers(min_value=0), max_size=10),
+)
+def test_any_values_round_trip_whatever_the_split(
+    values: list[object], points: list[int]
+) -> None:
+    stream = b"".join(encode(_protocol.RESULT, value) for value in values)
+    assert decode_chunks(split(stream, points)) == [
+        (_protocol.RESULT, 0, value) for value in values
+    ]
+
+
+def test_every_split_point_of_a_small_stream() -> None:
+    stream = encode(_protocol.TASK, ("a", 1)) + encode(_protocol.RESULT, [None])
+    for cut in range(len(stream) + 1):
+        chunks = [chunk for chunk in (stream[:cut], stream[cut:]) if chunk]
+        assert decode_chunks(chunks) == [
+            (_protocol.TASK, 0, ("a", 1)),
+            (_protocol.RESULT, 0, [None]),
+        ]
+
+
+def test_eof_between_frames_is_eof() -> None:
+    decoder = Decoder()
+    assert decoder.next_frame() is NEED_DATA
+    decoder.receive_data(b"")
+    assert decoder.next_frame() is EOF
+
+
+@pytest.mark.parametrize("cut", [1, 5, 14, 30, -1])
+def test_eof_in_mid_frame_is_an_error(cut: int) -> None:
+    frame = encode(_protocol.RESULT, b"q" * 100_000)
+    decoder = Decoder()
+    decoder.receive_data(frame[:cut])
+    assert decoder.next_frame() is NEED_DATA
+    decoder.receive_data(b"")
+    with pytest.raises(ProtocolError, match="middle of a frame"):
+        decoder.next_frame()
+
+
+def test_data_after_eof_is_an_error() -> None:
+    decoder = Decoder()
+    decoder.receive_data(b"")
+    with pytest.raises(ProtocolError, match="after EOF"):
+        decoder.receive_data(b"x")
+
+
+def test_unknown_kind_is_an_error() -> None:
+    decoder = Decoder()
+    decoder.receive_data(b"\xee" + encode(_protocol.UP, None)[1:])
+    with pytest.raises(ProtocolError, match="unknown frame kind 238"):
+        decoder.next_frame()
+
+
+def test_large_segments_can_be_read_straight_into_their_memory() -> None:
+    data = bytes(range(256)) * 1000  # 256,000 bytes: out of band
+    stream = encode(_protocol.RESULT, bytearray(data))
+    decoder = Decoder()
+    decoder.receive_data(stream[:100])
+    assert decoder.next_frame() is NEED_DATA
+    position = 100
+    filled_by_target = 0
+    while True:
+        target = decoder.read_target()
+        if target is None:
+            decoder.receive_data(stream[position : position + 1000])
+            position += 1000
+        else:
+            count = min(len(target), 7777, len(stream) - position)
+            target[:count] = stream[position : position + count]
+            decoder.commit(count)
+            position += count
+            filled_by_target += count
+        frame = decoder.next_frame()
+        if frame is not NEED_DATA:
+            break
+    assert isinstance(frame, Frame)
+    assert filled_by_target > 200_000
+    value = _protocol.loads(frame.payload, frame.buffers)
+    assert value == bytearray(data)
+    # The bytearray the decoder received into *is* the result: no copy.
+    assert value is frame.buffers[0].obj
+
+
+def test_commit_beyond_the_target_is_an_error() -> None:
+    decoder = Decoder()
+    with pytest.raises(ProtocolError):
+        decoder.commit(1)
+
+
+def test_large_bytes_travel_out_of_band() -> None:
+    big = b"b" * (1 << 20)
+    payload, buffers = _protocol.dumps({"big": big, "small": b"s"})
+    assert len(payload) < 1000
+    assert [buffer.raw().nbytes for buffer in buffers] == [1 << 20]
+    # The buffer is the object's own memory, not a copy of it.
+    assert buffers[0].raw().obj is big
+
+
+@pytest.mark.parametrize("size", [10, 1 << 17])
+def test_memoryviews_keep_format_shape_and_readonly(size: int) -> None:
+    data = bytearray(size * 8)
+    view = memoryview(data).cast("d", (size // 2, 2))
+    view[1, 1] = 2.5
+    for original in (view, view.toreadonly()):
+        payload, buffers = _protocol.dumps(original)
+        copy = _protocol.loads(
+            payload, [memoryview(bytearray(b.raw())) for b in buffers]
+        )
+        assert isinstance(copy, memoryview)
+        assert (copy.format, copy.shape, copy.readonly) == (
+            "d",
+            (size // 2, 2),
+            original.readonly,
+        )
+        assert copy[1, 1] == 2.5
+        assert copy.tobytes() == original.tobytes()
+
+
+def test_non_contiguous_memoryview_pickles_by_copy() -> None:
+    view = memoryview(bytes(range(200)))[::2]
+    payload, buffers = _protocol.dumps(view)
+    assert buffers == []
+    assert _protocol.loads(payload, []).tobytes() == bytes(range(0, 200, 2))
+
+
+def test_small_frames_are_one_piece() -> None:
+    payload, buffers = _protocol.dumps((print, (1,), None))
+    pieces = _protocol.encode_frame(_protocol.TASK, payload, buffers)
+    assert len(pieces) == 1
+
+
+def test_plain_pickles_still_load() -> None:
+    assert _protocol.loads(pickle.dumps([1, "a"], 5), []) == [1, "a"]
+
+
+@pytest.mark.slow
+def test_a_frame_larger_than_4_gib() -> None:
+    size = (4 << 30) + 3
+    # An untouched anonymous mapping reads as zeros without using memory.
+    source = mmap.mmap(-1, size)
+    source[size - 1] = 7
+    source[(4 << 30) + 1] = 9
+    payload, buffers = _protocol.dumps(memoryview(source))
+    pieces = _protocol.encode_frame(_protocol.RESULT, payload, buffers)
+    del payload, buffers
+    decoder = Decoder()
+    step = 64 << 20
+    frame = decoder.next_frame()
+    for piece in pieces:
+        view = memoryview(piece)
+        for start in range(0, len(view), step):
+            assert frame is NEED_DATA
+            decoder.receive_data(view[start : start + step])
+            frame = decoder.next_frame()
+        view.release()
+    assert isinstance(frame, Frame)
+    assert [b.nbytes for b in frame.buffers] == [size]
+    value = _protocol.loads(frame.payload, frame.buffers)
+    assert len(value) == size
+    assert value[size - 1] == 7
+    assert value[(4 << 30) + 1] == 9
+    assert value[12345] == 0
