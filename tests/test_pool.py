@@ -48,7 +48,8 @@ async def test_many_concurrent_calls_each_get_their_own_result() -> None:
             for i in range(200):
                 nursery.start_soon(call, i)
     assert {i: nonce for i, (nonce, _) in results.items()} == {i: i for i in range(200)}
-    assert len({pid for _, pid in results.values()}) == 2
+    # Both workers, or only the first if the other was still starting.
+    assert 1 <= len({pid for _, pid in results.values()}) <= 2
     stats = pool.statistics()
     assert stats.tasks_completed == stats.tasks_submitted == 200
 
