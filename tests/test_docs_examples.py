@@ -1,19 +1,28 @@
-"""Every example under docs/examples runs, exits 0 and prints what the docs say.
+"""Every code example in the docs runs.
 
-The pages include these files with ``literalinclude``, so an example that stops
-working fails here instead of rotting in the documentation. Each one runs as its
-own script (``python docs/examples/NAME.py``), the way a reader would run it, so
-the workers re-import it as the main script.
+The pages include the files under docs/examples with ``literalinclude``: each
+one runs here as its own script (``python docs/examples/NAME.py``), the way a
+reader would run it (so the workers re-import it as the main script), and must
+exit 0 and print what the docs say it prints. The ``Example::`` blocks of the
+public docstrings, which the reference page shows, run inside a pool too. An
+example that stops working fails here instead of rotting in the documentation.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import subprocess
 import sys
+import textwrap
+import zlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
+
+import triopool
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "docs" / "examples"
 
@@ -89,3 +98,54 @@ async def test_example_runs(name: str) -> None:
     lines = stdout.splitlines()
     for expected in EXPECTED[name]:
         assert expected in lines, f"{name} did not print {expected!r}:\n{stdout}"
+
+
+def docstring_examples() -> dict[str, str]:
+    """The ``Example::`` block of every public name (and public method) that has
+    one, by qualified name."""
+    objects: list[tuple[str, object]] = []
+    for name in triopool.__all__:
+        obj = getattr(triopool, name)
+        objects.append((name, obj))
+        if inspect.isclass(obj):
+            objects.extend(
+                (f"{name}.{attr}", value)
+                for attr, value in vars(obj).items()
+                if not attr.startswith("_") and callable(value)
+            )
+    examples: dict[str, str] = {}
+    for qualname, obj in objects:
+        doc = inspect.getdoc(obj) or ""
+        if "Example::" not in doc:
+            continue
+        block: list[str] = []
+        for line in doc.split("Example::", 1)[1].splitlines()[1:]:
+            if line and not line.startswith(" "):
+                break
+            block.append(line)
+        examples[qualname] = textwrap.dedent("\n".join(block)).strip()
+    return examples
+
+
+async def test_docstring_examples_found() -> None:
+    # async only because the autouse leak check is a Trio fixture
+    assert {"open_pool", "Pool.run_sync"} <= set(docstring_examples())
+
+
+@pytest.mark.parametrize("qualname", sorted(docstring_examples()))
+async def test_docstring_example_runs(qualname: str) -> None:
+    code = docstring_examples()[qualname]
+    source = "async def example(pool):\n" + textwrap.indent(code, "    ")
+    # What the examples take for granted: the modules they use, some data, and
+    # (for methods) an open pool.
+    namespace: dict[str, Any] = {
+        "functools": functools,
+        "trio": trio,
+        "triopool": triopool,
+        "zlib": zlib,
+        "data": b"example data" * 100,
+    }
+    exec(compile(source, f"<docstring example of {qualname}>", "exec"), namespace)
+    with trio.fail_after(60):
+        async with triopool.open_pool(1) as pool:
+            await namespace["example"](pool)

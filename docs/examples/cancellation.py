@@ -16,11 +16,17 @@ def slow_square(x: int) -> int:
 
 async def main() -> None:
     async with triopool.open_pool(workers=1) as pool:
+        # A first call waits for the worker to start, so that the tasks below
+        # start running at once.
+        await pool.run_sync(int)
+
         # kill_on_cancel=True (the default): the worker is killed at once and
         # replaced; Cancelled propagates, so move_on_after catches it.
         with trio.move_on_after(0.2) as scope:
             await pool.run_sync(slow_square, 3)
         print("killed and moved on:", scope.cancelled_caught)
+
+        await pool.run_sync(int)  # wait for the replacement worker
 
         # kill_on_cancel=False: like trio.to_thread.run_sync, the call is
         # shielded; it waits for the task and returns its result. The
