@@ -45,6 +45,23 @@ def typecheck(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def docs(session: nox.Session) -> None:
+    """Build the HTML documentation, nitpicky, with warnings as errors."""
+    install(session, "docs")
+    session.run(
+        "sphinx-build",
+        "-n",
+        "-W",
+        "--keep-going",
+        "-b",
+        "html",
+        "docs",
+        "docs/_build/html",
+        *session.posargs,
+    )
+
+
+@nox.session(python=PYTHON)
 def demo(session: nox.Session) -> None:
     """Run the demo: a CPU-bound job, sequentially and through the pool."""
     install(session, editable=False)

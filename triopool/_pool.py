@@ -57,7 +57,12 @@ _log = logging.getLogger("triopool")
 
 
 class _Default(enum.Enum):
-    """Marks an option of :meth:`Pool.run_sync` left to the pool's default."""
+    """Marks an option of :meth:`Pool.run_sync` left to the pool's default.
+
+    ``POOL_DEFAULT`` is the default of ``time_limit``, ``soft_time_limit`` and
+    ``kill_on_cancel``: the call uses the value given to :func:`open_pool`.
+    Pass ``None`` instead to switch a limit off for one call.
+    """
 
     POOL_DEFAULT = enum.auto()
 
@@ -347,7 +352,11 @@ class Pool:
         """Run ``fn(*args)`` in a worker process and return its result.
 
         ``fn`` and ``args`` travel by pickle; use :func:`functools.partial` for
-        keyword arguments. The options default to the pool's.
+        keyword arguments. The three options default to the values given to
+        :func:`open_pool`. Any exception ``fn`` raises is raised here, with the
+        worker's traceback as its ``__cause__``. Entering this method is a
+        checkpoint; a task still waiting for a worker when its caller is
+        cancelled never runs.
 
         Args:
             fn: A regular (not async) callable the worker can unpickle.
@@ -375,12 +384,10 @@ class Pool:
             BrokenPoolError: Workers keep failing to start.
             trio.ClosedResourceError: The pool's block has exited.
 
-        Any exception ``fn`` raises is raised here, with the worker's traceback
-        as its ``__cause__``.
-
         Example::
 
-            digest = await pool.run_sync(hashlib.sha256(data).hexdigest)
+            checksum = await pool.run_sync(zlib.crc32, data)
+            parsed = await pool.run_sync(functools.partial(int, base=16), "ff")
         """
         await trio.lowlevel.checkpoint_if_cancelled()
         if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
@@ -925,6 +932,13 @@ def open_pool(
         kill_on_cancel: Default for :meth:`Pool.run_sync`.
         shutdown_timeout: On exit, seconds workers get to exit before SIGTERM,
             then SIGKILL.
+
+    Raises:
+        ValueError: An argument is out of range: ``workers < 1``, a negative
+            time-out or limit, an unknown ``start_method``,
+            ``soft_time_limit >= time_limit``, ...
+        TypeError: An argument has the wrong type, or ``initializer`` and
+            ``initargs`` cannot be pickled.
 
     Example::
 

@@ -1,0 +1,151 @@
+"""Every code example in the docs runs.
+
+The pages include the files under docs/examples with ``literalinclude``: each
+one runs here as its own script (``python docs/examples/NAME.py``), the way a
+reader would run it (so the workers re-import it as the main script), and must
+exit 0 and print what the docs say it prints. The ``Example::`` blocks of the
+public docstrings, which the reference page shows, run inside a pool too. An
+example that stops working fails here instead of rotting in the documentation.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import subprocess
+import sys
+import textwrap
+import zlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+import triopool
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "docs" / "examples"
+
+# Lines each example must print (stdout). Every file in docs/examples needs an
+# entry, so a new example cannot go untested.
+EXPECTED: dict[str, list[str]] = {
+    "first_pool.py": [
+        "primes below 50000: 5133",
+        "primes in [25000, 50000): 2371",
+        "by limit: {10000: 1229, 20000: 2262, 30000: 3245, 40000: 4203}",
+    ],
+    "errors.py": [
+        "caught: ValueError('port out of range: 70000')",
+        "worker frame in traceback: True",
+        "time limit: 0.5 s",
+        "next call: 8080",
+        "workers lost: 1 tasks failed: 2",
+    ],
+    "cancellation.py": [
+        "killed and moved on: True",
+        "result kept: 16 then cancelled: True",
+        "cancelled: 2 lost workers: 1",
+    ],
+    "body_error.py": [
+        "answer: 1024",
+        "caught: ConfigError('no such section: [server]')",
+        "closed after the block",
+    ],
+    "migrate_futures_before.py": [
+        "one: d29751f2649b",
+        "all: ['d29751f2649b', '1fb6a051d899', 'd95df32a8454', '21f9b56105cd']",
+    ],
+    "migrate_futures_after.py": [
+        "one: d29751f2649b",
+        "all: ['d29751f2649b', '1fb6a051d899', 'd95df32a8454', '21f9b56105cd']",
+    ],
+    "migrate_trio_parallel.py": [
+        "checksum: 2395768541",
+        "seeded: 960661254",
+        "limited: 1",
+    ],
+}
+
+
+def example_files() -> list[str]:
+    return sorted(path.name for path in EXAMPLES.glob("*.py"))
+
+
+async def test_every_example_has_expectations() -> None:
+    # async only because the autouse leak check is a Trio fixture
+    files = example_files()
+    assert files, f"no examples found in {EXAMPLES}"
+    assert set(files) == set(EXPECTED)
+
+
+@pytest.mark.parametrize("name", example_files())
+async def test_example_runs(name: str) -> None:
+    # Generous: several helpers share two cores, and every example starts
+    # worker processes.
+    with trio.fail_after(120):
+        result = await trio.run_process(
+            [sys.executable, str(EXAMPLES / name)],
+            cwd=EXAMPLES,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
+    stdout = result.stdout.decode()
+    stderr = result.stderr.decode()
+    assert result.returncode == 0, f"{name} exited {result.returncode}:\n{stderr}"
+    assert "Traceback" not in stderr, stderr
+    lines = stdout.splitlines()
+    for expected in EXPECTED[name]:
+        assert expected in lines, f"{name} did not print {expected!r}:\n{stdout}"
+
+
+def docstring_examples() -> dict[str, str]:
+    """The ``Example::`` block of every public name (and public method) that has
+    one, by qualified name."""
+    objects: list[tuple[str, object]] = []
+    for name in triopool.__all__:
+        obj = getattr(triopool, name)
+        objects.append((name, obj))
+        if inspect.isclass(obj):
+            objects.extend(
+                (f"{name}.{attr}", value)
+                for attr, value in vars(obj).items()
+                if not attr.startswith("_") and callable(value)
+            )
+    examples: dict[str, str] = {}
+    for qualname, obj in objects:
+        doc = inspect.getdoc(obj) or ""
+        if "Example::" not in doc:
+            continue
+        block: list[str] = []
+        for line in doc.split("Example::", 1)[1].splitlines()[1:]:
+            if line and not line.startswith(" "):
+                break
+            block.append(line)
+        examples[qualname] = textwrap.dedent("\n".join(block)).strip()
+    return examples
+
+
+async def test_docstring_examples_found() -> None:
+    # async only because the autouse leak check is a Trio fixture
+    assert {"open_pool", "Pool.run_sync"} <= set(docstring_examples())
+
+
+@pytest.mark.parametrize("qualname", sorted(docstring_examples()))
+async def test_docstring_example_runs(qualname: str) -> None:
+    code = docstring_examples()[qualname]
+    source = "async def example(pool):\n" + textwrap.indent(code, "    ")
+    # What the examples take for granted: the modules they use, some data, and
+    # (for methods) an open pool.
+    namespace: dict[str, Any] = {
+        "functools": functools,
+        "trio": trio,
+        "triopool": triopool,
+        "zlib": zlib,
+        "data": b"example data" * 100,
+    }
+    exec(compile(source, f"<docstring example of {qualname}>", "exec"), namespace)
+    with trio.fail_after(60):
+        async with triopool.open_pool(1) as pool:
+            await namespace["example"](pool)
