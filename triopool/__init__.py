@@ -15,6 +15,7 @@ from ._errors import SoftTimeLimitExceeded as SoftTimeLimitExceeded
 from ._errors import TimeLimitExceeded as TimeLimitExceeded
 from ._errors import TriopoolError as TriopoolError
 from ._errors import WorkerStartError as WorkerStartError
+from ._pool import POOL_DEFAULT as POOL_DEFAULT
 from ._pool import Pool as Pool
 from ._pool import PoolStatistics as PoolStatistics
 from ._pool import open_pool as open_pool
@@ -22,6 +23,7 @@ from ._pool import open_pool as open_pool
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "POOL_DEFAULT",
     "BrokenPoolError",
     "BrokenWorkerError",
     "Pool",
