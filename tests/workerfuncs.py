@@ -189,3 +189,64 @@ class LockError(Exception):
 
 def raise_lock_error() -> None:
     raise LockError("locked")
+
+
+# Limits and lifecycle (tests/test_limits.py, tests/test_lifecycle.py).
+
+
+def sleep_through_soft_limit(seconds: float) -> str:
+    """Block in time.sleep; report whether the soft limit interrupted it."""
+    from triopool import SoftTimeLimitExceeded
+
+    try:
+        time.sleep(seconds)
+    except SoftTimeLimitExceeded:
+        return "cleaned up"
+    return "finished"
+
+
+def ignore_soft_limit(seconds: float) -> str:
+    """Catch the soft limit and keep running, as a badly behaved task would."""
+    from triopool import SoftTimeLimitExceeded
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            time.sleep(deadline - time.monotonic())
+        except SoftTimeLimitExceeded:
+            pass
+    return "finished"
+
+
+def allocate_and_free(megabytes: int) -> int:
+    """Touch a large block, then free it: the peak grows, the current RSS not."""
+    block = bytearray(megabytes * 1024 * 1024)
+    for i in range(0, len(block), 4096):
+        block[i] = 1
+    del block
+    return os.getpid()
+
+
+def resident_bytes() -> int:
+    with open("/proc/self/statm", "rb") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def initializer_fails_every_other_start(counter_path: str) -> None:
+    """Fail on the 1st, 3rd, 5th... start (the count lives in a file)."""
+    try:
+        with open(counter_path) as f:
+            count = int(f.read() or "0")
+    except FileNotFoundError:
+        count = 0
+    with open(counter_path, "w") as f:
+        f.write(str(count + 1))
+    if count % 2 == 0:
+        raise RuntimeError(f"start {count + 1} fails on purpose")
+
+
+def announce_then_sleep(seconds: float) -> int:
+    """Print this worker's pid on the inherited stdout, then sleep."""
+    print(f"busy {os.getpid()}", flush=True)
+    time.sleep(seconds)
+    return os.getpid()
