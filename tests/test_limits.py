@@ -211,8 +211,9 @@ async def test_run_sync_rejects_a_soft_limit_not_below_the_hard_one() -> None:
 @pytest.mark.parametrize("name", ["time_limit", "soft_time_limit"])
 @pytest.mark.parametrize("value", [0, -1.0, float("nan")])
 async def test_limits_must_be_positive(name: str, value: float) -> None:
+    options: dict[str, Any] = {name: value}
     with pytest.raises(ValueError, match=name):
-        triopool.open_pool(1, **{name: value})
+        triopool.open_pool(1, **options)
 
 
 # 3. Memory recycling
