@@ -247,6 +247,29 @@ def initializer_fails_every_other_start(counter_path: str) -> None:
 
 def announce_then_sleep(seconds: float) -> int:
     """Print this worker's pid on the inherited stdout, then sleep."""
-    print(f"busy {os.getpid()}", flush=True)
+    # One write of a short line is atomic on a pipe: lines from two workers
+    # cannot interleave (print() may write the text and the newline apart).
+    os.write(1, f"busy {os.getpid()}\n".encode())
     time.sleep(seconds)
     return os.getpid()
+
+
+def signal_state() -> dict[str, Any]:
+    """How this worker treats SIGINT and SIGTERM."""
+    term = signal.getsignal(signal.SIGTERM)
+    return {
+        "sigint_ignored": signal.getsignal(signal.SIGINT) is signal.SIG_IGN,
+        "sigterm_default": term is signal.SIG_DFL,
+        "sigterm_ignored": term is signal.SIG_IGN,
+        "blocked": sorted(int(s) for s in signal.pthread_sigmask(signal.SIG_BLOCK, [])),
+    }
+
+
+def exec_child_sigterm() -> str:
+    """The SIGTERM disposition a program started by a task gets."""
+    import subprocess
+
+    code = "import signal; print(int(signal.getsignal(signal.SIGTERM)))"
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
