@@ -16,12 +16,15 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import attrs
+import pytest
 import trio
 
 import triopool
 from tests import workerfuncs
+from triopool._worker import Worker
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -328,3 +331,30 @@ async def test_sigterm_to_a_worker_alone_is_ignored(tmp_path: Path) -> None:
             await cleanup(program)
         assert returncode == 0, program.stderr()
         assert busy in program.value("results")  # type: ignore[operator]
+
+
+async def test_keyboard_interrupt_in_a_pool_task_leaves_as_itself(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Trio delivers a Ctrl-C to whatever task runs when it comes, possibly
+    one of the pool's own. It must still leave the block as itself, even
+    though the caller whose task it interrupted failed meanwhile."""
+    receive = Worker.receive
+    armed = False
+
+    async def receive_or_interrupt(self: Worker) -> Any:
+        frame = await receive(self)
+        if armed:
+            raise KeyboardInterrupt
+        return frame
+
+    async def use_pool() -> None:
+        nonlocal armed
+        async with triopool.open_pool(1) as pool:
+            await pool.run_sync(workerfuncs.getpid)
+            monkeypatch.setattr(Worker, "receive", receive_or_interrupt)
+            armed = True
+            await pool.run_sync(workerfuncs.getpid)
+
+    with trio.fail_after(30), pytest.raises(KeyboardInterrupt):
+        await use_pool()
