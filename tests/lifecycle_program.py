@@ -33,7 +33,7 @@ from typing import Any
 import trio
 
 import triopool
-from tests import workerfuncs
+from tests import limitfuncs, workerfuncs
 
 LONG = 60.0
 
@@ -55,7 +55,7 @@ async def learn_worker_pids(pool: triopool.Pool) -> None:
 async def one_busy() -> None:
     async with triopool.open_pool(2) as pool:
         await learn_worker_pids(pool)
-        await pool.run_sync(workerfuncs.announce_then_sleep, LONG)
+        await pool.run_sync(limitfuncs.announce_then_sleep, LONG)
 
 
 async def all_busy() -> None:
@@ -63,7 +63,7 @@ async def all_busy() -> None:
         await learn_worker_pids(pool)
         async with trio.open_nursery() as nursery:
             for _ in range(2):
-                nursery.start_soon(pool.run_sync, workerfuncs.announce_then_sleep, LONG)
+                nursery.start_soon(pool.run_sync, limitfuncs.announce_then_sleep, LONG)
 
 
 async def on_sigterm(*, drain: bool) -> None:
@@ -76,7 +76,7 @@ async def on_sigterm(*, drain: bool) -> None:
 
                 async def task() -> None:
                     results.append(
-                        await pool.run_sync(workerfuncs.announce_then_sleep, seconds)
+                        await pool.run_sync(limitfuncs.announce_then_sleep, seconds)
                     )
 
                 nursery.start_soon(task)

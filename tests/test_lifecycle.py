@@ -23,7 +23,7 @@ import pytest
 import trio
 
 import triopool
-from tests import workerfuncs
+from tests import limitfuncs, workerfuncs
 from triopool._worker import Worker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -148,8 +148,8 @@ def count_tracebacks(text: str) -> int:
 async def test_workers_leave_stop_signals_to_the_parent() -> None:
     with trio.fail_after(30):
         async with triopool.open_pool(1) as pool:
-            state = await pool.run_sync(workerfuncs.signal_state)
-            child = await pool.run_sync(workerfuncs.exec_child_sigterm)
+            state = await pool.run_sync(limitfuncs.signal_state)
+            child = await pool.run_sync(limitfuncs.exec_child_sigterm)
             modules = await pool.run_sync(workerfuncs.loaded_modules)
     assert state == {
         "sigint_ignored": True,

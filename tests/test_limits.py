@@ -15,7 +15,7 @@ import pytest
 import trio
 
 import triopool
-from tests import workerfuncs
+from tests import limitfuncs, workerfuncs
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -141,10 +141,10 @@ async def test_soft_limit_interrupts_time_sleep() -> None:
     with trio.fail_after(30):
         async with triopool.open_pool(1) as pool:
             result = await pool.run_sync(
-                workerfuncs.sleep_through_soft_limit, 60, soft_time_limit=0.3
+                limitfuncs.sleep_through_soft_limit, 60, soft_time_limit=0.3
             )
             assert result == "cleaned up"
-            result = await pool.run_sync(workerfuncs.sleep_through_soft_limit, 0.01)
+            result = await pool.run_sync(limitfuncs.sleep_through_soft_limit, 0.01)
             assert result == "finished"
 
 
@@ -166,7 +166,7 @@ async def test_hard_limit_stops_a_task_that_ignores_its_soft_limit() -> None:
     with trio.fail_after(30):
         async with triopool.open_pool(1, soft_time_limit=0.2, time_limit=0.8) as pool:
             with pytest.raises(triopool.TimeLimitExceeded):
-                await pool.run_sync(workerfuncs.ignore_soft_limit, 60)
+                await pool.run_sync(limitfuncs.ignore_soft_limit, 60)
         # Counted once the worker is reaped, which the caller does not wait for.
         assert pool.statistics().workers_lost == 1
 
@@ -222,7 +222,7 @@ async def test_limits_must_be_positive(name: str, value: float) -> None:
 async def test_worker_over_its_memory_limit_delivers_then_retires() -> None:
     with trio.fail_after(30):
         async with triopool.open_pool(1, max_memory_per_child=100 * MiB) as pool:
-            small = await pool.run_sync(workerfuncs.resident_bytes)
+            small = await pool.run_sync(limitfuncs.resident_bytes)
             assert small < 100 * MiB
             # The result of the task that went over the limit is delivered.
             big_pid = await pool.run_sync(workerfuncs.allocate, 200)
@@ -238,8 +238,8 @@ async def test_worker_over_its_memory_limit_delivers_then_retires() -> None:
 async def test_memory_limit_looks_at_current_not_peak_memory() -> None:
     with trio.fail_after(30):
         async with triopool.open_pool(1, max_memory_per_child=100 * MiB) as pool:
-            first = await pool.run_sync(workerfuncs.allocate_and_free, 200)
-            second = await pool.run_sync(workerfuncs.allocate_and_free, 200)
+            first = await pool.run_sync(limitfuncs.allocate_and_free, 200)
+            second = await pool.run_sync(limitfuncs.allocate_and_free, 200)
             assert first == second
             assert pool.statistics().workers_recycled == 0
 
@@ -355,7 +355,7 @@ async def test_a_successful_start_resets_the_failure_count(tmp_path: Path) -> No
         # so failures keep coming but never two in a row.
         async with triopool.open_pool(
             1,
-            initializer=workerfuncs.initializer_fails_every_other_start,
+            initializer=limitfuncs.initializer_fails_every_other_start,
             initargs=(str(counter),),
             max_tasks_per_child=1,
             max_start_failures=2,
