@@ -64,6 +64,20 @@ EXPECTED: dict[str, list[str]] = {
         "seeded: 960661254",
         "limited: 1",
     ],
+    "limits_time.py": [
+        "('complete', 333328333350000)",
+        "partial",
+        "soft limit: soft time limit of 0.5 s exceeded",
+        "hard limit: the worker was killed after 2.0 s",
+        "333332833333500000",
+        "workers killed and replaced: 1",
+    ],
+    "limits_recycling.py": ["workers used: 2", "recycled: 2"],
+    "limits_sigterm.py": [
+        "SIGTERM: letting the running tasks finish",
+        "tasks finished after SIGTERM: 2",
+        "failed: 0, workers lost: 0",
+    ],
 }
 
 

@@ -131,10 +131,10 @@ async def test_async_function_is_rejected() -> None:
     [
         (wf.exit_with, (7,), 7),
         (wf.kill_self, (signal.SIGKILL,), -signal.SIGKILL),
-        (wf.kill_self, (signal.SIGTERM,), -signal.SIGTERM),
+        (wf.kill_self, (signal.SIGUSR1,), -signal.SIGUSR1),
         (wf.segfault, (), -signal.SIGSEGV),
     ],
-    ids=["os._exit", "sigkill", "sigterm", "segfault"],
+    ids=["os._exit", "sigkill", "sigusr1", "segfault"],
 )
 async def test_crash_gives_broken_worker_error_with_exitcode(
     fn: Any, args: tuple[Any, ...], exitcode: int

@@ -9,9 +9,14 @@ Invariants:
 - It handles one task at a time, in the order the tasks were sent, and answers
   each with exactly one RESULT, ERROR or SERIAL_ERROR frame, or with a FATAL
   frame followed by its exit. The parent relies on this order.
-- SIGINT is ignored (Ctrl-C is the parent's business); on Linux the worker
-  dies with its parent even mid-task (``PR_SET_PDEATHSIG``); EOF on the task
-  pipe ends it normally.
+- SIGINT and SIGTERM do not stop it: a Ctrl-C in a terminal, systemd's
+  ``KillMode=control-group`` or ``kill -TERM -<pgid>`` signal the whole
+  process group, and what happens then is the parent's decision. SIGINT is
+  ignored; SIGTERM has a handler that does nothing, so that programs a task
+  starts get the default action back at ``exec``. The parent starts the
+  worker with both blocked, so this holds from the first instruction. On
+  Linux the worker dies with its parent even mid-task
+  (``PR_SET_PDEATHSIG``); EOF on the task pipe ends it normally.
 - A task raising a ``BaseException`` that is not an ``Exception`` ends the
   worker: the exception is sent as FATAL, then the process exits.
 """
@@ -206,9 +211,24 @@ def _exit_code(exc: BaseException) -> int:
     return 1
 
 
+def _ignore_stop_signals() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    # Restart interrupted system calls, as if the signal were ignored, so
+    # that C code a task runs never sees EINTR because of it.
+    signal.siginterrupt(signal.SIGTERM, False)
+    # Blocked by the parent across the start (see _spawn): pending ones are
+    # delivered now, harmlessly.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    pass
+
+
 def main(fd_in: int, fd_out: int, parent_pid: int) -> None:
     """Run the worker until its task pipe reaches EOF."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _ignore_stop_signals()
     _die_with_parent(parent_pid)
     pipes = _Pipes(fd_in, fd_out)
     frame = pipes.receive()

@@ -53,6 +53,9 @@ def _bootstrap(fd_in, fd_out, parent_pid, root):
 _bootstrap(*sys.argv[1:5])
 """
 
+# Signals a worker leaves to its parent (see _child.main).
+_STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
+
 # The directory holding the triopool package this process runs, for the worker.
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -87,7 +90,20 @@ class WorkerProcess:
         # the *thread* that started the child exits, and Trio's worker threads
         # come and go. Popen uses vfork here, so this blocks for well under a
         # millisecond.
-        self._popen = subprocess.Popen(argv, pass_fds=(fd_in, fd_out), close_fds=True)
+        #
+        # SIGINT and SIGTERM are blocked across the start, and the child
+        # inherits that mask: it unblocks them only once it has made them
+        # harmless (see _child.main), so a Ctrl-C or a process-group SIGTERM
+        # that arrives while a worker starts does not kill it or make it print
+        # a traceback. Here they stay pending for the moment Popen takes (or
+        # go to another thread) and are not lost.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            self._popen = subprocess.Popen(
+                argv, pass_fds=(fd_in, fd_out), close_fds=True
+            )
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         self.pid = self._popen.pid
 
     @property

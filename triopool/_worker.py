@@ -4,7 +4,7 @@ Invariant: the fds of a worker are closed only by the ``async with`` of the
 task that opened them (:func:`open_worker`). That block creates both pipes
 with ``O_CLOEXEC``, starts the process with only its own ends inherited,
 closes those ends in the parent at once and holds the parent's ends in
-:class:`trio.lowlevel.FdStream` objects, whose ``aclose`` deregisters each fd
+:class:`trio.lowlevel.FdStream` objects, whose ``close`` deregisters each fd
 from Trio before closing it. Leaving the block, however it is left, kills the
 process if it still runs, reaps it under a shield, and closes both streams.
 Nothing else in triopool knows a worker's fd numbers, so nothing else can
@@ -141,11 +141,17 @@ async def open_worker() -> AsyncIterator[Worker]:
     os.close(result_w)
     send_stream = trio.lowlevel.FdStream(task_w)
     receive_stream = trio.lowlevel.FdStream(result_r)
-    async with send_stream, receive_stream:
+    try:
+        yield Worker(process, send_stream, receive_stream)
+    finally:
         try:
-            yield Worker(process, send_stream, receive_stream)
-        finally:
             with trio.CancelScope(shield=True):
                 if process.returncode is None:
                     process.signal(signal.SIGKILL)
                     await process.wait()
+        finally:
+            # close(), not aclose(): aclose() ends with a checkpoint, which in
+            # a cancelled scope raises Cancelled and so replaces the exception
+            # leaving the block (a KeyboardInterrupt would be lost).
+            send_stream.close()
+            receive_stream.close()
