@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import functools
 import inspect
 import logging
 import math
@@ -288,6 +289,7 @@ class Pool:
     def __init__(self, config: PoolConfig) -> None:
         self._config = config
         self._config_pieces = _config_frame(config)
+        self._main_importable = _main_module() != (None, None)
         self._waiting: deque[_Job] = deque()
         self._idle: list[_Slot] = []
         self._slots = [_Slot(number) for number in range(config.workers)]
@@ -398,12 +400,18 @@ class Pool:
             raise TypeError(f"kill_on_cancel must be a bool, got {kill_on_cancel!r}")
         _check_limits(time_limit, soft_time_limit, " of run_sync()")
         self._check_usable()
+        # A function from a __main__ the workers cannot run again (a REPL, a
+        # notebook, python -c) pickles by reference here and then fails to
+        # unpickle there: send it by value instead.
+        by_value = not self._main_importable and _from_main(fn)
         try:
-            payload, buffers = _protocol.dumps((fn, args, soft_time_limit))
+            payload, buffers = _protocol.dumps(
+                (fn, args, soft_time_limit), by_value=by_value
+            )
         except Exception as exc:
             raise SerializationError(
                 f"could not pickle the task {_describe_callable(fn)}: "
-                f"{type(exc).__name__}: {exc}"
+                f"{type(exc).__name__}: {exc}{_protocol.cloudpickle_hint(exc)}"
             ) from exc
         job = _Job(
             _protocol.encode_frame(_protocol.TASK, payload, buffers),
@@ -785,6 +793,13 @@ def _describe_callable(fn: object) -> str:
     if name and module:
         return f"{module}.{name}"
     return repr(fn)
+
+
+def _from_main(fn: object) -> bool:
+    """Whether ``fn`` (or the function of a partial) comes from ``__main__``."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return getattr(fn, "__module__", None) == "__main__"
 
 
 def _exception_from(
