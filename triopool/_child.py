@@ -228,6 +228,7 @@ def main(fd_in: int, fd_out: int, parent_pid: int) -> None:
         pipes.send_message(_protocol.START_FAILED, _describe(exc))
         os._exit(1)
     del frame, config
+    _line_buffered_stdout()
     pipes.send(_protocol.encode_frame(_protocol.UP))
     soft_limit = _SoftLimit()
     _serve(pipes, fixup, soft_limit, max_memory)
@@ -272,10 +273,38 @@ def _serve(
             kind = _protocol.SERIAL_ERROR
             payload, buffers = _protocol.dumps(("the result", *_describe(exc)))
         del result
+        _flush_output()
         if max_memory is not None and _resident_memory() > max_memory:
             flags = _protocol.OVER_MEMORY
         pipes.send(_protocol.encode_frame(kind, payload, buffers, flags))
         del payload, buffers
+
+
+def _line_buffered_stdout() -> None:
+    """Make what tasks print reach the parent's stdout line by line.
+
+    Workers share the parent's fds 1 and 2. Block buffering would hold output
+    back until the worker exits (or lose it if the worker is killed) and could
+    cut lines in two where workers' buffers interleave; one write per line
+    keeps lines whole (pipes write up to PIPE_BUF bytes atomically).
+    """
+    stream = sys.stdout
+    if stream is not None and hasattr(stream, "reconfigure"):
+        try:
+            stream.reconfigure(line_buffering=True)
+        except Exception:
+            pass
+
+
+def _flush_output() -> None:
+    """Write out what the task printed before its result is sent: a caller
+    that got the result can count on the task's output being out."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except Exception:
+            pass
 
 
 def _fatal(pipes: _Pipes, exc: BaseException) -> None:
@@ -283,10 +312,5 @@ def _fatal(pipes: _Pipes, exc: BaseException) -> None:
     try:
         pipes.send_message(_protocol.FATAL, _exception_message(exc))
     finally:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                if stream is not None:
-                    stream.flush()
-            except Exception:
-                pass
+        _flush_output()
         os._exit(code)
