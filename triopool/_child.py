@@ -228,7 +228,7 @@ def main(fd_in: int, fd_out: int, parent_pid: int) -> None:
         pipes.send_message(_protocol.START_FAILED, _describe(exc))
         os._exit(1)
     del frame, config
-    _line_buffered_stdout()
+    _line_buffered_output()
     pipes.send(_protocol.encode_frame(_protocol.UP))
     soft_limit = _SoftLimit()
     _serve(pipes, fixup, soft_limit, max_memory)
@@ -280,20 +280,22 @@ def _serve(
         del payload, buffers
 
 
-def _line_buffered_stdout() -> None:
-    """Make what tasks print reach the parent's stdout line by line.
+def _line_buffered_output() -> None:
+    """Make what tasks print reach the parent's stdout and stderr line by line.
 
     Workers share the parent's fds 1 and 2. Block buffering would hold output
     back until the worker exits (or lose it if the worker is killed) and could
-    cut lines in two where workers' buffers interleave; one write per line
-    keeps lines whole (pipes write up to PIPE_BUF bytes atomically).
+    cut lines where workers' buffers interleave; unbuffered output
+    (``PYTHONUNBUFFERED``, ``-u``) writes ``print``'s text and its newline
+    separately, so lines of different workers mix. One write per line keeps
+    lines whole: pipes write up to ``PIPE_BUF`` (4096) bytes atomically.
     """
-    stream = sys.stdout
-    if stream is not None and hasattr(stream, "reconfigure"):
-        try:
-            stream.reconfigure(line_buffering=True)
-        except Exception:
-            pass
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None and hasattr(stream, "reconfigure"):
+            try:
+                stream.reconfigure(line_buffering=True, write_through=False)
+            except Exception:
+                pass
 
 
 def _flush_output() -> None:
