@@ -477,8 +477,8 @@ async def _demo_pool(
             f"pool  {tasks}/{tasks} tasks in {elapsed:.2f} s  ({_rate(tasks, elapsed)})"
             f"  {_pool_status(pool)}"
         )
-        stats = pool.statistics()
-    return results, elapsed, stats
+    # After the block: retirements still under way at the end are counted.
+    return results, elapsed, pool.statistics()
 
 
 # map
