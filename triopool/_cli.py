@@ -351,6 +351,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     # Sequential: the same function, called in this process.
     expected: list[int] = []
     start = time.perf_counter()
+    cpu_start = time.process_time()
     for index, (low, high) in enumerate(ranges):
         expected.append(_demo.count_primes(low, high))
         elapsed = time.perf_counter() - start
@@ -359,11 +360,13 @@ def _run_demo(args: argparse.Namespace) -> int:
             force=index + 1 == tasks,
         )
     sequential_time = time.perf_counter() - start
+    sequential_cpu = time.process_time() - cpu_start
     progress.done(
         f"sequential  {tasks}/{tasks} tasks in {sequential_time:.2f} s"
         f"  ({_rate(tasks, sequential_time)})"
     )
 
+    children_cpu = _children_cpu_time()
     results, pool_time, stats = _trio_run(
         lambda: _demo_pool(ranges, doomed, workers, args.max_tasks_per_child, progress)
     )
@@ -394,7 +397,17 @@ def _run_demo(args: argparse.Namespace) -> int:
         " (worker start-up included)",
         file=out,
     )
+    # Workers are reaped by now, so their CPU time is in RUSAGE_CHILDREN.
+    workers_cpu = _children_cpu_time() - children_cpu
     print(f"speed-up:   {speedup:.2f}x with {workers} workers", file=out)
+    print(
+        f"cpu:        sequential {_cpus(sequential_cpu, sequential_time)}, "
+        f"pool workers {_cpus(workers_cpu, pool_time)} on average",
+        file=out,
+    )
+    busy = _busy_machine_note(workers)
+    if busy:
+        print(busy, file=out)
     print(
         f"results:    {matched} of {tasks - len(doomed)} match the sequential run"
         f" ({sum(expected):,} primes)",
@@ -430,6 +443,36 @@ def _run_demo(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 1 if wrong or len(killed) != len(doomed) else 0
+
+
+def _children_cpu_time() -> float:
+    """CPU seconds used by this process's reaped children."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _cpus(cpu_seconds: float, wall_seconds: float) -> str:
+    if wall_seconds <= 0:
+        return "-"
+    return f"{cpu_seconds / wall_seconds:.2f} CPUs busy"
+
+
+def _busy_machine_note(workers: int) -> str:
+    """A note when other programs compete for the CPUs the demo measures."""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):  # pragma: no cover - not Unix
+        return ""
+    cpus = _usable_cpus()
+    if load <= cpus:
+        return ""
+    return (
+        f"note:       the machine is busy (load average {load:.1f} on {cpus} "
+        "CPUs): other programs took CPU time from both runs, so the speed-up "
+        "is lower than on an idle machine"
+    )
 
 
 async def _demo_pool(
