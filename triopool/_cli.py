@@ -294,6 +294,15 @@ class _Progress:
             self._stream.write(f"{text}\n")
         self._stream.flush()
 
+    def message(self, text: str) -> None:
+        """Write a message line on the same stream, without mangling the
+        status line: on a terminal it is erased first and redrawn later."""
+        if self._tty and self._drawn:
+            self._stream.write("\r\x1b[K")
+            self._last_draw = -math.inf
+        self._stream.write(f"{text}\n")
+        self._stream.flush()
+
     def done(self, text: str) -> None:
         """Show the final state and end the line."""
         if not self.enabled:
@@ -635,8 +644,10 @@ class _MapRun:
         reader: _LineReader,
         input_name: str,
         out: IO[bytes],
+        progress: _Progress,
     ) -> None:
         self.fn = fn
+        self.progress = progress
         self.reader = reader
         self.input_name = input_name
         self.out = out
@@ -655,8 +666,9 @@ class _MapRun:
         self._next_to_write = 0
         self._work: trio.Nursery | None = None
 
-    async def run(self, pool: Pool, in_flight: int, progress: _Progress) -> None:
+    async def run(self, pool: Pool, in_flight: int) -> None:
         start = trio.current_time()
+        progress = self.progress
 
         def render() -> str:
             total = f"{self.items_read}" + ("" if self.reader.eof else "+")
@@ -732,10 +744,8 @@ class _MapRun:
             self.done += 1
             if kind == _cli_worker.BAD_INPUT:
                 out.flush()
-                print(
-                    f"{_PROG} map: {self.input_name}:{lineno}: {text}",
-                    file=sys.stderr,
-                    flush=True,
+                self.progress.message(
+                    f"{_PROG} map: {self.input_name}:{lineno}: {text}"
                 )
             else:
                 out.write(text.encode() + b"\n")
@@ -755,7 +765,9 @@ def _run_map(args: argparse.Namespace) -> int:
     workers: int = args.workers or _usable_cpus()
     enabled = _isatty(sys.stderr) if args.progress is None else args.progress
     progress = _Progress(sys.stderr, enabled=enabled)
-    run = _MapRun(args, fn, _LineReader(stream), input_name, sys.stdout.buffer)
+    run = _MapRun(
+        args, fn, _LineReader(stream), input_name, sys.stdout.buffer, progress
+    )
 
     async def go() -> None:
         async with open_pool(
@@ -763,7 +775,7 @@ def _run_map(args: argparse.Namespace) -> int:
             max_tasks_per_child=args.max_tasks_per_child,
             initializer=_cli_worker.stdout_to_stderr,
         ) as pool:
-            await run.run(pool, 2 * workers, progress)
+            await run.run(pool, 2 * workers)
 
     try:
         _trio_run(go)
