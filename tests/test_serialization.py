@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import trio
-import workerfuncs
 
 import triopool
+from tests import taskfuncs, workerfuncs
 from triopool import _protocol
 
 if TYPE_CHECKING:
@@ -45,14 +45,14 @@ async def test_lambda_and_closure_with_cloudpickle() -> None:
             assert await pool.run_sync(lambda x: x + offset, 32) == 42
             assert await pool.run_sync(make_closure(3), 5) == 15
             # The arguments may be lambdas too.
-            assert await pool.run_sync(workerfuncs.apply, lambda: "called") == "called"
+            assert await pool.run_sync(taskfuncs.apply, lambda: "called") == "called"
 
 
 async def test_result_plain_pickle_cannot_send() -> None:
     pytest.importorskip("cloudpickle")
     with trio.fail_after(TIMEOUT):
         async with triopool.open_pool(1) as pool:
-            double = await pool.run_sync(workerfuncs.return_lambda)
+            double = await pool.run_sync(taskfuncs.return_lambda)
     assert double(21) == 42
 
 
@@ -101,7 +101,7 @@ async def test_plain_pickle_stays_the_fast_path(
         raise AssertionError("cloudpickle was asked for a picklable task")
 
     monkeypatch.setattr(_protocol, "_cloudpickle", no_cloudpickle)
-    payload, buffers = _protocol.dumps((workerfuncs.add, (1, 2), None))
+    payload, buffers = _protocol.dumps_with_fallback((workerfuncs.add, (1, 2), None))
     assert b"cloudpickle" not in payload
     fn, args, _ = pickle.loads(payload, buffers=buffers)
     assert fn(*args) == 3
@@ -109,9 +109,9 @@ async def test_plain_pickle_stays_the_fast_path(
 
 async def test_cloudpickle_output_loads_with_plain_pickle() -> None:
     pytest.importorskip("cloudpickle")
-    payload, buffers = _protocol.dumps(lambda x: x * 3)
+    payload, buffers = _protocol.dumps_with_fallback(lambda x: x * 3)
     assert pickle.loads(payload, buffers=buffers)(3) == 9
-    payload, buffers = _protocol.dumps(workerfuncs.add, by_value=True)
+    payload, buffers = _protocol.dumps_with_fallback(workerfuncs.add, by_value=True)
     assert pickle.loads(payload, buffers=buffers)(2, 3) == 5
 
 

@@ -268,7 +268,7 @@ def _serve(
             _fatal(pipes, exc)
         del fn, args
         try:
-            payload, buffers = _protocol.dumps(result)
+            payload, buffers = _protocol.dumps_with_fallback(result)
         except Exception as exc:
             kind = _protocol.SERIAL_ERROR
             payload, buffers = _protocol.dumps(("the result", *_describe(exc)))

@@ -405,7 +405,7 @@ class Pool:
         # unpickle there: send it by value instead.
         by_value = not self._main_importable and _from_main(fn)
         try:
-            payload, buffers = _protocol.dumps(
+            payload, buffers = _protocol.dumps_with_fallback(
                 (fn, args, soft_time_limit), by_value=by_value
             )
         except Exception as exc:

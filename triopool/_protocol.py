@@ -301,29 +301,34 @@ class _Pickler(pickle.Pickler):
         return NotImplemented
 
 
-def dumps(
+def dumps(obj: object) -> tuple[bytes, list[pickle.PickleBuffer]]:
+    """Pickle ``obj``; large bytes-like objects become out-of-band buffers."""
+    buffers: list[pickle.PickleBuffer] = []
+    out = io.BytesIO()
+    _Pickler(out, 5, buffer_callback=buffers.append).dump(obj)
+    return out.getvalue(), buffers
+
+
+def dumps_with_fallback(
     obj: object, *, by_value: bool = False
 ) -> tuple[bytes, list[pickle.PickleBuffer]]:
-    """Pickle ``obj``; large bytes-like objects become out-of-band buffers.
+    """:func:`dumps`, or cloudpickle for what plain pickle cannot send.
 
-    Plain pickle is tried first. If it fails, or with ``by_value`` (for
-    functions of a ``__main__`` the worker cannot import, such as a REPL's),
-    cloudpickle is used when it is installed: it sends lambdas, closures and
-    such functions by value. Its output unpickles with plain :func:`pickle.loads`
-    wherever cloudpickle is importable.
+    Plain pickle is tried first, so what it can send costs what it always did.
+    If it fails, or with ``by_value`` (for functions of a ``__main__`` the
+    worker cannot import, such as a REPL's), cloudpickle is used when it is
+    installed: it sends lambdas, closures and such functions by value. Its
+    output unpickles with plain :func:`pickle.loads` wherever cloudpickle is
+    importable.
     """
-    buffers: list[pickle.PickleBuffer] = []
     if not by_value:
-        out = io.BytesIO()
         try:
-            _Pickler(out, 5, buffer_callback=buffers.append).dump(obj)
-            return out.getvalue(), buffers
+            return dumps(obj)
         except Exception as exc:
             cloudpickle = _cloudpickle()
             if cloudpickle is None:
                 raise
             error: Exception = exc
-        buffers.clear()
     else:
         cloudpickle = _cloudpickle()
         if cloudpickle is None:
@@ -331,6 +336,7 @@ def dumps(
                 "the function comes from a __main__ module the workers cannot "
                 "import (a REPL, a notebook or python -c)"
             )
+    buffers: list[pickle.PickleBuffer] = []
     try:
         payload: bytes = cloudpickle.dumps(
             obj, protocol=5, buffer_callback=buffers.append
