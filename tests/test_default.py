@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import trio
-import workerfuncs
-from conftest import child_processes, open_fds
 
 import triopool
+from tests import workerfuncs
+from tests.conftest import child_processes, open_fds
 from triopool import _default
 
 if TYPE_CHECKING:

@@ -18,22 +18,24 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 TIMEOUT = 90
-TESTS = os.path.dirname(os.path.abspath(__file__))
+# The directory holding the tests package.
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SCRIPT = textwrap.dedent(
     """
     import sys
     sys.path.insert(0, sys.argv[1])
-    import trio, triopool, workerfuncs
+    import trio, triopool
+    from tests import taskfuncs
 
     TASKS, LINES = 40, 30
 
     async def main():
         async with triopool.open_pool(
-            3, initializer=workerfuncs.log_to_stderr_with_pid
+            3, initializer=taskfuncs.log_to_stderr_with_pid
         ) as pool:
             async def one(task):
-                await pool.run_sync(workerfuncs.print_lines, task, LINES)
+                await pool.run_sync(taskfuncs.print_lines, task, LINES)
                 # The task's output is out before its result arrives.
                 # One write per line here too (print writes the newline
                 # separately when output is unbuffered: PYTHONUNBUFFERED).
@@ -45,7 +47,7 @@ SCRIPT = textwrap.dedent(
                     nursery.start_soon(one, task)
             # Output of the last task is out even if its worker is then
             # killed, as leaving the block by an exception does.
-            await pool.run_sync(workerfuncs.print_lines, 999, 1)
+            await pool.run_sync(taskfuncs.print_lines, 999, 1)
             raise SystemExit(0)
 
     trio.run(main)
@@ -56,7 +58,7 @@ SCRIPT = textwrap.dedent(
 async def test_prints_and_logging_reach_the_parent_whole(tmp_path: Path) -> None:
     with trio.fail_after(TIMEOUT):
         completed = await trio.run_process(
-            [sys.executable, "-c", SCRIPT, TESTS],
+            [sys.executable, "-c", SCRIPT, ROOT],
             capture_stdout=True,
             capture_stderr=True,
             check=False,
