@@ -27,7 +27,9 @@ TIMEOUT = 60
 
 @pytest.fixture(autouse=True)
 def default_configuration() -> Iterator[None]:
-    """Leave the process-wide configuration as each test found it."""
+    """Start and end each test with the default configuration (it is
+    process-wide)."""
+    triopool.configure_default_pool()
     yield
     triopool.configure_default_pool()
 

@@ -107,8 +107,9 @@ def configure_default_pool(
 
     Example::
 
-        triopool.configure_default_pool(workers=4, max_tasks_per_child=100)
-        trio.run(main)  # main() uses await triopool.run_sync(...)
+        # Before the run's first triopool.run_sync(), or before trio.run():
+        triopool.configure_default_pool(workers=2, max_tasks_per_child=100)
+        total = await triopool.run_sync(sum, range(10))
 
     Raises:
         RuntimeError: This run's default pool has already started.
@@ -185,10 +186,7 @@ async def run_sync(
 
     Example::
 
-        async def main():
-            print(await triopool.run_sync(pow, 2, 100))
-
-        trio.run(main)
+        big = await triopool.run_sync(pow, 3, 100_000)
 
     Raises:
         trio.ClosedResourceError: The default pool could not be opened (the
