@@ -434,3 +434,18 @@ async def test_console_script_is_installed(workdir: Path) -> None:
         )
     assert completed.returncode == 0
     assert completed.stdout.decode().startswith("triopool ")
+    # The script, unlike python -m, does not put the current directory on
+    # sys.path by itself; map must still find modules there.
+    with trio.fail_after(TIMEOUT):
+        completed = await trio.run_process(
+            [script, "map", "mapfuncs:double", "--workers", "1"],
+            stdin=lines(1, 2),
+            capture_stdout=True,
+            check=False,
+            cwd=workdir,
+        )
+    assert completed.returncode == 0
+    assert completed.stdout.decode().splitlines() == [
+        '{"input": 1, "output": 2}',
+        '{"input": 2, "output": 4}',
+    ]
