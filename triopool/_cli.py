@@ -621,10 +621,6 @@ class _LineReader:
             if piece.strip():
                 self._lines.append((self._lineno, piece))
 
-    @property
-    def lines_read(self) -> int:
-        return self._lineno
-
 
 def _input_value(line: bytes) -> Any:
     """The input as it appears in an error line the parent writes itself."""
