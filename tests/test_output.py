@@ -12,6 +12,7 @@ import sys
 import textwrap
 from typing import TYPE_CHECKING
 
+import pytest
 import trio
 
 if TYPE_CHECKING:
@@ -55,7 +56,17 @@ SCRIPT = textwrap.dedent(
 )
 
 
-async def test_prints_and_logging_reach_the_parent_whole(tmp_path: Path) -> None:
+@pytest.mark.parametrize("unbuffered", [False, True])
+async def test_prints_and_logging_reach_the_parent_whole(
+    tmp_path: Path, unbuffered: bool
+) -> None:
+    # Buffered: output held back could be lost or cut at buffer boundaries.
+    # Unbuffered (PYTHONUNBUFFERED, as in many containers): print writes the
+    # text and the newline separately, so lines could mix.
+    env = dict(os.environ)
+    env.pop("PYTHONUNBUFFERED", None)
+    if unbuffered:
+        env["PYTHONUNBUFFERED"] = "1"
     with trio.fail_after(TIMEOUT):
         completed = await trio.run_process(
             [sys.executable, "-c", SCRIPT, ROOT],
@@ -63,6 +74,7 @@ async def test_prints_and_logging_reach_the_parent_whole(tmp_path: Path) -> None
             capture_stderr=True,
             check=False,
             cwd=tmp_path,
+            env=env,
         )
     stdout = completed.stdout.decode()
     stderr = completed.stderr.decode()
