@@ -36,3 +36,8 @@ def log_to_stderr_with_pid() -> None:
 
 def apply(fn: Any, *args: Any) -> Any:
     return fn(*args)
+
+
+def hide_cloudpickle() -> None:
+    """Initializer: make ``import cloudpickle`` fail in this worker."""
+    sys.modules["cloudpickle"] = None  # type: ignore[assignment]

@@ -75,6 +75,19 @@ async def test_without_cloudpickle_the_error_says_how_to_get_it() -> None:
 
 
 @pytest.mark.usefixtures("no_cloudpickle")
+async def test_result_without_cloudpickle_says_how_to_get_it() -> None:
+    with trio.fail_after(TIMEOUT):
+        async with triopool.open_pool(
+            1, initializer=taskfuncs.hide_cloudpickle
+        ) as pool:
+            with pytest.raises(triopool.SerializationError) as info:
+                await pool.run_sync(taskfuncs.return_lambda)
+            assert "could not pickle the result in the worker" in str(info.value)
+            assert INSTALL_HINT in str(info.value)
+            assert await pool.run_sync(workerfuncs.add, 1, 2) == 3
+
+
+@pytest.mark.usefixtures("no_cloudpickle")
 async def test_no_hint_when_cloudpickle_would_not_help() -> None:
     with trio.fail_after(TIMEOUT):
         async with triopool.open_pool(1) as pool:

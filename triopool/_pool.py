@@ -834,12 +834,24 @@ def _outcome(job: _Job) -> Any:
     if frame.kind == _protocol.ERROR:
         raise _exception_from(frame.payload, RemoteError)
     what, type_name, message, traceback_text = pickle.loads(frame.payload)
+    hint = ""
+    if what == "the result" and type_name in _BY_REFERENCE_ERRORS:
+        # The worker shares this process's sys.path: no cloudpickle here
+        # means none there either.
+        hint = _protocol.cloudpickle_hint(pickle.PicklingError())
     error = SerializationError(
         f"could not {'unpickle' if what == 'the task' else 'pickle'} {what} "
-        f"in the worker: {type_name}: {message}"
+        f"in the worker: {type_name}: {message}{hint}"
     )
     error.__cause__ = RemoteTraceback(traceback_text)
     raise error
+
+
+# The errors plain pickle raises when it cannot send a function or class by
+# reference, as the worker names them.
+_BY_REFERENCE_ERRORS = frozenset(
+    {"_pickle.PicklingError", "pickle.PicklingError", "builtins.AttributeError"}
+)
 
 
 def _main_module() -> tuple[str | None, str | None]:
