@@ -6,6 +6,8 @@ concept (see DESIGN.md).
 
 from __future__ import annotations
 
+from ._default import configure_default_pool as configure_default_pool
+from ._default import run_sync as run_sync
 from ._errors import BrokenPoolError as BrokenPoolError
 from ._errors import BrokenWorkerError as BrokenWorkerError
 from ._errors import RemoteError as RemoteError
@@ -35,9 +37,11 @@ __all__ = [
     "TimeLimitExceeded",
     "TriopoolError",
     "WorkerStartError",
+    "configure_default_pool",
     "open_pool",
+    "run_sync",
 ]
 
-for _obj in (Pool, PoolStatistics, open_pool):
+for _obj in (Pool, PoolStatistics, configure_default_pool, open_pool, run_sync):
     _obj.__module__ = "triopool"
 del _obj

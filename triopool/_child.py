@@ -248,6 +248,7 @@ def main(fd_in: int, fd_out: int, parent_pid: int) -> None:
         pipes.send_message(_protocol.START_FAILED, _describe(exc))
         os._exit(1)
     del frame, config
+    _line_buffered_output()
     pipes.send(_protocol.encode_frame(_protocol.UP))
     soft_limit = _SoftLimit()
     _serve(pipes, fixup, soft_limit, max_memory)
@@ -287,15 +288,45 @@ def _serve(
             _fatal(pipes, exc)
         del fn, args
         try:
-            payload, buffers = _protocol.dumps(result)
+            payload, buffers = _protocol.dumps_with_fallback(result)
         except Exception as exc:
             kind = _protocol.SERIAL_ERROR
             payload, buffers = _protocol.dumps(("the result", *_describe(exc)))
         del result
+        _flush_output()
         if max_memory is not None and _resident_memory() > max_memory:
             flags = _protocol.OVER_MEMORY
         pipes.send(_protocol.encode_frame(kind, payload, buffers, flags))
         del payload, buffers
+
+
+def _line_buffered_output() -> None:
+    """Make what tasks print reach the parent's stdout and stderr line by line.
+
+    Workers share the parent's fds 1 and 2. Block buffering would hold output
+    back until the worker exits (or lose it if the worker is killed) and could
+    cut lines where workers' buffers interleave; unbuffered output
+    (``PYTHONUNBUFFERED``, ``-u``) writes ``print``'s text and its newline
+    separately, so lines of different workers mix. One write per line keeps
+    lines whole: pipes write up to ``PIPE_BUF`` (4096) bytes atomically.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None and hasattr(stream, "reconfigure"):
+            try:
+                stream.reconfigure(line_buffering=True, write_through=False)
+            except Exception:
+                pass
+
+
+def _flush_output() -> None:
+    """Write out what the task printed before its result is sent: a caller
+    that got the result can count on the task's output being out."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except Exception:
+            pass
 
 
 def _fatal(pipes: _Pipes, exc: BaseException) -> None:
@@ -303,10 +334,5 @@ def _fatal(pipes: _Pipes, exc: BaseException) -> None:
     try:
         pipes.send_message(_protocol.FATAL, _exception_message(exc))
     finally:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                if stream is not None:
-                    stream.flush()
-            except Exception:
-                pass
+        _flush_output()
         os._exit(code)

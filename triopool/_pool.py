@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import functools
 import inspect
 import logging
 import math
@@ -293,6 +294,7 @@ class Pool:
     def __init__(self, config: PoolConfig) -> None:
         self._config = config
         self._config_pieces = _config_frame(config)
+        self._main_importable = _main_module() != (None, None)
         self._waiting: deque[_Job] = deque()
         self._idle: list[_Slot] = []
         self._slots = [_Slot(number) for number in range(config.workers)]
@@ -405,12 +407,18 @@ class Pool:
             raise TypeError(f"kill_on_cancel must be a bool, got {kill_on_cancel!r}")
         _check_limits(time_limit, soft_time_limit, " of run_sync()")
         self._check_usable()
+        # A function from a __main__ the workers cannot run again (a REPL, a
+        # notebook, python -c) pickles by reference here and then fails to
+        # unpickle there: send it by value instead.
+        by_value = not self._main_importable and _from_main(fn)
         try:
-            payload, buffers = _protocol.dumps((fn, args, soft_time_limit))
+            payload, buffers = _protocol.dumps_with_fallback(
+                (fn, args, soft_time_limit), by_value=by_value
+            )
         except Exception as exc:
             raise SerializationError(
                 f"could not pickle the task {_describe_callable(fn)}: "
-                f"{type(exc).__name__}: {exc}"
+                f"{type(exc).__name__}: {exc}{_protocol.cloudpickle_hint(exc)}"
             ) from exc
         job = _Job(
             _protocol.encode_frame(_protocol.TASK, payload, buffers),
@@ -794,6 +802,13 @@ def _describe_callable(fn: object) -> str:
     return repr(fn)
 
 
+def _from_main(fn: object) -> bool:
+    """Whether ``fn`` (or the function of a partial) comes from ``__main__``."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return getattr(fn, "__module__", None) == "__main__"
+
+
 def _exception_from(
     payload: bytes | bytearray | memoryview, fallback: type[BaseException]
 ) -> BaseException:
@@ -826,12 +841,24 @@ def _outcome(job: _Job) -> Any:
     if frame.kind == _protocol.ERROR:
         raise _exception_from(frame.payload, RemoteError)
     what, type_name, message, traceback_text = pickle.loads(frame.payload)
+    hint = ""
+    if what == "the result" and type_name in _BY_REFERENCE_ERRORS:
+        # The worker shares this process's sys.path: no cloudpickle here
+        # means none there either.
+        hint = _protocol.cloudpickle_hint(pickle.PicklingError())
     error = SerializationError(
         f"could not {'unpickle' if what == 'the task' else 'pickle'} {what} "
-        f"in the worker: {type_name}: {message}"
+        f"in the worker: {type_name}: {message}{hint}"
     )
     error.__cause__ = RemoteTraceback(traceback_text)
     raise error
+
+
+# The errors plain pickle raises when it cannot send a function or class by
+# reference, as the worker names them.
+_BY_REFERENCE_ERRORS = frozenset(
+    {"_pickle.PicklingError", "pickle.PicklingError", "builtins.AttributeError"}
+)
 
 
 def _main_module() -> tuple[str | None, str | None]:

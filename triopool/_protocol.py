@@ -359,6 +359,78 @@ def dumps(obj: object) -> tuple[bytes, list[pickle.PickleBuffer]]:
     return out.getvalue(), buffers
 
 
+def dumps_with_fallback(
+    obj: object, *, by_value: bool = False
+) -> tuple[bytes, list[pickle.PickleBuffer]]:
+    """:func:`dumps`, or cloudpickle for what plain pickle cannot send.
+
+    Plain pickle is tried first, so what it can send costs what it always did.
+    If it fails, or with ``by_value`` (for functions of a ``__main__`` the
+    worker cannot import, such as a REPL's), cloudpickle is used when it is
+    installed: it sends lambdas, closures and such functions by value. Its
+    output unpickles with plain :func:`pickle.loads` wherever cloudpickle is
+    importable.
+    """
+    if not by_value:
+        try:
+            return dumps(obj)
+        except Exception as exc:
+            cloudpickle = _cloudpickle()
+            if cloudpickle is None:
+                raise
+            error: Exception = exc
+    else:
+        cloudpickle = _cloudpickle()
+        if cloudpickle is None:
+            raise pickle.PicklingError(
+                "the function comes from a __main__ module the workers cannot "
+                "import (a REPL, a notebook or python -c)"
+            )
+    buffers: list[pickle.PickleBuffer] = []
+    try:
+        payload: bytes = cloudpickle.dumps(
+            obj, protocol=5, buffer_callback=buffers.append
+        )
+    except Exception as exc:
+        if not by_value:
+            exc.__context__ = error
+        raise
+    return payload, buffers
+
+
+def _cloudpickle() -> Any:
+    """The cloudpickle module, or ``None`` if it is not installed."""
+    import importlib
+
+    try:
+        return importlib.import_module("cloudpickle")
+    except ImportError:
+        return None
+
+
+#: Appended to pickling errors that cloudpickle would have avoided.
+CLOUDPICKLE_HINT: Final = (
+    "; to send lambdas, closures and functions defined in a REPL or notebook, "
+    "install cloudpickle: pip install triopool[cloudpickle]"
+)
+
+
+def cloudpickle_hint(exc: BaseException) -> str:
+    """:data:`CLOUDPICKLE_HINT` if cloudpickle is missing and could have helped.
+
+    Plain pickle sends functions and classes by reference (module and name);
+    when that lookup fails it raises :class:`pickle.PicklingError` or
+    :class:`AttributeError` ("Can't pickle local object"). Other errors, such
+    as a lock in the arguments, cloudpickle cannot fix either.
+    """
+    if (
+        isinstance(exc, pickle.PicklingError | AttributeError)
+        and _cloudpickle() is None
+    ):
+        return CLOUDPICKLE_HINT
+    return ""
+
+
 def loads(
     payload: bytes | bytearray | memoryview,
     buffers: list[memoryview],

@@ -1,0 +1,88 @@
+"""Worker-side helpers of ``triopool map``.
+
+The worker does all the per-item work: it parses the input line, calls the
+function and encodes the output line, so the parent only splits, batches and
+writes lines. Imports only the standard library (never trio or attrs), so
+workers running it start fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+#: Outcome kinds of one item (see :func:`call_lines`).
+OK = 0
+FAILED = 1
+BAD_INPUT = 2
+
+
+def stdout_to_stderr() -> None:
+    """Initializer: send what the task prints to stderr.
+
+    ``triopool map`` writes its results to stdout, one JSON line each; output
+    of the function being mapped must not land between them.
+    """
+    sys.stdout.flush()
+    os.dup2(2, 1)
+
+
+def error_type_name(exc: BaseException) -> str:
+    """``ValueError`` for built-in exceptions, ``module.QualName`` otherwise."""
+    cls = type(exc)
+    if cls.__module__ == "builtins":
+        return cls.__qualname__
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def error_record(value: Any, type_name: str, message: str) -> str:
+    """The output line for an item that failed."""
+    return json.dumps(
+        {"input": value, "error": {"type": type_name, "message": message}},
+        ensure_ascii=False,
+    )
+
+
+def call_lines(fn: Callable[[Any], Any], lines: list[bytes]) -> list[tuple[int, str]]:
+    """Parse each line as JSON, call ``fn`` on it and encode the outcome.
+
+    Returns one ``(kind, text)`` per line: ``(OK, output line)``, ``(FAILED,
+    output line with the error)`` or ``(BAD_INPUT, what is wrong with the
+    line)``. An exception fails only its own item; the rest still run.
+    """
+    outcomes: list[tuple[int, str]] = []
+    for line in lines:
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            # Each line is a document of its own: only the column helps.
+            outcomes.append(
+                (BAD_INPUT, f"invalid JSON: {exc.msg} (column {exc.colno})")
+            )
+            continue
+        except ValueError as exc:  # UnicodeDecodeError
+            outcomes.append((BAD_INPUT, f"invalid JSON: {exc}"))
+            continue
+        try:
+            result = fn(value)
+        except Exception as exc:
+            outcomes.append(
+                (FAILED, error_record(value, error_type_name(exc), str(exc)))
+            )
+            continue
+        try:
+            text = json.dumps({"input": value, "output": result}, ensure_ascii=False)
+        except (TypeError, ValueError) as exc:
+            text = error_record(
+                value, "TypeError", f"the result is not JSON serializable: {exc}"
+            )
+            outcomes.append((FAILED, text))
+            continue
+        outcomes.append((OK, text))
+    return outcomes

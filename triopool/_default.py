@@ -1,0 +1,205 @@
+"""The default pool: :func:`run_sync` without opening a pool first.
+
+Each ``trio.run`` gets its own default pool, kept in a :class:`trio.lowlevel.RunVar`.
+It is opened on first use by a system task that holds ``async with open_pool()``
+until the run ends: when the main task returns, Trio cancels its system tasks,
+so the pool's block exits, killing and reaping every worker and closing every
+fd, before ``trio.run`` returns. Nothing outlives the run; no ``atexit``.
+
+Invariants: at most one default pool per run, however many tasks call
+:func:`run_sync` at once for the first time (the first caller starts it, the
+others wait for it); the options come from :func:`configure_default_pool`, read
+once, when the pool starts.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import trio
+
+from ._pool import POOL_DEFAULT, Pool, open_pool
+
+if TYPE_CHECKING:
+    import contextlib
+    from collections.abc import Callable, Sequence
+    from typing import TypeVarTuple, Unpack
+
+    from ._pool import _Default
+
+    Ts = TypeVarTuple("Ts")
+
+T = TypeVar("T")
+
+
+class _State(enum.Enum):
+    STARTING = "starting"
+    OPEN = "open"
+    FAILED = "failed"
+    CLOSED = "closed"
+
+
+class _DefaultPool:
+    """This run's default pool, from its first use until the run ends."""
+
+    def __init__(self) -> None:
+        self.state = _State.STARTING
+        self.ready = trio.Event()
+        self.pool: Pool | None = None
+        self.error: BaseException | None = None
+
+    async def hold(self, manager: contextlib.AbstractAsyncContextManager[Pool]) -> None:
+        """The system task: keep the pool open until the run ends."""
+        try:
+            async with manager as pool:
+                self.pool = pool
+                self.state = _State.OPEN
+                self.ready.set()
+                await trio.sleep_forever()
+        except Exception as exc:
+            # A system task must not raise: that would crash the whole run.
+            # Callers get the error instead.
+            self.error = exc
+            self.state = _State.FAILED
+        finally:
+            if self.state is not _State.FAILED:
+                self.state = _State.CLOSED
+            self.ready.set()
+
+
+_RUN_STATE: trio.lowlevel.RunVar[_DefaultPool] = trio.lowlevel.RunVar(
+    "triopool_default_pool"
+)
+# The options of default pools started from now on; plain data, not a resource.
+_options: dict[str, Any] = {}
+
+
+def configure_default_pool(
+    workers: int | None = None,
+    *,
+    start_method: str = "spawn",
+    forkserver_preload: Sequence[str] = (),
+    initializer: Callable[..., object] | None = None,
+    initargs: Sequence[Any] = (),
+    max_tasks_per_child: int | None = None,
+    max_memory_per_child: int | None = None,
+    start_timeout: float = 4.0,
+    max_start_failures: int = 5,
+    time_limit: float | None = None,
+    soft_time_limit: float | None = None,
+    kill_on_cancel: bool = True,
+    shutdown_timeout: float = 5.0,
+) -> None:
+    """Set the options of the default pool used by :func:`triopool.run_sync`.
+
+    Takes the arguments of :func:`triopool.open_pool`, with the same defaults,
+    and checks them the same way (:class:`ValueError` or :class:`TypeError` at
+    once). Each call replaces the whole configuration: options not passed go
+    back to their defaults, so ``configure_default_pool()`` restores them all.
+
+    The configuration is process-wide and is read when a run's default pool
+    starts, on its first use. It therefore applies to every ``trio.run``
+    whose default pool starts afterwards. Calling it inside a run whose
+    default pool has already started raises :class:`RuntimeError`: that pool
+    keeps its options until the run ends, and silently ignoring the new ones
+    would hide the mistake.
+
+    Example::
+
+        # Before the run's first triopool.run_sync(), or before trio.run():
+        triopool.configure_default_pool(workers=2, max_tasks_per_child=100)
+        total = await triopool.run_sync(sum, range(10))
+
+    Raises:
+        RuntimeError: This run's default pool has already started.
+    """
+    options: dict[str, Any] = {
+        "workers": workers,
+        "start_method": start_method,
+        "forkserver_preload": tuple(forkserver_preload),
+        "initializer": initializer,
+        "initargs": tuple(initargs),
+        "max_tasks_per_child": max_tasks_per_child,
+        "max_memory_per_child": max_memory_per_child,
+        "start_timeout": start_timeout,
+        "max_start_failures": max_start_failures,
+        "time_limit": time_limit,
+        "soft_time_limit": soft_time_limit,
+        "kill_on_cancel": kill_on_cancel,
+        "shutdown_timeout": shutdown_timeout,
+    }
+    # open_pool checks every option (and pickles the initializer) before it
+    # starts anything; the manager it returns is never entered.
+    open_pool(**options)
+    try:
+        state = _RUN_STATE.get()
+    except (LookupError, RuntimeError):
+        state = None  # outside trio.run, or no default pool in this run yet
+    if state is not None and state.state is not _State.CLOSED:
+        raise RuntimeError(
+            "the default pool of this trio.run has already started; call "
+            "configure_default_pool() before the first triopool.run_sync()"
+        )
+    _options.clear()
+    _options.update(options)
+
+
+async def _current_default_pool() -> Pool:
+    try:
+        state = _RUN_STATE.get()
+    except LookupError:
+        state = _DefaultPool()
+        # Built here, in the caller, so a bad configuration or an initializer
+        # that cannot be pickled raises in the caller.
+        manager = open_pool(**_options)
+        _RUN_STATE.set(state)
+        trio.lowlevel.spawn_system_task(
+            state.hold, manager, name="triopool default pool"
+        )
+    if state.state is _State.STARTING:
+        await state.ready.wait()
+    if state.state is _State.OPEN:
+        assert state.pool is not None
+        return state.pool
+    if state.state is _State.FAILED:
+        assert state.error is not None
+        raise trio.ClosedResourceError(
+            "the default pool could not be opened"
+        ) from state.error
+    raise trio.ClosedResourceError("the default pool closed: the run is ending")
+
+
+async def run_sync(
+    fn: Callable[[Unpack[Ts]], T],
+    *args: *Ts,
+    time_limit: float | _Default | None = POOL_DEFAULT,
+    soft_time_limit: float | _Default | None = POOL_DEFAULT,
+    kill_on_cancel: bool | _Default = POOL_DEFAULT,
+) -> T:
+    """Run ``fn(*args)`` in this run's default pool and return its result.
+
+    The same as :meth:`Pool.run_sync` on a pool that this ``trio.run`` opens
+    on first use (with the options of :func:`configure_default_pool`) and
+    closes when it ends. Concurrent first calls share one pool. Use
+    :func:`open_pool` instead when the pool's lifetime should be explicit.
+
+    Example::
+
+        big = await triopool.run_sync(pow, 3, 100_000)
+
+    Raises:
+        trio.ClosedResourceError: The default pool could not be opened (the
+            reason is the ``__cause__``) or the run is ending.
+
+    And everything :meth:`Pool.run_sync` raises.
+    """
+    await trio.lowlevel.checkpoint_if_cancelled()
+    pool = await _current_default_pool()
+    return await pool.run_sync(
+        fn,
+        *args,
+        time_limit=time_limit,
+        soft_time_limit=soft_time_limit,
+        kill_on_cancel=kill_on_cancel,
+    )
