@@ -1,0 +1,41 @@
+"""Functions the map/imap tests run in workers. Standard library only, so that
+a worker importing this module stays fast and never imports trio."""
+
+from __future__ import annotations
+
+import os
+import time
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def square_with_pid(x: int) -> tuple[int, int]:
+    return x * x, os.getpid()
+
+
+def fail_on_negative(x: int) -> int:
+    if x < 0:
+        raise ValueError(x)
+    return x
+
+
+def sleep_for(seconds: float) -> float:
+    """Sleep, then return the argument: items are delays."""
+    time.sleep(seconds)
+    return seconds
+
+
+def sleep_or_fail(seconds: float) -> float:
+    """Sleep that long; a negative delay raises ValueError at once."""
+    if seconds < 0:
+        raise ValueError(seconds)
+    time.sleep(seconds)
+    return seconds
+
+
+def die_on_negative(x: int) -> int:
+    if x < 0:
+        os._exit(7)
+    return x
