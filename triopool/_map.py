@@ -22,6 +22,13 @@ Invariants:
 - Leaving the ``async with`` cancels whatever still runs and waits for it:
   no task of the call outlives the block. After it, a take raises
   :class:`trio.ClosedResourceError`.
+
+Why not :func:`trio.as_safe_channel`: it is the same structure (a background
+task owned by an ``async with``), but a failure in the generator reaches the
+consumer as ``Cancelled`` in the ``async for`` and leaves through the
+``async with``, while the API promises the error out of the ``async for``
+itself; and handing each result through a channel costs a task switch per
+item, which would cap chunked throughput.
 """
 
 from __future__ import annotations
@@ -112,7 +119,10 @@ class _Chunk(Generic[ResultT]):
 
 @attrs.define(eq=False)
 class _MapCall(Generic[ItemT, ResultT]):
-    """The state of one ``map``/``imap`` call, shared by its tasks."""
+    """The state of one ``map``/``imap`` call, shared by its tasks.
+
+    It is also the async iterator over the results that ``imap`` hands out.
+    """
 
     _pool: Pool
     _fn: Callable[[ItemT], ResultT]
@@ -140,48 +150,72 @@ class _MapCall(Generic[ItemT, ResultT]):
 
     # Consumer side
 
-    async def next(self) -> tuple[int, ResultT]:
-        """The next result and its input index.
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> ResultT:
+        """The next result; StopAsyncIteration at the end, or the first error."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        chunk = self._head
+        if chunk is None or self._error is not None:
+            chunk = await self._next_chunk()
+        # A schedule point happened when this chunk was opened; taking the rest
+        # of it needs only the cancellation check above, which keeps a chunk's
+        # worth of results cheap to iterate.
+        index = chunk.taken
+        chunk.taken = index + 1
+        if index + 1 == len(chunk.values):
+            self._head = None
+        self._received += 1
+        if self._room_made:
+            self._room_made.unpark_all()
+        return chunk.values[index]
+
+    async def next_values(self) -> tuple[int, list[ResultT]]:
+        """The next results that finished together, with the first's input index.
 
         Raises StopAsyncIteration at the end, or the call's first error.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
+        chunk = self._head
+        if chunk is None or self._error is not None:
+            chunk = await self._next_chunk()
+        self._head = None
+        first = chunk.taken
+        self._count_received(len(chunk.values) - first)
+        return chunk.start + first, chunk.values[first:] if first else chunk.values
+
+    async def _next_chunk(self) -> _Chunk[ResultT]:
+        """Wait for the next chunk to take from, make it the head, return it."""
         while True:
-            taken = self._take()
-            if taken is not _EMPTY:
+            if self._closed:
+                raise trio.ClosedResourceError("the imap() block has exited")
+            if self._finished:
+                raise StopAsyncIteration
+            if self._error is not None:
+                error, self._error = self._error, None
+                self._finished = True
+                raise error
+            chunk = self._head
+            if chunk is None:
+                if self._ordered:
+                    chunk = self._by_start.pop(self._next_start, None)
+                elif self._done:
+                    chunk = self._done.popleft()
+            if chunk is not None:
+                self._head = chunk
+                self._next_start = chunk.start + len(chunk.values)
                 await trio.lowlevel.cancel_shielded_checkpoint()
-                return taken
+                return chunk
+            if self._exhausted and not self._chunks_running:
+                self._finished = True
+                raise StopAsyncIteration
             await self._results_changed.park()
 
-    def _take(self) -> tuple[int, ResultT] | _Empty:
-        if self._closed:
-            raise trio.ClosedResourceError("the imap() block has exited")
-        if self._finished:
-            raise StopAsyncIteration
-        if self._error is not None:
-            error, self._error = self._error, None
-            self._finished = True
-            raise error
-        chunk = self._head
-        if chunk is None:
-            if self._ordered:
-                chunk = self._by_start.pop(self._next_start, None)
-            elif self._done:
-                chunk = self._done.popleft()
-            if chunk is None:
-                if self._exhausted and not self._chunks_running:
-                    self._finished = True
-                    raise StopAsyncIteration
-                return _EMPTY
-            self._head = chunk
-            self._next_start = chunk.start + len(chunk.values)
-        index = chunk.taken
-        chunk.taken += 1
-        if chunk.taken == len(chunk.values):
-            self._head = None
-        self._received += 1
-        self._room_made.unpark_all()
-        return chunk.start + index, chunk.values[index]
+    def _count_received(self, count: int) -> None:
+        self._received += count
+        if self._room_made:
+            self._room_made.unpark_all()
 
     # Producer side
 
@@ -269,21 +303,6 @@ class _MapCall(Generic[ItemT, ResultT]):
         self._results_changed.unpark_all()
 
 
-class _Results(Generic[ItemT, ResultT]):
-    """The async iterator ``imap`` hands out: the results, one at a time."""
-
-    __slots__ = ("_call",)
-
-    def __init__(self, call: _MapCall[ItemT, ResultT]) -> None:
-        self._call = call
-
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> ResultT:
-        return (await self._call.next())[1]
-
-
 @contextlib.asynccontextmanager
 async def _running(
     call: _MapCall[ItemT, ResultT], source: Iterable[ItemT] | AsyncIterable[ItemT]
@@ -334,7 +353,7 @@ async def _open_imap(
         pool, fn, ordered=ordered, chunksize=chunksize, max_in_flight=max_in_flight
     )
     async with _running(call, iterable):
-        yield _Results(call)
+        yield call
 
 
 def imap(
@@ -379,12 +398,15 @@ async def map_list(
     # Taken in completion order and put in place here: a slow item does not
     # hold back the pulling of the items after it.
     call = _new_call(pool, fn, ordered=False, chunksize=chunksize, max_in_flight=None)
-    by_index: dict[int, ResultT] = {}
+    by_start: dict[int, list[ResultT]] = {}
     async with _running(call, iterable):
         while True:
             try:
-                index, value = await call.next()
+                start, values = await call.next_values()
             except StopAsyncIteration:
                 break
-            by_index[index] = value
-    return [by_index[index] for index in range(len(by_index))]
+            by_start[start] = values
+    results: list[ResultT] = []
+    while by_start:
+        results += by_start.pop(len(results))
+    return results
