@@ -43,3 +43,22 @@ def die_on_negative(x: int) -> int:
 
 def add_to(k: int, x: int) -> int:
     return k + x
+
+
+def fail_when_started(job: tuple[str, str]) -> str:
+    """Coordinate items through a marker file, so a test needs no timing.
+
+    ``("sleep", path)`` creates ``path`` and sleeps 30 s; ``("fail", path)``
+    waits until ``path`` exists (a sleeper is running), then raises
+    ValueError.
+    """
+    kind, path = job
+    if kind == "sleep":
+        with open(path, "w"):
+            pass
+        time.sleep(30)
+        return kind
+    deadline = time.monotonic() + 30
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    raise ValueError(kind)

@@ -18,6 +18,7 @@ import triopool
 from tests import mapfuncs, workerfuncs
 
 if TYPE_CHECKING:
+    import pathlib
     from collections.abc import AsyncIterator, Iterator
 
 TIMEOUT = 60  # generous: the machine is shared and busy
@@ -86,12 +87,16 @@ async def test_imap_unordered_yields_every_result_once(pool: triopool.Pool) -> N
 
 
 async def test_imap_unordered_yields_in_completion_order(pool: triopool.Pool) -> None:
-    # One worker is busy with the slow item while the other does the rest.
-    delays = [2.0, 0.0, 0.0, 0.0]
+    # One worker is stuck on the first item while the other does the rest.
+    delays = [30.0, 0.0, 0.0, 0.0]
+    received = []
     with trio.fail_after(TIMEOUT):
         async with pool.imap(mapfuncs.sleep_for, delays, ordered=False) as results:
-            received = [value async for value in results]
-    assert received == [0.0, 0.0, 0.0, 2.0]
+            async for value in results:
+                received.append(value)
+                if len(received) == 3:
+                    break
+    assert received == [0.0, 0.0, 0.0]
 
 
 @pytest.mark.parametrize("ordered", [True, False])
@@ -276,32 +281,34 @@ async def test_a_failing_chunk_reports_its_first_failing_item(
 
 @pytest.mark.parametrize("ordered", [True, False])
 async def test_imap_error_leaves_the_async_for_and_cancels_the_rest(
-    ordered: bool,
+    tmp_path: pathlib.Path, ordered: bool
 ) -> None:
-    # Item 0 fails at once; the other worker starts a long sleep; the rest wait.
-    delays = [-1.0, 30.0, 30.0, 30.0]
+    # Item 0 fails once item 1 is running a 30 s sleep; items 2 and 3 (more
+    # sleeps) are queued or running. None of the sleeps may complete.
+    marker = str(tmp_path / "sleeping")
+    jobs = [("fail", marker)] + [("sleep", marker)] * 3
     with trio.fail_after(TIMEOUT):
         async with triopool.open_pool(2) as pool:
             async with pool.imap(
-                mapfuncs.sleep_or_fail, delays, ordered=ordered, max_in_flight=4
+                mapfuncs.fail_when_started, jobs, ordered=ordered, max_in_flight=4
             ) as results:
-                with pytest.raises(ValueError, match="-1") as info:
+                with pytest.raises(ValueError, match="fail") as info:
                     async for _value in results:
                         pass
-                # The error reached the consumer only after the rest was
-                # cancelled, without waiting for the long sleeps.
-                assert info.value.args == (-1.0,)
+                assert info.value.args == ("fail",)
+                # The rest was cancelled before the error reached the consumer.
+                stats = pool.statistics()
+                assert stats.tasks_running == 0
+                assert stats.tasks_waiting == 0
+                assert stats.tasks_failed == 1
+                assert stats.tasks_cancelled == 3
+                assert stats.tasks_completed == 0
                 # Iteration is over; the error is raised once.
                 with pytest.raises(StopAsyncIteration):
                     await results.__anext__()
-            stats = pool.statistics()
-            assert stats.tasks_running == 0
-            assert stats.tasks_waiting == 0
-            assert stats.tasks_failed == 1
-            assert stats.tasks_cancelled == 3
             await assert_healthy(pool)
-    # The running sleep was killed (counted once its slot reaped it).
-    assert pool.statistics().workers_lost == 1
+    # Running sleeps were killed (counted once their slots reaped them).
+    assert pool.statistics().workers_lost >= 1
 
 
 async def test_error_cancels_running_tasks_per_kill_on_cancel_false() -> None:
@@ -309,7 +316,8 @@ async def test_error_cancels_running_tasks_per_kill_on_cancel_false() -> None:
     with trio.fail_after(TIMEOUT):
         async with triopool.open_pool(2, kill_on_cancel=False) as pool:
             with pytest.raises(ValueError, match="-1"):
-                await pool.map(mapfuncs.sleep_or_fail, [-1.0, 0.5, 30.0, 30.0])
+                await pool.map(mapfuncs.sleep_or_fail, [-1.0] + [0.5] * 6)
+            # The running sleeps finished before map raised.
             stats = pool.statistics()
             assert stats.workers_lost == 0
             assert stats.tasks_running == 0
@@ -379,14 +387,22 @@ async def test_early_break_cancels_the_rest(pool: triopool.Pool) -> None:
         await assert_healthy(pool)
 
 
-async def test_consumer_cancellation_cancels_the_rest(pool: triopool.Pool) -> None:
+@pytest.mark.parametrize("while_waiting", [True, False])
+async def test_consumer_cancellation_cancels_the_rest(
+    pool: triopool.Pool, while_waiting: bool
+) -> None:
     delays = [0.0, 30.0, 30.0, 30.0]
     received: list[float] = []
     with trio.fail_after(TIMEOUT):
-        with trio.move_on_after(1.0) as scope:
+        with trio.CancelScope() as scope:
             async with pool.imap(mapfuncs.sleep_for, delays) as results:
                 async for value in results:
                     received.append(value)
+                    if while_waiting:
+                        # Cancelled while waiting for the next (30 s) result.
+                        scope.deadline = trio.current_time() + 0.2
+                    else:
+                        scope.cancel()  # the next take raises Cancelled
         assert scope.cancelled_caught
         assert received == [0.0]
         stats = pool.statistics()

@@ -14,11 +14,12 @@ Invariants:
   ``pulled`` counts items taken from the input and ``received`` counts results
   the consumer has taken. A chunk is started only when there is room for a
   whole chunk, so chunks stay full while the consumer keeps up.
-- The first error (from a task, or from the input itself) is kept, the work
-  nursery is cancelled (queued tasks never run; running ones follow the pool's
-  ``kill_on_cancel``) and the error is raised, as itself, by the consumer's
-  next take. Later errors, results not yet taken and errors the consumer never
-  asked for are dropped.
+- The first error (from a task, or from the input itself) is kept and the
+  work nursery is cancelled (queued tasks never run; running ones follow the
+  pool's ``kill_on_cancel``). Once that nursery has ended, the consumer's next
+  take raises the error, as itself: when the caller sees it, no task of the
+  call runs any more. Later errors, results not yet taken and errors the
+  consumer never asked for are dropped.
 - Leaving the ``async with`` cancels whatever still runs and waits for it:
   no task of the call outlives the block. After it, a take raises
   :class:`trio.ClosedResourceError`.
@@ -147,6 +148,7 @@ class _MapCall(Generic[ItemT, ResultT]):
     )
     _room_made: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot)
     _work_scope: trio.CancelScope | None = None
+    _work_done: bool = False  # the producer and every chunk task have ended
 
     # Consumer side
 
@@ -192,10 +194,15 @@ class _MapCall(Generic[ItemT, ResultT]):
                 raise trio.ClosedResourceError("the imap() block has exited")
             if self._finished:
                 raise StopAsyncIteration
-            if self._error is not None:
+            if self._error is not None and self._work_done:
+                # Raised only once the rest of the call is cancelled and gone,
+                # so the caller sees no task of the call still running.
                 error, self._error = self._error, None
                 self._finished = True
                 raise error
+            if self._error is not None:
+                await self._results_changed.park()
+                continue
             chunk = self._head
             if chunk is None:
                 if self._ordered:
@@ -221,13 +228,17 @@ class _MapCall(Generic[ItemT, ResultT]):
 
     async def produce(self, source: Iterable[ItemT] | AsyncIterable[ItemT]) -> None:
         """Feed the input to the pool, chunk by chunk, until it ends or fails."""
-        async with trio.open_nursery() as work:
-            self._work_scope = work.cancel_scope
-            try:
-                await self._feed(work, source)
-            except Exception as exc:
-                # The input itself failed: that is the call's error too.
-                self._fail(exc)
+        try:
+            async with trio.open_nursery() as work:
+                self._work_scope = work.cancel_scope
+                try:
+                    await self._feed(work, source)
+                except Exception as exc:
+                    # The input itself failed: that is the call's error too.
+                    self._fail(exc)
+        finally:
+            self._work_done = True
+            self._results_changed.unpark_all()
 
     async def _feed(
         self, work: trio.Nursery, source: Iterable[ItemT] | AsyncIterable[ItemT]

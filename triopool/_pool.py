@@ -507,9 +507,9 @@ class Pool:
 
         The first exception raised by a task (or by ``iterable``) comes out of
         the ``async for`` as itself, with the worker's traceback as for
-        :meth:`run_sync`, and the call's other tasks are cancelled (running
-        ones as the pool's ``kill_on_cancel`` says); results not yet received
-        are dropped. Breaking out of the loop, or being cancelled, cancels the
+        :meth:`run_sync`, once the call's other tasks are cancelled and have
+        ended (running ones as the pool's ``kill_on_cancel`` says); results
+        not yet received are dropped. Breaking out of the loop, or being cancelled, cancels the
         rest as well and leaves the pool ready for more work.
 
         Args:
