@@ -38,6 +38,7 @@ import contextlib
 import enum
 import inspect
 import itertools
+import math
 import pickle
 from collections import deque
 from collections.abc import AsyncIterable, Iterable
@@ -65,6 +66,7 @@ class _Empty(enum.Enum):
 
 
 _EMPTY = _Empty.EMPTY
+_NEVER = math.inf
 
 
 def check_arguments(
@@ -147,6 +149,9 @@ class _MapCall(Generic[ItemT, ResultT]):
         factory=trio.lowlevel.ParkingLot
     )
     _room_made: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot)
+    # While the producer waits for room: the count of received results that
+    # makes room for its next chunk (an int compare per result, not a call).
+    _resume_at: int | float = math.inf
     _work_scope: trio.CancelScope | None = None
     _work_done: bool = False  # the producer and every chunk task have ended
 
@@ -169,7 +174,7 @@ class _MapCall(Generic[ItemT, ResultT]):
         if index + 1 == len(chunk.values):
             self._head = None
         self._received += 1
-        if self._room_made:
+        if self._received >= self._resume_at:
             self._room_made.unpark_all()
         return chunk.values[index]
 
@@ -221,7 +226,7 @@ class _MapCall(Generic[ItemT, ResultT]):
 
     def _count_received(self, count: int) -> None:
         self._received += count
-        if self._room_made:
+        if self._received >= self._resume_at:
             self._room_made.unpark_all()
 
     # Producer side
@@ -253,7 +258,9 @@ class _MapCall(Generic[ItemT, ResultT]):
         start = 0
         while True:
             while self._pulled - self._received + size > self._max_in_flight:
+                self._resume_at = self._pulled + size - self._max_in_flight
                 await self._room_made.park()
+            self._resume_at = _NEVER
             if sync_items is not None:
                 items = list(itertools.islice(sync_items, size))
                 self._pulled += len(items)
