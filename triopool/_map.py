@@ -35,7 +35,6 @@ item, which would cap chunked throughput.
 from __future__ import annotations
 
 import contextlib
-import enum
 import inspect
 import itertools
 import math
@@ -61,11 +60,6 @@ ItemT = TypeVar("ItemT")
 ResultT = TypeVar("ResultT")
 
 
-class _Empty(enum.Enum):
-    EMPTY = enum.auto()
-
-
-_EMPTY = _Empty.EMPTY
 _NEVER = math.inf
 
 
