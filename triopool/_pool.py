@@ -480,7 +480,8 @@ class Pool:
 
         Example::
 
-            lengths = await pool.map(len, words, chunksize=256)
+            checksums = await pool.map(zlib.crc32, [data, data[:100], data[100:]])
+            lengths = await pool.map(len, data.split(b" "), chunksize=256)
         """
         self._check_usable()
         return await _map.map_list(self, fn, iterable, chunksize=chunksize)
@@ -546,9 +547,10 @@ class Pool:
 
         Example::
 
-            async with pool.imap(parse, read_lines(path), chunksize=64) as results:
-                async for record in results:
-                    await database.insert(record)
+            blocks = (data[i : i + 100] for i in range(0, len(data), 100))
+            async with pool.imap(zlib.compress, blocks, chunksize=4) as results:
+                async for compressed in results:
+                    print(len(compressed))
         """
         self._check_usable()
         return _map.imap(

@@ -22,7 +22,7 @@ def render(job: tuple[str, float]) -> str:
 
 async def incoming_jobs() -> AsyncIterator[tuple[str, float]]:
     """An async source, e.g. requests arriving over the network."""
-    for n, seconds in enumerate([0.6, 0.1, 0.3, 0.1, 0.2]):
+    for n, seconds in enumerate([1.0, 0.1, 0.3, 0.1, 0.2]):
         await trio.sleep(0.01)
         yield f"page-{n}", seconds
 
@@ -32,8 +32,11 @@ async def main() -> None:
         triopool.open_pool(2) as pool,
         pool.imap(render, incoming_jobs(), ordered=False) as results,
     ):
+        done = []
         async for name in results:
-            print(f"{name} done")
+            print(f"{name} done")  # slow page-0 is likely last
+            done.append(name)
+    print(f"all done: {sorted(done)}")
 
 
 if __name__ == "__main__":
