@@ -51,6 +51,7 @@ nitpick_ignore = [
     ("py:class", "T"),
     ("py:class", "Ts"),
     ("py:class", "*Ts"),
+    ("py:class", "ItemT"),
 ]
 
 # autodoc and napoleon: Google-style docstrings, types in the descriptions so

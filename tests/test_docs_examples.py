@@ -73,6 +73,21 @@ EXPECTED: dict[str, list[str]] = {
         "workers killed and replaced: 1",
     ],
     "limits_recycling.py": ["workers used: 2", "recycled: 2"],
+    "map_basic.py": [
+        "1229 primes below 10000",
+        "... and 33860 primes below 400000",
+        "100000 words, 888890 characters",
+    ],
+    "map_errors.py": [
+        "stopped: invalid literal for int() with base 10: 'three'",
+        "worker frame in traceback: True",
+        "[5, 6]",
+    ],
+    "map_stream.py": [
+        "nonce 299 gives 0040d8f8b34c1ec7...",
+        "taken beyond the answer: at most 8: True",
+    ],
+    "map_unordered.py": ["all done: ['page-0', 'page-1', 'page-2', 'page-3', 'page-4']"],
     "limits_sigterm.py": [
         "SIGTERM: letting the running tasks finish",
         "tasks finished after SIGTERM: 2",

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import attrs
 import trio
 
-from . import _protocol
+from . import _map, _protocol
 from ._errors import (
     BrokenPoolError,
     BrokenWorkerError,
@@ -47,12 +47,19 @@ from ._spawn import describe_exit
 from ._worker import Worker, open_worker
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Sequence
+    from collections.abc import (
+        AsyncIterable,
+        AsyncIterator,
+        Callable,
+        Iterable,
+        Sequence,
+    )
     from typing import TypeVarTuple, Unpack
 
     Ts = TypeVarTuple("Ts")
 
 T = TypeVar("T")
+ItemT = TypeVar("ItemT")
 
 _log = logging.getLogger("triopool")
 
@@ -441,6 +448,134 @@ class Pool:
             self._abandon(job, kill=True)
             raise
         return _outcome(job)  # type: ignore[no-any-return]
+
+    async def map(
+        self,
+        fn: Callable[[ItemT], T],
+        iterable: Iterable[ItemT] | AsyncIterable[ItemT],
+        *,
+        chunksize: int = 1,
+    ) -> list[T]:
+        """Run ``fn(item)`` in the workers for every item; return the results.
+
+        The results are in input order. Items are pulled from ``iterable`` as
+        workers need them (at most ``2 * workers * chunksize`` ahead), and a
+        slow item does not hold back the ones after it. For results as they
+        come, or for input without end, use :meth:`imap`.
+
+        The first exception raised by a task (or by ``iterable``) is raised
+        here as itself, with the worker's traceback as for :meth:`run_sync`;
+        the call's other tasks are cancelled first (running ones as the pool's
+        ``kill_on_cancel`` says). The pool's time limits apply to each task,
+        that is, to each chunk as a whole.
+
+        Args:
+            fn: A regular (not async) callable of one argument that the worker
+                can unpickle.
+            iterable: The items: a regular or an async iterable. Each item
+                travels to a worker by pickle.
+            chunksize: Send this many items per task, to save round trips when
+                ``fn`` is quick. The results still come back one per item; a
+                chunk that fails raises the exception of its first failing
+                item.
+
+        Returns:
+            ``[fn(item) for item in iterable]``, computed in the workers.
+
+        Raises:
+            TypeError: ``fn`` is async or not callable, ``iterable`` is not
+                iterable, or ``chunksize`` is not an int.
+            ValueError: ``chunksize`` is less than 1.
+            SerializationError: ``fn`` cannot be pickled, or an item, a
+                result or an exception could not cross to the other side.
+            BrokenWorkerError: A worker died while running a task.
+            TimeLimitExceeded: A task ran past the hard time limit.
+            BrokenPoolError: Workers keep failing to start.
+            trio.ClosedResourceError: The pool's block has exited.
+
+        Example::
+
+            checksums = await pool.map(zlib.crc32, [data, data[:100], data[100:]])
+            lengths = await pool.map(len, data.split(b" "), chunksize=256)
+        """
+        self._check_usable()
+        return await _map.map_list(self, fn, iterable, chunksize=chunksize)
+
+    def imap(
+        self,
+        fn: Callable[[ItemT], T],
+        iterable: Iterable[ItemT] | AsyncIterable[ItemT],
+        *,
+        ordered: bool = True,
+        chunksize: int = 1,
+        max_in_flight: int | None = None,
+    ) -> contextlib.AbstractAsyncContextManager[AsyncIterator[T]]:
+        """Stream ``fn(item)`` for every item, computed in the workers.
+
+        Use it with ``async with``; the block owns every task of the call, and
+        leaving it, however it is left, cancels whatever still runs and waits
+        for it. Inside, iterate over the results with ``async for``.
+
+        Items are pulled from ``iterable`` lazily: never more than
+        ``max_in_flight`` ahead of the results the consumer has received, so a
+        slow consumer slows the producer and an endless input takes bounded
+        memory.
+
+        The first exception raised by a task (or by ``iterable``) comes out of
+        the ``async for`` as itself, with the worker's traceback as for
+        :meth:`run_sync`, once the call's other tasks are cancelled and have
+        ended (running ones as the pool's ``kill_on_cancel`` says); results
+        not yet received are dropped. Breaking out of the loop, or being cancelled, cancels the
+        rest as well and leaves the pool ready for more work.
+
+        Args:
+            fn: A regular (not async) callable of one argument that the worker
+                can unpickle.
+            iterable: The items: a regular or an async iterable, possibly
+                without end. Each item travels to a worker by pickle.
+            ordered: ``True``: results in input order. ``False``: results as
+                tasks finish.
+            chunksize: Send this many items per task, to save round trips when
+                ``fn`` is quick. Results still come one per item; a chunk is
+                sent when it is full or the input ends, so with a slow input,
+                results wait for their chunk to fill. A chunk that fails
+                raises the exception of its first failing item; time limits
+                apply to the chunk as a whole.
+            max_in_flight: How many items may be taken from ``iterable`` ahead
+                of the results received. ``None``: ``2 * workers * chunksize``
+                (two chunks per worker). If less than ``chunksize``, chunks
+                hold ``max_in_flight`` items.
+
+        Returns:
+            An async context manager whose value is an async iterator of the
+            results. Taking a result after the block has exited raises
+            :class:`trio.ClosedResourceError`.
+
+        Raises:
+            TypeError: ``fn`` is async or not callable, ``iterable`` is not
+                iterable, or an option has the wrong type.
+            ValueError: ``chunksize`` or ``max_in_flight`` is less than 1.
+            SerializationError: ``fn`` cannot be pickled.
+            trio.ClosedResourceError: The pool's block has exited.
+
+        The ``async for`` raises what :meth:`map` raises.
+
+        Example::
+
+            blocks = (data[i : i + 100] for i in range(0, len(data), 100))
+            async with pool.imap(zlib.compress, blocks, chunksize=4) as results:
+                async for compressed in results:
+                    print(len(compressed))
+        """
+        self._check_usable()
+        return _map.imap(
+            self,
+            fn,
+            iterable,
+            ordered=ordered,
+            chunksize=chunksize,
+            max_in_flight=max_in_flight,
+        )
 
     # Jobs
 

@@ -1,0 +1,64 @@
+"""Functions the map/imap tests run in workers. Standard library only, so that
+a worker importing this module stays fast and never imports trio."""
+
+from __future__ import annotations
+
+import os
+import time
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def square_with_pid(x: int) -> tuple[int, int]:
+    return x * x, os.getpid()
+
+
+def fail_on_negative(x: int) -> int:
+    if x < 0:
+        raise ValueError(x)
+    return x
+
+
+def sleep_for(seconds: float) -> float:
+    """Sleep, then return the argument: items are delays."""
+    time.sleep(seconds)
+    return seconds
+
+
+def sleep_or_fail(seconds: float) -> float:
+    """Sleep that long; a negative delay raises ValueError at once."""
+    if seconds < 0:
+        raise ValueError(seconds)
+    time.sleep(seconds)
+    return seconds
+
+
+def die_on_negative(x: int) -> int:
+    if x < 0:
+        os._exit(7)
+    return x
+
+
+def add_to(k: int, x: int) -> int:
+    return k + x
+
+
+def fail_when_started(job: tuple[str, str]) -> str:
+    """Coordinate items through a marker file, so a test needs no timing.
+
+    ``("sleep", path)`` creates ``path`` and sleeps 30 s; ``("fail", path)``
+    waits until ``path`` exists (a sleeper is running), then raises
+    ValueError.
+    """
+    kind, path = job
+    if kind == "sleep":
+        with open(path, "w"):
+            pass
+        time.sleep(30)
+        return kind
+    deadline = time.monotonic() + 30
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    raise ValueError(kind)

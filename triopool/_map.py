@@ -1,0 +1,424 @@
+"""Many tasks from one iterable: the machinery behind ``Pool.map`` and ``Pool.imap``.
+
+One call is a :class:`_MapCall`. Inside the ``async with`` that runs it, a
+*producer* task pulls items from the input (a sync or an async iterable),
+groups them into chunks and starts one task per chunk in its own *work*
+nursery; each chunk task submits its chunk through :meth:`Pool.run_sync` and
+stores the results. The consumer takes results one at a time, in input order
+or in completion order. No async generator is involved: the consumer's
+``async for`` runs in the caller's task, outside any nursery of ours.
+
+Invariants:
+
+- Back-pressure: ``pulled - received <= max_in_flight`` at all times, where
+  ``pulled`` counts items taken from the input and ``received`` counts results
+  the consumer has taken. A chunk is started only when there is room for a
+  whole chunk, so chunks stay full while the consumer keeps up.
+- The first error (from a task, or from the input itself) is kept and the
+  work nursery is cancelled (queued tasks never run; running ones follow the
+  pool's ``kill_on_cancel``). Once that nursery has ended, the consumer's next
+  take raises the error, as itself: when the caller sees it, no task of the
+  call runs any more. Later errors, results not yet taken and errors the
+  consumer never asked for are dropped.
+- Leaving the ``async with`` cancels whatever still runs and waits for it:
+  no task of the call outlives the block. After it, a take raises
+  :class:`trio.ClosedResourceError`.
+
+Why not :func:`trio.as_safe_channel`: it is the same structure (a background
+task owned by an ``async with``), but a failure in the generator reaches the
+consumer as ``Cancelled`` in the ``async for`` and leaves through the
+``async with``, while the API promises the error out of the ``async for``
+itself; and handing each result through a channel costs a task switch per
+item, which would cap chunked throughput.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import itertools
+import math
+import pickle
+from collections import deque
+from collections.abc import AsyncIterable, Iterable
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+import attrs
+import trio
+
+from ._chunk import run_chunk
+from ._errors import SerializationError
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable, Iterator
+    from contextlib import AbstractAsyncContextManager
+    from typing import Self
+
+    from ._pool import Pool
+
+ItemT = TypeVar("ItemT")
+ResultT = TypeVar("ResultT")
+
+
+_NEVER = math.inf
+
+
+def check_arguments(
+    fn: object,
+    iterable: object,
+    *,
+    ordered: object = True,
+    chunksize: object,
+    max_in_flight: object = None,
+    where: str,
+) -> None:
+    """Raise TypeError/ValueError naming the first bad argument of ``where``."""
+    if not callable(fn):
+        raise TypeError(f"{where}() needs a callable, got {fn!r}")
+    if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
+        raise TypeError(
+            f"{where}() needs a regular function, got the async function {fn!r}"
+        )
+    if not isinstance(iterable, Iterable | AsyncIterable):
+        raise TypeError(
+            f"iterable must be an iterable or an async iterable, got {iterable!r}"
+        )
+    if not isinstance(ordered, bool):
+        raise TypeError(f"ordered must be a bool, got {ordered!r}")
+    for name, value in (("chunksize", chunksize), ("max_in_flight", max_in_flight)):
+        if value is None and name == "max_in_flight":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be an int, got {value!r}")
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value!r}")
+
+
+def _check_picklable(fn: object) -> None:
+    # Every task of the call carries fn: fail once, at the start, with a
+    # message naming fn rather than the chunk runner.
+    try:
+        pickle.dumps(fn, 5)
+    except Exception as exc:
+        raise SerializationError(
+            f"could not pickle the function {fn!r}: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+@attrs.define(eq=False)
+class _Chunk(Generic[ResultT]):
+    """The results of one chunk, and how many of them the consumer took."""
+
+    start: int  # input index of the first item
+    values: list[ResultT]
+    taken: int = 0
+
+
+@attrs.define(eq=False)
+class _MapCall(Generic[ItemT, ResultT]):
+    """The state of one ``map``/``imap`` call, shared by its tasks.
+
+    It is also the async iterator over the results that ``imap`` hands out.
+    """
+
+    _pool: Pool
+    _fn: Callable[[ItemT], ResultT]
+    _ordered: bool
+    _chunksize: int
+    _max_in_flight: int
+    _pulled: int = 0
+    _received: int = 0
+    _chunks_running: int = 0
+    _exhausted: bool = False
+    _error: BaseException | None = None
+    _finished: bool = False  # the consumer got StopAsyncIteration or the error
+    _closed: bool = False  # the async with has exited
+    # Finished chunks not yet fully taken: by start index (ordered) or in
+    # completion order (unordered); the one being taken is _head.
+    _by_start: dict[int, _Chunk[ResultT]] = attrs.field(factory=dict)
+    _done: deque[_Chunk[ResultT]] = attrs.field(factory=deque)
+    _head: _Chunk[ResultT] | None = None
+    _next_start: int = 0
+    _results_changed: trio.lowlevel.ParkingLot = attrs.field(
+        factory=trio.lowlevel.ParkingLot
+    )
+    _room_made: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot)
+    # While the producer waits for room: the count of received results that
+    # makes room for its next chunk (an int compare per result, not a call).
+    _resume_at: int | float = math.inf
+    _work_scope: trio.CancelScope | None = None
+    _work_done: bool = False  # the producer and every chunk task have ended
+
+    # Consumer side
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> ResultT:
+        """The next result; StopAsyncIteration at the end, or the first error."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        chunk = self._head
+        if chunk is None or self._error is not None:
+            chunk = await self._next_chunk()
+        # A schedule point happened when this chunk was opened; taking the rest
+        # of it needs only the cancellation check above, which keeps a chunk's
+        # worth of results cheap to iterate.
+        index = chunk.taken
+        chunk.taken = index + 1
+        if index + 1 == len(chunk.values):
+            self._head = None
+        self._received += 1
+        if self._received >= self._resume_at:
+            self._room_made.unpark_all()
+        return chunk.values[index]
+
+    async def next_values(self) -> tuple[int, list[ResultT]]:
+        """The next results that finished together, with the first's input index.
+
+        Raises StopAsyncIteration at the end, or the call's first error.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        chunk = self._head
+        if chunk is None or self._error is not None:
+            chunk = await self._next_chunk()
+        self._head = None
+        first = chunk.taken
+        self._count_received(len(chunk.values) - first)
+        return chunk.start + first, chunk.values[first:] if first else chunk.values
+
+    async def _next_chunk(self) -> _Chunk[ResultT]:
+        """Wait for the next chunk to take from, make it the head, return it."""
+        while True:
+            if self._closed:
+                raise trio.ClosedResourceError("the imap() block has exited")
+            if self._finished:
+                raise StopAsyncIteration
+            if self._error is not None and self._work_done:
+                # Raised only once the rest of the call is cancelled and gone,
+                # so the caller sees no task of the call still running.
+                error, self._error = self._error, None
+                self._finished = True
+                raise error
+            if self._error is not None:
+                await self._results_changed.park()
+                continue
+            chunk = self._head
+            if chunk is None:
+                if self._ordered:
+                    chunk = self._by_start.pop(self._next_start, None)
+                elif self._done:
+                    chunk = self._done.popleft()
+            if chunk is not None:
+                self._head = chunk
+                self._next_start = chunk.start + len(chunk.values)
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return chunk
+            if self._exhausted and not self._chunks_running:
+                self._finished = True
+                raise StopAsyncIteration
+            await self._results_changed.park()
+
+    def _count_received(self, count: int) -> None:
+        self._received += count
+        if self._received >= self._resume_at:
+            self._room_made.unpark_all()
+
+    # Producer side
+
+    async def produce(self, source: Iterable[ItemT] | AsyncIterable[ItemT]) -> None:
+        """Feed the input to the pool, chunk by chunk, until it ends or fails."""
+        try:
+            async with trio.open_nursery() as work:
+                self._work_scope = work.cancel_scope
+                try:
+                    await self._feed(work, source)
+                except Exception as exc:
+                    # The input itself failed: that is the call's error too.
+                    self._fail(exc)
+        finally:
+            self._work_done = True
+            self._results_changed.unpark_all()
+
+    async def _feed(
+        self, work: trio.Nursery, source: Iterable[ItemT] | AsyncIterable[ItemT]
+    ) -> None:
+        size = min(self._chunksize, self._max_in_flight)
+        sync_items: Iterator[ItemT] | None = None
+        async_items: AsyncIterator[ItemT] | None = None
+        if isinstance(source, AsyncIterable):
+            async_items = aiter(source)
+        else:
+            sync_items = iter(source)
+        start = 0
+        while True:
+            while self._pulled - self._received + size > self._max_in_flight:
+                self._resume_at = self._pulled + size - self._max_in_flight
+                await self._room_made.park()
+            self._resume_at = _NEVER
+            if sync_items is not None:
+                items = list(itertools.islice(sync_items, size))
+                self._pulled += len(items)
+            else:
+                assert async_items is not None
+                items = []
+                for _ in range(size):
+                    try:
+                        item = await anext(async_items)
+                    except StopAsyncIteration:
+                        break
+                    items.append(item)
+                    self._pulled += 1
+            if items:
+                self._chunks_running += 1
+                work.start_soon(self._run_chunk, start, items)
+                start += len(items)
+            if len(items) < size:
+                break
+            await trio.lowlevel.checkpoint()
+        self._exhausted = True
+        self._results_changed.unpark_all()
+
+    async def _run_chunk(self, start: int, items: list[ItemT]) -> None:
+        try:
+            if len(items) == 1:
+                values = [await self._pool.run_sync(self._fn, items[0])]
+            else:
+                values = await self._pool.run_sync(run_chunk, self._fn, items)
+        except Exception as exc:
+            self._chunks_running -= 1
+            self._fail(exc)
+            return
+        except BaseException:
+            self._chunks_running -= 1
+            raise
+        self._chunks_running -= 1
+        chunk = _Chunk(start, values)
+        if self._ordered:
+            self._by_start[start] = chunk
+        else:
+            self._done.append(chunk)
+        self._results_changed.unpark_all()
+
+    def _fail(self, error: BaseException) -> None:
+        if self._error is None and not self._finished:
+            self._error = error
+            assert self._work_scope is not None
+            self._work_scope.cancel()
+            self._results_changed.unpark_all()
+
+    def close(self) -> None:
+        self._closed = True
+        self._by_start.clear()
+        self._done.clear()
+        self._head = None
+        self._error = None
+        self._results_changed.unpark_all()
+
+
+@contextlib.asynccontextmanager
+async def _running(
+    call: _MapCall[ItemT, ResultT], source: Iterable[ItemT] | AsyncIterable[ItemT]
+) -> AsyncIterator[None]:
+    """Run the producer of ``call`` for the block; cancel it when the block ends."""
+    body_error: BaseException | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(call.produce, source)
+            try:
+                yield
+            except BaseException as exc:
+                # Raised as itself below, after the work is cancelled and
+                # finished, rather than wrapped in the nursery's group.
+                body_error = exc
+            finally:
+                nursery.cancel_scope.cancel()
+    finally:
+        call.close()
+    if body_error is not None:
+        raise body_error
+
+
+def _new_call(
+    pool: Pool,
+    fn: Callable[[ItemT], ResultT],
+    *,
+    ordered: bool,
+    chunksize: int,
+    max_in_flight: int | None,
+) -> _MapCall[ItemT, ResultT]:
+    if max_in_flight is None:
+        max_in_flight = 2 * pool.statistics().workers * chunksize
+    return _MapCall(pool, fn, ordered, chunksize, max_in_flight)
+
+
+@contextlib.asynccontextmanager
+async def _open_imap(
+    pool: Pool,
+    fn: Callable[[ItemT], ResultT],
+    iterable: Iterable[ItemT] | AsyncIterable[ItemT],
+    *,
+    ordered: bool,
+    chunksize: int,
+    max_in_flight: int | None,
+) -> AsyncIterator[AsyncIterator[ResultT]]:
+    call = _new_call(
+        pool, fn, ordered=ordered, chunksize=chunksize, max_in_flight=max_in_flight
+    )
+    async with _running(call, iterable):
+        yield call
+
+
+def imap(
+    pool: Pool,
+    fn: Callable[[ItemT], ResultT],
+    iterable: Iterable[ItemT] | AsyncIterable[ItemT],
+    *,
+    ordered: bool,
+    chunksize: int,
+    max_in_flight: int | None,
+) -> AbstractAsyncContextManager[AsyncIterator[ResultT]]:
+    """Check the arguments now; see :meth:`triopool.Pool.imap`."""
+    check_arguments(
+        fn,
+        iterable,
+        ordered=ordered,
+        chunksize=chunksize,
+        max_in_flight=max_in_flight,
+        where="imap",
+    )
+    _check_picklable(fn)
+    return _open_imap(
+        pool,
+        fn,
+        iterable,
+        ordered=ordered,
+        chunksize=chunksize,
+        max_in_flight=max_in_flight,
+    )
+
+
+async def map_list(
+    pool: Pool,
+    fn: Callable[[ItemT], ResultT],
+    iterable: Iterable[ItemT] | AsyncIterable[ItemT],
+    *,
+    chunksize: int,
+) -> list[ResultT]:
+    """See :meth:`triopool.Pool.map`."""
+    check_arguments(fn, iterable, chunksize=chunksize, where="map")
+    _check_picklable(fn)
+    # Taken in completion order and put in place here: a slow item does not
+    # hold back the pulling of the items after it.
+    call = _new_call(pool, fn, ordered=False, chunksize=chunksize, max_in_flight=None)
+    by_start: dict[int, list[ResultT]] = {}
+    async with _running(call, iterable):
+        while True:
+            try:
+                start, values = await call.next_values()
+            except StopAsyncIteration:
+                break
+            by_start[start] = values
+    results: list[ResultT] = []
+    while by_start:
+        results += by_start.pop(len(results))
+    return results
