@@ -23,6 +23,7 @@ import trio
 # its __init__ (which would import trio); the first access to a public name
 # that is not there yet (a task using the pool API itself) runs the real
 # __init__ in place, so the package is whole whenever anything asks for it.
+# Private names never trigger that: they are submodules, imported on their own.
 _BOOTSTRAP = """\
 import sys
 from importlib.machinery import PathFinder
@@ -35,6 +36,10 @@ def _bootstrap(fd_in, fd_out, parent_pid, root):
     pkg.__path__ = list(spec.submodule_search_locations)
     pkg.__package__ = "triopool"
     def __getattr__(name):
+        # Private names are submodules: "from triopool import _protocol" asks
+        # hasattr() first, which must not load trio.
+        if name.startswith("_"):
+            raise AttributeError(name)
         del pkg.__getattr__
         spec.loader.exec_module(pkg)
         return getattr(pkg, name)
