@@ -23,7 +23,8 @@ import trio
 # its __init__ (which would import trio); the first access to a public name
 # that is not there yet (a task using the pool API itself) runs the real
 # __init__ in place, so the package is whole whenever anything asks for it.
-# Private names never trigger that: they are submodules, imported on their own.
+# The exception types are set on it at once: a worker pickles them by their
+# public names (triopool.SoftTimeLimitExceeded).
 _BOOTSTRAP = """\
 import sys
 from importlib.machinery import PathFinder
@@ -36,9 +37,8 @@ def _bootstrap(fd_in, fd_out, parent_pid, root):
     pkg.__path__ = list(spec.submodule_search_locations)
     pkg.__package__ = "triopool"
     def __getattr__(name):
-        # Private names are submodules: "from triopool import _protocol" asks
-        # hasattr() first, which must not load trio.
-        if name.startswith("_"):
+        if name.startswith("_") and name not in ("__all__", "__version__"):
+            # Submodules ("from triopool import _errors") and probes.
             raise AttributeError(name)
         del pkg.__getattr__
         spec.loader.exec_module(pkg)
