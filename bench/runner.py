@@ -48,7 +48,7 @@ class Sizes:
 
 
 FULL = Sizes(
-    rounds=5,
+    rounds=3,
     latency_calls=400,
     concurrency=(1, 2, 4, 8, 16, 32, 64),
     tasks_per_point=1536,

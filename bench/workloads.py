@@ -1,14 +1,18 @@
 """Functions the benchmarks run in workers.
 
-Standard library only, so that importing this module costs a worker nothing
-and the measurements are of the pools, not of the workload's imports.
+Standard library only (and not even ``typing`` at run time), so that importing
+this module costs a worker next to nothing and the measurements are of the
+pools, not of the workload's imports.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def noop() -> None:
