@@ -79,6 +79,9 @@ QUICK = Sizes(
 # (key, label, unit, higher is better)
 METRICS: list[tuple[str, str, str, bool]] = [
     ("latency", "trivial round trip (median)", "µs", False),
+    # CPU time the calling process spends per round trip (all its threads):
+    # steadier than wall time on a busy machine.
+    ("parent_cpu", "parent CPU per trivial round trip", "µs", False),
     ("tasks_2", "tiny tasks/s, 2 callers", "/s", True),
     ("tasks_64", "tiny tasks/s, 64 callers", "/s", True),
     ("echo", "64 MiB echo", "MiB/s", True),
@@ -105,10 +108,12 @@ async def _warm_async(adapter: Any, sizes: Sizes, out: dict[str, Any]) -> float:
             for _ in range(4):
                 nursery.start_soon(pool.call, workloads.noop)
         latencies = []
+        cpu = time.process_time()
         for _ in range(sizes.latency_calls):
             start = time.perf_counter()
             await pool.call(workloads.noop)
             latencies.append(time.perf_counter() - start)
+        out["parent_cpu"] = (time.process_time() - cpu) / sizes.latency_calls * 1e6
         out["latencies"] = latencies
         sweep = {}
         for callers in sizes.concurrency:
@@ -152,10 +157,12 @@ def _warm_sync(adapter: Any, sizes: Sizes, out: dict[str, Any]) -> float:
     with adapter.open(2) as pool:
         pool.run_window(workloads.noop, [()] * 4, 4)
         latencies = []
+        cpu = time.process_time()
         for _ in range(sizes.latency_calls):
             start = time.perf_counter()
             pool.call(workloads.noop)
             latencies.append(time.perf_counter() - start)
+        out["parent_cpu"] = (time.process_time() - cpu) / sizes.latency_calls * 1e6
         out["latencies"] = latencies
         sweep = {}
         for window in sizes.concurrency:
@@ -429,6 +436,20 @@ def markdown(summary: dict[str, Any], names: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def rst(summary: dict[str, Any], names: list[str]) -> str:
+    """The same table as :func:`markdown`, as a reStructuredText list-table."""
+    lines = [".. list-table::", "   :header-rows: 1", "   :stub-columns: 1", ""]
+    lines.append("   * -")
+    lines.extend(f"     - {name}" for name in names)
+    for line in markdown(summary, names).splitlines()[2:]:
+        if not line.startswith("|"):
+            break
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        lines.append(f"   * - {cells[0]}")
+        lines.extend(f"     - {cell}" for cell in cells[1:])
+    return "\n".join(lines) + "\n"
+
+
 def plot(summary: dict[str, Any], names: list[str], directory: str) -> list[str]:
     """PNG plots: the latency distribution and throughput against concurrency."""
     try:
@@ -480,6 +501,8 @@ def machine() -> dict[str, Any]:
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
+        # Other work on the machine skews everything: say how busy it was.
+        "load_average": os.getloadavg(),
     }
     try:
         with open("/proc/cpuinfo") as cpuinfo:
@@ -548,10 +571,12 @@ def main(argv: list[str] | None = None) -> int:
     base = os.path.join(args.out, f"bench-{mode}-{stamp}")
     with open(base + ".md", "w") as f:
         f.write(f"{len(names)} pools, {sizes.rounds} round(s), {elapsed:.0f} s; ")
-        f.write(
-            f"{info.get('cpu', '?')}, {info['cpus']} CPUs, Python {info['python']}\n\n"
-        )
+        f.write(f"{info.get('cpu', '?')}, {info['cpus']} CPUs, ")
+        f.write(f"Python {info['python']}, ")
+        f.write(f"load average at the end: {info['load_average'][0]:.1f}\n\n")
         f.write(table)
+    with open(base + ".rst", "w") as f:
+        f.write(rst(summary, names))
     with open(base + ".json", "w") as f:
         json.dump(
             {
@@ -572,5 +597,5 @@ def main(argv: list[str] | None = None) -> int:
     if skipped:
         print(f"Not installed, skipped: {', '.join(skipped)}")
     print(f"Saved {base}.md, {base}.json" + "".join(f", {p}" for p in plots))
-    print(f"Took {elapsed:.0f} s.")
+    print(f"Took {elapsed:.0f} s; load average {info['load_average'][0]:.1f}.")
     return 0

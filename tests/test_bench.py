@@ -48,6 +48,7 @@ async def test_quick_benchmark_reports_every_metric(tmp_path: Path) -> None:
     assert "floor (raw pipe + pickle)" in pools
     for key in (
         "latency",
+        "parent_cpu",
         "tasks_2",
         "tasks_64",
         "echo",
