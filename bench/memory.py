@@ -19,6 +19,10 @@ from bench import adapters, workloads
 
 
 async def _measure_async(adapter: Any, workers: int) -> dict[str, float]:
+    # A first pool of one worker imports the library and runs its code paths
+    # once, so that the growth measured next is per worker, not one-off.
+    async with adapter.open(1) as pool:
+        await pool.call(workloads.noop)
     gc.collect()
     before = workloads.resident_memory()
     stamps = []
@@ -38,6 +42,8 @@ async def _measure_async(adapter: Any, workers: int) -> dict[str, float]:
 
 
 def _measure_sync(adapter: Any, workers: int) -> dict[str, float]:
+    with adapter.open(1) as pool:
+        pool.call(workloads.noop)
     gc.collect()
     before = workloads.resident_memory()
     with tempfile.TemporaryDirectory() as directory, adapter.open(workers) as pool:

@@ -59,7 +59,7 @@ FULL = Sizes(
     cpu_seconds=0.05,
     recycle_tasks=32,
     cold_workers=(2, 8),
-    memory_workers=4,
+    memory_workers=8,
 )
 QUICK = Sizes(
     rounds=1,
