@@ -683,12 +683,20 @@ class Pool:
         """
         scope = job.scope = trio.CancelScope()
         frame: _protocol.Frame | None = None
+        unsent = False
         try:
             with scope:
-                await worker.send(job.pieces)
-                if job.time_limit is not None:
-                    scope.deadline = trio.current_time() + job.time_limit
-                frame = await worker.receive()
+                try:
+                    await worker.send(job.pieces)
+                except trio.BrokenResourceError:
+                    # The pipe is closed at the far end: the worker died (while
+                    # idle, before this slot saw its EOF) without reading the
+                    # whole task, so the task has not started.
+                    unsent = True
+                else:
+                    if job.time_limit is not None:
+                        scope.deadline = trio.current_time() + job.time_limit
+                    frame = await worker.receive()
         except BaseException:
             # The pool is being torn down around this job.
             job.error = trio.ClosedResourceError("the pool closed while the task ran")
@@ -696,6 +704,24 @@ class Pool:
             raise
         finally:
             job.scope = None
+        if unsent:
+            if job.state is _JobState.RUNNING:
+                # Back to an idle slot, or the front of the queue.
+                job.state = _JobState.WAITING
+                self._tasks_running -= 1
+                self._tasks_waiting += 1
+                if self._idle:
+                    other = self._idle.pop()
+                    other.handed = job
+                    assert other.idle_scope is not None
+                    other.idle_scope.cancel()
+                else:
+                    self._waiting.appendleft(job)
+            exitcode = await worker.process.wait()
+            _log.warning(
+                "idle worker %d died (%s)", worker.pid, describe_exit(exitcode)
+            )
+            return False, False
         if scope.cancelled_caught:
             if job.state is _JobState.CANCELLED:
                 _log.info("worker %d killed: its task was cancelled", worker.pid)
