@@ -551,8 +551,12 @@ class Pool:
         with trio.CancelScope() as start_scope:
             slot.start_scope = start_scope
             with trio.move_on_after(timeout) as timer:
-                await worker.send(self._config_pieces)
-                frame = await worker.receive()
+                try:
+                    await worker.send(self._config_pieces)
+                except trio.BrokenResourceError:
+                    pass  # it exited already: frame stays None, reported below
+                else:
+                    frame = await worker.receive()
         slot.start_scope = None
         if start_scope.cancelled_caught:
             return False  # the pool closed and has no work for this worker
