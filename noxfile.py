@@ -66,3 +66,10 @@ def demo(session: nox.Session) -> None:
     """Run the demo: a CPU-bound job, sequentially and through the pool."""
     install(session, editable=False)
     session.run("python", "-m", "triopool", "demo", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Benchmark triopool against its peers (pass --quick etc. after --)."""
+    install(session, "bench")
+    session.run("python", "-m", "bench", *session.posargs)

@@ -701,8 +701,12 @@ class Pool:
         with trio.CancelScope() as start_scope:
             slot.start_scope = start_scope
             with trio.move_on_after(timeout) as timer:
-                await worker.send(self._config_pieces)
-                frame = await worker.receive()
+                try:
+                    await worker.send(self._config_pieces)
+                except trio.BrokenResourceError:
+                    pass  # it exited already: frame stays None, reported below
+                else:
+                    frame = await worker.receive()
         slot.start_scope = None
         if start_scope.cancelled_caught:
             return False  # the pool closed and has no work for this worker
@@ -833,12 +837,20 @@ class Pool:
         """
         scope = job.scope = trio.CancelScope()
         frame: _protocol.Frame | None = None
+        unsent = False
         try:
             with scope:
-                await worker.send(job.pieces)
-                if job.time_limit is not None:
-                    scope.deadline = trio.current_time() + job.time_limit
-                frame = await worker.receive()
+                try:
+                    await worker.send(job.pieces)
+                except trio.BrokenResourceError:
+                    # The pipe is closed at the far end: the worker died (while
+                    # idle, before this slot saw its EOF) without reading the
+                    # whole task, so the task has not started.
+                    unsent = True
+                else:
+                    if job.time_limit is not None:
+                        scope.deadline = trio.current_time() + job.time_limit
+                    frame = await worker.receive()
         except BaseException:
             # The pool is being torn down around this job.
             job.error = trio.ClosedResourceError("the pool closed while the task ran")
@@ -846,6 +858,24 @@ class Pool:
             raise
         finally:
             job.scope = None
+        if unsent:
+            if job.state is _JobState.RUNNING:
+                # Back to an idle slot, or the front of the queue.
+                job.state = _JobState.WAITING
+                self._tasks_running -= 1
+                self._tasks_waiting += 1
+                if self._idle:
+                    other = self._idle.pop()
+                    other.handed = job
+                    assert other.idle_scope is not None
+                    other.idle_scope.cancel()
+                else:
+                    self._waiting.appendleft(job)
+            exitcode = await worker.process.wait()
+            _log.warning(
+                "idle worker %d died (%s)", worker.pid, describe_exit(exitcode)
+            )
+            return False, False
         if scope.cancelled_caught:
             if job.state is _JobState.CANCELLED:
                 _log.info("worker %d killed: its task was cancelled", worker.pid)

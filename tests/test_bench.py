@@ -1,0 +1,66 @@
+"""The benchmark suite's quick mode runs, so that its code cannot rot.
+
+No timing is asserted: only that every benchmark ran for triopool and the
+peers that are installed, and that the report was written. Peers missing from
+the environment (the tests session installs none of them) are skipped by the
+suite itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import trio
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _read_report(directory: Path) -> tuple[str, dict[str, Any]]:
+    (report,) = directory.glob("bench-quick-*.json")
+    (table,) = directory.glob("bench-quick-*.md")
+    return table.read_text(), json.loads(report.read_text())
+
+
+@pytest.mark.slow
+async def test_quick_benchmark_reports_every_metric(tmp_path: Path) -> None:
+    with trio.fail_after(300):
+        result = await trio.run_process(
+            [sys.executable, "-m", "bench", "--quick", "--out", str(tmp_path)],
+            cwd=ROOT,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    assert result.returncode == 0, result.stderr.decode()
+    assert "| trivial round trip (median) |" in result.stdout.decode()
+    table, data = await trio.to_thread.run_sync(_read_report, tmp_path)
+    assert "triopool" in table
+    metrics = data["summary"]["metrics"]
+    pools = set(metrics["latency"]["pools"])
+    assert {"triopool", "concurrent.futures", "multiprocessing.Pool"} <= pools
+    assert "floor (raw pipe + pickle)" in pools
+    for key in (
+        "latency",
+        "parent_cpu",
+        "tasks_2",
+        "tasks_64",
+        "echo",
+        "map",
+        "cpu",
+        "recycle",
+        "first_2",
+        "busy_2",
+        "shutdown",
+        "worker_rss",
+        "parent_per_worker",
+    ):
+        value = metrics[key]["pools"]["triopool"]["median"]
+        assert isinstance(value, float), (key, value)
+        assert value > 0 or key == "parent_per_worker", (key, value)
