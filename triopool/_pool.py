@@ -939,10 +939,10 @@ def open_pool(
             total = await pool.run_sync(sum, range(10))
     """
     if backend is not None:
+        options = dict(locals())  # every option, so new ones are checked too
+        del options["backend"]
         from ._backend_pool import open_backend_pool
 
-        options = dict(locals())
-        del options["backend"]
         # Same public surface as Pool (run_sync, map, imap, statistics).
         return open_backend_pool(backend, options)  # type: ignore[return-value]
     config = PoolConfig(
