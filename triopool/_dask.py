@@ -42,6 +42,11 @@ class DaskBackend:
         n_workers: Worker processes of an owned cluster (``None``: Dask's
             default).
         threads_per_worker: Threads per worker process of an owned cluster.
+        worker_timeout: Seconds to wait, when the pool opens, for a cluster
+            at ``address`` to have at least one worker.
+
+    The pool keeps as many calls in flight as the cluster has worker threads
+    when the pool opens.
 
     Example::
 
@@ -59,12 +64,14 @@ class DaskBackend:
         *,
         n_workers: int | None = None,
         threads_per_worker: int = 1,
+        worker_timeout: float = 60.0,
     ) -> None:
         if address is not None and not isinstance(address, str):
             raise TypeError(f"address must be a str or None, got {address!r}")
         self.address = address
         self.n_workers = n_workers
         self.threads_per_worker = threads_per_worker
+        self.worker_timeout = worker_timeout
         self._client: Any = None
         self._cluster: Any = None
         self._killed_worker: type[BaseException] | None = None
@@ -88,6 +95,9 @@ class DaskBackend:
                     processes=True,
                     host="127.0.0.1",
                     dashboard_address=None,
+                    # Its HTTP routes (health, metrics) on a free loopback
+                    # port, not the fixed 8787 another cluster may hold.
+                    scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
                 )
             try:
                 self._client = distributed.Client(self._cluster, set_as_default=False)
@@ -97,6 +107,12 @@ class DaskBackend:
                 raise
         else:
             self._client = distributed.Client(self.address, set_as_default=False)
+            try:
+                self._client.wait_for_workers(1, timeout=self.worker_timeout)
+            except BaseException:
+                self._client.close()
+                self._client = None
+                raise
         threads: int = sum(self._client.nthreads().values())
         return max(1, threads)
 
