@@ -87,6 +87,7 @@ class _Job:
     handle: object = None
     # The caller's wait; its deadline is the hard time limit once submitted.
     scope: trio.CancelScope | None = None
+    cancel_sent: bool = False
 
 
 def _check_options(backend: Backend, options: Mapping[str, Any]) -> None:
@@ -411,7 +412,12 @@ class BackendPool:
             self._tasks_running -= 1
             self._tasks_cancelled += 1
             if job in self._in_engine:
-                self._backend.cancel(job.handle, kill=True)
+                self._cancel(job, kill=True)
+
+    def _cancel(self, job: _Job, *, kill: bool) -> None:
+        if not job.cancel_sent:
+            job.cancel_sent = True
+            self._backend.cancel(job.handle, kill=kill)
 
     def _cancel_all(self) -> None:
         kill = self._backend.capabilities.kill_running
@@ -425,7 +431,7 @@ class BackendPool:
                 )
         self._waiting.clear()
         for job in list(self._in_engine):
-            self._backend.cancel(job.handle, kill=kill)
+            self._cancel(job, kill=kill)
             self._finish(
                 job,
                 Outcome(
