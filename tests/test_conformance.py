@@ -47,6 +47,8 @@ class Engine:
     make_backend: Callable[[], Any] | None
     kill_running: bool
     options: dict[str, Any] = field(default_factory=dict)
+    # Whether the cluster the test started is still up (pools never stop it).
+    cluster_up: Callable[[], bool] = lambda: True
 
     def open(self, **options: Any) -> AbstractAsyncContextManager[Any]:
         merged = {**self.options, **options}
@@ -79,18 +81,24 @@ def engine(
             _node_ip_address="127.0.0.1",
         )
         try:
-            yield Engine("ray", triopool.RayBackend, kill_running=True)
+            yield Engine(
+                "ray",
+                triopool.RayBackend,
+                kill_running=True,
+                cluster_up=ray.is_initialized,
+            )
         finally:
             ray.shutdown()
     else:
         pytest.importorskip("distributed")
         directory = tmp_path_factory.mktemp("dask")
-        with dask_cluster(directory, nworkers=CAPACITY) as (address, _):
+        with dask_cluster(directory, nworkers=CAPACITY) as (address, processes):
             yield Engine(
                 "dask",
                 lambda: triopool.DaskBackend(address),
                 kill_running=False,
                 options={"kill_on_cancel": False},
+                cluster_up=lambda: all(p.poll() is None for p in processes),
             )
 
 
@@ -108,6 +116,7 @@ async def test_round_trip(engine: Engine) -> None:
             stats = pool.statistics()
     assert stats.tasks_completed == 2
     assert stats.tasks_running == 0
+    assert engine.cluster_up()
 
 
 async def test_exception_type_and_traceback(engine: Engine) -> None:
@@ -226,3 +235,4 @@ async def test_clean_exit_cancels_what_it_submitted(engine: Engine) -> None:
     assert not getattr(pool, "_in_engine", ())
     with pytest.raises(trio.ClosedResourceError):
         await pool.run_sync(workerfuncs.add, 1, 1)
+    assert engine.cluster_up()
