@@ -29,6 +29,24 @@ def tests(session: nox.Session) -> None:
     session.run("pytest", *session.posargs)
 
 
+# Cluster engines stay on this machine and send no usage reports.
+ENGINE_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
+@nox.session(python=PYTHON)
+def tests_distributed(session: nox.Session) -> None:
+    """Run the conformance tests on local, Ray and Dask (installs the extras)."""
+    session.install("--upgrade", "pip>=25.1")
+    session.install("-e", ".[ray,dask]", "--group", "test")
+    session.run(
+        "pytest",
+        "tests/test_conformance.py",
+        "tests/test_cluster_processes.py",
+        *session.posargs,
+        env=ENGINE_ENV,
+    )
+
+
 @nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
     """Check style and formatting with ruff."""

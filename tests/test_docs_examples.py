@@ -87,7 +87,9 @@ EXPECTED: dict[str, list[str]] = {
         "nonce 299 gives 0040d8f8b34c1ec7...",
         "taken beyond the answer: at most 8: True",
     ],
-    "map_unordered.py": ["all done: ['page-0', 'page-1', 'page-2', 'page-3', 'page-4']"],
+    "map_unordered.py": [
+        "all done: ['page-0', 'page-1', 'page-2', 'page-3', 'page-4']"
+    ],
     "limits_sigterm.py": [
         "SIGTERM: letting the running tasks finish",
         "tasks finished after SIGTERM: 2",

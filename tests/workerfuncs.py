@@ -200,3 +200,9 @@ def public_name_in_worker() -> str:
 def pid_and_fd_targets() -> tuple[int, dict[int, str]]:
     time.sleep(0.05)  # so that concurrent calls spread over the workers
     return os.getpid(), fd_targets()
+
+
+def touch(path: str) -> str:
+    with open(path, "w") as f:
+        f.write("ran")
+    return path

@@ -6,6 +6,8 @@ concept (see DESIGN.md).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ._default import configure_default_pool as configure_default_pool
 from ._default import run_sync as run_sync
 from ._errors import BrokenPoolError as BrokenPoolError
@@ -22,14 +24,36 @@ from ._pool import Pool as Pool
 from ._pool import PoolStatistics as PoolStatistics
 from ._pool import open_pool as open_pool
 
+if TYPE_CHECKING:
+    from ._dask import DaskBackend as DaskBackend
+    from ._ray import RayBackend as RayBackend
+
 __version__ = "0.1.0.dev0"
+
+# The cluster backends load on first use, so `import triopool` costs nothing
+# more for them (they import their engine only when a pool opens).
+_LAZY = {"RayBackend": "._ray", "DaskBackend": "._dask"}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        value.__module__ = "triopool"
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'triopool' has no attribute {name!r}")
+
 
 __all__ = [
     "POOL_DEFAULT",
     "BrokenPoolError",
     "BrokenWorkerError",
+    "DaskBackend",
     "Pool",
     "PoolStatistics",
+    "RayBackend",
     "RemoteError",
     "RemoteTraceback",
     "SerializationError",

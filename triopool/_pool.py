@@ -56,6 +56,8 @@ if TYPE_CHECKING:
     )
     from typing import TypeVarTuple, Unpack
 
+    from ._backend import Backend
+
     Ts = TypeVarTuple("Ts")
 
 T = TypeVar("T")
@@ -1090,6 +1092,7 @@ def open_pool(
     soft_time_limit: float | None = None,
     kill_on_cancel: bool = True,
     shutdown_timeout: float = 5.0,
+    backend: Backend | None = None,
 ) -> contextlib.AbstractAsyncContextManager[Pool]:
     """Open a pool of worker processes for the duration of an ``async with``.
 
@@ -1124,6 +1127,10 @@ def open_pool(
         kill_on_cancel: Default for :meth:`Pool.run_sync`.
         shutdown_timeout: On exit, seconds workers get to exit before SIGTERM,
             then SIGKILL.
+        backend: Run the tasks on a cluster engine instead
+            (:class:`RayBackend`, :class:`DaskBackend`); options the backend
+            cannot honour must stay at their defaults (see "Running on a
+            cluster").
 
     Raises:
         ValueError: An argument is out of range: ``workers < 1``, a negative
@@ -1137,6 +1144,13 @@ def open_pool(
         async with triopool.open_pool(4) as pool:
             total = await pool.run_sync(sum, range(10))
     """
+    if backend is not None:
+        options = dict(locals())  # every option, so new ones are checked too
+        del options["backend"]
+        from ._backend_pool import open_backend_pool
+
+        # Same public surface as Pool (run_sync, map, imap, statistics).
+        return open_backend_pool(backend, options)  # type: ignore[return-value]
     config = PoolConfig(
         workers=_usable_cpus() if workers is None else workers,
         start_method=start_method,

@@ -1,0 +1,349 @@
+"""The backend pool against an in-process fake engine (threads), so that its
+semantics are tested without Ray or Dask installed."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from typing import TYPE_CHECKING, Any, cast
+
+import pytest
+import trio
+import trio.lowlevel
+
+import triopool
+from triopool._backend import Capabilities, Outcome, with_remote_traceback
+from triopool._backend_pool import BackendPool
+
+from . import workerfuncs
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable
+
+
+class Killed(Exception):
+    pass
+
+
+class ThreadBackend:
+    """A fake engine: calls run in a thread pool and report from its threads."""
+
+    name = "ThreadBackend"
+
+    def __init__(self, capacity: int = 2, *, kill_running: bool = True) -> None:
+        self.capacity = capacity
+        self.capabilities = Capabilities(
+            kill_running=kill_running, max_tasks_per_child=False
+        )
+        self.executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self.lock = threading.Lock()
+        self.running = 0
+        self.max_running = 0
+        self.callback_threads: set[str] = set()
+        self.started = self.stopped = False
+        self.cancelled: list[tuple[object, bool]] = []
+
+    def start(self, max_tasks_per_child: int | None) -> int:
+        self.executor = concurrent.futures.ThreadPoolExecutor(self.capacity)
+        self.started = True
+        return self.capacity
+
+    def _run(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+        with self.lock:
+            self.running += 1
+            self.max_running = max(self.max_running, self.running)
+        try:
+            return fn(*args)
+        finally:
+            with self.lock:
+                self.running -= 1
+
+    def submit(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        on_done: Callable[[Outcome], None],
+    ) -> object:
+        assert self.executor is not None
+        future = self.executor.submit(self._run, fn, args)
+        reported = threading.Event()
+
+        def done(future: concurrent.futures.Future[Any]) -> None:
+            if reported.is_set():
+                return
+            reported.set()
+            self.callback_threads.add(threading.current_thread().name)
+            try:
+                on_done(Outcome(value=future.result()))
+            except Exception as exc:
+                text = "".join(traceback.format_exception(exc))
+                on_done(Outcome(error=with_remote_traceback(exc, text)))
+
+        future.add_done_callback(done)
+        return (future, reported, on_done)
+
+    def cancel(self, handle: object, *, kill: bool) -> None:
+        self.cancelled.append((handle, kill))
+        future, reported, on_done = cast(
+            "tuple[concurrent.futures.Future[Any], threading.Event, Callable[[Outcome], None]]",
+            handle,
+        )
+        if (future.cancel() or kill) and not reported.is_set():
+            reported.set()
+            on_done(Outcome(error=Killed()))
+
+    def stop(self) -> None:
+        assert self.executor is not None
+        self.executor.shutdown(wait=True)
+        self.stopped = True
+
+
+def open_fake(
+    backend: ThreadBackend, **options: Any
+) -> Any:  # the cast in open_pool says Pool; it is a BackendPool
+    return triopool.open_pool(backend=backend, **options)
+
+
+async def test_round_trip_reports_from_engine_threads() -> None:
+    backend = ThreadBackend()
+    with trio.fail_after(10):
+        async with open_fake(backend) as pool:
+            assert isinstance(pool, BackendPool)
+            assert await pool.run_sync(workerfuncs.add, 2, 3) == 5
+            # A call that is not done at once reports from the engine's thread.
+            assert await pool.run_sync(workerfuncs.sleep, 0.05) == 0.05
+            stats = pool.statistics()
+    assert stats.tasks_completed == 2
+    assert stats.workers == 2
+    assert backend.started
+    assert backend.stopped
+    assert backend.callback_threads
+    assert backend.callback_threads - {threading.current_thread().name}
+
+
+async def test_exception_type_args_and_traceback() -> None:
+    with trio.fail_after(10):
+        async with open_fake(ThreadBackend()) as pool:
+            with pytest.raises(ValueError, match="boom") as info:
+                await pool.run_sync(workerfuncs.raise_value_error, "boom", 3)
+    assert type(info.value) is ValueError
+    assert info.value.args == ("boom", 3)
+    assert "raise_value_error" in "".join(traceback.format_exception(info.value))
+
+
+async def test_in_flight_is_bounded_by_capacity() -> None:
+    backend = ThreadBackend(capacity=2)
+    results: list[float] = []
+    busiest = 0
+    with trio.fail_after(20):
+        async with open_fake(backend) as pool:
+
+            async def one(i: int) -> None:
+                results.append(await pool.run_sync(workerfuncs.sleep, 0.01))
+
+            async with trio.open_nursery() as nursery:
+                for i in range(40):
+                    nursery.start_soon(one, i)
+                await trio.lowlevel.checkpoint()
+                while len(results) < 40:
+                    busiest = max(busiest, pool.statistics().workers_busy)
+                    await trio.sleep(0.002)
+    assert len(results) == 40
+    assert backend.max_running <= 2
+    assert 1 <= busiest <= 2
+
+
+async def test_cancel_queued_never_submits(tmp_path: Any) -> None:
+    marker = tmp_path / "ran"
+    with trio.fail_after(20):
+        async with open_fake(ThreadBackend(capacity=1)) as pool:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(pool.run_sync, workerfuncs.sleep, 0.5)
+                await trio.sleep(0.1)
+                with trio.move_on_after(0.1):
+                    await pool.run_sync(workerfuncs.touch, str(marker))
+            assert pool.statistics().tasks_cancelled == 1
+            assert await pool.run_sync(workerfuncs.add, 1, 1) == 2
+    assert not marker.exists()
+
+
+async def test_kill_on_cancel_false_waits_for_the_outcome() -> None:
+    with trio.fail_after(20):
+        async with open_fake(
+            ThreadBackend(kill_running=False), kill_on_cancel=False
+        ) as pool:
+            result = None
+            with trio.CancelScope() as scope:
+                scope.deadline = trio.current_time() + 0.1
+                result = await pool.run_sync(workerfuncs.sleep, 0.4)
+            assert result == 0.4
+
+
+async def test_kill_on_cancel_cancels_in_the_engine() -> None:
+    backend = ThreadBackend()
+    with trio.fail_after(20):
+        async with open_fake(backend) as pool:
+            with trio.move_on_after(0.1) as scope:
+                await pool.run_sync(workerfuncs.sleep, 0.5)
+            assert scope.cancelled_caught
+            assert [kill for _, kill in backend.cancelled] == [True]
+            assert pool.statistics().tasks_cancelled == 1
+
+
+async def test_time_limit_needs_and_uses_kill() -> None:
+    backend = ThreadBackend()
+    with trio.fail_after(20):
+        async with open_fake(backend, time_limit=0.1) as pool:
+            with pytest.raises(triopool.TimeLimitExceeded) as info:
+                await pool.run_sync(workerfuncs.sleep, 0.5)
+            assert info.value.time_limit == 0.1
+            assert pool.statistics().tasks_failed == 1
+            assert await pool.run_sync(workerfuncs.add, 1, 2, time_limit=None) == 3
+    with pytest.raises(ValueError, match=r"ThreadBackend.*time_limit"):
+        open_fake(ThreadBackend(kill_running=False), kill_on_cancel=False, time_limit=1)
+
+
+async def test_body_error_cancels_in_flight_and_leaves_as_itself() -> None:
+    backend = ThreadBackend()
+    pool: Any = None
+
+    async def body() -> None:
+        nonlocal pool
+        async with open_fake(backend) as pool, trio.open_nursery() as nursery:
+            for _ in range(4):
+                nursery.start_soon(pool.run_sync, workerfuncs.sleep, 0.3)
+            await trio.sleep(0.05)
+            raise KeyError("out")
+
+    with trio.fail_after(20), pytest.raises(ExceptionGroup) as info:
+        await body()
+    assert info.value.subgroup(KeyError) is not None  # the body's own group
+    assert backend.stopped
+    assert all(kill for _, kill in backend.cancelled)
+    assert len(backend.cancelled) == 2  # the two submitted; the rest never were
+    assert not pool._in_engine
+
+
+async def test_use_after_close() -> None:
+    with trio.fail_after(10):
+        async with open_fake(ThreadBackend()) as pool:
+            pass
+    with pytest.raises(trio.ClosedResourceError):
+        await pool.run_sync(workerfuncs.add, 1, 2)
+    with pytest.raises(trio.ClosedResourceError):
+        await pool.map(workerfuncs.identity, [1])
+
+
+async def test_async_function_is_refused() -> None:
+    async def coro() -> None:
+        pass
+
+    with trio.fail_after(10):
+        async with open_fake(ThreadBackend()) as pool:
+            with pytest.raises(TypeError, match="async function"):
+                await pool.run_sync(coro)  # type: ignore[arg-type, unused-ignore]
+
+
+async def test_map_in_order_with_bounded_in_flight() -> None:
+    backend = ThreadBackend(capacity=2)
+    with trio.fail_after(30):
+        async with open_fake(backend) as pool:
+            assert await pool.map(workerfuncs.identity, range(300)) == list(range(300))
+            assert await pool.map(workerfuncs.identity, range(7), chunksize=3) == list(
+                range(7)
+            )
+    assert backend.max_running <= 2
+
+
+async def test_imap_unordered_async_iterable_and_back_pressure() -> None:
+    produced = 0
+
+    async def items() -> AsyncIterator[int]:
+        nonlocal produced
+        for i in range(20):
+            produced += 1
+            yield i
+
+    with trio.fail_after(30):
+        async with (
+            open_fake(ThreadBackend(capacity=2)) as pool,
+            pool.imap(
+                workerfuncs.identity, items(), ordered=False, max_in_flight=3
+            ) as results,
+        ):
+            first = await results.__anext__()
+            await trio.sleep(0.2)
+            # Only max_in_flight items run ahead of a consumer that waits.
+            assert produced <= 1 + 3 + 1
+            rest = [value async for value in results]
+    assert sorted([first, *rest]) == list(range(20))
+
+
+async def test_imap_first_error_propagates() -> None:
+    with trio.fail_after(30):
+        async with open_fake(ThreadBackend()) as pool:
+            with pytest.raises(ValueError, match="bad"):
+                await pool.map(workerfuncs.raise_value_error, ["bad", "worse"])
+            assert await pool.run_sync(workerfuncs.add, 1, 1) == 2
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"workers": 3}, "DaskBackend does not support workers=3"),
+        ({"initializer": print}, "DaskBackend does not support initializer"),
+        ({"soft_time_limit": 1.0}, "DaskBackend does not support soft_time_limit"),
+        ({}, "DaskBackend cannot stop a running task.*kill_on_cancel=False"),
+        (
+            {"kill_on_cancel": False, "max_tasks_per_child": 2},
+            "DaskBackend cannot retire workers.*max_tasks_per_child",
+        ),
+        ({"kill_on_cancel": False, "time_limit": 2.0}, "DaskBackend.*time_limit"),
+    ],
+)
+def test_dask_refuses_options_it_cannot_honour(
+    options: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        triopool.open_pool(backend=triopool.DaskBackend(), **options)
+
+
+def test_ray_refuses_local_only_options() -> None:
+    with pytest.raises(ValueError, match="RayBackend does not support max_memory"):
+        triopool.open_pool(backend=triopool.RayBackend(), max_memory_per_child=10**9)
+    # Honoured ones are accepted (nothing starts before the block is entered).
+    triopool.open_pool(
+        backend=triopool.RayBackend(), max_tasks_per_child=3, time_limit=5.0
+    )
+
+
+async def test_per_call_options_the_backend_cannot_honour() -> None:
+    with trio.fail_after(10):
+        async with open_fake(
+            ThreadBackend(kill_running=False), kill_on_cancel=False
+        ) as pool:
+            with pytest.raises(ValueError, match=r"ThreadBackend.*kill_on_cancel"):
+                await pool.run_sync(workerfuncs.add, 1, 2, kill_on_cancel=True)
+            with pytest.raises(ValueError, match="soft_time_limit"):
+                await pool.run_sync(workerfuncs.add, 1, 2, soft_time_limit=1.0)
+
+
+def test_import_triopool_does_not_import_the_engines() -> None:
+    code = (
+        "import sys, triopool\n"
+        "triopool.RayBackend, triopool.DaskBackend\n"
+        "bad = {'ray', 'dask', 'distributed'} & set(sys.modules)\n"
+        "assert not bad, bad\n"
+        "assert triopool.RayBackend.__module__ == 'triopool'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_backend_pool_has_the_pool_surface() -> None:
+    for name in ("run_sync", "statistics", "map", "imap"):
+        assert callable(getattr(BackendPool, name))
+    assert time.monotonic() > 0  # keeps the import used for the fake's sleeps

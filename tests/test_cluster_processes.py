@@ -1,0 +1,91 @@
+"""Backends against engines the pool does not own.
+
+A Dask scheduler and worker started as separate processes (on 127.0.0.1),
+used by two pools in turn and stopped by their pids: leaving a pool block
+must leave that cluster running. Also each backend with a cluster it starts
+and owns, which must be gone when the block exits.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+import pytest
+import trio
+
+import triopool
+
+from . import workerfuncs
+from .clusters import dask_cluster
+
+if TYPE_CHECKING:
+    import subprocess
+    from collections.abc import Iterator
+    from pathlib import Path
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+
+@pytest.fixture
+def dask_processes(
+    tmp_path: Path,
+) -> Iterator[tuple[str, list[subprocess.Popen[bytes]]]]:
+    pytest.importorskip("distributed")
+    with dask_cluster(tmp_path, nworkers=1, nthreads=2) as cluster:
+        yield cluster
+
+
+@pytest.mark.engine_fds
+async def test_dask_cluster_of_separate_processes_outlives_the_pools(
+    dask_processes: tuple[str, list[subprocess.Popen[bytes]]],
+) -> None:
+    address, processes = dask_processes
+    with trio.fail_after(120):
+        for n in range(2):
+            backend = triopool.DaskBackend(address)
+            async with triopool.open_pool(
+                backend=backend, kill_on_cancel=False
+            ) as pool:
+                assert await pool.run_sync(workerfuncs.add, n, 10) == n + 10
+                assert pool.statistics().workers == 2  # the worker's two threads
+            assert all(process.poll() is None for process in processes)
+
+
+@pytest.fixture(scope="module")
+def resource_tracker() -> None:
+    """Start multiprocessing's resource tracker, as Dask's LocalCluster does:
+    a process-wide helper that lives until the interpreter exits, so it must
+    exist before the leak check's baseline is taken."""
+    from multiprocessing import resource_tracker
+
+    resource_tracker.ensure_running()
+
+
+@pytest.mark.engine_fds
+@pytest.mark.usefixtures("resource_tracker")
+async def test_dask_owned_local_cluster_is_closed() -> None:
+    pytest.importorskip("distributed")
+    backend = triopool.DaskBackend(n_workers=1)
+    with trio.fail_after(120):
+        async with triopool.open_pool(backend=backend, kill_on_cancel=False) as pool:
+            assert await pool.run_sync(workerfuncs.add, 1, 2) == 3
+            with pytest.raises(triopool.BrokenWorkerError):
+                await pool.run_sync(workerfuncs.exit_with, 3)  # allowed-failures 0
+    assert backend._cluster is None
+    assert backend._client is None
+
+
+@pytest.mark.engine_fds
+async def test_ray_owned_local_cluster_is_stopped() -> None:
+    ray = pytest.importorskip("ray")
+    assert not ray.is_initialized()
+    backend = triopool.RayBackend(num_cpus=1)
+    with trio.fail_after(180):
+        async with triopool.open_pool(backend=backend, max_tasks_per_child=1) as pool:
+            pid1 = await pool.run_sync(workerfuncs.getpid)
+            pid2 = await pool.run_sync(workerfuncs.getpid)
+            assert pool.statistics().workers == 1
+    assert pid1 != pid2  # max_calls=1: each task in a fresh worker
+    assert not ray.is_initialized()

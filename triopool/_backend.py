@@ -1,0 +1,138 @@
+"""The backend protocol: how a pool runs tasks on an external cluster engine.
+
+A backend wraps one engine (Ray, Dask): it starts or connects to the engine,
+submits a call, reports the call's outcome through a callback, and cancels a
+call. The local process pool is not a backend; it stays the default and the
+reference for the semantics.
+
+Invariants:
+
+- ``on_done`` is called exactly once per submitted call, on any thread (engine
+  threads included), with an :class:`Outcome` that is already resolved: the
+  engine's result or its exception mapped to triopool's own types. It never
+  blocks and never touches Trio except through the run's
+  :class:`trio.lowlevel.TrioToken` (see :class:`TrioBridge`).
+- Nothing here imports an engine: a backend imports its engine when it starts,
+  so ``import triopool`` stays as fast as before.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any, Protocol
+
+import attrs
+import trio
+
+from ._errors import RemoteTraceback
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = ["Backend", "Capabilities", "Outcome", "TrioBridge", "with_remote_traceback"]
+
+
+@attrs.frozen
+class Capabilities:
+    """What a backend can do beyond submit, outcome and cancelling queued calls.
+
+    Attributes:
+        kill_running: Cancelling a running call can stop it (and its worker).
+            Without it the pool refuses ``kill_on_cancel=True``.
+        max_tasks_per_child: Workers can be retired after a number of calls.
+
+    Hard time limits need ``kill_running``: the pool cancels the call with a
+    kill when its deadline passes.
+    """
+
+    kill_running: bool
+    max_tasks_per_child: bool
+
+
+@attrs.frozen
+class Outcome:
+    """The resolved outcome of one call: a value, or an exception to raise."""
+
+    value: Any = None
+    error: BaseException | None = None
+
+    def unwrap(self) -> Any:
+        """Return the value or raise the error."""
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+class Backend(Protocol):
+    """What :func:`triopool.open_pool` needs from a cluster engine.
+
+    ``start`` and ``stop`` are blocking and run in a worker thread (once per
+    pool); ``submit`` and ``cancel`` are cheap and run on the Trio thread.
+    """
+
+    name: str
+    capabilities: Capabilities
+
+    def start(self, max_tasks_per_child: int | None) -> int:
+        """Start or connect to the engine; return how many calls may be in
+        flight at once (the pool keeps the rest in its own queue)."""
+
+    def submit(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        on_done: Callable[[Outcome], None],
+    ) -> object:
+        """Submit ``fn(*args)``; return a handle for :meth:`cancel`.
+
+        ``on_done`` is called exactly once, on any thread, when the call ends
+        (cancelled calls included). Raises if the call cannot be submitted
+        (for example it cannot be serialized); then ``on_done`` is never called.
+        """
+
+    def cancel(self, handle: object, *, kill: bool) -> None:
+        """Cancel a submitted call; ``kill`` also stops it if it runs."""
+
+    def stop(self) -> None:
+        """Disconnect; stop the engine only if :meth:`start` started it."""
+
+
+def with_remote_traceback(
+    exc: BaseException, traceback_text: str | None
+) -> BaseException:
+    """Attach the engine worker's traceback as ``__cause__``, as the local pool does."""
+    if traceback_text:
+        exc.__cause__ = RemoteTraceback(traceback_text)
+    return exc
+
+
+@attrs.define(eq=False)
+class TrioBridge:
+    """Hands outcomes from engine threads to one Trio run, without a thread
+    per call: each outcome is one :meth:`trio.lowlevel.TrioToken.run_sync_soon`.
+
+    After the run has finished, outcomes are dropped (nobody waits for them).
+    """
+
+    _token: trio.lowlevel.TrioToken
+    _lock: threading.Lock = attrs.field(factory=threading.Lock)
+    _closed: bool = False
+
+    def callback(self, deliver: Callable[[Outcome], None]) -> Callable[[Outcome], None]:
+        """Wrap ``deliver`` (which runs on the Trio thread) for engine threads."""
+
+        def on_done(outcome: Outcome) -> None:
+            with self._lock:
+                if self._closed:
+                    return
+                try:
+                    self._token.run_sync_soon(deliver, outcome)
+                except trio.RunFinishedError:
+                    self._closed = True
+
+        return on_done
+
+    def close(self) -> None:
+        """Drop every outcome that arrives from now on."""
+        with self._lock:
+            self._closed = True

@@ -1,0 +1,584 @@
+"""A pool whose tasks run on a cluster engine through a :class:`Backend`.
+
+:class:`BackendPool` has the public surface of :class:`triopool.Pool`
+(``run_sync`` with the same options and errors, ``map``, ``imap``,
+``statistics``); ``open_pool(backend=...)`` returns it. The local pool's code
+is not involved, so its fast path is unchanged.
+
+Invariants:
+
+- At most ``capacity`` calls (the engine's worker slots) are submitted to the
+  engine at once; the rest wait in the pool's own FIFO queue, where
+  cancelling them is free and certain: they never reach the engine. Only the
+  pool's dispatcher task submits, so a burst of callers never makes the Trio
+  thread submit more than that many calls in a row.
+- A submitted call is in flight until its outcome comes back through the
+  run's :class:`trio.lowlevel.TrioToken`; only then does its slot count as
+  free. The engine's callback threads never touch the pool.
+- Leaving the block cancels every call still in flight (killing it where the
+  engine can) and stops the engine only if the backend started it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import functools
+import inspect
+import math
+from collections import deque
+from collections.abc import AsyncIterable as AsyncIterableABC
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import attrs
+import trio
+
+from ._backend import Backend, Outcome, TrioBridge
+from ._errors import TimeLimitExceeded
+from ._pool import (
+    POOL_DEFAULT,
+    PoolStatistics,
+    _check_count,
+    _check_limits,
+    _Default,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import (
+        AsyncGenerator,
+        AsyncIterable,
+        AsyncIterator,
+        Callable,
+        Iterable,
+        Mapping,
+    )
+    from typing import TypeVarTuple, Unpack
+
+    Ts = TypeVarTuple("Ts")
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+__all__ = ["BackendPool", "open_backend_pool"]
+
+# The open_pool options a backend pool implements; any other option must stay
+# at its default. (A backend's own sizing replaces ``workers``.)
+_SUPPORTED = frozenset(
+    {"time_limit", "kill_on_cancel", "max_tasks_per_child", "shutdown_timeout"}
+)
+
+
+class _State(enum.IntEnum):
+    WAITING = 0
+    RUNNING = 1
+    DONE = 2
+    CANCELLED = 3
+
+
+@attrs.define(eq=False)
+class _Job:
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    time_limit: float | None
+    kill_on_cancel: bool
+    done: trio.Event = attrs.field(factory=trio.Event)
+    state: _State = _State.WAITING
+    outcome: Outcome | None = None
+    handle: object = None
+    # The caller's wait; its deadline is the hard time limit once submitted.
+    scope: trio.CancelScope | None = None
+    cancel_sent: bool = False
+
+
+def _check_options(backend: Backend, options: Mapping[str, Any]) -> None:
+    """Refuse options the backend cannot honour, naming both."""
+    from ._pool import open_pool
+
+    defaults = {
+        name: parameter.default
+        for name, parameter in inspect.signature(open_pool).parameters.items()
+        if parameter.default is not inspect.Parameter.empty
+    }
+    name = backend.name
+    for option, value in options.items():
+        default = defaults.get(option)
+        if option in _SUPPORTED or value == default:
+            continue
+        hint = " (size the cluster through the backend)" if option == "workers" else ""
+        raise ValueError(
+            f"{name} does not support {option}={value!r}: leave it at its default{hint}"
+        )
+    capabilities = backend.capabilities
+    if not capabilities.kill_running:
+        if options.get("kill_on_cancel", True):
+            raise ValueError(
+                f"{name} cannot stop a running task, so kill_on_cancel=True "
+                "cannot be honoured: pass kill_on_cancel=False"
+            )
+        if options.get("time_limit") is not None:
+            raise ValueError(
+                f"{name} cannot stop a running task, so time_limit cannot be "
+                "enforced: leave it at None"
+            )
+    if not capabilities.max_tasks_per_child and (
+        options.get("max_tasks_per_child") is not None
+    ):
+        raise ValueError(
+            f"{name} cannot retire workers, so max_tasks_per_child cannot be "
+            "honoured: leave it at None"
+        )
+
+
+def open_backend_pool(
+    backend: Backend, options: Mapping[str, Any]
+) -> contextlib.AbstractAsyncContextManager[BackendPool]:
+    """Check ``options`` (``open_pool``'s arguments) against ``backend`` and
+    return the pool's async context manager. Nothing starts until it is entered.
+    """
+    for attribute in ("name", "capabilities", "start", "submit", "cancel", "stop"):
+        if not hasattr(backend, attribute):
+            raise TypeError(f"backend must be a triopool backend, got {backend!r}")
+    _check_options(backend, options)
+    time_limit = options.get("time_limit")
+    _check_limits(time_limit, None, "")
+    kill_on_cancel = options.get("kill_on_cancel", True)
+    if not isinstance(kill_on_cancel, bool):
+        raise TypeError(f"kill_on_cancel must be a bool, got {kill_on_cancel!r}")
+    max_tasks = options.get("max_tasks_per_child")
+    if max_tasks is not None and (
+        isinstance(max_tasks, bool) or not isinstance(max_tasks, int) or max_tasks < 1
+    ):
+        raise ValueError(f"max_tasks_per_child must be an int >= 1, got {max_tasks!r}")
+    shutdown_timeout = options.get("shutdown_timeout", 5.0)
+    pool = BackendPool(
+        backend,
+        time_limit=time_limit,
+        kill_on_cancel=kill_on_cancel,
+        max_tasks_per_child=max_tasks,
+        shutdown_timeout=shutdown_timeout,
+    )
+    return _run_backend_pool(pool)
+
+
+class BackendPool:
+    """A pool running its tasks on a cluster engine; get one from
+    ``open_pool(backend=...)``. Same public surface as :class:`triopool.Pool`.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        time_limit: float | None,
+        kill_on_cancel: bool,
+        max_tasks_per_child: int | None,
+        shutdown_timeout: float,
+    ) -> None:
+        self._backend = backend
+        self._time_limit = time_limit
+        self._kill_on_cancel = kill_on_cancel
+        self._max_tasks_per_child = max_tasks_per_child
+        self._shutdown_timeout = shutdown_timeout
+        self._capacity = 0
+        self._waiting: deque[_Job] = deque()
+        self._in_engine: set[_Job] = set()
+        self._kick = trio.Event()
+        self._bridge: TrioBridge | None = None
+        self._open = False
+        self._closing = False
+        self._closed = False
+        self._tasks_waiting = 0
+        self._tasks_running = 0
+        self._tasks_completed = 0
+        self._tasks_failed = 0
+        self._tasks_cancelled = 0
+        self._tasks_submitted = 0
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open" if self._open else "starting"
+        return f"<triopool.BackendPool {state} backend={self._backend!r}>"
+
+    @property
+    def backend(self) -> Backend:
+        """The backend this pool runs on."""
+        return self._backend
+
+    @property
+    def max_in_flight(self) -> int:
+        """How many calls the pool submits to the engine at once."""
+        return self._capacity
+
+    def statistics(self) -> PoolStatistics:
+        """Return a snapshot of the pool's counters (cheap: no I/O).
+
+        The engine's workers are not the pool's: ``workers`` is the engine's
+        capacity (worker slots), ``workers_busy`` the calls in flight, and the
+        worker lifecycle counters (started, recycled, lost, ...) stay 0.
+        """
+        in_flight = len(self._in_engine)
+        return PoolStatistics(
+            workers=self._capacity,
+            workers_alive=self._capacity,
+            workers_idle=max(0, self._capacity - in_flight),
+            workers_busy=in_flight,
+            tasks_waiting=self._tasks_waiting,
+            tasks_running=self._tasks_running,
+            tasks_completed=self._tasks_completed,
+            tasks_failed=self._tasks_failed,
+            tasks_cancelled=self._tasks_cancelled,
+            tasks_submitted=self._tasks_submitted,
+            workers_started=0,
+            workers_recycled=0,
+            workers_lost=0,
+            start_failures=0,
+            workers_stopped=0,
+        )
+
+    async def run_sync(
+        self,
+        fn: Callable[[Unpack[Ts]], T],
+        *args: *Ts,
+        time_limit: float | _Default | None = POOL_DEFAULT,
+        soft_time_limit: float | _Default | None = POOL_DEFAULT,
+        kill_on_cancel: bool | _Default = POOL_DEFAULT,
+    ) -> T:
+        """Run ``fn(*args)`` on the engine and return its result.
+
+        Same options, errors and cancellation semantics as
+        :meth:`triopool.Pool.run_sync`, as far as the backend can honour them:
+        an option it cannot honour raises :class:`ValueError` naming both.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
+            raise TypeError(
+                f"run_sync() needs a regular function, got the async function {fn!r}"
+            )
+        name = self._backend.name
+        if time_limit is POOL_DEFAULT:
+            time_limit = self._time_limit
+        if soft_time_limit not in (POOL_DEFAULT, None):
+            raise ValueError(f"{name} does not support soft_time_limit")
+        if kill_on_cancel is POOL_DEFAULT:
+            kill_on_cancel = self._kill_on_cancel
+        elif not isinstance(kill_on_cancel, bool):
+            raise TypeError(f"kill_on_cancel must be a bool, got {kill_on_cancel!r}")
+        _check_limits(time_limit, None, " of run_sync()")
+        if not self._backend.capabilities.kill_running:
+            if kill_on_cancel:
+                raise ValueError(
+                    f"{name} cannot stop a running task: kill_on_cancel=True "
+                    "cannot be honoured"
+                )
+            if time_limit is not None:
+                raise ValueError(
+                    f"{name} cannot stop a running task: time_limit cannot be enforced"
+                )
+        if self._closing or self._closed or not self._open:
+            raise trio.ClosedResourceError("the pool is closed")
+        job = _Job(fn, tuple(args), time_limit, kill_on_cancel)
+        self._tasks_submitted += 1
+        self._tasks_waiting += 1
+        self._waiting.append(job)
+        self._kick.set()
+        try:
+            with trio.CancelScope() as job.scope:
+                if job.state is _State.RUNNING:
+                    self._arm_time_limit(job)
+                await job.done.wait()
+        except trio.Cancelled:
+            if job.state is _State.RUNNING and not job.kill_on_cancel:
+                # Like trio.to_thread.run_sync: wait for the outcome;
+                # Cancelled comes at the next checkpoint.
+                with trio.CancelScope(shield=True):
+                    await job.done.wait()
+            else:
+                self._abandon(job)
+                raise
+        except BaseException:
+            self._abandon(job)
+            raise
+        finally:
+            job.scope = None
+        if job.state is _State.RUNNING:
+            # The hard time limit expired (nothing else cancels job.scope).
+            assert job.time_limit is not None
+            self._abandon(job)
+            self._tasks_cancelled -= 1
+            self._tasks_failed += 1
+            raise TimeLimitExceeded(
+                f"the task exceeded its time limit of {job.time_limit:g} s; "
+                f"{name} killed it",
+                job.time_limit,
+            )
+        assert job.outcome is not None
+        return job.outcome.unwrap()  # type: ignore[no-any-return]
+
+    async def map(
+        self,
+        fn: Callable[[Any], R],
+        iterable: Iterable[Any] | AsyncIterable[Any],
+        *,
+        chunksize: int = 1,
+    ) -> list[R]:
+        """Run ``fn`` on every item; return the results in input order.
+
+        See :meth:`imap`; the first exception propagates and cancels the rest.
+        """
+        async with self.imap(fn, iterable, chunksize=chunksize) as results:
+            return [value async for value in results]
+
+    def imap(
+        self,
+        fn: Callable[[Any], R],
+        iterable: Iterable[Any] | AsyncIterable[Any],
+        *,
+        ordered: bool = True,
+        chunksize: int = 1,
+        max_in_flight: int | None = None,
+    ) -> contextlib.AbstractAsyncContextManager[AsyncIterator[R]]:
+        """Run ``fn`` on every item, at most ``max_in_flight`` (default twice
+        the engine's capacity) ahead of the consumer; iterate the results.
+
+        Built on :meth:`run_sync` only, so it has the same semantics as the
+        local pool's ``imap``.
+        """
+        _check_count("chunksize", chunksize, allow_none=False)
+        _check_count("max_in_flight", max_in_flight, allow_none=True)
+        if self._closing or self._closed:
+            raise trio.ClosedResourceError("the pool is closed")
+        limit = (
+            max_in_flight if max_in_flight is not None else 2 * max(1, self._capacity)
+        )
+        return _imap(self, fn, iterable, ordered, chunksize, limit)
+
+    # The dispatcher and the engine's callbacks (all on the Trio thread)
+
+    async def _dispatch(self) -> None:
+        backend = self._backend
+        assert self._bridge is not None
+        while True:
+            while self._waiting and len(self._in_engine) < self._capacity:
+                job = self._waiting.popleft()
+                if job.state is not _State.WAITING:
+                    continue
+                job.state = _State.RUNNING
+                self._tasks_waiting -= 1
+                self._tasks_running += 1
+                deliver = self._bridge.callback(functools.partial(self._deliver, job))
+                try:
+                    job.handle = backend.submit(job.fn, job.args, deliver)
+                except Exception as exc:
+                    self._finish(job, Outcome(error=exc))
+                else:
+                    self._in_engine.add(job)
+                    self._arm_time_limit(job)
+                # Submitting is synchronous: let other tasks run in between.
+                await trio.lowlevel.cancel_shielded_checkpoint()
+            if self._closing and not self._waiting and not self._in_engine:
+                return
+            self._kick = trio.Event()
+            await self._kick.wait()
+
+    def _arm_time_limit(self, job: _Job) -> None:
+        if job.time_limit is not None and job.scope is not None:
+            job.scope.deadline = trio.current_time() + job.time_limit
+
+    def _deliver(self, job: _Job, outcome: Outcome) -> None:
+        self._in_engine.discard(job)
+        self._finish(job, outcome)
+        self._kick.set()
+
+    def _finish(self, job: _Job, outcome: Outcome) -> None:
+        if job.state is not _State.RUNNING:
+            return  # its caller is gone
+        job.state = _State.DONE
+        job.outcome = outcome
+        self._tasks_running -= 1
+        if outcome.error is None:
+            self._tasks_completed += 1
+        else:
+            self._tasks_failed += 1
+        job.done.set()
+
+    def _abandon(self, job: _Job) -> None:
+        """The caller stops waiting: a queued job never runs, a submitted one
+        is cancelled (killed where the engine can)."""
+        if job.state is _State.WAITING:
+            job.state = _State.CANCELLED
+            self._tasks_waiting -= 1
+            self._tasks_cancelled += 1
+        elif job.state is _State.RUNNING:
+            job.state = _State.CANCELLED
+            self._tasks_running -= 1
+            self._tasks_cancelled += 1
+            if job in self._in_engine:
+                self._cancel(job, kill=True)
+
+    def _cancel(self, job: _Job, *, kill: bool) -> None:
+        if not job.cancel_sent:
+            job.cancel_sent = True
+            self._backend.cancel(job.handle, kill=kill)
+
+    def _cancel_all(self) -> None:
+        kill = self._backend.capabilities.kill_running
+        for job in list(self._waiting):
+            if job.state is _State.WAITING:
+                job.state = _State.RUNNING
+                self._tasks_waiting -= 1
+                self._tasks_running += 1
+                self._finish(
+                    job, Outcome(error=trio.ClosedResourceError("the pool closed"))
+                )
+        self._waiting.clear()
+        for job in list(self._in_engine):
+            self._cancel(job, kill=kill)
+            self._finish(
+                job,
+                Outcome(
+                    error=trio.ClosedResourceError("the pool closed while the task ran")
+                ),
+            )
+
+
+@contextlib.asynccontextmanager
+async def _run_backend_pool(pool: BackendPool) -> AsyncIterator[BackendPool]:
+    backend = pool._backend
+    pool._bridge = TrioBridge(trio.lowlevel.current_trio_token())
+    started = False
+    body_error: BaseException | None = None
+    try:
+        # Engines start with blocking calls (seconds): in a thread, so the
+        # Trio loop keeps running. Not abandoned on cancel: we must stop it.
+        pool._capacity = await trio.to_thread.run_sync(
+            backend.start, pool._max_tasks_per_child
+        )
+        started = True
+        pool._open = True
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                pool._dispatch, name=f"triopool {backend.name} dispatcher"
+            )
+            try:
+                yield pool
+            except BaseException as exc:
+                body_error = exc
+                pool._closing = True
+                pool._cancel_all()
+                nursery.cancel_scope.cancel()
+            else:
+                pool._closing = True
+                pool._kick.set()  # the dispatcher returns once all is done
+    finally:
+        pool._closing = True
+        pool._closed = True
+        with trio.CancelScope(shield=True):
+            pool._cancel_all()
+            # Let the engine report the cancelled calls, so none is left
+            # half-known to the engine when the client goes.
+            with trio.move_on_after(pool._shutdown_timeout):
+                while pool._in_engine:
+                    pool._kick = trio.Event()
+                    await pool._kick.wait()
+            pool._bridge.close()
+            if started:
+                await trio.to_thread.run_sync(backend.stop)
+    if body_error is not None:
+        raise body_error
+
+
+def _call_chunk(fn: Callable[[Any], R], chunk: list[Any]) -> list[R]:
+    return [fn(item) for item in chunk]
+
+
+async def _aiter(iterable: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Any]:
+    if isinstance(iterable, AsyncIterableABC):
+        async for item in iterable:
+            yield item
+    else:
+        for item in iterable:
+            yield item
+
+
+@contextlib.asynccontextmanager
+async def _imap(
+    pool: BackendPool,
+    fn: Callable[[Any], Any],
+    iterable: Iterable[Any] | AsyncIterable[Any],
+    ordered: bool,
+    chunksize: int,
+    limit: int,
+) -> AsyncIterator[AsyncIterator[Any]]:
+    """imap on top of run_sync alone (to be replaced by the shared ``_map``
+    module once ``Pool.map`` lands; it needs nothing but ``run_sync``)."""
+    # One permit per submitted chunk, returned when the consumer takes its result.
+    permits = trio.Semaphore(max(1, limit // chunksize))
+    # (index, outcome) per chunk; then the number of chunks, once known.
+    send, receive = trio.open_memory_channel[tuple[int, Outcome] | int](math.inf)
+
+    async def run_one(index: int, chunk: list[Any]) -> None:
+        try:
+            if chunksize == 1:
+                value: Any = [await pool.run_sync(fn, chunk[0])]
+            else:
+                value = await pool.run_sync(_call_chunk, fn, chunk)
+            outcome = Outcome(value=value)
+        except Exception as exc:
+            outcome = Outcome(error=exc)
+        send.send_nowait((index, outcome))
+
+    async def feed(nursery: trio.Nursery) -> None:
+        index = 0
+        chunk: list[Any] = []
+        async for item in _aiter(iterable):
+            chunk.append(item)
+            if len(chunk) == chunksize:
+                await permits.acquire()
+                nursery.start_soon(run_one, index, chunk)
+                index += 1
+                chunk = []
+        if chunk:
+            await permits.acquire()
+            nursery.start_soon(run_one, index, chunk)
+            index += 1
+        send.send_nowait(index)
+
+    async def results() -> AsyncGenerator[Any, None]:
+        pending: dict[int, Outcome] = {}
+        taken = 0
+        total: int | None = None
+        while total is None or taken < total:
+            if ordered and taken in pending:
+                outcome = pending.pop(taken)
+            else:
+                message = await receive.receive()
+                if isinstance(message, int):
+                    total = message
+                    continue
+                index, outcome = message
+                if ordered:
+                    pending[index] = outcome
+                    continue
+            taken += 1
+            permits.release()
+            for value in outcome.unwrap():
+                yield value
+
+    body_error: BaseException | None = None
+    iterator = results()
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(feed, nursery)
+            try:
+                yield iterator
+            except BaseException as exc:
+                body_error = exc
+            nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        if body_error is None:
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
+    finally:
+        await iterator.aclose()
+    if body_error is not None:
+        raise body_error

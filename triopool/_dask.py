@@ -1,0 +1,182 @@
+"""Run a pool's tasks on a Dask cluster (``pip install triopool[dask]``).
+
+Dask is imported when the pool opens, never by ``import triopool``. The
+backend uses a synchronous ``distributed.Client`` (its own event-loop thread):
+no asyncio loop ever runs in Trio's thread, and no trio-asyncio.
+
+Dask cannot stop a task that has started: a cancelled running task runs to
+its end on its worker and its result is dropped. The backend says so in its
+capabilities, and the pool refuses ``kill_on_cancel=True``,
+``max_tasks_per_child`` and ``time_limit`` rather than ignoring them.
+"""
+
+from __future__ import annotations
+
+import traceback
+from typing import TYPE_CHECKING, Any
+
+from ._backend import Capabilities, Outcome, with_remote_traceback
+from ._errors import BrokenWorkerError, SerializationError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = ["DaskBackend"]
+
+
+class DaskBackend:
+    """Run tasks as Dask futures: ``open_pool(backend=DaskBackend(), kill_on_cancel=False)``.
+
+    Each call is one ``client.submit(fn, *args, pure=False)``: never cached,
+    never merged with an equal call.
+
+    Args:
+        address: A scheduler address (``"tcp://127.0.0.1:8786"``) to connect
+            to; that cluster is left running. ``None`` starts a
+            ``LocalCluster`` of worker processes on 127.0.0.1 that the pool
+            owns and closes on exit. The owned cluster fails a task at the
+            first worker death (``allowed-failures`` 0), so a crash surfaces
+            as :class:`~triopool.BrokenWorkerError` at once; a cluster you
+            started keeps its own setting (by default Dask retries the task on
+            another worker 3 times before giving up).
+        n_workers: Worker processes of an owned cluster (``None``: Dask's
+            default).
+        threads_per_worker: Threads per worker process of an owned cluster.
+        worker_timeout: Seconds to wait, when the pool opens, for a cluster
+            at ``address`` to have at least one worker.
+
+    The pool keeps as many calls in flight as the cluster has worker threads
+    when the pool opens.
+
+    Example::
+
+        backend = triopool.DaskBackend(n_workers=2)
+        async with triopool.open_pool(backend=backend, kill_on_cancel=False) as pool:
+            print(await pool.run_sync(sum, [1, 2, 3]))
+    """
+
+    name = "DaskBackend"
+    capabilities = Capabilities(kill_running=False, max_tasks_per_child=False)
+
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        n_workers: int | None = None,
+        threads_per_worker: int = 1,
+        worker_timeout: float = 60.0,
+    ) -> None:
+        if address is not None and not isinstance(address, str):
+            raise TypeError(f"address must be a str or None, got {address!r}")
+        self.address = address
+        self.n_workers = n_workers
+        self.threads_per_worker = threads_per_worker
+        self.worker_timeout = worker_timeout
+        self._client: Any = None
+        self._cluster: Any = None
+        self._killed_worker: type[BaseException] | None = None
+
+    def __repr__(self) -> str:
+        return f"DaskBackend(address={self.address!r})"
+
+    def start(self, max_tasks_per_child: int | None) -> int:
+        """Connect to (or start) the cluster; return its total thread count."""
+        assert max_tasks_per_child is None  # refused by the pool
+        import dask
+        import distributed
+        from distributed.scheduler import KilledWorker
+
+        self._killed_worker = KilledWorker
+        if self.address is None:
+            with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+                self._cluster = distributed.LocalCluster(
+                    n_workers=self.n_workers,
+                    threads_per_worker=self.threads_per_worker,
+                    processes=True,
+                    host="127.0.0.1",
+                    dashboard_address=None,
+                    # Its HTTP routes (health, metrics) on a free loopback
+                    # port, not the fixed 8787 another cluster may hold.
+                    scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+                )
+            try:
+                self._client = distributed.Client(self._cluster, set_as_default=False)
+            except BaseException:
+                self._cluster.close()
+                self._cluster = None
+                raise
+        else:
+            self._client = distributed.Client(self.address, set_as_default=False)
+            try:
+                self._client.wait_for_workers(1, timeout=self.worker_timeout)
+            except BaseException:
+                self._client.close()
+                self._client = None
+                raise
+        threads: int = sum(self._client.nthreads().values())
+        return max(1, threads)
+
+    def submit(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        on_done: Callable[[Outcome], None],
+    ) -> object:
+        """Submit one Dask future; ``on_done`` fires on Dask's callback thread."""
+        try:
+            future = self._client.submit(fn, *args, pure=False)
+        except Exception as exc:
+            raise SerializationError(
+                f"could not send the task to Dask: {type(exc).__name__}: {exc}"
+            ) from exc
+
+        def done(future: Any) -> None:
+            on_done(self._outcome(future))
+
+        future.add_done_callback(done)
+        return future
+
+    def _outcome(self, future: Any) -> Outcome:
+        status = future.status
+        if status == "finished":
+            try:
+                return Outcome(value=future.result())
+            except Exception as exc:
+                return Outcome(error=exc)
+        if status == "cancelled":
+            return Outcome(error=RuntimeError("the Dask task was cancelled"))
+        try:
+            remote = future.exception()
+            tb = future.traceback()
+        except Exception as lookup_error:
+            return Outcome(error=lookup_error)
+        assert self._killed_worker is not None
+        if isinstance(remote, self._killed_worker):
+            broken = BrokenWorkerError(
+                f"the Dask worker died while running the task: {remote}", None, None
+            )
+            broken.__cause__ = remote
+            return Outcome(error=broken)
+        text = "".join(traceback.format_tb(tb)) if tb is not None else None
+        if text:
+            text = "Traceback (most recent call last):\n" + text
+            text += "".join(traceback.format_exception_only(remote))
+        return Outcome(error=with_remote_traceback(remote, text))
+
+    def cancel(self, handle: object, *, kill: bool) -> None:
+        """Release the future: a queued task never runs; a running one runs on."""
+        try:
+            handle.cancel()  # type: ignore[attr-defined]
+        except Exception:
+            pass  # the client is closing, or the task already finished
+
+    def stop(self) -> None:
+        """Close the client, and the cluster if this backend started it."""
+        client, self._client = self._client, None
+        cluster, self._cluster = self._cluster, None
+        try:
+            if client is not None:
+                client.close()
+        finally:
+            if cluster is not None:
+                cluster.close()

@@ -1,0 +1,162 @@
+"""Run a pool's tasks on a Ray cluster (``pip install triopool[ray]``).
+
+Ray is imported when the pool opens, never by ``import triopool``. Ray's
+driver connection is process-wide: the backend calls ``ray.init`` only if
+nothing in this process has, and then ``ray.shutdown`` when the pool closes
+(which stops the cluster only if that ``ray.init`` started it). A cluster the
+backend did not start is never stopped.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from ._backend import Capabilities, Outcome, with_remote_traceback
+from ._errors import BrokenWorkerError, RemoteError, SerializationError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = ["RayBackend"]
+
+
+def _call(fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+    """The one remote function: the user's function travels as an argument,
+    so Ray exports a single function definition per pool."""
+    return fn(*args)
+
+
+class RayBackend:
+    """Run tasks as Ray tasks: ``open_pool(backend=RayBackend())``.
+
+    Each call is one Ray task with ``max_retries=0`` (a task runs at most
+    once, as in the local pool) and one CPU. Cancelling a running call with a
+    kill uses ``ray.cancel(force=True)``, which kills its worker process.
+    ``max_tasks_per_child`` maps to Ray's ``max_calls``.
+
+    Args:
+        address: ``None`` (or ``"local"``) starts a local Ray cluster bound to
+            127.0.0.1 that the pool owns and stops on exit; ``"auto"`` or a
+            ``"host:port"`` connects to a running cluster, which is left
+            running.
+        num_cpus: CPUs of a local cluster (``None``: Ray's default).
+        init_kwargs: More keyword arguments for ``ray.init``.
+
+    Example::
+
+        async with triopool.open_pool(backend=triopool.RayBackend()) as pool:
+            print(await pool.run_sync(sum, [1, 2, 3]))
+    """
+
+    name = "RayBackend"
+    capabilities = Capabilities(kill_running=True, max_tasks_per_child=True)
+
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        num_cpus: int | None = None,
+        init_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        if address is not None and not isinstance(address, str):
+            raise TypeError(f"address must be a str or None, got {address!r}")
+        self.address = address
+        self.num_cpus = num_cpus
+        self.init_kwargs = dict(init_kwargs or {})
+        self._ray: Any = None
+        self._remote: Any = None
+        self._initialized_here = False
+
+    def __repr__(self) -> str:
+        return f"RayBackend(address={self.address!r})"
+
+    def start(self, max_tasks_per_child: int | None) -> int:
+        """Connect to (or start) Ray; return the cluster's CPU count."""
+        # Keep a local cluster on this machine and quiet: no usage reports.
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        import ray
+
+        self._ray = ray
+        if not ray.is_initialized():
+            kwargs: dict[str, Any] = {
+                "include_dashboard": False,
+                "log_to_driver": False,
+                "configure_logging": False,
+            }
+            local = self.address in (None, "local")
+            if local:
+                kwargs["_node_ip_address"] = "127.0.0.1"
+                if self.num_cpus is not None:
+                    kwargs["num_cpus"] = self.num_cpus
+            kwargs.update(self.init_kwargs)
+            ray.init(address="local" if local else self.address, **kwargs)
+            self._initialized_here = True
+        options: dict[str, Any] = {"max_retries": 0, "num_cpus": 1}
+        if max_tasks_per_child is not None:
+            options["max_calls"] = max_tasks_per_child
+        self._remote = ray.remote(**options)(_call)
+        return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+    def submit(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        on_done: Callable[[Outcome], None],
+    ) -> object:
+        """Submit one Ray task; ``on_done`` fires on a Ray thread."""
+        try:
+            ref = self._remote.remote(fn, args)
+        except Exception as exc:
+            raise SerializationError(
+                f"could not send the task to Ray: {type(exc).__name__}: {exc}"
+            ) from exc
+
+        def done(future: Any) -> None:
+            on_done(self._outcome(future))
+
+        ref.future().add_done_callback(done)
+        return ref
+
+    def _outcome(self, future: Any) -> Outcome:
+        exceptions = self._ray.exceptions
+        try:
+            return Outcome(value=future.result())
+        except exceptions.RayTaskError as exc:
+            cause = exc.cause
+            text = str(exc)
+            if isinstance(cause, Exception):
+                return Outcome(error=with_remote_traceback(cause, text))
+            if isinstance(cause, BaseException):
+                error = BrokenWorkerError(
+                    f"the Ray task raised {type(cause).__name__}", None, None
+                )
+                error.__cause__ = cause
+                return Outcome(error=error)
+            return Outcome(error=RemoteError(type(exc).__name__, text, text))
+        except (exceptions.WorkerCrashedError, exceptions.NodeDiedError) as exc:
+            error = BrokenWorkerError(
+                f"the Ray worker died while running the task: {exc}", None, None
+            )
+            error.__cause__ = exc
+            return Outcome(error=error)
+        except exceptions.TaskCancelledError as exc:
+            return Outcome(error=exc)
+        except Exception as exc:
+            return Outcome(error=exc)
+
+    def cancel(self, handle: object, *, kill: bool) -> None:
+        """``ray.cancel``; with ``kill`` the worker running it is killed."""
+        try:
+            self._ray.cancel(handle, force=kill)
+        except Exception:
+            pass  # already finished
+
+    def stop(self) -> None:
+        """Disconnect from Ray if this backend connected; a cluster this
+        backend did not start keeps running."""
+        if self._initialized_here:
+            self._initialized_here = False
+            self._ray.shutdown()
+        self._remote = None
