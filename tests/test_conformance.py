@@ -183,8 +183,6 @@ async def test_map_1000_with_bounded_in_flight(engine: Engine) -> None:
     ahead = 0
     with trio.fail_after(300):
         async with engine.open() as pool:
-            if not hasattr(pool, "map"):
-                pytest.skip("Pool.map lands with the map/imap issue")
 
             async def watch() -> None:
                 nonlocal busiest, ahead

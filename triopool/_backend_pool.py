@@ -25,27 +25,24 @@ import contextlib
 import enum
 import functools
 import inspect
-import math
 from collections import deque
-from collections.abc import AsyncIterable as AsyncIterableABC
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 import trio
 
+from . import _map
 from ._backend import Backend, Outcome, TrioBridge
 from ._errors import TimeLimitExceeded
 from ._pool import (
     POOL_DEFAULT,
     PoolStatistics,
-    _check_count,
     _check_limits,
     _Default,
 )
 
 if TYPE_CHECKING:
     from collections.abc import (
-        AsyncGenerator,
         AsyncIterable,
         AsyncIterator,
         Callable,
@@ -322,10 +319,11 @@ class BackendPool:
     ) -> list[R]:
         """Run ``fn`` on every item; return the results in input order.
 
-        See :meth:`imap`; the first exception propagates and cancels the rest.
+        The same as :meth:`triopool.Pool.map`, built on :meth:`run_sync`.
         """
-        async with self.imap(fn, iterable, chunksize=chunksize) as results:
-            return [value async for value in results]
+        if self._closing or self._closed:
+            raise trio.ClosedResourceError("the pool is closed")
+        return await _map.map_list(self, fn, iterable, chunksize=chunksize)
 
     def imap(
         self,
@@ -336,20 +334,22 @@ class BackendPool:
         chunksize: int = 1,
         max_in_flight: int | None = None,
     ) -> contextlib.AbstractAsyncContextManager[AsyncIterator[R]]:
-        """Run ``fn`` on every item, at most ``max_in_flight`` (default twice
-        the engine's capacity) ahead of the consumer; iterate the results.
+        """Run ``fn`` on every item, at most ``max_in_flight`` (default two
+        chunks per slot of the engine) ahead of the consumer; iterate the
+        results.
 
-        Built on :meth:`run_sync` only, so it has the same semantics as the
-        local pool's ``imap``.
+        The same as :meth:`triopool.Pool.imap`, built on :meth:`run_sync`.
         """
-        _check_count("chunksize", chunksize, allow_none=False)
-        _check_count("max_in_flight", max_in_flight, allow_none=True)
         if self._closing or self._closed:
             raise trio.ClosedResourceError("the pool is closed")
-        limit = (
-            max_in_flight if max_in_flight is not None else 2 * max(1, self._capacity)
+        return _map.imap(
+            self,
+            fn,
+            iterable,
+            ordered=ordered,
+            chunksize=chunksize,
+            max_in_flight=max_in_flight,
         )
-        return _imap(self, fn, iterable, ordered, chunksize, limit)
 
     # The dispatcher and the engine's callbacks (all on the Trio thread)
 
@@ -482,103 +482,5 @@ async def _run_backend_pool(pool: BackendPool) -> AsyncIterator[BackendPool]:
             pool._bridge.close()
             if started:
                 await trio.to_thread.run_sync(backend.stop)
-    if body_error is not None:
-        raise body_error
-
-
-def _call_chunk(fn: Callable[[Any], R], chunk: list[Any]) -> list[R]:
-    return [fn(item) for item in chunk]
-
-
-async def _aiter(iterable: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Any]:
-    if isinstance(iterable, AsyncIterableABC):
-        async for item in iterable:
-            yield item
-    else:
-        for item in iterable:
-            yield item
-
-
-@contextlib.asynccontextmanager
-async def _imap(
-    pool: BackendPool,
-    fn: Callable[[Any], Any],
-    iterable: Iterable[Any] | AsyncIterable[Any],
-    ordered: bool,
-    chunksize: int,
-    limit: int,
-) -> AsyncIterator[AsyncIterator[Any]]:
-    """imap on top of run_sync alone (to be replaced by the shared ``_map``
-    module once ``Pool.map`` lands; it needs nothing but ``run_sync``)."""
-    # One permit per submitted chunk, returned when the consumer takes its result.
-    permits = trio.Semaphore(max(1, limit // chunksize))
-    # (index, outcome) per chunk; then the number of chunks, once known.
-    send, receive = trio.open_memory_channel[tuple[int, Outcome] | int](math.inf)
-
-    async def run_one(index: int, chunk: list[Any]) -> None:
-        try:
-            if chunksize == 1:
-                value: Any = [await pool.run_sync(fn, chunk[0])]
-            else:
-                value = await pool.run_sync(_call_chunk, fn, chunk)
-            outcome = Outcome(value=value)
-        except Exception as exc:
-            outcome = Outcome(error=exc)
-        send.send_nowait((index, outcome))
-
-    async def feed(nursery: trio.Nursery) -> None:
-        index = 0
-        chunk: list[Any] = []
-        async for item in _aiter(iterable):
-            chunk.append(item)
-            if len(chunk) == chunksize:
-                await permits.acquire()
-                nursery.start_soon(run_one, index, chunk)
-                index += 1
-                chunk = []
-        if chunk:
-            await permits.acquire()
-            nursery.start_soon(run_one, index, chunk)
-            index += 1
-        send.send_nowait(index)
-
-    async def results() -> AsyncGenerator[Any, None]:
-        pending: dict[int, Outcome] = {}
-        taken = 0
-        total: int | None = None
-        while total is None or taken < total:
-            if ordered and taken in pending:
-                outcome = pending.pop(taken)
-            else:
-                message = await receive.receive()
-                if isinstance(message, int):
-                    total = message
-                    continue
-                index, outcome = message
-                if ordered:
-                    pending[index] = outcome
-                    continue
-            taken += 1
-            permits.release()
-            for value in outcome.unwrap():
-                yield value
-
-    body_error: BaseException | None = None
-    iterator = results()
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(feed, nursery)
-            try:
-                yield iterator
-            except BaseException as exc:
-                body_error = exc
-            nursery.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        if body_error is None:
-            if len(group.exceptions) == 1:
-                raise group.exceptions[0] from None
-            raise
-    finally:
-        await iterator.aclose()
     if body_error is not None:
         raise body_error

@@ -52,9 +52,12 @@ from ._errors import SerializationError
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterator
     from contextlib import AbstractAsyncContextManager
-    from typing import Self
+    from typing import Self, TypeAlias
 
+    from ._backend_pool import BackendPool
     from ._pool import Pool
+
+    AnyPool: TypeAlias = Pool | BackendPool
 
 ItemT = TypeVar("ItemT")
 ResultT = TypeVar("ResultT")
@@ -121,7 +124,7 @@ class _MapCall(Generic[ItemT, ResultT]):
     It is also the async iterator over the results that ``imap`` hands out.
     """
 
-    _pool: Pool
+    _pool: AnyPool
     _fn: Callable[[ItemT], ResultT]
     _ordered: bool
     _chunksize: int
@@ -339,7 +342,7 @@ async def _running(
 
 
 def _new_call(
-    pool: Pool,
+    pool: AnyPool,
     fn: Callable[[ItemT], ResultT],
     *,
     ordered: bool,
@@ -353,7 +356,7 @@ def _new_call(
 
 @contextlib.asynccontextmanager
 async def _open_imap(
-    pool: Pool,
+    pool: AnyPool,
     fn: Callable[[ItemT], ResultT],
     iterable: Iterable[ItemT] | AsyncIterable[ItemT],
     *,
@@ -369,7 +372,7 @@ async def _open_imap(
 
 
 def imap(
-    pool: Pool,
+    pool: AnyPool,
     fn: Callable[[ItemT], ResultT],
     iterable: Iterable[ItemT] | AsyncIterable[ItemT],
     *,
@@ -398,7 +401,7 @@ def imap(
 
 
 async def map_list(
-    pool: Pool,
+    pool: AnyPool,
     fn: Callable[[ItemT], ResultT],
     iterable: Iterable[ItemT] | AsyncIterable[ItemT],
     *,
