@@ -42,8 +42,9 @@ from ._errors import (
     TimeLimitExceeded,
     WorkerStartError,
 )
-from ._spawn import describe_exit
-from ._worker import Worker, open_worker
+from ._forkserver import ForkServer, open_forkserver
+from ._spawn import WorkerProcess, describe_exit
+from ._worker import Process, Worker, open_worker
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Sequence
@@ -161,10 +162,6 @@ class PoolConfig:
         if value not in ("spawn", "forkserver"):
             raise ValueError(
                 f"start_method must be 'spawn' or 'forkserver', got {value!r}"
-            )
-        if value == "forkserver":
-            raise ValueError(
-                "start_method='forkserver' is not available in this version"
             )
 
     @forkserver_preload.validator
@@ -296,6 +293,12 @@ class Pool:
         self._broken: BrokenPoolError | None = None
         self._consecutive_start_failures = 0
         self._nursery: trio.Nursery | None = None
+        self._slots_left = 0
+        self._slots_done = trio.Event()
+        # start_method="forkserver": the running server, and an event set (and
+        # replaced) whenever it changes or the pool breaks.
+        self._forkserver: ForkServer | None = None
+        self._forkserver_changed = trio.Event()
         # Counters for statistics().
         self._tasks_waiting = 0
         self._tasks_running = 0
@@ -508,13 +511,27 @@ class Pool:
     # Slots
 
     async def _run_slot(self, slot: _Slot) -> None:
+        try:
+            await self._slot_loop(slot)
+        finally:
+            self._slots_left -= 1
+            if not self._slots_left:
+                self._slots_done.set()
+
+    async def _slot_loop(self, slot: _Slot) -> None:
         while self._broken is None and not self._closing_idle():
+            launch: Callable[[int, int], Process] = WorkerProcess
+            if self._config.start_method == "forkserver":
+                server = await self._running_forkserver()
+                if server is None:
+                    return
+                launch = server.launch
             self._workers_alive += 1
             self._workers_started += 1
             # Torn down by the pool's cancellation unless we learn otherwise.
             end: _End | None = _End.CLOSED
             try:
-                async with open_worker() as worker:
+                async with open_worker(launch) as worker:
                     _log.debug("worker %d started (slot %d)", worker.pid, slot.number)
                     if await self._start(slot, worker):
                         end = await self._serve(slot, worker)
@@ -598,6 +615,74 @@ class Pool:
             _log.error("pool broken: %s", broken)
             self._fail_waiting(self._broken_error)
             self._wake_idle()
+            self._forkserver_changed.set()
+
+    # The fork server
+
+    async def _running_forkserver(self) -> ForkServer | None:
+        """The fork server once it runs; None if the pool broke meanwhile."""
+        while self._broken is None:
+            server = self._forkserver
+            if server is not None and server.running:
+                return server
+            await self._forkserver_changed.wait()
+        return None
+
+    def _set_forkserver(self, server: ForkServer | None) -> None:
+        self._forkserver = server
+        self._forkserver_changed.set()
+        self._forkserver_changed = trio.Event()
+
+    async def _run_forkserver(self) -> None:
+        """Keep a fork server running for the slots until they are all done.
+
+        The server's process and socket belong to this task's ``async with``;
+        a server that dies is replaced. One that fails to start, or dies
+        before forking any worker, counts as a start failure.
+        """
+        config = self._config
+        failures = 0
+        while not self._slots_done.is_set():
+            if self._broken is not None:
+                # Broken, and no server running: the slots are ending.
+                await self._slots_done.wait()
+                return
+            error: WorkerStartError | None = None
+            try:
+                async with open_forkserver(
+                    config.forkserver_preload, config.start_timeout
+                ) as server:
+                    _log.debug("fork server %d up", server.pid)
+                    self._set_forkserver(server)
+                    try:
+                        stopped = await server.serve(self._slots_done)
+                    finally:
+                        self._set_forkserver(None)
+                if stopped:
+                    return
+                exitcode = server.process.returncode
+                _log.warning(
+                    "fork server %d died (%s); starting a new one",
+                    server.pid,
+                    describe_exit(exitcode),
+                )
+                if not server.forks:
+                    error = WorkerStartError(
+                        f"the fork server exited ({describe_exit(exitcode)}) "
+                        "before forking any worker"
+                    )
+            except WorkerStartError as exc:
+                error = exc
+            except OSError as exc:
+                error = WorkerStartError(f"could not start the fork server: {exc}")
+                error.__cause__ = exc
+            if error is None:
+                failures = 0
+                continue
+            self._start_failed(error)
+            failures += 1
+            with trio.move_on_after(min(0.01 * 2**failures, 0.5)):
+                await self._slots_done.wait()
 
     def _wake_idle(self) -> None:
         for slot in self._idle:
@@ -757,6 +842,9 @@ class Pool:
 
     def _open(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
+        self._slots_left = len(self._slots)
+        if self._config.start_method == "forkserver":
+            nursery.start_soon(self._run_forkserver, name="triopool fork server")
         for slot in self._slots:
             nursery.start_soon(
                 self._run_slot, slot, name=f"triopool slot {slot.number}"
