@@ -21,6 +21,9 @@ from tests import workerfuncs as wf
 # Generous bounds: the machine is small and shared; these catch hangs, not speed.
 TIMEOUT = 60
 
+# Every test runs once per start method (see conftest.start_method).
+pytestmark = pytest.mark.usefixtures("start_method")
+
 
 def test_public_objects_report_the_package_as_their_module() -> None:
     for name in triopool.__all__:
