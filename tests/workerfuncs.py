@@ -200,3 +200,17 @@ def public_name_in_worker() -> str:
 def pid_and_fd_targets() -> tuple[int, dict[int, str]]:
     time.sleep(0.05)  # so that concurrent calls spread over the workers
     return os.getpid(), fd_targets()
+
+
+def parent_pid() -> int:
+    return os.getppid()
+
+
+def preload_probe_state() -> tuple[int, int | None]:
+    """(parent pid, pid that imported tests.preload_probe, if it is loaded)."""
+    module = sys.modules.get("tests.preload_probe")
+    return os.getppid(), getattr(module, "IMPORTED_IN", None)
+
+
+def pid_and_parent() -> tuple[int, int]:
+    return os.getpid(), os.getppid()

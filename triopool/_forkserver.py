@@ -123,6 +123,7 @@ class ForkServer:
         self._ids = itertools.count(1)
         self._processes: dict[int, ForkedProcess] = {}
         self._connected = True
+        self._ready = False
         self._backlog: list[bytes] = []
         self._backlog_added = trio.Event()
         #: Workers forked so far.
@@ -179,6 +180,7 @@ class ForkServer:
         with trio.move_on_after(timeout):
             message = await self._receive()
             if message == _msg.READY:
+                self._ready = True
                 return
             self._connected = False
             if message[:1] == _msg.START_FAILED:
@@ -278,6 +280,10 @@ class ForkServer:
 
     async def _shut_down(self) -> None:
         """EOF to the server: it kills, reaps and reports its workers, then exits."""
+        if not self._ready:
+            # Stuck in its imports, or failed: nothing to wait for.
+            self._connected = False
+            self.process.signal(signal.SIGKILL)
         if self._connected:
             try:
                 self._sock.shutdown(socket.SHUT_WR)
