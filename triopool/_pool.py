@@ -1,14 +1,18 @@
 """The pool: ``open_pool``, :class:`Pool`, its worker slots and its job queue.
 
 Shape: ``open_pool`` owns a supervising nursery with one *slot* task per
-worker. A slot loops: it opens a worker (``async with open_worker()``), waits
-for it to report up, serves jobs until the worker retires, dies or the pool
-closes, and leaves the block, which kills, reaps and closes everything of that
-worker; the next turn of the loop starts the replacement.
+worker (and, with ``start_method="forkserver"``, one task owning the fork
+server). A slot loops: each turn starts a task for one worker, which opens it
+(``async with open_worker()``), waits for it to report up, serves jobs until
+the worker retires, dies or the pool closes, and leaves the block, which
+kills, reaps and closes everything of that worker. The slot starts the
+replacement as soon as the worker stops serving, so a retiring worker exits
+while the next one starts; each worker still has exactly one owning task.
 
 Invariants:
 
-- A worker is touched only by its slot task (see ``_worker``).
+- A worker is touched only by its own task in its slot (see ``_worker``); a
+  slot has at most one serving worker, plus one that is exiting.
 - A job is in exactly one place at a time: the waiting queue, handed to one
   idle slot, running in one slot, or finished. Only a slot that is up and idle
   takes a job, so a job never reaches a worker that is starting or retiring.
@@ -267,6 +271,15 @@ class _Slot:
     start_scope: trio.CancelScope | None = None
 
 
+@attrs.define(eq=False)
+class _Turn:
+    """One worker's turn in its slot, as the slot sees it."""
+
+    # Set once the worker serves no more (it may still be exiting).
+    served: trio.Event = attrs.field(factory=trio.Event)
+    start_failed: bool = False
+
+
 class _End(enum.Enum):
     """Why a slot let go of its worker."""
 
@@ -519,43 +532,60 @@ class Pool:
                 self._slots_done.set()
 
     async def _slot_loop(self, slot: _Slot) -> None:
-        while self._broken is None and not self._closing_idle():
-            launch: Callable[[int, int], Process] = WorkerProcess
-            if self._config.start_method == "forkserver":
-                server = await self._running_forkserver()
-                if server is None:
-                    return
-                launch = server.launch
-            self._workers_alive += 1
-            self._workers_started += 1
-            # Torn down by the pool's cancellation unless we learn otherwise.
-            end: _End | None = _End.CLOSED
-            try:
-                async with open_worker(launch) as worker:
-                    _log.debug("worker %d started (slot %d)", worker.pid, slot.number)
-                    if await self._start(slot, worker):
-                        end = await self._serve(slot, worker)
-            except WorkerStartError as exc:
-                end = None
-                self._start_failed(exc)
-            except OSError as exc:
-                # No pipes or no process: the same as a worker failing to start.
-                end = None
-                error = WorkerStartError(f"could not start a worker process: {exc}")
-                error.__cause__ = exc
-                self._start_failed(error)
-            finally:
-                self._workers_alive -= 1
-                if end is _End.RETIRED:
-                    self._workers_recycled += 1
-                elif end is _End.LOST:
-                    self._workers_lost += 1
-                elif end is _End.CLOSED:
-                    self._workers_stopped += 1
-            if end is None:
-                # Back off a little, so that a start that fails at once (no fds
-                # left, say) does not spin.
-                await trio.sleep(min(0.01 * 2**self._consecutive_start_failures, 0.5))
+        # Each worker lives in a task of its own that owns it from its start
+        # to its reaping. The slot starts the next worker as soon as the
+        # current one stops serving, so a retiring worker exits and is reaped
+        # while its replacement starts; the slot's nursery waits for both.
+        async with trio.open_nursery() as workers:
+            while self._broken is None and not self._closing_idle():
+                launch: Callable[[int, int], Process] = WorkerProcess
+                if self._config.start_method == "forkserver":
+                    server = await self._running_forkserver()
+                    if server is None:
+                        return
+                    launch = server.launch
+                self._workers_alive += 1
+                self._workers_started += 1
+                turn = _Turn()
+                workers.start_soon(self._run_worker, slot, launch, turn)
+                await turn.served.wait()
+                if turn.start_failed:
+                    # Back off a little, so that a start that fails at once (no
+                    # fds left, say) does not spin.
+                    await trio.sleep(
+                        min(0.01 * 2**self._consecutive_start_failures, 0.5)
+                    )
+
+    async def _run_worker(
+        self, slot: _Slot, launch: Callable[[int, int], Process], turn: _Turn
+    ) -> None:
+        """One worker's life in its slot: start, serve, retire or die, reap."""
+        # Torn down by the pool's cancellation unless we learn otherwise.
+        end: _End | None = _End.CLOSED
+        try:
+            async with open_worker(launch) as worker:
+                _log.debug("worker %d started (slot %d)", worker.pid, slot.number)
+                if await self._start(slot, worker):
+                    end = await self._serve(slot, worker, turn.served.set)
+        except WorkerStartError as exc:
+            end = None
+            self._start_failed(exc)
+        except OSError as exc:
+            # No pipes or no process: the same as a worker failing to start.
+            end = None
+            error = WorkerStartError(f"could not start a worker process: {exc}")
+            error.__cause__ = exc
+            self._start_failed(error)
+        finally:
+            self._workers_alive -= 1
+            if end is _End.RETIRED:
+                self._workers_recycled += 1
+            elif end is _End.LOST:
+                self._workers_lost += 1
+            elif end is _End.CLOSED:
+                self._workers_stopped += 1
+            turn.start_failed = end is None
+            turn.served.set()
 
     async def _start(self, slot: _Slot, worker: Worker) -> bool:
         """Hand the worker its configuration and wait for it to report up.
@@ -693,8 +723,14 @@ class Pool:
             if slot.start_scope is not None and self._closing_idle():
                 slot.start_scope.cancel()
 
-    async def _serve(self, slot: _Slot, worker: Worker) -> _End:
-        """Run jobs on an up worker until it must go; say why it went."""
+    async def _serve(
+        self, slot: _Slot, worker: Worker, retiring: Callable[[], None]
+    ) -> _End:
+        """Run jobs on an up worker until it must go; say why it went.
+
+        Calls ``retiring()`` once the worker is done serving and only needs to
+        exit, so that the slot can start its replacement meanwhile.
+        """
         config = self._config
         tasks_done = 0
         while True:
@@ -724,6 +760,7 @@ class Pool:
                     else (f"after {tasks_done} tasks")
                 )
                 _log.info("worker %d retired %s", worker.pid, reason)
+                retiring()
                 await worker.stop(config.shutdown_timeout)
                 return _End.RETIRED
 
