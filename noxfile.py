@@ -49,3 +49,10 @@ def demo(session: nox.Session) -> None:
     """Run the demo: a CPU-bound job, sequentially and through the pool."""
     install(session, editable=False)
     session.run("python", "-m", "triopool", "demo", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def bench_recycling(session: nox.Session) -> None:
+    """Benchmark worker recycling against multiprocessing and trio-parallel."""
+    install(session, "bench", editable=False)
+    session.run("python", "bench/recycling.py", *session.posargs)
