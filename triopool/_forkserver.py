@@ -176,6 +176,8 @@ class ForkServer:
 
     async def _handshake(self, preload: Sequence[str], timeout: float) -> None:  # noqa: ASYNC109 - the pool's start_timeout
         config = pickle.dumps({"sys_path": list(sys.path), "preload": list(preload)})
+        if len(config) >= _msg.MAX_CONFIG:
+            raise WorkerStartError("sys.path is too long for the fork server")
         self._sock.send(_msg.CONFIG + config)
         with trio.move_on_after(timeout):
             message = await self._receive()

@@ -60,6 +60,7 @@ EXITED = b"D"
 _ID = struct.Struct("!Q")
 _ID_NUMBER = struct.Struct("!Qq")
 MAX_MESSAGE = 1 << 16
+MAX_CONFIG = 1 << 17
 
 
 def encode_fork(request: int, cwd: str) -> bytes:
@@ -88,7 +89,8 @@ def main(sock_fd: int, parent_pid: int) -> None:
     _child._die_with_parent(parent_pid)
     sock = socket.socket(fileno=sock_fd)
     sock.set_inheritable(False)
-    message = sock.recv(MAX_MESSAGE)
+    # The configuration holds the pool's sys.path: allow for a long one.
+    message = sock.recv(MAX_CONFIG)
     if not message:
         return
     config = pickle.loads(message[1:])
