@@ -44,11 +44,15 @@ async def test_workers_are_children_of_one_server_holding_only_its_socket() -> N
             2, start_method="forkserver", max_tasks_per_child=1
         ) as pool:
             parents = {await pool.run_sync(wf.parent_pid) for _ in range(6)}
-            assert len(parents) == 1
-            server = parents.pop()
-            assert server != os.getpid()
-            # The server keeps no worker's pipe: only its socket and its
-            # SIGCHLD wake-up pipe besides 0, 1 and 2.
+        assert len(parents) == 1
+        assert parents.pop() != os.getpid()
+        async with triopool.open_pool(2, start_method="forkserver") as pool:
+            # Both workers up and no fork in progress: the server holds only
+            # its socket and its SIGCHLD wake-up pipe besides 0, 1 and 2, and
+            # no worker's pipe.
+            while pool.statistics().workers_idle < 2:  # noqa: ASYNC110 - polling the pool
+                await trio.sleep(0.01)
+            server = await pool.run_sync(wf.parent_pid)
             extra = {fd: t for fd, t in fd_targets(server).items() if fd > 2}
             assert sorted(t.split(":")[0] for t in extra.values()) == [
                 "pipe",
