@@ -8,6 +8,7 @@ import logging
 import os
 import pickle
 import signal
+import time
 import traceback
 from typing import Any
 
@@ -344,6 +345,29 @@ async def test_dead_idle_worker_is_noticed_and_replaced() -> None:
                     nursery.start_soon(record)
     assert victim not in seen
     assert len(seen) == 2
+
+
+async def test_task_handed_to_a_worker_that_just_died_runs_on_another() -> None:
+    with trio.fail_after(TIMEOUT):
+        async with triopool.open_pool(1) as pool:
+            victim = await pool.run_sync(wf.getpid)
+            os.kill(victim, signal.SIGKILL)
+            # Wait without a checkpoint, so that the pool cannot notice the
+            # death before the next task is handed to the idle worker.
+            while _running(victim):
+                time.sleep(0.001)  # noqa: ASYNC251 - no checkpoint on purpose
+            assert await pool.run_sync(wf.getpid) not in (victim, os.getpid())
+            stats = pool.statistics()
+    assert (stats.workers_lost, stats.tasks_failed, stats.tasks_completed) == (1, 0, 2)
+
+
+def _running(pid: int) -> bool:
+    """Whether the process runs (neither gone nor a zombie)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 async def test_statistics_add_up() -> None:

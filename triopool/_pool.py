@@ -470,6 +470,18 @@ class Pool:
         else:
             self._waiting.append(job)
 
+    def _requeue(self, job: _Job) -> None:
+        """Put back a job that never started, ahead of the others."""
+        if self._idle:
+            slot = self._idle.pop()
+            slot.handed = job
+            assert slot.idle_scope is not None
+            slot.idle_scope.cancel()
+        else:
+            self._waiting.appendleft(job)
+            if self._broken is not None:
+                self._fail_waiting(self._broken_error)
+
     def _abandon(self, job: _Job, *, kill: bool) -> bool:
         """The caller stops waiting. Returns False if it must take the outcome
         after all (``kill`` is false and the task has started)."""
@@ -598,7 +610,10 @@ class Pool:
         with trio.CancelScope() as start_scope:
             slot.start_scope = start_scope
             with trio.move_on_after(timeout) as timer:
-                await worker.send(self._config_pieces)
+                try:
+                    await worker.send(self._config_pieces)
+                except trio.BrokenResourceError:
+                    pass  # it died at once; receive() says EOF
                 frame = await worker.receive()
         slot.start_scope = None
         if start_scope.cancelled_caught:
@@ -805,12 +820,18 @@ class Pool:
         """
         scope = job.scope = trio.CancelScope()
         frame: _protocol.Frame | None = None
+        sent = False
         try:
             with scope:
-                await worker.send(job.pieces)
-                if job.time_limit is not None:
-                    scope.deadline = trio.current_time() + job.time_limit
-                frame = await worker.receive()
+                try:
+                    await worker.send(job.pieces)
+                except trio.BrokenResourceError:
+                    pass  # the worker is dead: see below
+                else:
+                    sent = True
+                    if job.time_limit is not None:
+                        scope.deadline = trio.current_time() + job.time_limit
+                    frame = await worker.receive()
         except BaseException:
             # The pool is being torn down around this job.
             job.error = trio.ClosedResourceError("the pool closed while the task ran")
@@ -818,6 +839,21 @@ class Pool:
             raise
         finally:
             job.scope = None
+        if not sent and not scope.cancelled_caught:
+            # The worker died before it could read the whole task, so the task
+            # never started: it goes back to the front of the queue.
+            exitcode = await worker.process.wait()
+            _log.warning(
+                "worker %d died before taking a task (%s)",
+                worker.pid,
+                describe_exit(exitcode),
+            )
+            if job.state is _JobState.RUNNING:
+                job.state = _JobState.WAITING
+                self._tasks_running -= 1
+                self._tasks_waiting += 1
+                self._requeue(job)
+            return False, False
         if scope.cancelled_caught:
             if job.state is _JobState.CANCELLED:
                 _log.info("worker %d killed: its task was cancelled", worker.pid)
