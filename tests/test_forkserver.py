@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+import textwrap
 from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +29,15 @@ TIMEOUT = 60
 def alive(pid: int) -> bool:
     """Whether a process with this pid exists (zombies included)."""
     return os.path.exists(f"/proc/{pid}")
+
+
+def running(pid: int) -> bool:
+    """Whether the process runs (neither gone nor a zombie)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def fd_targets(pid: int) -> dict[int, str]:
@@ -184,3 +196,41 @@ async def test_pool_exit_leaves_no_server_and_no_worker(exit_by: str) -> None:
     assert len(pids) >= 2  # the server and at least one worker
     for pid in pids:
         assert not alive(pid)
+
+
+SCRIPT = """
+    import os, signal, trio, triopool
+    from tests import workerfuncs as wf
+
+    async def main():
+        async with triopool.open_pool(2, start_method="forkserver") as pool:
+            pids = set()
+            async with trio.open_nursery() as nursery:
+                for _ in range(2):
+                    async def record():
+                        pids.update(await pool.run_sync(wf.sleep_then_pid_and_parent, 0.3))
+                    nursery.start_soon(record)
+            print(*sorted(pids), flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    trio.run(main)
+"""
+
+
+async def test_server_and_workers_die_with_the_pools_process(tmp_path: Path) -> None:
+    script = tmp_path / "dies.py"
+    script.write_text(textwrap.dedent(SCRIPT))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    with trio.fail_after(TIMEOUT):
+        done = await trio.run_process(
+            [sys.executable, str(script)],
+            capture_stdout=True,
+            check=False,
+            env=env,
+            cwd=os.getcwd(),
+        )
+        assert done.returncode == -signal.SIGKILL
+        pids = [int(pid) for pid in done.stdout.split()]
+        assert len(pids) == 3  # the server and two workers
+        while any(running(pid) for pid in pids):
+            await trio.sleep(0.01)

@@ -214,3 +214,8 @@ def preload_probe_state() -> tuple[int, int | None]:
 
 def pid_and_parent() -> tuple[int, int]:
     return os.getpid(), os.getppid()
+
+
+def sleep_then_pid_and_parent(seconds: float) -> tuple[int, int]:
+    time.sleep(seconds)
+    return os.getpid(), os.getppid()
