@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import textwrap
 from contextlib import AbstractContextManager, nullcontext
@@ -232,5 +231,5 @@ async def test_server_and_workers_die_with_the_pools_process(tmp_path: Path) -> 
         assert done.returncode == -signal.SIGKILL
         pids = [int(pid) for pid in done.stdout.split()]
         assert len(pids) == 3  # the server and two workers
-        while any(running(pid) for pid in pids):
+        while any(running(pid) for pid in pids):  # noqa: ASYNC110 - polling /proc
             await trio.sleep(0.01)
