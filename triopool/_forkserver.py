@@ -11,8 +11,10 @@ Invariants:
   :func:`open_forkserver`, held by the fork server's own task in the pool's
   nursery; only that block closes the socket, and only that task receives
   from it. Slot tasks only *send* on it, one whole packet per request, without
-  ever waiting on the socket (a packet that does not fit is an error), so the
-  socket never has a waiter in another task when it closes.
+  ever waiting on the socket, so the socket never has a waiter in another
+  task when it closes. A fork request that does not fit fails that start; a
+  signal request that does not fit waits in a backlog that the server's task
+  sends as soon as it can (a kill must not be lost).
 - Replies are routed by request id to the :class:`ForkedProcess` that asked;
   a worker is signalled by request id, and the server signals only workers it
   has not reaped, so a signal never reaches a process that reused a pid.
