@@ -49,6 +49,10 @@ async def test_many_concurrent_calls_each_get_their_own_result() -> None:
 
     with trio.fail_after(TIMEOUT):
         async with triopool.open_pool(2) as pool, trio.open_nursery() as nursery:
+            # Both workers up first: one alone may finish all 200 before the
+            # other has started.
+            while pool.statistics().workers_idle < 2:  # noqa: ASYNC110 - polling the pool
+                await trio.sleep(0.01)
             for i in range(200):
                 nursery.start_soon(call, i)
     assert {i: nonce for i, (nonce, _) in results.items()} == {i: i for i in range(200)}
