@@ -91,3 +91,9 @@ def bench(session: nox.Session) -> None:
     """Benchmark triopool against its peers (pass --quick etc. after --)."""
     install(session, "bench")
     session.run("python", "-m", "bench", *session.posargs)
+
+
+def bench_recycling(session: nox.Session) -> None:
+    """Benchmark worker recycling against multiprocessing and trio-parallel."""
+    install(session, "bench", editable=False)
+    session.run("python", "bench/recycling.py", *session.posargs)

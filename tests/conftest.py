@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+import triopool
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -73,3 +76,25 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
     leftover = set(child_processes()) - children_before
     assert not leaked_fds, f"fds leaked: {sorted(leaked_fds)}"
     assert not leftover, f"child processes left: {sorted(leftover)}"
+
+
+@pytest.fixture(params=["spawn", "forkserver"])
+def start_method(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> str:
+    """Run the test once per start method: ``triopool.open_pool`` defaults to it.
+
+    Use it with ``pytestmark = pytest.mark.usefixtures("start_method")`` so
+    that every pool a test module opens is parametrized, tests added later
+    included; a call that names a start method keeps its own.
+    """
+    method: str = request.param
+    original = triopool.open_pool
+
+    @functools.wraps(original)
+    def open_pool(*args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("start_method", method)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(triopool, "open_pool", open_pool)
+    return method

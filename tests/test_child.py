@@ -8,6 +8,7 @@ import sys
 import textwrap
 from typing import TYPE_CHECKING
 
+import pytest
 import trio
 
 import triopool
@@ -17,6 +18,9 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 TIMEOUT = 60
+
+# Every test runs once per start method (see conftest.start_method).
+pytestmark = pytest.mark.usefixtures("start_method")
 
 
 async def test_worker_never_imports_trio_or_attrs() -> None:
@@ -93,7 +97,7 @@ SCRIPT = """
         return Point(point.x * 2)
 
     async def main():
-        async with triopool.open_pool(2) as pool:
+        async with triopool.open_pool(2, start_method=sys.argv[1]) as pool:
             result = await pool.run_sync(double, Point(21))
             print("result", result.x, type(result).__name__)
 
@@ -102,12 +106,12 @@ SCRIPT = """
 """
 
 
-def test_functions_from_the_main_script_work(tmp_path: Path) -> None:
+def test_functions_from_the_main_script_work(tmp_path: Path, start_method: str) -> None:
     script = tmp_path / "user_script.py"
     script.write_text(textwrap.dedent(SCRIPT))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     done = subprocess.run(
-        [sys.executable, str(script)],
+        [sys.executable, str(script), start_method],
         capture_output=True,
         text=True,
         timeout=TIMEOUT,
@@ -120,11 +124,13 @@ def test_functions_from_the_main_script_work(tmp_path: Path) -> None:
     assert done.stderr == ""
 
 
-def test_functions_from_a_main_module_run_with_dash_m(tmp_path: Path) -> None:
+def test_functions_from_a_main_module_run_with_dash_m(
+    tmp_path: Path, start_method: str
+) -> None:
     (tmp_path / "user_module.py").write_text(textwrap.dedent(SCRIPT))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
     done = subprocess.run(
-        [sys.executable, "-m", "user_module"],
+        [sys.executable, "-m", "user_module", start_method],
         capture_output=True,
         text=True,
         timeout=TIMEOUT,

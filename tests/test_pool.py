@@ -10,6 +10,7 @@ import os
 import pickle
 import signal
 import sys
+import time
 import traceback
 from typing import Any
 
@@ -22,6 +23,9 @@ from tests import workerfuncs as wf
 
 # Generous bounds: the machine is small and shared; these catch hangs, not speed.
 TIMEOUT = 60
+
+# Every test runs once per start method (see conftest.start_method).
+pytestmark = pytest.mark.usefixtures("start_method")
 
 
 def test_public_objects_report_the_package_as_their_module() -> None:
@@ -47,6 +51,10 @@ async def test_many_concurrent_calls_each_get_their_own_result() -> None:
 
     with trio.fail_after(TIMEOUT):
         async with triopool.open_pool(2) as pool, trio.open_nursery() as nursery:
+            # Both workers up first: one alone may finish all 200 before the
+            # other has started.
+            while pool.statistics().workers_idle < 2:  # noqa: ASYNC110 - polling the pool
+                await trio.sleep(0.01)
             for i in range(200):
                 nursery.start_soon(call, i)
     assert {i: nonce for i, (nonce, _) in results.items()} == {i: i for i in range(200)}
@@ -348,6 +356,29 @@ async def test_dead_idle_worker_is_noticed_and_replaced() -> None:
                     nursery.start_soon(record)
     assert victim not in seen
     assert len(seen) == 2
+
+
+async def test_task_handed_to_a_worker_that_just_died_runs_on_another() -> None:
+    with trio.fail_after(TIMEOUT):
+        async with triopool.open_pool(1) as pool:
+            victim = await pool.run_sync(wf.getpid)
+            os.kill(victim, signal.SIGKILL)
+            # Wait without a checkpoint, so that the pool cannot notice the
+            # death before the next task is handed to the idle worker.
+            while _running(victim):
+                time.sleep(0.001)  # noqa: ASYNC251 - no checkpoint on purpose
+            assert await pool.run_sync(wf.getpid) not in (victim, os.getpid())
+            stats = pool.statistics()
+    assert (stats.workers_lost, stats.tasks_failed, stats.tasks_completed) == (1, 0, 2)
+
+
+def _running(pid: int) -> bool:
+    """Whether the process runs (neither gone nor a zombie)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 async def test_statistics_add_up() -> None:

@@ -206,3 +206,22 @@ def touch(path: str) -> str:
     with open(path, "w") as f:
         f.write("ran")
     return path
+
+
+def parent_pid() -> int:
+    return os.getppid()
+
+
+def preload_probe_state() -> tuple[int, int | None]:
+    """(parent pid, pid that imported tests.preload_probe, if it is loaded)."""
+    module = sys.modules.get("tests.preload_probe")
+    return os.getppid(), getattr(module, "IMPORTED_IN", None)
+
+
+def pid_and_parent() -> tuple[int, int]:
+    return os.getpid(), os.getppid()
+
+
+def sleep_then_pid_and_parent(seconds: float) -> tuple[int, int]:
+    time.sleep(seconds)
+    return os.getpid(), os.getppid()

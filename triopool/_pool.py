@@ -1,14 +1,18 @@
 """The pool: ``open_pool``, :class:`Pool`, its worker slots and its job queue.
 
 Shape: ``open_pool`` owns a supervising nursery with one *slot* task per
-worker. A slot loops: it opens a worker (``async with open_worker()``), waits
-for it to report up, serves jobs until the worker retires, dies or the pool
-closes, and leaves the block, which kills, reaps and closes everything of that
-worker; the next turn of the loop starts the replacement.
+worker (and, with ``start_method="forkserver"``, one task owning the fork
+server). A slot loops: each turn starts a task for one worker, which opens it
+(``async with open_worker()``), waits for it to report up, serves jobs until
+the worker retires, dies or the pool closes, and leaves the block, which
+kills, reaps and closes everything of that worker. The slot starts the
+replacement as soon as the worker stops serving, so a retiring worker exits
+while the next one starts; each worker still has exactly one owning task.
 
 Invariants:
 
-- A worker is touched only by its slot task (see ``_worker``).
+- A worker is touched only by its own task in its slot (see ``_worker``); a
+  slot has at most one serving worker, plus one that is exiting.
 - A job is in exactly one place at a time: the waiting queue, handed to one
   idle slot, running in one slot, or finished. Only a slot that is up and idle
   takes a job, so a job never reaches a worker that is starting or retiring.
@@ -43,8 +47,9 @@ from ._errors import (
     TimeLimitExceeded,
     WorkerStartError,
 )
-from ._spawn import describe_exit
-from ._worker import Worker, open_worker
+from ._forkserver import ForkServer, open_forkserver
+from ._spawn import WorkerProcess, describe_exit
+from ._worker import Process, Worker, open_worker
 
 if TYPE_CHECKING:
     from collections.abc import (
@@ -177,10 +182,6 @@ class PoolConfig:
             raise ValueError(
                 f"start_method must be 'spawn' or 'forkserver', got {value!r}"
             )
-        if value == "forkserver":
-            raise ValueError(
-                "start_method='forkserver' is not available in this version"
-            )
 
     @forkserver_preload.validator
     def _check_preload(self, attribute: object, value: tuple[object, ...]) -> None:
@@ -285,6 +286,15 @@ class _Slot:
     start_scope: trio.CancelScope | None = None
 
 
+@attrs.define(eq=False)
+class _Turn:
+    """One worker's turn in its slot, as the slot sees it."""
+
+    # Set once the worker serves no more (it may still be exiting).
+    served: trio.Event = attrs.field(factory=trio.Event)
+    start_failed: bool = False
+
+
 class _End(enum.Enum):
     """Why a slot let go of its worker."""
 
@@ -312,6 +322,12 @@ class Pool:
         self._broken: BrokenPoolError | None = None
         self._consecutive_start_failures = 0
         self._nursery: trio.Nursery | None = None
+        self._slots_left = 0
+        self._slots_done = trio.Event()
+        # start_method="forkserver": the running server, and an event set (and
+        # replaced) whenever it changes or the pool breaks.
+        self._forkserver: ForkServer | None = None
+        self._forkserver_changed = trio.Event()
         # Counters for statistics().
         self._tasks_waiting = 0
         self._tasks_running = 0
@@ -606,6 +622,18 @@ class Pool:
         else:
             self._waiting.append(job)
 
+    def _requeue(self, job: _Job) -> None:
+        """Put back a job that never started, ahead of the others."""
+        if self._idle:
+            slot = self._idle.pop()
+            slot.handed = job
+            assert slot.idle_scope is not None
+            slot.idle_scope.cancel()
+        else:
+            self._waiting.appendleft(job)
+            if self._broken is not None:
+                self._fail_waiting(self._broken_error)
+
     def _abandon(self, job: _Job, *, kill: bool) -> bool:
         """The caller stops waiting. Returns False if it must take the outcome
         after all (``kill`` is false and the task has started)."""
@@ -660,37 +688,68 @@ class Pool:
     # Slots
 
     async def _run_slot(self, slot: _Slot) -> None:
-        while self._broken is None and not self._closing_idle():
-            self._workers_alive += 1
-            self._workers_started += 1
-            # Torn down by the pool's cancellation unless we learn otherwise.
-            end: _End | None = _End.CLOSED
-            try:
-                async with open_worker() as worker:
-                    _log.debug("worker %d started (slot %d)", worker.pid, slot.number)
-                    if await self._start(slot, worker):
-                        end = await self._serve(slot, worker)
-            except WorkerStartError as exc:
-                end = None
-                self._start_failed(exc)
-            except OSError as exc:
-                # No pipes or no process: the same as a worker failing to start.
-                end = None
-                error = WorkerStartError(f"could not start a worker process: {exc}")
-                error.__cause__ = exc
-                self._start_failed(error)
-            finally:
-                self._workers_alive -= 1
-                if end is _End.RETIRED:
-                    self._workers_recycled += 1
-                elif end is _End.LOST:
-                    self._workers_lost += 1
-                elif end is _End.CLOSED:
-                    self._workers_stopped += 1
-            if end is None:
-                # Back off a little, so that a start that fails at once (no fds
-                # left, say) does not spin.
-                await trio.sleep(min(0.01 * 2**self._consecutive_start_failures, 0.5))
+        try:
+            await self._slot_loop(slot)
+        finally:
+            self._slots_left -= 1
+            if not self._slots_left:
+                self._slots_done.set()
+
+    async def _slot_loop(self, slot: _Slot) -> None:
+        # Each worker lives in a task of its own that owns it from its start
+        # to its reaping. The slot starts the next worker as soon as the
+        # current one stops serving, so a retiring worker exits and is reaped
+        # while its replacement starts; the slot's nursery waits for both.
+        async with trio.open_nursery() as workers:
+            while self._broken is None and not self._closing_idle():
+                launch: Callable[[int, int], Process] = WorkerProcess
+                if self._config.start_method == "forkserver":
+                    server = await self._running_forkserver()
+                    if server is None:
+                        return
+                    launch = server.launch
+                self._workers_alive += 1
+                self._workers_started += 1
+                turn = _Turn()
+                workers.start_soon(self._run_worker, slot, launch, turn)
+                await turn.served.wait()
+                if turn.start_failed:
+                    # Back off a little, so that a start that fails at once (no
+                    # fds left, say) does not spin.
+                    await trio.sleep(
+                        min(0.01 * 2**self._consecutive_start_failures, 0.5)
+                    )
+
+    async def _run_worker(
+        self, slot: _Slot, launch: Callable[[int, int], Process], turn: _Turn
+    ) -> None:
+        """One worker's life in its slot: start, serve, retire or die, reap."""
+        # Torn down by the pool's cancellation unless we learn otherwise.
+        end: _End | None = _End.CLOSED
+        try:
+            async with open_worker(launch) as worker:
+                _log.debug("worker %d started (slot %d)", worker.pid, slot.number)
+                if await self._start(slot, worker):
+                    end = await self._serve(slot, worker, turn.served.set)
+        except WorkerStartError as exc:
+            end = None
+            self._start_failed(exc)
+        except OSError as exc:
+            # No pipes or no process: the same as a worker failing to start.
+            end = None
+            error = WorkerStartError(f"could not start a worker process: {exc}")
+            error.__cause__ = exc
+            self._start_failed(error)
+        finally:
+            self._workers_alive -= 1
+            if end is _End.RETIRED:
+                self._workers_recycled += 1
+            elif end is _End.LOST:
+                self._workers_lost += 1
+            elif end is _End.CLOSED:
+                self._workers_stopped += 1
+            turn.start_failed = end is None
+            turn.served.set()
 
     async def _start(self, slot: _Slot, worker: Worker) -> bool:
         """Hand the worker its configuration and wait for it to report up.
@@ -754,6 +813,74 @@ class Pool:
             _log.error("pool broken: %s", broken)
             self._fail_waiting(self._broken_error)
             self._wake_idle()
+            self._forkserver_changed.set()
+
+    # The fork server
+
+    async def _running_forkserver(self) -> ForkServer | None:
+        """The fork server once it runs; None if the pool broke meanwhile."""
+        while self._broken is None:
+            server = self._forkserver
+            if server is not None and server.running:
+                return server
+            await self._forkserver_changed.wait()
+        return None
+
+    def _set_forkserver(self, server: ForkServer | None) -> None:
+        self._forkserver = server
+        self._forkserver_changed.set()
+        self._forkserver_changed = trio.Event()
+
+    async def _run_forkserver(self) -> None:
+        """Keep a fork server running for the slots until they are all done.
+
+        The server's process and socket belong to this task's ``async with``;
+        a server that dies is replaced. One that fails to start, or dies
+        before forking any worker, counts as a start failure.
+        """
+        config = self._config
+        failures = 0
+        while not self._slots_done.is_set():
+            if self._broken is not None:
+                # Broken, and no server running: the slots are ending.
+                await self._slots_done.wait()
+                return
+            error: WorkerStartError | None = None
+            try:
+                async with open_forkserver(
+                    config.forkserver_preload, config.start_timeout
+                ) as server:
+                    _log.debug("fork server %d up", server.pid)
+                    self._set_forkserver(server)
+                    try:
+                        stopped = await server.serve(self._slots_done)
+                    finally:
+                        self._set_forkserver(None)
+                if stopped:
+                    return
+                exitcode = server.process.returncode
+                _log.warning(
+                    "fork server %d died (%s); starting a new one",
+                    server.pid,
+                    describe_exit(exitcode),
+                )
+                if not server.forks:
+                    error = WorkerStartError(
+                        f"the fork server exited ({describe_exit(exitcode)}) "
+                        "before forking any worker"
+                    )
+            except WorkerStartError as exc:
+                error = exc
+            except OSError as exc:
+                error = WorkerStartError(f"could not start the fork server: {exc}")
+                error.__cause__ = exc
+            if error is None:
+                failures = 0
+                continue
+            self._start_failed(error)
+            failures += 1
+            with trio.move_on_after(min(0.01 * 2**failures, 0.5)):
+                await self._slots_done.wait()
 
     def _wake_idle(self) -> None:
         for slot in self._idle:
@@ -764,8 +891,14 @@ class Pool:
             if slot.start_scope is not None and self._closing_idle():
                 slot.start_scope.cancel()
 
-    async def _serve(self, slot: _Slot, worker: Worker) -> _End:
-        """Run jobs on an up worker until it must go; say why it went."""
+    async def _serve(
+        self, slot: _Slot, worker: Worker, retiring: Callable[[], None]
+    ) -> _End:
+        """Run jobs on an up worker until it must go; say why it went.
+
+        Calls ``retiring()`` once the worker is done serving and only needs to
+        exit, so that the slot can start its replacement meanwhile.
+        """
         config = self._config
         tasks_done = 0
         while True:
@@ -795,6 +928,7 @@ class Pool:
                     else (f"after {tasks_done} tasks")
                 )
                 _log.info("worker %d retired %s", worker.pid, reason)
+                retiring()
                 await worker.stop(config.shutdown_timeout)
                 return _End.RETIRED
 
@@ -862,20 +996,15 @@ class Pool:
             job.scope = None
         if unsent:
             if job.state is _JobState.RUNNING:
-                # Back to an idle slot, or the front of the queue.
                 job.state = _JobState.WAITING
                 self._tasks_running -= 1
                 self._tasks_waiting += 1
-                if self._idle:
-                    other = self._idle.pop()
-                    other.handed = job
-                    assert other.idle_scope is not None
-                    other.idle_scope.cancel()
-                else:
-                    self._waiting.appendleft(job)
+                self._requeue(job)
             exitcode = await worker.process.wait()
             _log.warning(
-                "idle worker %d died (%s)", worker.pid, describe_exit(exitcode)
+                "worker %d died before taking a task (%s)",
+                worker.pid,
+                describe_exit(exitcode),
             )
             return False, False
         if scope.cancelled_caught:
@@ -939,6 +1068,9 @@ class Pool:
 
     def _open(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
+        self._slots_left = len(self._slots)
+        if self._config.start_method == "forkserver":
+            nursery.start_soon(self._run_forkserver, name="triopool fork server")
         for slot in self._slots:
             nursery.start_soon(
                 self._run_slot, slot, name=f"triopool slot {slot.number}"

@@ -28,7 +28,7 @@ import trio
 _BOOTSTRAP = """\
 import sys
 from importlib.machinery import PathFinder
-def _bootstrap(fd_in, fd_out, parent_pid, root):
+def _bootstrap(root, entry, *numbers):
     spec = PathFinder.find_spec("triopool", [root])
     pkg = type(sys)("triopool")
     pkg.__spec__ = spec
@@ -48,9 +48,8 @@ def _bootstrap(fd_in, fd_out, parent_pid, root):
     from triopool import _errors
     for name in _errors.__all__:
         setattr(pkg, name, getattr(_errors, name))
-    from triopool._child import main
-    main(int(fd_in), int(fd_out), int(parent_pid))
-_bootstrap(*sys.argv[1:5])
+    __import__(entry, fromlist=["main"]).main(*map(int, numbers))
+_bootstrap(*sys.argv[1:])
 """
 
 # Signals a worker leaves to its parent (see _child.main).
@@ -72,19 +71,25 @@ def describe_exit(exitcode: int | None) -> str:
     return f"exit code {exitcode}"
 
 
-class WorkerProcess:
-    """A started worker process, until it is reaped."""
+class SpawnedProcess:
+    """A fresh interpreter running ``entry.main(*fds, parent_pid)``, until reaped.
 
-    def __init__(self, fd_in: int, fd_out: int) -> None:
+    ``entry`` is a module of the triopool package that never imports trio
+    (``triopool._child`` for a worker, ``triopool._forkserver_main`` for a
+    fork server). The process inherits ``fds`` and no other fd besides 0, 1
+    and 2.
+    """
+
+    def __init__(self, entry: str, fds: tuple[int, ...]) -> None:
         argv = [
             sys.executable,
             *subprocess._args_from_interpreter_flags(),  # type: ignore[attr-defined]
             "-c",
             _BOOTSTRAP,
-            str(fd_in),
-            str(fd_out),
-            str(os.getpid()),
             _ROOT,
+            entry,
+            *(str(fd) for fd in fds),
+            str(os.getpid()),
         ]
         # Started from the Trio thread on purpose: PR_SET_PDEATHSIG fires when
         # the *thread* that started the child exits, and Trio's worker threads
@@ -99,12 +104,13 @@ class WorkerProcess:
         # go to another thread) and are not lost.
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
         try:
-            self._popen = subprocess.Popen(
-                argv, pass_fds=(fd_in, fd_out), close_fds=True
-            )
+            self._popen = subprocess.Popen(argv, pass_fds=fds, close_fds=True)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         self.pid = self._popen.pid
+
+    async def started(self) -> None:
+        """Return once :attr:`pid` is known: at once, Popen knows it."""
 
     @property
     def returncode(self) -> int | None:
@@ -123,6 +129,13 @@ class WorkerProcess:
         if self._popen.poll() is None:
             await _wait_for_exit(self.pid)
         return self._popen.wait()
+
+
+class WorkerProcess(SpawnedProcess):
+    """A spawned worker process, holding its two pipe ends."""
+
+    def __init__(self, fd_in: int, fd_out: int) -> None:
+        super().__init__("triopool._child", (fd_in, fd_out))
 
 
 if hasattr(os, "pidfd_open"):

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import attrs
 import trio
@@ -28,18 +28,38 @@ from . import _protocol
 from ._spawn import WorkerProcess
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Callable
 
 _READ_SIZE = 1 << 16
 # After SIGTERM, how long a worker gets before SIGKILL.
 _TERM_GRACE = 1.0
 
 
+class Process(Protocol):
+    """A worker process as its slot sees it, however it was started.
+
+    ``pid`` is valid once ``started()`` returned; ``signal`` never reaches a
+    process that was reaped (so never one that reused its pid).
+    """
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    def signal(self, signum: int) -> None: ...
+
+    async def started(self) -> None: ...
+
+    async def wait(self) -> int: ...
+
+
 @attrs.define(eq=False)
 class Worker:
     """The parent's handle on one running worker process."""
 
-    process: WorkerProcess
+    process: Process
     _send_stream: trio.lowlevel.FdStream
     _receive_stream: trio.lowlevel.FdStream
     _decoder: _protocol.Decoder = attrs.field(factory=_protocol.Decoder)
@@ -145,15 +165,22 @@ class Worker:
 
 
 @contextlib.asynccontextmanager
-async def open_worker() -> AsyncIterator[Worker]:
-    """Start a worker process and own it, and its fds, for the block."""
+async def open_worker(
+    launch: Callable[[int, int], Process] = WorkerProcess,
+) -> AsyncIterator[Worker]:
+    """Start a worker process and own it, and its fds, for the block.
+
+    ``launch(fd_in, fd_out)`` starts the process (spawn, or a request to the
+    fork server) without blocking; once it returns, the child's two pipe
+    ends are closed here, whether or not the process exists yet.
+    """
     opened: list[int] = []
     try:
         task_r, task_w = os.pipe2(os.O_CLOEXEC)
         opened += (task_r, task_w)
         result_r, result_w = os.pipe2(os.O_CLOEXEC)
         opened += (result_r, result_w)
-        process = WorkerProcess(task_r, result_w)
+        process = launch(task_r, result_w)
     except BaseException:
         for fd in opened:
             os.close(fd)
@@ -165,16 +192,17 @@ async def open_worker() -> AsyncIterator[Worker]:
     send_stream = trio.lowlevel.FdStream(task_w)
     receive_stream = trio.lowlevel.FdStream(result_r)
     try:
-        yield Worker(process, send_stream, receive_stream)
-    finally:
         try:
+            await process.started()
+            yield Worker(process, send_stream, receive_stream)
+        finally:
             with trio.CancelScope(shield=True):
                 if process.returncode is None:
                     process.signal(signal.SIGKILL)
                     await process.wait()
-        finally:
-            # close(), not aclose(): aclose() ends with a checkpoint, which in
-            # a cancelled scope raises Cancelled and so replaces the exception
-            # leaving the block (a KeyboardInterrupt would be lost).
-            send_stream.close()
-            receive_stream.close()
+    finally:
+        # close(), not aclose(): aclose() ends with a checkpoint, which in
+        # a cancelled scope raises Cancelled and so replaces the exception
+        # leaving the block (a KeyboardInterrupt would be lost).
+        send_stream.close()
+        receive_stream.close()
