@@ -52,6 +52,9 @@ nitpick_ignore = [
     ("py:class", "Ts"),
     ("py:class", "*Ts"),
     ("py:class", "ItemT"),
+    # The backend protocol is internal (see docs/cluster.rst); its two
+    # implementations, RayBackend and DaskBackend, are in the reference.
+    ("py:class", "Backend"),
 ]
 
 # autodoc and napoleon: Google-style docstrings, types in the descriptions so
@@ -135,6 +138,7 @@ _TRIO_OBJECTS = [
     ("trio.to_thread.run_sync", "py:function", "reference-core.html#$"),
     ("trio.lowlevel.FdStream", "py:class", "reference-lowlevel.html#$"),
     ("trio.lowlevel.notify_closing", "py:function", "reference-lowlevel.html#$"),
+    ("trio.lowlevel.TrioToken", "py:class", "reference-lowlevel.html#$"),
 ]
 
 

@@ -614,25 +614,25 @@ class Pool:
     def _submit(self, job: _Job) -> None:
         self._tasks_submitted += 1
         self._tasks_waiting += 1
-        if self._idle:
-            slot = self._idle.pop()
-            slot.handed = job
-            assert slot.idle_scope is not None
-            slot.idle_scope.cancel()
-        else:
+        if not self._hand_to_idle(job):
             self._waiting.append(job)
 
     def _requeue(self, job: _Job) -> None:
         """Put back a job that never started, ahead of the others."""
-        if self._idle:
-            slot = self._idle.pop()
-            slot.handed = job
-            assert slot.idle_scope is not None
-            slot.idle_scope.cancel()
-        else:
+        if not self._hand_to_idle(job):
             self._waiting.appendleft(job)
             if self._broken is not None:
                 self._fail_waiting(self._broken_error)
+
+    def _hand_to_idle(self, job: _Job) -> bool:
+        """Give ``job`` to the most recently idle slot and wake it, if any."""
+        if not self._idle:
+            return False
+        slot = self._idle.pop()
+        slot.handed = job
+        assert slot.idle_scope is not None
+        slot.idle_scope.cancel()
+        return True
 
     def _abandon(self, job: _Job, *, kill: bool) -> bool:
         """The caller stops waiting. Returns False if it must take the outcome
