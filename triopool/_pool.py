@@ -446,13 +446,33 @@ class Pool:
     def _submit(self, job: _Job) -> None:
         self._tasks_submitted += 1
         self._tasks_waiting += 1
+        self._dispatch(job, first=False)
+
+    def _dispatch(self, job: _Job, *, first: bool) -> None:
+        """Hand a waiting job to an idle slot, or queue it (at the front if
+        ``first``: it was taken once already and goes before newer ones)."""
         if self._idle:
             slot = self._idle.pop()
             slot.handed = job
             assert slot.idle_scope is not None
             slot.idle_scope.cancel()
+        elif first:
+            self._waiting.appendleft(job)
         else:
             self._waiting.append(job)
+
+    def _requeue(self, job: _Job) -> None:
+        """Put back a running job whose worker died before it could start it."""
+        if job.state is not _JobState.RUNNING:
+            return  # its caller was cancelled and is gone
+        if self._broken is not None:
+            job.error = self._broken_error()
+            self._finish(job, failed=True)
+            return
+        job.state = _JobState.WAITING
+        self._tasks_running -= 1
+        self._tasks_waiting += 1
+        self._dispatch(job, first=True)
 
     def _abandon(self, job: _Job, *, kill: bool) -> bool:
         """The caller stops waiting. Returns False if it must take the outcome
@@ -551,8 +571,12 @@ class Pool:
         with trio.CancelScope() as start_scope:
             slot.start_scope = start_scope
             with trio.move_on_after(timeout) as timer:
-                await worker.send(self._config_pieces)
-                frame = await worker.receive()
+                try:
+                    await worker.send(self._config_pieces)
+                except trio.BrokenResourceError:
+                    pass  # it died already: reported below as an early exit
+                else:
+                    frame = await worker.receive()
         slot.start_scope = None
         if start_scope.cancelled_caught:
             return False  # the pool closed and has no work for this worker
@@ -627,7 +651,7 @@ class Pool:
             job.state = _JobState.RUNNING
             self._tasks_waiting -= 1
             self._tasks_running += 1
-            keep, over_memory = await self._run_job(worker, job)
+            keep, over_memory = await self._run_job(worker, job, tasks_done + 1)
             if not keep:
                 return _End.LOST
             tasks_done += 1
@@ -659,9 +683,11 @@ class Pool:
             # Only EOF, or garbage, can arrive while no task runs.
             if slot.handed is not None:
                 # A caller handed a job over just as the worker died: it has
-                # not started, so it goes back to the front of the queue.
-                self._waiting.appendleft(slot.handed)
+                # not started, so it goes to another slot or the queue's front.
+                handed = slot.handed
                 slot.handed = None
+                if handed.state is _JobState.WAITING:
+                    self._dispatch(handed, first=True)
             if frame is None:
                 exitcode = await worker.process.wait()
                 _log.warning(
@@ -676,19 +702,27 @@ class Pool:
             return None  # cancelled before this slot woke up
         return job
 
-    async def _run_job(self, worker: Worker, job: _Job) -> tuple[bool, bool]:
-        """Send one job and deliver its answer.
+    async def _run_job(
+        self, worker: Worker, job: _Job, number: int
+    ) -> tuple[bool, bool]:
+        """Send one job (the worker's ``number``-th) and deliver its answer.
 
         Returns (keep the worker, the worker is over its memory limit).
         """
         scope = job.scope = trio.CancelScope()
         frame: _protocol.Frame | None = None
+        sent = False
         try:
             with scope:
-                await worker.send(job.pieces)
-                if job.time_limit is not None:
-                    scope.deadline = trio.current_time() + job.time_limit
-                frame = await worker.receive()
+                try:
+                    await worker.send(job.pieces)
+                except trio.BrokenResourceError:
+                    pass  # the worker is dead: handled below
+                else:
+                    sent = True
+                    if job.time_limit is not None:
+                        scope.deadline = trio.current_time() + job.time_limit
+                    frame = await worker.receive()
         except BaseException:
             # The pool is being torn down around this job.
             job.error = trio.ClosedResourceError("the pool closed while the task ran")
@@ -712,6 +746,19 @@ class Pool:
                     job.time_limit,
                 )
                 self._finish(job, failed=True)
+            return False, False
+        if not sent or (frame is None and worker.unread_task_bytes()):
+            # The worker died before it read the whole task, so the task never
+            # started: like a task handed to a worker that died, it runs on
+            # another worker (API.md).
+            exitcode = await worker.process.wait()
+            _log.warning(
+                "worker %d died before it read its task (%s); the task goes "
+                "to another worker",
+                worker.pid,
+                describe_exit(exitcode),
+            )
+            self._requeue(job)
             return False, False
         cause: BaseException | None = None
         if frame is not None and frame.kind == _protocol.FATAL:
