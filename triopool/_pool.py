@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import attrs
 import trio
 
-from . import _protocol
+from . import _faults, _protocol
 from ._errors import (
     BrokenPoolError,
     BrokenWorkerError,
@@ -54,6 +54,10 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 _log = logging.getLogger("triopool")
+
+# Test-only fault injection (see _faults): None unless TRIOPOOL_FAULTS was set
+# when this module was imported. Tests may replace it.
+_PARENT_FAULTS: _faults.Plan | None = _faults.from_environment(_faults.PARENT_STAGES)
 
 
 class _Default(enum.Enum):
@@ -571,6 +575,8 @@ class Pool:
         with trio.CancelScope() as start_scope:
             slot.start_scope = start_scope
             with trio.move_on_after(timeout) as timer:
+                if _PARENT_FAULTS is not None:
+                    await _parent_fault(_PARENT_FAULTS, worker, "before_config")
                 try:
                     await worker.send(self._config_pieces)
                 except trio.BrokenResourceError:
@@ -714,6 +720,8 @@ class Pool:
         sent = False
         try:
             with scope:
+                if _PARENT_FAULTS is not None:
+                    await _parent_fault(_PARENT_FAULTS, worker, "before_send", number)
                 try:
                     await worker.send(job.pieces)
                 except trio.BrokenResourceError:
@@ -824,6 +832,22 @@ class Pool:
 
 class _WorkerLost(Exception):
     pass
+
+
+async def _parent_fault(
+    plan: _faults.Plan, worker: Worker, stage: str, task: int | None = None
+) -> None:
+    """Inject a test's fault at a parent-side stage (see ``_faults``)."""
+    fault = plan.due(stage, task)
+    if fault is None:
+        return
+    _log.debug("fault injected at %s: %r (worker %d)", stage, fault, worker.pid)
+    if fault.action == "sleep":
+        await trio.sleep(fault.argument)
+    else:
+        # Kill and reap, so the worker's pipe ends are closed for certain.
+        worker.kill()
+        await worker.process.wait()
 
 
 def _describe_callable(fn: object) -> str:
