@@ -49,3 +49,10 @@ def demo(session: nox.Session) -> None:
     """Run the demo: a CPU-bound job, sequentially and through the pool."""
     install(session, editable=False)
     session.run("python", "-m", "triopool", "demo", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def stress(session: nox.Session) -> None:
+    """Run the recycling storm for a while (-- --minutes N, default 1)."""
+    install(session, "test")
+    session.run("python", "-m", "tests.storm", *session.posargs)

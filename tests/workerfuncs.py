@@ -200,3 +200,27 @@ def public_name_in_worker() -> str:
 def pid_and_fd_targets() -> tuple[int, dict[int, str]]:
     time.sleep(0.05)  # so that concurrent calls spread over the workers
     return os.getpid(), fd_targets()
+
+
+# The recycling storm (tests/storm.py).
+
+
+def storm_task(nonce: str, action: str, argument: float) -> tuple[str, int]:
+    """Echo ``nonce`` with this worker's pid, or die or hang as told."""
+    if action == "exit":
+        os._exit(int(argument))
+    if action == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(argument)
+    return nonce, os.getpid()
+
+
+def initializer_random_delay(quick: float, slow_low: float, slow_high: float) -> None:
+    """Delay UP: briefly for most workers, across the start timeout for some."""
+    import random
+
+    rng = random.Random()
+    if rng.random() < quick:
+        time.sleep(rng.uniform(0.0, 0.02))
+    else:
+        time.sleep(rng.uniform(slow_low, slow_high))
