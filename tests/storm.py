@@ -350,8 +350,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # Start failures and deaths are the point here: log only real trouble.
     logging.getLogger("triopool").setLevel(logging.ERROR)
+    # Fewer tasks queued than in the small storm, so that the end of the run
+    # is not a long drain of the queue.
     config = StormConfig(
-        workers=args.workers, duration=args.minutes * 60, seed=args.seed
+        workers=args.workers,
+        duration=args.minutes * 60,
+        in_flight=8 * args.workers,
+        seed=args.seed,
     )
     report = trio.run(run_storm, config)
     print(report.summary())
