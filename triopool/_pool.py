@@ -215,7 +215,10 @@ class PoolStatistics:
             died or hit a time limit.
         tasks_cancelled: Tasks whose caller was cancelled before they ended.
         tasks_submitted: All tasks ever submitted.
-        workers_started: Processes started so far, replacements included.
+        workers_started: Worker starts so far, replacements included. An
+            attempt that could not even create the process (no fds left,
+            say) counts here too, and as a start failure, so the identity
+            above holds whatever happens.
         workers_recycled: Retired by ``max_tasks_per_child`` or
             ``max_memory_per_child``.
         workers_lost: Died unexpectedly, or killed by a time limit, a
