@@ -211,19 +211,25 @@ class PoolModel(RuleBasedStateMachine):
 
     # Invariants, after every step.
 
+    def _snapshot(self) -> tuple[triopool.PoolStatistics, int, int, int]:
+        # Taken in the Trio thread, so that the pool's counters and the
+        # model's tally describe the same moment.
+        done = sum(task.done for task in self.tasks)
+        results = sum(task.outcome == "result" for task in self.tasks)
+        return self.pool.statistics(), done, results, len(open_fds())
+
     @invariant()
     def model_holds(self) -> None:
         assert not self.violations, self.violations
-        stats = self._call_sync(self.pool.statistics)
+        stats, done, results, fds = self._call_sync(self._snapshot)
         problems = check_counters(stats, settled=False)
         assert not problems, problems
         assert stats.tasks_submitted == len(self.tasks)
         ended = stats.tasks_completed + stats.tasks_failed + stats.tasks_cancelled
-        assert sum(task.done for task in self.tasks) <= ended
-        results = sum(task.outcome == "result" for task in self.tasks)
-        assert results <= stats.tasks_completed
+        assert done <= ended, stats
+        assert results <= stats.tasks_completed, stats
         # Per worker slot: two pipe ends and a pidfd while reaping.
-        assert len(open_fds()) <= self.trio_fds + 3 * WORKERS
+        assert fds <= self.trio_fds + 3 * WORKERS
 
     def teardown(self) -> None:
         try:
