@@ -193,10 +193,21 @@ class PoolModel(RuleBasedStateMachine):
         for task in self.tasks:
             if not task.done:
                 task.may_break = True
+        pid = pids[which % len(pids)]
         try:
-            os.kill(pids[which % len(pids)], signal.SIGKILL)
+            os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        # Until the pool has reaped it, a task submitted now may still be
+        # written to it, and a dying process can still read it from the pipe
+        # (then the task fails like any task its worker died running). Wait,
+        # so that only tasks in flight at the kill may break.
+        self._call(self._reaped, pid)
+
+    async def _reaped(self, pid: int) -> None:
+        with trio.fail_after(TIMEOUT):
+            while pid in child_processes():  # noqa: ASYNC110 - nothing to wait on
+                await trio.sleep(0.005)
 
     @rule(seconds=st.sampled_from([0.0, 0.05, 0.3]))
     def wait(self, seconds: float) -> None:
