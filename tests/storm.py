@@ -112,6 +112,7 @@ class StormReport:
     outcomes: Counter[str] = field(default_factory=Counter)
     kills: int = 0
     peak_fds: int = 0
+    peak_children: int = 0
     fd_bound: int = 0
     baseline_fds: int = 0
     samples: int = 0
@@ -139,6 +140,7 @@ class StormReport:
             f"external SIGKILLs: {self.kills}",
             f"peak fds: {self.peak_fds} (baseline {self.baseline_fds}, "
             f"bound {self.fd_bound}, {self.samples} samples)",
+            f"peak worker processes: {self.peak_children}",
             f"violations: {len(self.violations)}",
             *(f"  {v}" for v in self.violations[:20]),
         ]
@@ -192,6 +194,12 @@ async def run_storm(config: StormConfig) -> StormReport:
         report.peak_fds = max(report.peak_fds, count)
         if count > report.fd_bound:
             violations.append(f"{count} fds open, above the bound {report.fd_bound}")
+        # A slot reaps its worker before it starts the next one, so there
+        # are never more worker processes, zombies included, than slots.
+        children = len(child_processes() - children_before)
+        report.peak_children = max(report.peak_children, children)
+        if children > config.workers:
+            violations.append(f"{children} worker processes for {config.workers} slots")
         violations.extend(check_counters(pool.statistics(), settled=False))
 
     async def monitor(pool: triopool.Pool) -> None:
