@@ -473,6 +473,8 @@ class Pool:
         if job.state is not _JobState.RUNNING:
             return  # its caller was cancelled and is gone
         if self._broken is not None:
+            # The slots stop once the pool is broken and the queue was failed
+            # then: a job queued now would wait forever.
             job.error = self._broken_error()
             self._finish(job, failed=True)
             return
@@ -692,11 +694,15 @@ class Pool:
             # Only EOF, or garbage, can arrive while no task runs.
             if slot.handed is not None:
                 # A caller handed a job over just as the worker died: it has
-                # not started, so it goes to another slot or the queue's front.
+                # not started, so it goes to another slot or the queue's front
+                # (or fails, if the pool broke meanwhile: no slot would take it).
                 handed = slot.handed
                 slot.handed = None
                 if handed.state is _JobState.WAITING:
-                    self._dispatch(handed, first=True)
+                    handed.state = _JobState.RUNNING
+                    self._tasks_waiting -= 1
+                    self._tasks_running += 1
+                    self._requeue(handed)
             if frame is None:
                 exitcode = await worker.process.wait()
                 _log.warning(
