@@ -44,7 +44,13 @@ class ModelTask:
     cancel_requested: bool = False
     # A worker was killed while this task was in flight: it may have run there.
     may_break: bool = False
+    # Some worker was killed before this task ended. Kills of starting workers
+    # are start failures, and max_start_failures of them in a row break the
+    # pool (the model keeps the default, so that path is exercised too).
+    may_find_broken: bool = False
     done: bool = False
+    # Whether the pool took it (a broken pool refuses new tasks at once).
+    submitted: bool = False
     outcome: str = ""  # "result", "cancelled" or the error type name
 
     def check(self, result: Any, error: BaseException | None) -> str | None:
@@ -64,6 +70,10 @@ class ModelTask:
                 return f"cross-talk: {where} got the result of {result[0]}"
             return None
         self.outcome = type(error).__name__
+        if isinstance(error, triopool.BrokenPoolError):
+            if not self.may_find_broken:
+                return f"{where}: {error!r} though no worker was killed"
+            return None
         if isinstance(error, triopool.BrokenWorkerError):
             allowed = {-signal.SIGKILL} if self.may_break else set()
             if self.kind == "exit":
@@ -89,6 +99,7 @@ class PoolModel(RuleBasedStateMachine):
         self.children_before = child_processes()
         self.tasks: list[ModelTask] = []
         self.violations: list[str] = []
+        self.killed = False
         self.failure: BaseException | None = None
         self.ready = threading.Event()
         self.thread = threading.Thread(target=self._thread_main, daemon=True)
@@ -146,9 +157,13 @@ class PoolModel(RuleBasedStateMachine):
         task.finished.set()
 
     async def _submit(self, task: ModelTask) -> None:
+        before = self.pool.statistics().tasks_submitted
         self.nursery.start_soon(self._run_task, task)
         # Until the new task waits in run_sync, so the counters include it.
         await trio.testing.wait_all_tasks_blocked()
+        task.submitted = self.pool.statistics().tasks_submitted == before + 1
+        if not task.submitted and task.outcome != "BrokenPoolError":
+            self.violations.append(f"task {task.nonce} was not submitted")
 
     async def _settle(self) -> None:
         with trio.fail_after(TIMEOUT):
@@ -169,6 +184,7 @@ class PoolModel(RuleBasedStateMachine):
     )
     def submit(self, kind: str, kill_on_cancel: bool) -> None:
         task = ModelTask(f"m{len(self.tasks)}", kind, kill_on_cancel)
+        task.may_find_broken = self.killed
         self.tasks.append(task)
         self._call(self._submit, task)
 
@@ -190,9 +206,10 @@ class PoolModel(RuleBasedStateMachine):
         pids = sorted(child_processes() - self.children_before)
         if not pids:
             return
+        self.killed = True
         for task in self.tasks:
             if not task.done:
-                task.may_break = True
+                task.may_break = task.may_find_broken = True
         pid = pids[which % len(pids)]
         try:
             os.kill(pid, signal.SIGKILL)
@@ -225,7 +242,7 @@ class PoolModel(RuleBasedStateMachine):
     def _snapshot(self) -> tuple[triopool.PoolStatistics, int, int, int]:
         # Taken in the Trio thread, so that the pool's counters and the
         # model's tally describe the same moment.
-        done = sum(task.done for task in self.tasks)
+        done = sum(task.done and task.submitted for task in self.tasks)
         results = sum(task.outcome == "result" for task in self.tasks)
         return self.pool.statistics(), done, results, len(open_fds())
 
@@ -235,7 +252,7 @@ class PoolModel(RuleBasedStateMachine):
         stats, done, results, fds = self._call_sync(self._snapshot)
         problems = check_counters(stats, settled=False)
         assert not problems, problems
-        assert stats.tasks_submitted == len(self.tasks)
+        assert stats.tasks_submitted == sum(task.submitted for task in self.tasks)
         ended = stats.tasks_completed + stats.tasks_failed + stats.tasks_cancelled
         assert done <= ended, stats
         assert results <= stats.tasks_completed, stats
@@ -256,7 +273,7 @@ class PoolModel(RuleBasedStateMachine):
         stats = self.pool.statistics()
         problems = check_counters(stats, settled=True)
         assert not problems, problems
-        assert stats.tasks_submitted == len(self.tasks)
+        assert stats.tasks_submitted == sum(task.submitted for task in self.tasks)
         assert open_fds() == self.fds_before
         assert child_processes() == self.children_before
 
