@@ -266,7 +266,13 @@ class PoolModel(RuleBasedStateMachine):
                 self._call_sync(self.stop.set)
         finally:
             self.thread.join(TIMEOUT)
-        assert not self.thread.is_alive(), "the pool did not close"
+        if self.thread.is_alive():
+            import sys
+            import traceback
+
+            stack = sys._current_frames().get(self.thread.ident or 0)
+            where = "".join(traceback.format_stack(stack)) if stack else "?"
+            raise AssertionError(f"the pool did not close; its thread is at:\n{where}")
         if self.failure is not None:
             raise self.failure
         assert not self.violations, self.violations
