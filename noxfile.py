@@ -97,3 +97,9 @@ def bench_recycling(session: nox.Session) -> None:
     """Benchmark worker recycling against multiprocessing and trio-parallel."""
     install(session, "bench", editable=False)
     session.run("python", "bench/recycling.py", *session.posargs)
+
+
+def stress(session: nox.Session) -> None:
+    """Run the recycling storm for a while (-- --minutes N, default 1)."""
+    install(session, "test")
+    session.run("python", "-m", "tests.storm", *session.posargs)

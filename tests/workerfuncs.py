@@ -225,3 +225,27 @@ def pid_and_parent() -> tuple[int, int]:
 def sleep_then_pid_and_parent(seconds: float) -> tuple[int, int]:
     time.sleep(seconds)
     return os.getpid(), os.getppid()
+
+
+# The recycling storm (tests/storm.py).
+
+
+def storm_task(nonce: str, action: str, argument: float) -> tuple[str, int]:
+    """Echo ``nonce`` with this worker's pid, or die or hang as told."""
+    if action == "exit":
+        os._exit(int(argument))
+    if action == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(argument)
+    return nonce, os.getpid()
+
+
+def initializer_random_delay(quick: float, slow_low: float, slow_high: float) -> None:
+    """Delay UP: briefly for most workers, across the start timeout for some."""
+    import random
+
+    rng = random.Random()
+    if rng.random() < quick:
+        time.sleep(rng.uniform(0.0, 0.02))
+    else:
+        time.sleep(rng.uniform(slow_low, slow_high))

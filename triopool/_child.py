@@ -37,6 +37,8 @@ if TYPE_CHECKING:
     from types import FrameType
     from typing import Any
 
+    from ._faults import Plan
+
 _PR_SET_PDEATHSIG = 1
 _READ_SIZE = 1 << 16
 
@@ -78,6 +80,38 @@ class _Pipes:
     def send_message(self, kind: int, obj: object, flags: int = 0) -> None:
         payload, buffers = _protocol.dumps(obj)
         self.send(_protocol.encode_frame(kind, payload, buffers, flags))
+
+
+class _FaultyPipes(_Pipes):
+    """Pipes that inject the per-task faults of a test (see ``_faults``).
+
+    Used only when ``TRIOPOOL_FAULTS`` asks for a per-task fault, so the
+    normal task loop carries no fault checks at all.
+    """
+
+    def __init__(self, pipes: _Pipes, plan: Plan) -> None:
+        super().__init__(pipes.fd_in, pipes.fd_out)
+        self.decoder = pipes.decoder
+        self.plan = plan
+        self.tasks = 0
+
+    def receive(self) -> _protocol.Frame | None:
+        frame = super().receive()
+        if frame is not None:
+            self.tasks += 1
+            self.plan.fire_in_worker("after_receive", self.tasks)
+        return frame
+
+    def send(self, pieces: list[bytes | memoryview]) -> None:
+        fault = self.plan.due("mid_result", self.tasks)
+        if fault is None:
+            super().send(pieces)
+            return
+        data = b"".join(bytes(piece) for piece in pieces)
+        half = max(1, len(data) // 2)
+        super().send([data[:half]])
+        fault.act_in_worker()
+        super().send([data[half:]])
 
 
 class _MainFixup:
@@ -230,6 +264,11 @@ def main(fd_in: int, fd_out: int, parent_pid: int) -> None:
     """Run the worker until its task pipe reaches EOF."""
     _ignore_stop_signals()
     _die_with_parent(parent_pid)
+    plan: Plan | None = None
+    if os.environ.get("TRIOPOOL_FAULTS"):
+        from . import _faults
+
+        plan = _faults.from_environment(_faults.WORKER_STAGES)
     pipes = _Pipes(fd_in, fd_out)
     frame = pipes.receive()
     if frame is None:
@@ -249,7 +288,13 @@ def main(fd_in: int, fd_out: int, parent_pid: int) -> None:
         os._exit(1)
     del frame, config
     _line_buffered_output()
+    if plan is not None:
+        plan.fire_in_worker("before_up")
     pipes.send(_protocol.encode_frame(_protocol.UP))
+    if plan is not None:
+        plan.fire_in_worker("after_up")
+        if plan.has("after_receive", "mid_result"):
+            pipes = _FaultyPipes(pipes, plan)
     soft_limit = _SoftLimit()
     _serve(pipes, fixup, soft_limit, max_memory)
 

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import attrs
 import trio
 
-from . import _map, _protocol
+from . import _faults, _map, _protocol
 from ._errors import (
     BrokenPoolError,
     BrokenWorkerError,
@@ -69,6 +69,10 @@ T = TypeVar("T")
 ItemT = TypeVar("ItemT")
 
 _log = logging.getLogger("triopool")
+
+# Test-only fault injection (see _faults): None unless TRIOPOOL_FAULTS was set
+# when this module was imported. Tests may replace it.
+_PARENT_FAULTS: _faults.Plan | None = _faults.from_environment(_faults.PARENT_STAGES)
 
 
 class _Default(enum.Enum):
@@ -227,7 +231,10 @@ class PoolStatistics:
             died or hit a time limit.
         tasks_cancelled: Tasks whose caller was cancelled before they ended.
         tasks_submitted: All tasks ever submitted.
-        workers_started: Processes started so far, replacements included.
+        workers_started: Worker starts so far, replacements included. An
+            attempt that could not even create the process (no fds left,
+            say) counts here too, and as a start failure, so the identity
+            above holds whatever happens.
         workers_recycled: Retired by ``max_tasks_per_child`` or
             ``max_memory_per_child``.
         workers_lost: Died unexpectedly, or killed by a time limit, a
@@ -614,25 +621,35 @@ class Pool:
     def _submit(self, job: _Job) -> None:
         self._tasks_submitted += 1
         self._tasks_waiting += 1
-        if not self._hand_to_idle(job):
+        self._dispatch(job, first=False)
+
+    def _dispatch(self, job: _Job, *, first: bool) -> None:
+        """Hand a waiting job to an idle slot, or queue it (at the front if
+        ``first``: it was taken once already and goes before newer ones)."""
+        if self._idle:
+            slot = self._idle.pop()
+            slot.handed = job
+            assert slot.idle_scope is not None
+            slot.idle_scope.cancel()
+        elif first:
+            self._waiting.appendleft(job)
+        else:
             self._waiting.append(job)
 
     def _requeue(self, job: _Job) -> None:
-        """Put back a job that never started, ahead of the others."""
-        if not self._hand_to_idle(job):
-            self._waiting.appendleft(job)
-            if self._broken is not None:
-                self._fail_waiting(self._broken_error)
-
-    def _hand_to_idle(self, job: _Job) -> bool:
-        """Give ``job`` to the most recently idle slot and wake it, if any."""
-        if not self._idle:
-            return False
-        slot = self._idle.pop()
-        slot.handed = job
-        assert slot.idle_scope is not None
-        slot.idle_scope.cancel()
-        return True
+        """Put back a running job whose worker died before it could start it."""
+        if job.state is not _JobState.RUNNING:
+            return  # its caller was cancelled and is gone
+        if self._broken is not None:
+            # The slots stop once the pool is broken and the queue was failed
+            # then: a job queued now would wait forever.
+            job.error = self._broken_error()
+            self._finish(job, failed=True)
+            return
+        job.state = _JobState.WAITING
+        self._tasks_running -= 1
+        self._tasks_waiting += 1
+        self._dispatch(job, first=True)
 
     def _abandon(self, job: _Job, *, kill: bool) -> bool:
         """The caller stops waiting. Returns False if it must take the outcome
@@ -762,10 +779,12 @@ class Pool:
         with trio.CancelScope() as start_scope:
             slot.start_scope = start_scope
             with trio.move_on_after(timeout) as timer:
+                if _PARENT_FAULTS is not None:
+                    await _parent_fault(_PARENT_FAULTS, worker, "before_config")
                 try:
                     await worker.send(self._config_pieces)
                 except trio.BrokenResourceError:
-                    pass  # it exited already: frame stays None, reported below
+                    pass  # it died already: reported below as an early exit
                 else:
                     frame = await worker.receive()
         slot.start_scope = None
@@ -916,7 +935,7 @@ class Pool:
             job.state = _JobState.RUNNING
             self._tasks_waiting -= 1
             self._tasks_running += 1
-            keep, over_memory = await self._run_job(worker, job)
+            keep, over_memory = await self._run_job(worker, job, tasks_done + 1)
             if not keep:
                 return _End.LOST
             tasks_done += 1
@@ -949,9 +968,15 @@ class Pool:
             # Only EOF, or garbage, can arrive while no task runs.
             if slot.handed is not None:
                 # A caller handed a job over just as the worker died: it has
-                # not started, so it goes back to the front of the queue.
-                self._waiting.appendleft(slot.handed)
+                # not started, so it goes to another slot or the queue's front
+                # (or fails, if the pool broke meanwhile: no slot would take it).
+                handed = slot.handed
                 slot.handed = None
+                if handed.state is _JobState.WAITING:
+                    handed.state = _JobState.RUNNING
+                    self._tasks_waiting -= 1
+                    self._tasks_running += 1
+                    self._requeue(handed)
             if frame is None:
                 exitcode = await worker.process.wait()
                 _log.warning(
@@ -966,24 +991,26 @@ class Pool:
             return None  # cancelled before this slot woke up
         return job
 
-    async def _run_job(self, worker: Worker, job: _Job) -> tuple[bool, bool]:
-        """Send one job and deliver its answer.
+    async def _run_job(
+        self, worker: Worker, job: _Job, number: int
+    ) -> tuple[bool, bool]:
+        """Send one job (the worker's ``number``-th) and deliver its answer.
 
         Returns (keep the worker, the worker is over its memory limit).
         """
         scope = job.scope = trio.CancelScope()
         frame: _protocol.Frame | None = None
-        unsent = False
+        sent = False
         try:
             with scope:
+                if _PARENT_FAULTS is not None:
+                    await _parent_fault(_PARENT_FAULTS, worker, "before_send", number)
                 try:
                     await worker.send(job.pieces)
                 except trio.BrokenResourceError:
-                    # The pipe is closed at the far end: the worker died (while
-                    # idle, before this slot saw its EOF) without reading the
-                    # whole task, so the task has not started.
-                    unsent = True
+                    pass  # the worker is dead: handled below
                 else:
+                    sent = True
                     if job.time_limit is not None:
                         scope.deadline = trio.current_time() + job.time_limit
                     frame = await worker.receive()
@@ -994,19 +1021,6 @@ class Pool:
             raise
         finally:
             job.scope = None
-        if unsent:
-            if job.state is _JobState.RUNNING:
-                job.state = _JobState.WAITING
-                self._tasks_running -= 1
-                self._tasks_waiting += 1
-                self._requeue(job)
-            exitcode = await worker.process.wait()
-            _log.warning(
-                "worker %d died before taking a task (%s)",
-                worker.pid,
-                describe_exit(exitcode),
-            )
-            return False, False
         if scope.cancelled_caught:
             if job.state is _JobState.CANCELLED:
                 _log.info("worker %d killed: its task was cancelled", worker.pid)
@@ -1023,6 +1037,19 @@ class Pool:
                     job.time_limit,
                 )
                 self._finish(job, failed=True)
+            return False, False
+        if not sent or (frame is None and worker.unread_task_bytes()):
+            # The worker died before it read the whole task, so the task never
+            # started: like a task handed to a worker that died, it runs on
+            # another worker (API.md).
+            exitcode = await worker.process.wait()
+            _log.warning(
+                "worker %d died before it read its task (%s); the task goes "
+                "to another worker",
+                worker.pid,
+                describe_exit(exitcode),
+            )
+            self._requeue(job)
             return False, False
         cause: BaseException | None = None
         if frame is not None and frame.kind == _protocol.FATAL:
@@ -1091,6 +1118,22 @@ class Pool:
 
 class _WorkerLost(Exception):
     pass
+
+
+async def _parent_fault(
+    plan: _faults.Plan, worker: Worker, stage: str, task: int | None = None
+) -> None:
+    """Inject a test's fault at a parent-side stage (see ``_faults``)."""
+    fault = plan.due(stage, task)
+    if fault is None:
+        return
+    _log.debug("fault injected at %s: %r (worker %d)", stage, fault, worker.pid)
+    if fault.action == "sleep":
+        await trio.sleep(fault.argument)
+    else:
+        # Kill and reap, so the worker's pipe ends are closed for certain.
+        worker.kill()
+        await worker.process.wait()
 
 
 def _describe_callable(fn: object) -> str:

@@ -16,9 +16,12 @@ A send that was interrupted leaves the byte stream to the worker out of sync
 
 from __future__ import annotations
 
+import array
 import contextlib
+import fcntl
 import os
 import signal
+import termios
 from typing import TYPE_CHECKING, Protocol
 
 import attrs
@@ -143,6 +146,20 @@ class Worker:
                 return os.readv(fd, [target])
             except BlockingIOError:
                 await trio.lowlevel.wait_readable(fd)
+
+    def unread_task_bytes(self) -> int:
+        """How many bytes sent to the worker it has not read (0 if unknown).
+
+        Still answerable after the worker died: the pipe keeps its buffer while
+        our end is open. After a death, a non-zero count means the worker never
+        received its last task whole, so that task never started.
+        """
+        count = array.array("i", [0])
+        try:
+            fcntl.ioctl(self._send_stream.fileno(), termios.FIONREAD, count, True)
+        except OSError:  # pragma: no cover - systems without FIONREAD on pipes
+            return 0
+        return count[0]
 
     def kill(self) -> None:
         """SIGKILL the process (unless it was reaped already)."""

@@ -1,0 +1,325 @@
+"""Fault injection: every stage of a worker's life fails on demand, and the
+pool turns each failure into its documented outcome, keeps working and leaks
+nothing (the autouse ``no_leaks`` fixture checks fds and processes)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from typing import TYPE_CHECKING
+
+import pytest
+import trio
+
+import triopool
+from tests import workerfuncs as wf
+from triopool import _faults, _pool
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
+TIMEOUT = 60
+# Long enough that a normal start makes it even on a loaded machine, so that
+# only the injected stall counts as a start failure.
+START_TIMEOUT = 3.0
+
+
+def assert_counters_add_up(stats: triopool.PoolStatistics) -> None:
+    assert stats.workers_started == (
+        stats.workers_alive
+        + stats.workers_recycled
+        + stats.workers_lost
+        + stats.start_failures
+        + stats.workers_stopped
+    ), stats
+    assert stats.tasks_submitted == (
+        stats.tasks_completed
+        + stats.tasks_failed
+        + stats.tasks_cancelled
+        + stats.tasks_waiting
+        + stats.tasks_running
+    ), stats
+
+
+@pytest.fixture
+def inject(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], None]:
+    """Set the faults for the workers started next and for the parent."""
+
+    def set_faults(spec: str) -> None:
+        monkeypatch.setenv(_faults.ENV, spec)
+        parent = _faults.parse(spec, _faults.PARENT_STAGES)
+        monkeypatch.setattr(_pool, "_PARENT_FAULTS", parent if parent else None)
+
+    return set_faults
+
+
+# The fault plan itself.
+
+
+def test_parse_reads_stages_actions_and_modifiers() -> None:
+    plan = _faults.parse("before_up=sleep:1.5@once:/tmp/x, mid_result=exit:3@task:2")
+    (sleep,) = plan.by_stage["before_up"]
+    assert (sleep.action, sleep.argument, sleep.once_path) == ("sleep", 1.5, "/tmp/x")
+    (exit_,) = plan.by_stage["mid_result"]
+    assert (exit_.action, exit_.argument, exit_.task) == ("exit", 3.0, 2)
+    assert not _faults.parse("before_up=kill", _faults.PARENT_STAGES)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "before_upp=kill",  # a typo must not silently disable a fault
+        "before_up=explode",
+        "before_up=sleep",
+        "before_send=exit:1",
+        "after_up=kill@twice",
+    ],
+)
+def test_parse_rejects_malformed_specs(spec: str) -> None:
+    with pytest.raises(ValueError, match="TRIOPOOL_FAULTS"):
+        _faults.parse(spec)
+
+
+def test_once_fires_in_one_place_only(tmp_path: Path) -> None:
+    plan = _faults.parse(f"after_up=kill@once:{tmp_path / 'once'}")
+    assert plan.due("after_up") is not None
+    assert plan.due("after_up") is None
+
+
+def test_task_modifier_picks_the_nth_task() -> None:
+    plan = _faults.parse("after_receive=kill@task:2")
+    assert plan.due("after_receive", 1) is None
+    assert plan.due("after_receive", 2) is not None
+
+
+async def test_faults_are_off_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(_faults.ENV, raising=False)
+    assert _faults.from_environment(_faults.WORKER_STAGES) is None
+    assert _pool._PARENT_FAULTS is None
+    with trio.fail_after(TIMEOUT):
+        async with triopool.open_pool(1) as pool:
+            modules = await pool.run_sync(wf.loaded_modules)
+    # Without the variable a worker never even imports the fault module.
+    assert "triopool._faults" not in modules
+    assert "triopool._child" in modules
+
+
+# Worker stages.
+
+
+async def test_exit_before_up_is_a_start_failure_and_breaks_the_pool(
+    inject: Callable[[str], None],
+) -> None:
+    inject("before_up=exit:3")
+    with trio.fail_after(TIMEOUT):
+        async with triopool.open_pool(1, max_start_failures=2) as pool:
+            with pytest.raises(triopool.BrokenPoolError) as info:
+                await pool.run_sync(wf.add, 1, 2)
+    assert isinstance(info.value.__cause__, triopool.WorkerStartError)
+    assert "exit code 3" in str(info.value.__cause__)
+    stats = pool.statistics()
+    assert stats.start_failures == stats.workers_started == 2
+    assert stats.tasks_failed == 1
+    assert_counters_add_up(stats)
+
+
+async def test_hang_before_up_times_out_once_then_the_pool_works(
+    inject: Callable[[str], None], tmp_path: Path
+) -> None:
+    inject(f"before_up=sleep:60@once:{tmp_path / 'once'}")
+    with trio.fail_after(TIMEOUT):
+        async with triopool.open_pool(1, start_timeout=START_TIMEOUT) as pool:
+            assert await pool.run_sync(wf.add, 1, 2) == 3
+    stats = pool.statistics()
+    assert stats.start_failures == 1
+    assert stats.workers_started == 2
+    assert stats.workers_lost == 0
+    assert_counters_add_up(stats)
+
+
+async def test_death_after_up_loses_no_task(
+    inject: Callable[[str], None], tmp_path: Path
+) -> None:
+    # The task is submitted at once, so it may be handed to the worker before
+    # or after its death: either way it never started and must run elsewhere.
+    inject(f"after_up=exit:4@once:{tmp_path / 'once'}")
+    with trio.fail_after(TIMEOUT):
+        async with triopool.open_pool(1) as pool:
+            nonce, _ = await pool.run_sync(wf.echo_with_pid, "n1")
+    assert nonce == "n1"
+    stats = pool.statistics()
+    assert stats.workers_lost == 1
+    assert (stats.tasks_completed, stats.tasks_failed) == (1, 0)
+    assert_counters_add_up(stats)
+
+
+async def cancel_once_running(pool: triopool.Pool) -> trio.CancelScope:
+    """Run one task and cancel it once a slot has taken it; return its scope."""
+    scope = trio.CancelScope()
+
+    async def call() -> None:
+        with scope:
+            await pool.run_sync(wf.add, 1, 2)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(call)
+        # Polling: the pool offers no event for "a slot took the task".
+        while pool.statistics().tasks_running == 0:  # noqa: ASYNC110
+            await trio.sleep(0.01)
+        await trio.sleep(0.1)
+        scope.cancel()
+    return scope
+
+
+async def test_death_with_the_task_unread_in_its_pipe_reruns_it(
+    inject: Callable[[str], None], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Up, then a stall during which the task is written into the pipe, then
+    # death: the task never started (its bytes are still in the pipe), so it
+    # must run on the replacement instead of failing.
+    caplog.set_level(logging.WARNING, logger="triopool")
+    once = tmp_path / "once"
+    inject(f"after_up=sleep:2@once:{once}-1,after_up=exit:4@once:{once}-2")
+    with trio.fail_after(TIMEOUT):
+        async with triopool.open_pool(1) as pool:
+            await trio.sleep(0.2)  # let the worker report up first
+            nonce, _ = await pool.run_sync(wf.echo_with_pid, "n3")
+    assert nonce == "n3"
+    stats = pool.statistics()
+    assert (stats.tasks_completed, stats.tasks_failed, stats.workers_lost) == (1, 0, 1)
+    assert_counters_add_up(stats)
+    assert "died before it read its task (exit code 4)" in caplog.text
+
+
+async def test_death_after_receiving_a_task_fails_that_task_only(
+    inject: Callable[[str], None], tmp_path: Path
+) -> None:
+    inject(f"after_receive=exit:5@once:{tmp_path / 'once'}")
+    with trio.fail_after(TIMEOUT):
+        async with triopool.open_pool(1) as pool:
+            with pytest.raises(triopool.BrokenWorkerError) as info:
+                await pool.run_sync(wf.add, 1, 2)
+            # Received whole, so it counts as started: not re-run.
+            assert await pool.run_sync(wf.add, 2, 2) == 4
+    assert info.value.exitcode == 5
+    stats = pool.statistics()
+    assert (stats.tasks_completed, stats.tasks_failed) == (1, 1)
+    assert stats.workers_lost == 1
+    assert_counters_add_up(stats)
+
+
+async def test_stall_after_receiving_hits_the_time_limit(
+    inject: Callable[[str], None],
+) -> None:
+    inject("after_receive=sleep:60@task:1")
+    with trio.fail_after(TIMEOUT):
+        async with triopool.open_pool(1) as pool:
+            with pytest.raises(triopool.TimeLimitExceeded):
+                await pool.run_sync(wf.add, 1, 2, time_limit=1.0)
+            # The replacement's first task stalls too: cancel it instead.
+            scope = await cancel_once_running(pool)
+            assert scope.cancelled_caught
+    stats = pool.statistics()
+    assert (stats.tasks_failed, stats.tasks_cancelled) == (1, 1)
+    assert stats.workers_lost == 2
+    assert_counters_add_up(stats)
+
+
+@pytest.mark.parametrize("size", [10, 1_000_000])
+@pytest.mark.parametrize(
+    ("action", "exitcode"), [("kill", -signal.SIGKILL), ("exit:7", 7)]
+)
+async def test_death_mid_result_write_is_a_broken_worker(
+    inject: Callable[[str], None],
+    tmp_path: Path,
+    size: int,
+    action: str,
+    exitcode: int,
+) -> None:
+    inject(f"mid_result={action}@once:{tmp_path / 'once'}")
+    data = b"x" * size
+    with trio.fail_after(TIMEOUT):
+        async with triopool.open_pool(1) as pool:
+            with pytest.raises(triopool.BrokenWorkerError) as info:
+                await pool.run_sync(wf.identity, data)
+            # The cut frame is dropped with its worker; the next one is whole.
+            assert await pool.run_sync(wf.identity, data) == data
+    assert info.value.exitcode == exitcode
+    stats = pool.statistics()
+    assert (stats.tasks_completed, stats.tasks_failed, stats.workers_lost) == (1, 1, 1)
+    assert_counters_add_up(stats)
+
+
+async def test_stall_mid_result_write_still_delivers_the_result(
+    inject: Callable[[str], None],
+) -> None:
+    inject("mid_result=sleep:0.3")
+    with trio.fail_after(TIMEOUT):
+        async with triopool.open_pool(1) as pool:
+            for size in (10, 200_000):
+                assert await pool.run_sync(wf.identity, b"y" * size) == b"y" * size
+    stats = pool.statistics()
+    assert (stats.tasks_completed, stats.workers_lost) == (2, 0)
+
+
+# Parent stages.
+
+
+async def test_delay_before_the_handshake_counts_against_start_timeout(
+    inject: Callable[[str], None], tmp_path: Path
+) -> None:
+    inject(f"before_config=sleep:60@once:{tmp_path / 'once'}")
+    with trio.fail_after(TIMEOUT):
+        async with triopool.open_pool(1, start_timeout=START_TIMEOUT) as pool:
+            assert await pool.run_sync(wf.add, 1, 2) == 3
+    stats = pool.statistics()
+    assert (stats.start_failures, stats.workers_started) == (1, 2)
+    assert_counters_add_up(stats)
+
+
+async def test_worker_dead_before_the_handshake_is_a_start_failure(
+    inject: Callable[[str], None],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Its task pipe has no reader left: sending the configuration fails with
+    # EPIPE, which must be a start failure, not an error escaping the pool.
+    inject(f"before_config=kill@once:{tmp_path / 'once'}")
+    with trio.fail_after(TIMEOUT):
+        async with triopool.open_pool(1) as pool:
+            assert await pool.run_sync(wf.add, 1, 2) == 3
+    stats = pool.statistics()
+    assert (stats.start_failures, stats.workers_started) == (1, 2)
+    assert_counters_add_up(stats)
+    assert "signal SIGKILL" in caplog.text
+
+
+async def test_worker_dead_before_a_task_is_sent_reruns_it_elsewhere(
+    inject: Callable[[str], None],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="triopool")
+    inject(f"before_send=kill@once:{tmp_path / 'once'}")
+    with trio.fail_after(TIMEOUT):
+        async with triopool.open_pool(1) as pool:
+            nonce, _ = await pool.run_sync(wf.echo_with_pid, "n2")
+    assert nonce == "n2"
+    stats = pool.statistics()
+    assert (stats.tasks_completed, stats.tasks_failed, stats.workers_lost) == (1, 0, 1)
+    assert_counters_add_up(stats)
+    assert "died before it read its task" in caplog.text
+
+
+async def test_stalled_send_is_cancellable_and_the_worker_replaced(
+    inject: Callable[[str], None],
+) -> None:
+    inject("before_send=sleep:60@task:1")
+    with trio.fail_after(TIMEOUT):
+        async with triopool.open_pool(1) as pool:
+            scope = await cancel_once_running(pool)
+            assert scope.cancelled_caught
+    stats = pool.statistics()
+    assert (stats.tasks_cancelled, stats.workers_lost) == (1, 1)
+    assert_counters_add_up(stats)

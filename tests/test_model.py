@@ -1,0 +1,287 @@
+"""A stateful model test: hypothesis drives a pool with random submissions,
+cancellations, external kills and waits, and checks each task's ending
+against a model of what it may end as, plus the counters and fds after
+every step.
+
+The pool lives in a Trio run on a thread of its own for the length of one
+example; the rules reach it through ``trio.from_thread``. Workers are started
+by that thread, which lives as long as the pool (``PR_SET_PDEATHSIG`` fires
+when the starting thread exits).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import hypothesis.strategies as st
+import trio
+import trio.testing
+from hypothesis import HealthCheck, settings
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+import triopool
+from tests import workerfuncs as wf
+from tests.storm import check_counters, child_processes, open_fds
+
+WORKERS = 2
+EXIT_CODE = 3
+TIMEOUT = 60
+
+
+@dataclass
+class ModelTask:
+    """One submitted task and what the model allows it to end as."""
+
+    nonce: str
+    kind: str  # "echo", "slow" or "exit"
+    kill_on_cancel: bool
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    finished: trio.Event = field(default_factory=trio.Event)
+    cancel_requested: bool = False
+    # A worker was killed while this task was in flight: it may have run there.
+    may_break: bool = False
+    # Some worker was killed before this task ended. Kills of starting workers
+    # are start failures, and max_start_failures of them in a row break the
+    # pool (the model keeps the default, so that path is exercised too).
+    may_find_broken: bool = False
+    done: bool = False
+    # Whether the pool took it (a broken pool refuses new tasks at once).
+    submitted: bool = False
+    outcome: str = ""  # "result", "cancelled" or the error type name
+
+    def check(self, result: Any, error: BaseException | None) -> str | None:
+        """Record the ending; return what is wrong with it, if anything."""
+        self.done = True
+        where = f"{self.kind} task {self.nonce}"
+        if error is None and result is None:
+            self.outcome = "cancelled"
+            if not self.cancel_requested:
+                return f"{where} was cancelled, but nobody cancelled it"
+            return None
+        if error is None:
+            self.outcome = "result"
+            if self.kind == "exit":
+                return f"{where} returned {result!r}"
+            if result[0] != self.nonce:
+                return f"cross-talk: {where} got the result of {result[0]}"
+            return None
+        self.outcome = type(error).__name__
+        if isinstance(error, triopool.BrokenPoolError):
+            if not self.may_find_broken:
+                return f"{where}: {error!r} though no worker was killed"
+            return None
+        if isinstance(error, triopool.BrokenWorkerError):
+            allowed = {-signal.SIGKILL} if self.may_break else set()
+            if self.kind == "exit":
+                allowed.add(EXIT_CODE)
+            if error.exitcode not in allowed:
+                return f"{where}: {error!r} (exitcode {error.exitcode})"
+            return None
+        return f"{where}: unexpected {error!r}"
+
+
+@settings(
+    max_examples=10,
+    stateful_step_count=15,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+class PoolModel(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fds_before = open_fds()
+        self.children_before = child_processes()
+        self.tasks: list[ModelTask] = []
+        self.violations: list[str] = []
+        self.killed = False
+        self.failure: BaseException | None = None
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self._thread_main, daemon=True)
+        self.thread.start()
+        assert self.ready.wait(TIMEOUT), "the pool did not open"
+        if self.failure is not None:
+            raise self.failure
+
+    # The Trio side.
+
+    def _thread_main(self) -> None:
+        try:
+            trio.run(self._trio_main)
+        except BaseException as exc:
+            self.failure = exc
+            self.ready.set()
+
+    async def _trio_main(self) -> None:
+        # The Trio run's own fds are part of the baseline for the bound.
+        self.trio_fds = len(open_fds())
+        self.stop = trio.Event()
+        self.token = trio.lowlevel.current_trio_token()
+        async with (
+            triopool.open_pool(
+                WORKERS, max_tasks_per_child=3, start_timeout=30
+            ) as pool,
+            trio.open_nursery() as nursery,
+        ):
+            self.pool = pool
+            self.nursery = nursery
+            self.ready.set()
+            await self.stop.wait()
+
+    async def _run_task(self, task: ModelTask) -> None:
+        action = "exit" if task.kind == "exit" else "echo"
+        argument = float(EXIT_CODE) if task.kind == "exit" else 0.0
+        if task.kind == "slow":
+            argument = 0.2
+        result: Any = None
+        error: BaseException | None = None
+        with task.scope:
+            try:
+                result = await self.pool.run_sync(
+                    wf.storm_task,
+                    task.nonce,
+                    action,
+                    argument,
+                    kill_on_cancel=task.kill_on_cancel,
+                )
+            except Exception as exc:
+                error = exc
+        problem = task.check(result, error)
+        if problem is not None:
+            self.violations.append(problem)
+        task.finished.set()
+
+    async def _submit(self, task: ModelTask) -> None:
+        before = self.pool.statistics().tasks_submitted
+        self.nursery.start_soon(self._run_task, task)
+        # Until the new task waits in run_sync, so the counters include it.
+        await trio.testing.wait_all_tasks_blocked()
+        task.submitted = self.pool.statistics().tasks_submitted == before + 1
+        if not task.submitted and task.outcome != "BrokenPoolError":
+            self.violations.append(f"task {task.nonce} was not submitted")
+
+    async def _settle(self) -> None:
+        with trio.fail_after(TIMEOUT):
+            for task in self.tasks:
+                await task.finished.wait()
+
+    def _call(self, fn: Any, *args: Any) -> Any:
+        return trio.from_thread.run(fn, *args, trio_token=self.token)
+
+    def _call_sync(self, fn: Any, *args: Any) -> Any:
+        return trio.from_thread.run_sync(fn, *args, trio_token=self.token)
+
+    # Rules.
+
+    @rule(
+        kind=st.sampled_from(["echo", "echo", "slow", "exit"]),
+        kill_on_cancel=st.booleans(),
+    )
+    def submit(self, kind: str, kill_on_cancel: bool) -> None:
+        task = ModelTask(f"m{len(self.tasks)}", kind, kill_on_cancel)
+        task.may_find_broken = self.killed
+        self.tasks.append(task)
+        self._call(self._submit, task)
+
+    # Choices among tasks or workers are plain integers taken modulo what
+    # exists at that moment, so that what hypothesis draws never depends on
+    # timing (it replays examples to shrink them).
+
+    @rule(which=st.integers(min_value=0, max_value=63))
+    def cancel(self, which: int) -> None:
+        pending = [task for task in self.tasks if not task.done]
+        if not pending:
+            return
+        task = pending[which % len(pending)]
+        task.cancel_requested = True
+        self._call_sync(task.scope.cancel)
+
+    @rule(which=st.integers(min_value=0, max_value=63))
+    def kill_worker(self, which: int) -> None:
+        pids = sorted(child_processes() - self.children_before)
+        if not pids:
+            return
+        self.killed = True
+        for task in self.tasks:
+            if not task.done:
+                task.may_break = task.may_find_broken = True
+        pid = pids[which % len(pids)]
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        # Until the pool has reaped it, a task submitted now may still be
+        # written to it, and a dying process can still read it from the pipe
+        # (then the task fails like any task its worker died running). Wait,
+        # so that only tasks in flight at the kill may break.
+        self._call(self._reaped, pid)
+
+    async def _reaped(self, pid: int) -> None:
+        with trio.fail_after(TIMEOUT):
+            while pid in child_processes():  # noqa: ASYNC110 - nothing to wait on
+                await trio.sleep(0.005)
+
+    @rule(seconds=st.sampled_from([0.0, 0.05, 0.3]))
+    def wait(self, seconds: float) -> None:
+        self._call(trio.sleep, seconds)
+
+    @rule()
+    def settle(self) -> None:
+        self._call(self._settle)
+        stats = self._call_sync(self.pool.statistics)
+        assert not check_counters(stats, settled=False)
+        assert stats.tasks_waiting == stats.tasks_running == 0
+
+    # Invariants, after every step.
+
+    def _snapshot(self) -> tuple[triopool.PoolStatistics, int, int, int]:
+        # Taken in the Trio thread, so that the pool's counters and the
+        # model's tally describe the same moment.
+        done = sum(task.done and task.submitted for task in self.tasks)
+        results = sum(task.outcome == "result" for task in self.tasks)
+        return self.pool.statistics(), done, results, len(open_fds())
+
+    @invariant()
+    def model_holds(self) -> None:
+        assert not self.violations, self.violations
+        stats, done, results, fds = self._call_sync(self._snapshot)
+        problems = check_counters(stats, settled=False)
+        assert not problems, problems
+        assert stats.tasks_submitted == sum(task.submitted for task in self.tasks)
+        ended = stats.tasks_completed + stats.tasks_failed + stats.tasks_cancelled
+        assert done <= ended, stats
+        assert results <= stats.tasks_completed, stats
+        # Per worker slot: two pipe ends and a pidfd while reaping.
+        assert fds <= self.trio_fds + 3 * WORKERS
+
+    def teardown(self) -> None:
+        try:
+            if self.failure is None and self.thread.is_alive():
+                self._call(self._settle)
+                self._call_sync(self.stop.set)
+        finally:
+            self.thread.join(TIMEOUT)
+        if self.thread.is_alive():
+            import sys
+            import traceback
+
+            stack = sys._current_frames().get(self.thread.ident or 0)
+            where = "".join(traceback.format_stack(stack)) if stack else "?"
+            raise AssertionError(f"the pool did not close; its thread is at:\n{where}")
+        if self.failure is not None:
+            raise self.failure
+        assert not self.violations, self.violations
+        stats = self.pool.statistics()
+        problems = check_counters(stats, settled=True)
+        assert not problems, problems
+        assert stats.tasks_submitted == sum(task.submitted for task in self.tasks)
+        assert open_fds() == self.fds_before
+        assert child_processes() == self.children_before
+
+
+TestPoolModel = PoolModel.TestCase
