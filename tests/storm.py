@@ -165,8 +165,10 @@ def check_counters(stats: triopool.PoolStatistics, *, settled: bool) -> list[str
         problems.append(f"task counters do not add up: {stats}")
     if min(stats.tasks_waiting, stats.tasks_running, stats.workers_alive) < 0:
         problems.append(f"negative counter: {stats}")
-    if stats.workers_alive > stats.workers:
-        problems.append(f"more workers alive than slots: {stats}")
+    # A slot starts a retiring worker's replacement while the old process
+    # exits: at most two processes per slot, the one serving and one leaving.
+    if stats.workers_alive > 2 * stats.workers:
+        problems.append(f"more than two workers alive per slot: {stats}")
     if settled and (in_flight or stats.workers_alive):
         problems.append(f"something still in flight after the block: {stats}")
     return problems
@@ -182,9 +184,10 @@ async def run_storm(config: StormConfig) -> StormReport:
     fds_before = open_fds()
     children_before = child_processes()
     report.baseline_fds = len(fds_before)
-    # Per slot: two pipe ends and, while it waits for an exit, a pidfd; plus
-    # one spare. Anything above means fds are piling up somewhere.
-    report.fd_bound = len(fds_before) + 4 * config.workers
+    # Per slot: the serving worker's two pipe ends and, while it waits for an
+    # exit, a pidfd; a retiring worker's result pipe and pidfd while it exits;
+    # plus one spare. Anything above means fds are piling up somewhere.
+    report.fd_bound = len(fds_before) + 6 * config.workers
     start = time.monotonic()
     timeout = config.start_timeout
 
@@ -194,11 +197,12 @@ async def run_storm(config: StormConfig) -> StormReport:
         report.peak_fds = max(report.peak_fds, count)
         if count > report.fd_bound:
             violations.append(f"{count} fds open, above the bound {report.fd_bound}")
-        # A slot reaps its worker before it starts the next one, so there
-        # are never more worker processes, zombies included, than slots.
+        # A slot has at most its serving worker and one retiring worker that
+        # is being reaped, so never more than two processes (zombies
+        # included) per slot.
         children = len(child_processes() - children_before)
         report.peak_children = max(report.peak_children, children)
-        if children > config.workers:
+        if children > 2 * config.workers:
             violations.append(f"{children} worker processes for {config.workers} slots")
         violations.extend(check_counters(pool.statistics(), settled=False))
 
