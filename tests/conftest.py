@@ -28,13 +28,13 @@ def open_fds() -> set[int]:
     return fds
 
 
-def child_processes() -> list[int]:
+def child_processes() -> set[int]:
     """Pids of this process's children, running or zombie."""
-    pids: list[int] = []
+    pids: set[int] = set()
     for tid in os.listdir("/proc/self/task"):
         try:
             with open(f"/proc/self/task/{tid}/children") as f:
-                pids.extend(int(pid) for pid in f.read().split())
+                pids.update(int(pid) for pid in f.read().split())
         except FileNotFoundError:
             continue
     return pids
@@ -68,12 +68,12 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
     """
     engine = request.node.get_closest_marker("engine_fds") is not None
     fds_before = open_fds()
-    children_before = set(child_processes())
+    children_before = child_processes()
     yield
     leaked_fds = open_fds() - fds_before
     if engine:
         leaked_fds = {fd for fd in leaked_fds if not is_engine_fd(fd)}
-    leftover = set(child_processes()) - children_before
+    leftover = child_processes() - children_before
     assert not leaked_fds, f"fds leaked: {sorted(leaked_fds)}"
     assert not leftover, f"child processes left: {sorted(leftover)}"
 

@@ -30,36 +30,11 @@ import trio
 
 import triopool
 from tests import workerfuncs as wf
+from tests.conftest import child_processes, open_fds
 from triopool import _protocol, _worker
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-
-
-def open_fds() -> set[int]:
-    """This process's open fds."""
-    with os.scandir("/proc/self/fd") as entries:
-        listing = {int(entry.name) for entry in entries}
-    fds = set()
-    for fd in listing:
-        try:
-            os.fstat(fd)
-        except OSError:
-            continue  # the scandir fd, closed by now
-        fds.add(fd)
-    return fds
-
-
-def child_processes() -> set[int]:
-    """Pids of this process's children, running or zombie."""
-    pids: set[int] = set()
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            with open(f"/proc/self/task/{tid}/children") as f:
-                pids.update(int(pid) for pid in f.read().split())
-        except FileNotFoundError:
-            continue
-    return pids
 
 
 @contextlib.contextmanager

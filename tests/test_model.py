@@ -25,7 +25,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 import triopool
 from tests import workerfuncs as wf
-from tests.storm import check_counters, child_processes, open_fds
+from tests.conftest import child_processes, open_fds
+from tests.storm import check_counters
 
 WORKERS = 2
 EXIT_CODE = 3

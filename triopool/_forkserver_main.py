@@ -202,12 +202,7 @@ class _Server:
 
             traceback.print_exc()
         finally:
-            for stream in (sys.stdout, sys.stderr):
-                try:
-                    if stream is not None:
-                        stream.flush()
-                except Exception:
-                    pass
+            _child._flush_output()
             os._exit(code)
 
     def reap(self, *, block: bool) -> None:
