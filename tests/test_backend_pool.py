@@ -287,7 +287,7 @@ async def test_imap_first_error_propagates() -> None:
     with trio.fail_after(30):
         async with open_fake(ThreadBackend()) as pool:
             # Both items fail; whichever fails first leaves map, as itself.
-            with pytest.raises(ValueError, match="^(bad|worse)$"):
+            with pytest.raises(ValueError, match=r"^(bad|worse)$"):
                 await pool.map(workerfuncs.raise_value_error, ["bad", "worse"])
             assert await pool.run_sync(workerfuncs.add, 1, 1) == 2
 

@@ -429,6 +429,11 @@ class Pool:
                 f"run_sync() needs a regular function, got the async function {fn!r}"
             )
         config = self._config
+        # The pool's own limits were checked when it opened; only a call that
+        # sets one needs the check again.
+        explicit_limits = (
+            time_limit is not POOL_DEFAULT or soft_time_limit is not POOL_DEFAULT
+        )
         if time_limit is POOL_DEFAULT:
             time_limit = config.time_limit
         if soft_time_limit is POOL_DEFAULT:
@@ -437,7 +442,8 @@ class Pool:
             kill_on_cancel = config.kill_on_cancel
         elif not isinstance(kill_on_cancel, bool):
             raise TypeError(f"kill_on_cancel must be a bool, got {kill_on_cancel!r}")
-        _check_limits(time_limit, soft_time_limit, " of run_sync()")
+        if explicit_limits:
+            _check_limits(time_limit, soft_time_limit, " of run_sync()")
         self._check_usable()
         # A function from a __main__ the workers cannot run again (a REPL, a
         # notebook, python -c) pickles by reference here and then fails to
