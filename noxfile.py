@@ -93,12 +93,14 @@ def bench(session: nox.Session) -> None:
     session.run("python", "-m", "bench", *session.posargs)
 
 
+@nox.session(python=PYTHON)
 def bench_recycling(session: nox.Session) -> None:
     """Benchmark worker recycling against multiprocessing and trio-parallel."""
     install(session, "bench", editable=False)
     session.run("python", "bench/recycling.py", *session.posargs)
 
 
+@nox.session(python=PYTHON)
 def stress(session: nox.Session) -> None:
     """Run the recycling storm for a while (-- --minutes N, default 1)."""
     install(session, "test")
