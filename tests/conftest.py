@@ -40,6 +40,26 @@ def child_processes() -> set[int]:
     return pids
 
 
+def process_state(pid: int) -> str | None:
+    """The state letter of ``pid`` from ``/proc`` (``"Z"`` for a zombie), or
+    None once it has been reaped.
+
+    The process may be reaped between opening its ``stat`` file and reading
+    it: the read then fails with ESRCH, which counts as gone as well.
+    """
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            # The state follows the command name, which is in parentheses.
+            return stat.read().rpartition(")")[2].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
+def is_running(pid: int) -> bool:
+    """Whether ``pid`` runs: neither reaped nor a zombie (nor dead)."""
+    return process_state(pid) not in (None, "Z", "X")
+
+
 # What a cluster engine's client library keeps open in the process after the
 # pool and the engine are gone: Dask's and Ray's connection pools (sockets),
 # Ray's gRPC event loops (epoll/eventfd/timerfd), and Ray's driver log files

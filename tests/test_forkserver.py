@@ -18,6 +18,7 @@ import trio
 
 import triopool
 from tests import workerfuncs as wf
+from tests.conftest import is_running
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -28,15 +29,6 @@ TIMEOUT = 60
 def alive(pid: int) -> bool:
     """Whether a process with this pid exists (zombies included)."""
     return os.path.exists(f"/proc/{pid}")
-
-
-def running(pid: int) -> bool:
-    """Whether the process runs (neither gone nor a zombie)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rpartition(")")[2].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def fd_targets(pid: int) -> dict[int, str]:
@@ -231,5 +223,5 @@ async def test_server_and_workers_die_with_the_pools_process(tmp_path: Path) -> 
         assert done.returncode == -signal.SIGKILL
         pids = [int(pid) for pid in done.stdout.split()]
         assert len(pids) == 3  # the server and two workers
-        while any(running(pid) for pid in pids):  # noqa: ASYNC110 - polling /proc
+        while any(is_running(pid) for pid in pids):  # noqa: ASYNC110 - polling /proc
             await trio.sleep(0.01)

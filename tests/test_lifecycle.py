@@ -24,6 +24,7 @@ import trio
 
 import triopool
 from tests import limitfuncs, workerfuncs
+from tests.conftest import is_running
 from triopool._worker import Worker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -120,13 +121,7 @@ async def cleanup(program: Program) -> None:
 
 def is_gone(pid: int) -> bool:
     """True if ``pid`` has exited: no such process, or a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            stat = f.read()
-    except FileNotFoundError:
-        return True
-    # The state follows the command name, which is in parentheses.
-    return stat.rpartition(")")[2].split()[0] in ("Z", "X")
+    return not is_running(pid)
 
 
 async def wait_gone(pids: list[int], timeout: float = 10.0) -> None:  # noqa: ASYNC109 - a bound on polling, reported by name

@@ -20,6 +20,7 @@ import trio.testing
 
 import triopool
 from tests import workerfuncs as wf
+from tests.conftest import is_running
 
 # Generous bounds: the machine is small and shared; these catch hangs, not speed.
 TIMEOUT = 60
@@ -365,20 +366,11 @@ async def test_task_handed_to_a_worker_that_just_died_runs_on_another() -> None:
             os.kill(victim, signal.SIGKILL)
             # Wait without a checkpoint, so that the pool cannot notice the
             # death before the next task is handed to the idle worker.
-            while _running(victim):
+            while is_running(victim):
                 time.sleep(0.001)  # noqa: ASYNC251 - no checkpoint on purpose
             assert await pool.run_sync(wf.getpid) not in (victim, os.getpid())
             stats = pool.statistics()
     assert (stats.workers_lost, stats.tasks_failed, stats.tasks_completed) == (1, 0, 2)
-
-
-def _running(pid: int) -> bool:
-    """Whether the process runs (neither gone nor a zombie)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rpartition(")")[2].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 async def test_statistics_add_up() -> None:

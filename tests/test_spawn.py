@@ -1,6 +1,6 @@
-"""A worker that exits before it is sent its configuration is a failed start.
+"""The spawn start method's own edge cases, with a real process.
 
-(To merge into tests/test_pool.py.)
+A worker that exits before it is sent its configuration is a failed start.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import pytest
 import trio
 
 import triopool
+from tests.conftest import is_running
 from triopool import _spawn, _worker
 
 
@@ -20,10 +21,7 @@ class _DeadOnArrival(_spawn.WorkerProcess):
     def __init__(self, fd_in: int, fd_out: int) -> None:
         super().__init__(fd_in, fd_out)
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            with open(f"/proc/{self.pid}/stat") as stat:
-                if stat.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
-                    return
+        while is_running(self.pid) and time.monotonic() < deadline:
             time.sleep(0.001)
 
 
