@@ -114,18 +114,67 @@ async def test_serialization_errors_in_the_worker_leave_it_working() -> None:
     with trio.fail_after(TIMEOUT):
         async with triopool.open_pool(1) as pool:
             pid = await pool.run_sync(wf.getpid)
-            with pytest.raises(triopool.SerializationError, match="pickle the result"):
+            with pytest.raises(
+                triopool.SerializationError, match="pickle the result"
+            ) as info:
                 await pool.run_sync(wf.return_unpicklable)
+            # The pickling error itself is the cause, with the worker's
+            # traceback as its own.
+            assert isinstance(info.value.__cause__, TypeError)
+            assert isinstance(info.value.__cause__.__cause__, triopool.RemoteTraceback)
             with pytest.raises(
                 triopool.SerializationError, match="unpickle the task in the worker"
-            ):
+            ) as info:
                 await pool.run_sync(wf.identity, wf.FailsToUnpickle())
+            assert isinstance(info.value.__cause__, RuntimeError)
             with pytest.raises(
                 triopool.SerializationError, match="unpickle the task's result"
             ):
                 await pool.run_sync(wf.return_fails_to_unpickle)
             assert await pool.run_sync(wf.getpid) == pid
             assert pool.statistics().workers_lost == 0
+
+
+async def test_large_exceptions_arrive_whole() -> None:
+    # Exceptions whose pickles are large travel out of band, like large data.
+    size = 200_000
+    with trio.fail_after(TIMEOUT):
+        async with triopool.open_pool(1) as pool:
+            with pytest.raises(ValueError, match=r"^x+$") as info:
+                await pool.run_sync(wf.raise_large_error, size)
+            assert info.value.args == ("x" * size,)
+            with pytest.raises(triopool.BrokenWorkerError) as broken:
+                await pool.run_sync(wf.exit_with_large_message, size)
+            assert isinstance(broken.value.__cause__, SystemExit)
+            assert broken.value.__cause__.code == "x" * size
+            assert await pool.run_sync(wf.add, 2, 3) == 5
+            stats = pool.statistics()
+    assert (stats.tasks_failed, stats.tasks_completed, stats.workers_lost) == (2, 1, 1)
+
+
+async def test_worker_breaking_the_protocol_is_lost_not_the_pool(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with triopool.open_pool(2) as pool:
+            with pytest.raises(triopool.BrokenWorkerError, match="protocol") as info:
+                await pool.run_sync(wf.write_garbage_to_result_pipe)
+            assert info.value.exitcode == -signal.SIGKILL
+            # The pool goes on, on the other worker and on a replacement.
+            results = [await pool.run_sync(wf.add, i, 1) for i in range(4)]
+            stats = pool.statistics()
+    assert results == [1, 2, 3, 4]
+    assert stats.workers_lost == 1
+    assert any("breaking the protocol" in r.getMessage() for r in caplog.records)
+
+
+async def test_idle_worker_exits_at_eof_without_waiting_for_the_timeout() -> None:
+    with trio.fail_after(TIMEOUT):
+        async with triopool.open_pool(2, shutdown_timeout=30) as pool:
+            await pool.run_sync(wf.add, 1, 1)
+            start = time.monotonic()
+        # Closing the task pipes ends the workers; nothing waits for the 30 s.
+        assert time.monotonic() - start < 10
 
 
 async def test_async_function_is_rejected() -> None:
@@ -489,6 +538,8 @@ async def test_normal_exit_lets_running_tasks_finish() -> None:
         ({"initializer": 5}, TypeError, "initializer must be callable"),
         ({"initializer": lambda: None}, TypeError, "must be picklable"),
         ({"forkserver_preload": [3]}, TypeError, "forkserver_preload must hold"),
+        ({"forkserver_preload": "numpy"}, TypeError, "forkserver_preload must be a"),
+        ({"initargs": 5}, TypeError, "initargs must be a sequence"),
     ],
 )
 def test_invalid_arguments_raise_at_once(

@@ -1,18 +1,21 @@
-"""The spawn start method's own edge cases, with a real process.
+"""The spawn start method's own edge cases, with real processes.
 
-A worker that exits before it is sent its configuration is a failed start.
+A worker that exits before it is sent its configuration is a failed start;
+a worker that lingers after its shutdown gets SIGTERM.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 
 import pytest
 import trio
 
 import triopool
+from tests import workerfuncs
 from tests.conftest import is_running
-from triopool import _spawn, _worker
+from triopool import _pool, _spawn
 
 
 class _DeadOnArrival(_spawn.WorkerProcess):
@@ -29,7 +32,8 @@ async def test_worker_gone_before_its_configuration_is_a_start_failure(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(_spawn, "_BOOTSTRAP", "import os; os._exit(3)")
-    monkeypatch.setattr(_worker, "WorkerProcess", _DeadOnArrival)
+    # The pool launches WorkerProcess by its own name.
+    monkeypatch.setattr(_pool, "WorkerProcess", _DeadOnArrival)
     with trio.fail_after(30):
         async with triopool.open_pool(1, max_start_failures=2) as pool:
             with pytest.raises(triopool.BrokenPoolError) as info:
@@ -38,3 +42,27 @@ async def test_worker_gone_before_its_configuration_is_a_start_failure(
     assert isinstance(info.value.__cause__, triopool.WorkerStartError)
     assert "exited" in str(info.value.__cause__)
     assert stats.start_failures == 2
+
+
+async def test_shutdown_timeout_then_sigterm_ends_a_lingering_worker(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Spawned workers end as interpreters do, joining non-daemon threads; a
+    # forked worker leaves with os._exit() after its loop, so it cannot linger.
+    caplog.set_level(logging.WARNING, logger="triopool")
+    with trio.fail_after(30):
+        async with triopool.open_pool(
+            1, start_method="spawn", shutdown_timeout=0.2
+        ) as pool:
+            # A thread left behind keeps the worker from exiting after EOF.
+            pid = await pool.run_sync(workerfuncs.leave_a_thread_running, 60)
+            start = time.monotonic()
+        elapsed = time.monotonic() - start
+    messages = [r.getMessage() for r in caplog.records]
+    assert (
+        f"worker {pid} did not exit within 0.2 s of its shutdown; sending SIGTERM"
+        in (messages)
+    )
+    # SIGTERM was enough: no SIGKILL after the grace period.
+    assert not any("ignored SIGTERM" in m for m in messages)
+    assert elapsed < 30

@@ -249,3 +249,34 @@ def initializer_random_delay(quick: float, slow_low: float, slow_high: float) ->
         time.sleep(rng.uniform(0.0, 0.02))
     else:
         time.sleep(rng.uniform(slow_low, slow_high))
+
+
+def raise_large_error(size: int) -> None:
+    """An exception whose pickle is large enough to travel out of band."""
+    raise ValueError("x" * size)
+
+
+def exit_with_large_message(size: int) -> None:
+    raise SystemExit("x" * size)
+
+
+def write_garbage_to_result_pipe() -> str:
+    """Break the protocol: write bytes that are not a frame to every fd > 2
+    this worker holds (its result pipe among them)."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2:
+            try:
+                os.write(fd, b"\xee" * 32)
+            except OSError:
+                pass
+    return "wrote garbage"
+
+
+def leave_a_thread_running(seconds: float) -> int:
+    """Leave a non-daemon thread behind, which holds up the worker's exit."""
+    import threading
+    import time
+
+    threading.Thread(target=time.sleep, args=(seconds,)).start()
+    return os.getpid()

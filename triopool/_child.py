@@ -9,7 +9,7 @@ Invariants:
 - It handles one task at a time, in the order the tasks were sent, and answers
   each with exactly one RESULT, ERROR or SERIAL_ERROR frame, or with a FATAL
   frame followed by its exit. The parent relies on this order.
-- SIGINT and SIGTERM do not stop it: a Ctrl-C in a terminal, systemd's
+- SIGINT and SIGTERM do not stop it while it serves: a Ctrl-C in a terminal, systemd's
   ``KillMode=control-group`` or ``kill -TERM -<pgid>`` signal the whole
   process group, and what happens then is the parent's decision. SIGINT is
   ignored; SIGTERM has a handler that does nothing, so that programs a task
@@ -297,6 +297,10 @@ def main(fd_in: int, fd_out: int, parent_pid: int) -> None:
             pipes = _FaultyPipes(pipes, plan)
     soft_limit = _SoftLimit()
     _serve(pipes, fixup, soft_limit, max_memory)
+    # The pool closed the task pipe: the worker is on its way out, and what
+    # remains (atexit handlers, non-daemon threads a task left behind) may
+    # take the parent's SIGTERM, which it sends once shutdown_timeout is up.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _serve(
@@ -313,7 +317,7 @@ def _serve(
             )
         except Exception as exc:
             del frame
-            message = _describe(exc)
+            message = _exception_message(exc)
             pipes.send_message(_protocol.SERIAL_ERROR, ("the task", *message))
             continue
         del frame
@@ -336,7 +340,7 @@ def _serve(
             payload, buffers = _protocol.dumps_with_fallback(result)
         except Exception as exc:
             kind = _protocol.SERIAL_ERROR
-            payload, buffers = _protocol.dumps(("the result", *_describe(exc)))
+            payload, buffers = _protocol.dumps(("the result", *_exception_message(exc)))
         del result
         _flush_output()
         if max_memory is not None and _resident_memory() > max_memory:

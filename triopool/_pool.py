@@ -32,6 +32,7 @@ import math
 import os
 import pickle
 from collections import deque
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
@@ -56,7 +57,6 @@ if TYPE_CHECKING:
         AsyncIterable,
         AsyncIterator,
         Callable,
-        Iterable,
         Sequence,
     )
     from typing import TypeVarTuple, Unpack
@@ -130,6 +130,14 @@ def _check_limits(
             f"soft_time_limit must be < time_limit{where}, got "
             f"soft_time_limit={soft_time_limit!r} and time_limit={time_limit!r}"
         )
+
+
+def _as_tuple(name: str, value: object) -> tuple[Any, ...]:
+    # A string is iterable, but forkserver_preload="numpy" would otherwise
+    # become the modules n, u, m, p and y.
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        raise TypeError(f"{name} must be a sequence (a list or tuple), got {value!r}")
+    return tuple(value)
 
 
 def _usable_cpus() -> int:
@@ -448,7 +456,10 @@ class Pool:
         # A function from a __main__ the workers cannot run again (a REPL, a
         # notebook, python -c) pickles by reference here and then fails to
         # unpickle there: send it by value instead.
-        by_value = not self._main_importable and _from_main(fn)
+        # The function may also come as an argument (map's chunks).
+        by_value = not self._main_importable and (
+            _from_main(fn) or any(_from_main(arg) for arg in args)
+        )
         try:
             payload, buffers = _protocol.dumps_with_fallback(
                 (fn, args, soft_time_limit), by_value=by_value
@@ -803,11 +814,13 @@ class Pool:
         if frame is None:
             exitcode = await worker.process.wait()
             raise WorkerStartError(
-                f"worker {worker.pid} exited ({describe_exit(exitcode)}) "
+                f"worker {worker.pid} exited ({_ended(worker, exitcode)}) "
                 "before reporting up"
             )
         if frame.kind == _protocol.START_FAILED:
-            type_name, message, traceback_text = _protocol.loads(frame.payload, [])
+            type_name, message, traceback_text = _protocol.loads(
+                frame.payload, frame.buffers
+            )
             error = WorkerStartError(
                 f"the initializer raised in worker {worker.pid}: {type_name}: {message}"
             )
@@ -986,7 +999,7 @@ class Pool:
             if frame is None:
                 exitcode = await worker.process.wait()
                 _log.warning(
-                    "idle worker %d died (%s)", worker.pid, describe_exit(exitcode)
+                    "idle worker %d died (%s)", worker.pid, _ended(worker, exitcode)
                 )
             else:
                 _log.error("idle worker %d sent %r; killing it", worker.pid, frame)
@@ -1053,13 +1066,18 @@ class Pool:
                 "worker %d died before it read its task (%s); the task goes "
                 "to another worker",
                 worker.pid,
-                describe_exit(exitcode),
+                _ended(worker, exitcode),
             )
             self._requeue(job)
             return False, False
         cause: BaseException | None = None
         if frame is not None and frame.kind == _protocol.FATAL:
-            cause = _exception_from(frame.payload, BrokenWorkerError)
+            try:
+                cause = _exception_from(frame)
+            except Exception as exc:
+                # What the worker sent is not what a FATAL frame holds; the
+                # worker is ending (or gets killed below) all the same.
+                cause = exc
             with trio.move_on_after(self._config.shutdown_timeout):
                 frame = await worker.receive()
             if frame is not None:
@@ -1070,11 +1088,11 @@ class Pool:
             _log.warning(
                 "worker %d died running a task (%s)",
                 worker.pid,
-                describe_exit(exitcode),
+                _ended(worker, exitcode),
             )
             job.error = BrokenWorkerError(
                 f"worker {worker.pid} died while running the task "
-                f"({describe_exit(exitcode)})",
+                f"({_ended(worker, exitcode)})",
                 worker.pid,
                 exitcode,
             )
@@ -1142,6 +1160,13 @@ async def _parent_fault(
         await worker.process.wait()
 
 
+def _ended(worker: Worker, exitcode: int) -> str:
+    """How a worker's process ended, for messages."""
+    if worker.protocol_error is not None:
+        return f"killed for breaking the protocol: {worker.protocol_error}"
+    return describe_exit(exitcode)
+
+
 def _describe_callable(fn: object) -> str:
     name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
     module = getattr(fn, "__module__", None)
@@ -1157,11 +1182,20 @@ def _from_main(fn: object) -> bool:
     return getattr(fn, "__module__", None) == "__main__"
 
 
-def _exception_from(
-    payload: bytes | bytearray | memoryview, fallback: type[BaseException]
-) -> BaseException:
+def _exception_from(frame: _protocol.Frame) -> BaseException:
     """Rebuild a worker's exception from an ERROR or FATAL frame."""
-    exc_pickle, type_name, message, traceback_text = pickle.loads(payload)
+    # A large exception pickle travels out of band, like any large bytes.
+    exc_pickle, type_name, message, traceback_text = _protocol.loads(
+        frame.payload, frame.buffers
+    )
+    return _rebuild_exception(exc_pickle, type_name, message, traceback_text)
+
+
+def _rebuild_exception(
+    exc_pickle: bytes | None, type_name: str, message: str, traceback_text: str
+) -> BaseException:
+    """The worker's exception, or a RemoteError if it does not unpickle here;
+    its ``__cause__`` carries the worker's traceback."""
     exc: BaseException | None = None
     if exc_pickle is not None:
         try:
@@ -1187,19 +1221,31 @@ def _outcome(job: _Job) -> Any:
                 f"could not unpickle the task's result: {type(exc).__name__}: {exc}"
             ) from exc
     if frame.kind == _protocol.ERROR:
-        raise _exception_from(frame.payload, RemoteError)
-    what, type_name, message, traceback_text = pickle.loads(frame.payload)
+        try:
+            remote = _exception_from(frame)
+        except Exception as exc:
+            raise SerializationError(
+                f"could not unpickle the task's exception: {type(exc).__name__}: {exc}"
+            ) from exc
+        raise remote
+    what, exc_pickle, type_name, message, traceback_text = _protocol.loads(
+        frame.payload, frame.buffers
+    )
     hint = ""
     if what == "the result" and type_name in _BY_REFERENCE_ERRORS:
         # The worker shares this process's sys.path: no cloudpickle here
         # means none there either.
         hint = _protocol.cloudpickle_hint(pickle.PicklingError())
-    error = SerializationError(
+    serialization_error = SerializationError(
         f"could not {'unpickle' if what == 'the task' else 'pickle'} {what} "
         f"in the worker: {type_name}: {message}{hint}"
     )
-    error.__cause__ = RemoteTraceback(traceback_text)
-    raise error
+    # The pickling error itself, as API.md promises, with the worker's
+    # traceback as its own cause.
+    serialization_error.__cause__ = _rebuild_exception(
+        exc_pickle, type_name, message, traceback_text
+    )
+    raise serialization_error
 
 
 # The errors plain pickle raises when it cannot send a function or class by
@@ -1335,9 +1381,9 @@ def open_pool(
     config = PoolConfig(
         workers=_usable_cpus() if workers is None else workers,
         start_method=start_method,
-        forkserver_preload=tuple(forkserver_preload),
+        forkserver_preload=_as_tuple("forkserver_preload", forkserver_preload),
         initializer=initializer,
-        initargs=tuple(initargs),
+        initargs=_as_tuple("initargs", initargs),
         max_tasks_per_child=max_tasks_per_child,
         max_memory_per_child=max_memory_per_child,
         start_timeout=start_timeout,

@@ -45,7 +45,7 @@ START_FAILED: Final = 4  # pickle of (type name, message, traceback text)
 RESULT: Final = 5  # pickle of the task's return value
 ERROR: Final = 6  # pickle of (exception pickle or None, type name, message, traceback)
 FATAL: Final = 7  # like ERROR, for a BaseException that ends the worker
-SERIAL_ERROR: Final = 8  # pickle of (type name, message, traceback): task or result
+SERIAL_ERROR: Final = 8  # pickle of ("the task" or "the result", *what ERROR holds)
 _KINDS: Final = frozenset(range(CONFIG, SERIAL_ERROR + 1))
 
 # Flags on RESULT, ERROR and SERIAL_ERROR frames.

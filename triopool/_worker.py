@@ -10,8 +10,10 @@ process if it still runs, reaps it under a shield, and closes both streams.
 Nothing else in triopool knows a worker's fd numbers, so nothing else can
 close or deregister them, whatever numbers the OS hands out later.
 
-A send that was interrupted leaves the byte stream to the worker out of sync
-(:attr:`Worker.in_sync` is then false); such a worker is killed, never reused.
+A send that was interrupted leaves the byte stream to the worker out of sync;
+the slot then kills that worker, never reuses it. Bytes from the worker that
+break the protocol get it killed too (:attr:`Worker.protocol_error`), and
+read as EOF: the worker is lost, like one that died, and the pool goes on.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import array
 import contextlib
 import fcntl
+import logging
 import os
 import signal
 import termios
@@ -32,6 +35,8 @@ from ._spawn import WorkerProcess
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
+
+_log = logging.getLogger("triopool")
 
 _READ_SIZE = 1 << 16
 # After SIGTERM, how long a worker gets before SIGKILL.
@@ -66,8 +71,9 @@ class Worker:
     _send_stream: trio.lowlevel.FdStream
     _receive_stream: trio.lowlevel.FdStream
     _decoder: _protocol.Decoder = attrs.field(factory=_protocol.Decoder)
-    in_sync: bool = True
     _eof: bool = False
+    #: Set if the worker sent bytes that are not frames; it was killed then.
+    protocol_error: _protocol.ProtocolError | None = None
 
     @property
     def pid(self) -> int:
@@ -79,7 +85,6 @@ class Worker:
         # fits in the pipe is written with no trip through the scheduler
         # (FdStream.send_all checkpoints first, on every call).
         fd = self._send_stream.fileno()
-        self.in_sync = False
         for piece in pieces:
             view = memoryview(piece)
             while view:
@@ -91,23 +96,27 @@ class Worker:
                     raise trio.BrokenResourceError(
                         f"could not write to worker {self.pid}: {exc}"
                     ) from exc
-        self.in_sync = True
 
     async def receive(self) -> _protocol.Frame | None:
         """The next frame from the worker, or ``None`` once its pipe closed.
 
         EOF means the process died or exited: only it holds the write end. A
-        stream cut in the middle of a frame (death while writing) is EOF too.
+        stream cut in the middle of a frame (death while writing) is EOF too,
+        and so is a stream that breaks the protocol: the worker is killed, and
+        :attr:`protocol_error` says why.
         """
         decoder = self._decoder
         while True:
             try:
                 frame = decoder.next_frame()
-            except _protocol.ProtocolError:
+            except _protocol.ProtocolError as exc:
                 # EOF in mid-frame: the worker died while writing.
-                if self._eof:
-                    return None
-                raise
+                if not self._eof:
+                    # Garbage (a task that wrote to fds it should not have):
+                    # nothing more from this worker can be trusted.
+                    self.protocol_error = exc
+                    self.kill()
+                return None
             if frame is _protocol.NEED_DATA:
                 target = decoder.read_target()
                 if target is None:
@@ -174,9 +183,17 @@ class Worker:
         await self._send_stream.aclose()
         with trio.move_on_after(timeout):
             return await self.process.wait()
+        # A worker leaves SIGTERM to the parent only while it serves; from
+        # EOF on it takes the default action (see _child).
+        _log.warning(
+            "worker %d did not exit within %g s of its shutdown; sending SIGTERM",
+            self.pid,
+            timeout,
+        )
         self.process.signal(signal.SIGTERM)
         with trio.move_on_after(_TERM_GRACE):
             return await self.process.wait()
+        _log.warning("worker %d ignored SIGTERM; killing it", self.pid)
         self.kill()
         return await self.process.wait()
 
