@@ -7,7 +7,9 @@ talks to the test on stdout, one line per event:
 - ``busy <pid>``: printed by a worker when it starts a long task (workers
   inherit stdout);
 - ``signalled <tasks running>``, ``results <json>``, ``stats <json>``: what a
-  program that handles SIGTERM saw.
+  program that handles SIGTERM saw;
+- ``children <pid> ...``: this process's children right after the pool's
+  block, however it was left (none, if the pool reaped its workers itself).
 
 Modes:
 
@@ -34,6 +36,7 @@ import trio
 
 import triopool
 from tests import limitfuncs, workerfuncs
+from tests.conftest import child_processes
 
 LONG = 60.0
 
@@ -52,18 +55,30 @@ async def learn_worker_pids(pool: triopool.Pool) -> None:
     print("workers", *sorted(pids), flush=True)
 
 
+def report_children() -> None:
+    print("children", *sorted(child_processes()), flush=True)
+
+
 async def one_busy() -> None:
-    async with triopool.open_pool(2) as pool:
-        await learn_worker_pids(pool)
-        await pool.run_sync(limitfuncs.announce_then_sleep, LONG)
+    try:
+        async with triopool.open_pool(2) as pool:
+            await learn_worker_pids(pool)
+            await pool.run_sync(limitfuncs.announce_then_sleep, LONG)
+    finally:
+        report_children()
 
 
 async def all_busy() -> None:
-    async with triopool.open_pool(2) as pool:
-        await learn_worker_pids(pool)
-        async with trio.open_nursery() as nursery:
-            for _ in range(2):
-                nursery.start_soon(pool.run_sync, limitfuncs.announce_then_sleep, LONG)
+    try:
+        async with triopool.open_pool(2) as pool:
+            await learn_worker_pids(pool)
+            async with trio.open_nursery() as nursery:
+                for _ in range(2):
+                    nursery.start_soon(
+                        pool.run_sync, limitfuncs.announce_then_sleep, LONG
+                    )
+    finally:
+        report_children()
 
 
 async def on_sigterm(*, drain: bool) -> None:

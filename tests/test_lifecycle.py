@@ -183,7 +183,9 @@ async def test_ctrl_c_while_the_main_task_waits_for_a_task(tmp_path: Path) -> No
         assert count_tracebacks(stderr) == 1, stderr
         assert stderr.rstrip().endswith("KeyboardInterrupt"), stderr
         assert "Error" not in stderr, stderr
-        # The pool reaped its workers before the program exited.
+        # The pool reaped its workers itself, before its block was left (not
+        # PR_SET_PDEATHSIG when the program exited).
+        assert "children" in program.lines, program.lines
         assert all(is_gone(pid) for pid in workers)
 
 
@@ -206,6 +208,7 @@ async def test_ctrl_c_with_every_worker_busy(tmp_path: Path) -> None:
         assert count_tracebacks(stderr) == 2, stderr
         assert stderr.count("KeyboardInterrupt") >= 1, stderr
         assert "Error" not in stderr.replace("ExceptionGroup", ""), stderr
+        assert "children" in program.lines, program.lines
         assert all(is_gone(pid) for pid in workers)
 
 

@@ -242,14 +242,23 @@ async def test_system_exit_and_keyboard_interrupt_end_the_worker() -> None:
                 await pool.run_sync(wf.raise_keyboard_interrupt)
             assert isinstance(info2.value.__cause__, KeyboardInterrupt)
             assert info2.value.exitcode == 1
+            # Any BaseException that is not an Exception, a custom one too.
+            with pytest.raises(triopool.BrokenWorkerError) as info3:
+                await pool.run_sync(wf.raise_base_exception, "custom")
+            assert type(info3.value.__cause__) is wf.CustomBaseException
+            assert info3.value.__cause__.args == ("custom",)
             assert await pool.run_sync(wf.add, 1, 2) == 3
-            assert pool.statistics().workers_lost == 2
+            assert pool.statistics().workers_lost == 3
 
 
-async def test_cancel_while_queued_never_runs(tmp_path: Any) -> None:
+@pytest.mark.parametrize("kill_on_cancel", [True, False])
+async def test_cancel_while_queued_never_runs(
+    tmp_path: Any, kill_on_cancel: bool
+) -> None:
+    # kill_on_cancel=False shields only a task that started.
     marker = tmp_path / "ran"
     with trio.fail_after(TIMEOUT):
-        async with triopool.open_pool(1) as pool:
+        async with triopool.open_pool(1, kill_on_cancel=kill_on_cancel) as pool:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(pool.run_sync, wf.sleep, 0.5)
                 await trio.testing.wait_all_tasks_blocked()
@@ -260,6 +269,7 @@ async def test_cancel_while_queued_never_runs(tmp_path: Any) -> None:
             # The worker was not killed and ran the next task, not the cancelled one.
             assert await pool.run_sync(wf.add, 1, 1) == 2
             assert pool.statistics().workers_lost == 0
+    assert not marker.exists()
     assert not marker.exists()
 
 

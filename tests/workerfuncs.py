@@ -280,3 +280,11 @@ def leave_a_thread_running(seconds: float) -> int:
 
     threading.Thread(target=time.sleep, args=(seconds,)).start()
     return os.getpid()
+
+
+class CustomBaseException(BaseException):
+    """Neither an Exception nor one of Python's own BaseExceptions."""
+
+
+def raise_base_exception(message: str) -> None:
+    raise CustomBaseException(message)
