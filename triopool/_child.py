@@ -127,6 +127,7 @@ class _MainFixup:
         self.path = path
         self.name = name
         self.done = path is None and name is None
+        self._unpickler: Callable[..., pickle.Unpickler] | None = None
 
     def run(self) -> None:
         self.done = True
@@ -141,18 +142,26 @@ class _MainFixup:
             module.__dict__.update(runpy.run_path(self.path, run_name="__mp_main__"))
         sys.modules["__main__"] = sys.modules["__mp_main__"] = module
 
-    def unpickler(self) -> Callable[..., pickle.Unpickler] | None:
-        if self.done:
+    def unpickler(self, payload: bytes | bytearray | memoryview) -> (
+        Callable[..., pickle.Unpickler] | None
+    ):
+        """The unpickler for ``payload``: None (plain, fast ``pickle.loads``)
+        unless it may refer to ``__main__`` before the script ran here."""
+        # A pickle names the module of every global it refers to, so one
+        # without the bytes "__main__" cannot need the script.
+        if self.done or not _mentions_main(payload):
             return None
-        fixup = self
+        if self._unpickler is None:
+            fixup = self
 
-        class Unpickler(pickle.Unpickler):
-            def find_class(self, module_name: str, name: str) -> Any:
-                if module_name == "__main__" and not fixup.done:
-                    fixup.run()
-                return super().find_class(module_name, name)
+            class Unpickler(pickle.Unpickler):
+                def find_class(self, module_name: str, name: str) -> Any:
+                    if module_name == "__main__" and not fixup.done:
+                        fixup.run()
+                    return super().find_class(module_name, name)
 
-        return Unpickler
+            self._unpickler = Unpickler
+        return self._unpickler
 
 
 class _SoftLimit:
@@ -181,6 +190,17 @@ class _SoftLimit:
     def disarm(self) -> None:
         self.armed = False
         signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+def _mentions_main(payload: bytes | bytearray | memoryview) -> bool:
+    if isinstance(payload, memoryview):
+        # The decoder hands out views of whole bytearrays: search the
+        # bytearray, since `in` on a view compares items, not substrings.
+        owner = payload.obj
+        if isinstance(owner, bytes | bytearray) and len(owner) == payload.nbytes:
+            return b"__main__" in owner
+        return b"__main__" in payload.tobytes()
+    return b"__main__" in payload
 
 
 def _resident_memory() -> int:
@@ -280,7 +300,7 @@ def main(fd_in: int, fd_out: int, parent_pid: int) -> None:
     try:
         if config["initializer"] is not None:
             initializer, initargs = _protocol.loads(
-                config["initializer"], [], fixup.unpickler()
+                config["initializer"], [], fixup.unpickler(config["initializer"])
             )
             initializer(*initargs)
     except BaseException as exc:
@@ -313,7 +333,7 @@ def _serve(
         flags = 0
         try:
             fn, args, soft_time_limit = _protocol.loads(
-                frame.payload, frame.buffers, fixup.unpickler()
+                frame.payload, frame.buffers, fixup.unpickler(frame.payload)
             )
         except Exception as exc:
             del frame
