@@ -8,6 +8,7 @@ item finish after another.
 from __future__ import annotations
 
 import functools
+import threading
 import traceback
 from typing import TYPE_CHECKING, Any
 
@@ -491,8 +492,13 @@ async def test_bad_arguments(pool: triopool.Pool) -> None:
         await pool.map(mapfuncs.square, 5)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="needs a callable"):
         await pool.map(5, range(3))  # type: ignore[arg-type]
+    # Not even cloudpickle can send a lock (lambdas are fine with it: see
+    # test_serialization.py).
+    unpicklable = functools.partial(mapfuncs.add_to, threading.Lock())
     with pytest.raises(triopool.SerializationError, match="could not pickle"):
-        await pool.map(lambda x: x, range(3))
+        await pool.map(unpicklable, range(3))
+    with pytest.raises(triopool.SerializationError, match="could not pickle"):
+        pool.imap(unpicklable, range(3))
     assert pool.statistics().tasks_submitted == 0
 
 

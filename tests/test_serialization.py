@@ -3,6 +3,7 @@ clear SerializationError that says how to get it when it is not."""
 
 from __future__ import annotations
 
+import functools
 import pickle
 import sys
 import textwrap
@@ -97,6 +98,59 @@ async def test_no_hint_when_cloudpickle_would_not_help() -> None:
     assert "lock" in str(info.value)
 
 
+@pytest.mark.parametrize("chunksize", [1, 3])
+async def test_map_and_imap_of_a_lambda_and_a_closure_with_cloudpickle(
+    chunksize: int,
+) -> None:
+    pytest.importorskip("cloudpickle")
+    offset = 10
+    with trio.fail_after(TIMEOUT):
+        async with triopool.open_pool(2) as pool:
+            assert await pool.map(
+                lambda x: x + offset, range(7), chunksize=chunksize
+            ) == [x + 10 for x in range(7)]
+            async with pool.imap(
+                make_closure(3), range(7), chunksize=chunksize
+            ) as results:
+                assert [value async for value in results] == [
+                    3 * x for x in range(7)
+                ]
+            async with pool.imap(
+                lambda x: -x, range(7), ordered=False, chunksize=chunksize
+            ) as results:
+                assert sorted([value async for value in results]) == [
+                    -x for x in reversed(range(7))
+                ]
+
+
+@pytest.mark.usefixtures("no_cloudpickle")
+async def test_map_and_imap_without_cloudpickle_say_how_to_get_it() -> None:
+    with trio.fail_after(TIMEOUT):
+        async with triopool.open_pool(1) as pool:
+            with pytest.raises(triopool.SerializationError) as info:
+                await pool.map(lambda x: x, range(3))
+            assert "could not pickle the function" in str(info.value)
+            assert "<lambda>" in str(info.value)
+            assert str(info.value).endswith(INSTALL_HINT)
+            with pytest.raises(triopool.SerializationError) as info:
+                pool.imap(make_closure(2), range(3), chunksize=2)
+            assert "multiply" in str(info.value)
+            assert str(info.value).endswith(INSTALL_HINT)
+            # Nothing was sent, and the pool still works.
+            assert pool.statistics().tasks_submitted == 0
+            assert await pool.map(workerfuncs.identity, range(3)) == [0, 1, 2]
+
+
+@pytest.mark.usefixtures("no_cloudpickle")
+async def test_map_gives_no_hint_when_cloudpickle_would_not_help() -> None:
+    lock = threading.Lock()
+    with trio.fail_after(TIMEOUT):
+        async with triopool.open_pool(1) as pool:
+            with pytest.raises(triopool.SerializationError, match="lock") as info:
+                await pool.map(functools.partial(taskfuncs.apply, lock), range(3))
+    assert INSTALL_HINT not in str(info.value)
+
+
 async def test_unpicklable_even_with_cloudpickle() -> None:
     pytest.importorskip("cloudpickle")
     lock = threading.Lock()
@@ -147,6 +201,47 @@ SCRIPT = textwrap.dedent(
     trio.run(main)
     """
 )
+
+
+MAP_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    import trio, triopool
+
+    def square(x):
+        return x * x
+
+    async def main():
+        async with triopool.open_pool(2) as pool:
+            print(await pool.map(square, range(7), chunksize=3))
+            print(await pool.map(lambda x: x + 1, range(7), chunksize=3))
+            async with pool.imap(square, range(7), chunksize=3) as results:
+                print([value async for value in results])
+
+    trio.run(main)
+    """
+)
+
+
+async def test_chunked_map_of_a_function_from_python_c(tmp_path: Path) -> None:
+    """A chunk carries the user's function as an argument of the chunk runner:
+    it must go by value too when the workers cannot import the __main__."""
+    pytest.importorskip("cloudpickle")
+    with trio.fail_after(TIMEOUT):
+        completed = await trio.run_process(
+            [sys.executable, "-c", MAP_SCRIPT],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+            cwd=tmp_path,
+        )
+    assert completed.returncode == 0, completed.stderr.decode()
+    squares = [x * x for x in range(7)]
+    assert completed.stdout.decode().splitlines() == [
+        str(squares),
+        str([x + 1 for x in range(7)]),
+        str(squares),
+    ]
 
 
 @pytest.mark.parametrize("cloudpickle", ["with", "without"])

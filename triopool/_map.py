@@ -38,7 +38,6 @@ import contextlib
 import inspect
 import itertools
 import math
-import pickle
 from collections import deque
 from collections.abc import AsyncIterable, Iterable
 from typing import TYPE_CHECKING, Generic, TypeVar
@@ -46,6 +45,7 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 import attrs
 import trio
 
+from . import _protocol
 from ._chunk import run_chunk
 from ._errors import SerializationError
 
@@ -99,12 +99,14 @@ def check_arguments(
 
 def _check_picklable(fn: object) -> None:
     # Every task of the call carries fn: fail once, at the start, with a
-    # message naming fn rather than the chunk runner.
+    # message naming fn rather than the chunk runner. The same fallback as
+    # run_sync's: what cloudpickle can send (lambdas, closures) passes.
     try:
-        pickle.dumps(fn, 5)
+        _protocol.dumps_with_fallback(fn)
     except Exception as exc:
         raise SerializationError(
             f"could not pickle the function {fn!r}: {type(exc).__name__}: {exc}"
+            f"{_protocol.cloudpickle_hint(exc)}"
         ) from exc
 
 
