@@ -8,8 +8,10 @@ item finish after another.
 from __future__ import annotations
 
 import functools
+import gc
 import threading
 import traceback
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -337,6 +339,30 @@ async def test_error_from_the_input_is_raised_as_itself(pool: triopool.Pool) -> 
     await assert_healthy(pool)
 
 
+@pytest.mark.parametrize("chunksize", [1, 3])
+async def test_error_from_an_async_input_is_raised_as_itself(
+    pool: triopool.Pool, chunksize: int
+) -> None:
+    async def broken_input() -> AsyncIterator[int]:
+        for i in range(4):
+            await trio.lowlevel.checkpoint()
+            yield i
+        raise KeyError("async input failed")
+
+    with trio.fail_after(TIMEOUT):
+        with pytest.raises(KeyError, match="async input failed"):
+            await pool.map(mapfuncs.square, broken_input(), chunksize=chunksize)
+        received: list[int] = []
+        async with pool.imap(
+            mapfuncs.square, broken_input(), chunksize=chunksize
+        ) as results:
+            with pytest.raises(KeyError, match="async input failed"):
+                async for value in results:
+                    received.append(value)
+    assert received == [i * i for i in range(len(received))]
+    await assert_healthy(pool)
+
+
 async def test_error_is_not_wrapped_in_an_exception_group(pool: triopool.Pool) -> None:
     with trio.fail_after(TIMEOUT):
         try:
@@ -431,6 +457,64 @@ async def test_exception_in_the_block_leaves_as_itself(pool: triopool.Pool) -> N
 
     with trio.fail_after(TIMEOUT), pytest.raises(Stop):
         await consume()
+    await assert_healthy(pool)
+
+
+class InputLog:
+    """An endless async generator input that records its own cleanup."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    async def items(self) -> AsyncIterator[float]:
+        # No await between items: the generator is always suspended at a
+        # yield when the call ends (a cancellation that lands on an await of
+        # the generator itself runs its finally there, cancelled, as any
+        # Trio code would).
+        try:
+            yield 0.0
+            while True:
+                yield 30.0
+        finally:
+            # An await in the cleanup: it runs only if the generator is
+            # closed by an aclose() inside a run, not by the garbage collector.
+            await trio.sleep(0.01)
+            self.events.append("input closed")
+
+
+@pytest.mark.parametrize("how", ["break", "error", "cancel"])
+async def test_async_generator_input_is_closed_within_the_block(
+    pool: triopool.Pool, how: str
+) -> None:
+    log = InputLog()
+    items = log.items()
+
+    class Stop(Exception):
+        pass
+
+    with trio.fail_after(TIMEOUT), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with trio.CancelScope() as scope:
+            try:
+                async with pool.imap(
+                    mapfuncs.sleep_for, items, max_in_flight=3
+                ) as results:
+                    async for _value in results:
+                        if how == "break":
+                            break
+                        if how == "error":
+                            raise Stop
+                        scope.cancel()
+                        await trio.lowlevel.checkpoint()
+            except Stop:
+                pass
+            finally:
+                log.events.append("block exited")
+        assert log.events == ["input closed", "block exited"]
+        del items
+        gc.collect()
+    assert [str(w.message) for w in caught] == []
+    assert scope.cancelled_caught == (how == "cancel")
     await assert_healthy(pool)
 
 

@@ -50,7 +50,7 @@ from ._chunk import run_chunk
 from ._errors import SerializationError
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Iterator
+    from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
     from contextlib import AbstractAsyncContextManager
     from typing import Self, TypeAlias
 
@@ -108,6 +108,25 @@ def _check_picklable(fn: object) -> None:
             f"could not pickle the function {fn!r}: {type(exc).__name__}: {exc}"
             f"{_protocol.cloudpickle_hint(exc)}"
         ) from exc
+
+
+#: How long an async generator given as input gets to run its ``finally``
+#: when the call ends early, even if the call was cancelled.
+_INPUT_CLOSE_GRACE = 2.0
+
+
+async def _close_input(items: AsyncGenerator[object, None]) -> None:
+    """``aclose()`` an async generator input, inside the call's block.
+
+    Without it, an input left unfinished by a ``break``, an error or a
+    cancellation would be closed by the garbage collector, outside the block,
+    with a ``ResourceWarning`` from Trio, and any ``await`` in its ``finally``
+    would never run. The call's own cancellation must not cut its cleanup
+    short (a ``break`` cancels the producer), so it is shielded, for a while.
+    """
+    with trio.CancelScope(shield=True) as scope:
+        scope.deadline = trio.current_time() + _INPUT_CLOSE_GRACE
+        await items.aclose()
 
 
 @attrs.define(eq=False)
@@ -252,8 +271,22 @@ class _MapCall(Generic[ItemT, ResultT]):
         async_items: AsyncIterator[ItemT] | None = None
         if isinstance(source, AsyncIterable):
             async_items = aiter(source)
+            try:
+                await self._feed_chunks(work, size, sync_items, async_items)
+            finally:
+                if inspect.isasyncgen(async_items):
+                    await _close_input(async_items)
         else:
             sync_items = iter(source)
+            await self._feed_chunks(work, size, sync_items, async_items)
+
+    async def _feed_chunks(
+        self,
+        work: trio.Nursery,
+        size: int,
+        sync_items: Iterator[ItemT] | None,
+        async_items: AsyncIterator[ItemT] | None,
+    ) -> None:
         start = 0
         while True:
             while self._pulled - self._received + size > self._max_in_flight:
