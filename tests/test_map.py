@@ -193,11 +193,27 @@ async def test_default_max_in_flight_is_two_chunks_per_worker(
 async def test_map_of_a_large_input_holds_a_bounded_window(
     pool: triopool.Pool,
 ) -> None:
-    source = CountingIterable(stop=500)
+    # map takes its results internally, so the window is measured against
+    # what the workers have finished: a result is taken only after its chunk
+    # completed, so pulled - completed <= pulled - taken <= max_in_flight.
+    chunksize = 16
+    bound = 2 * 2 * chunksize  # the default max_in_flight with 2 workers
+    windows: list[int] = []
+
+    def source() -> Iterator[int]:
+        for i in range(500):
+            completed = pool.statistics().tasks_completed * chunksize
+            windows.append(i + 1 - completed)
+            yield i
+
     with trio.fail_after(TIMEOUT):
-        results = await pool.map(mapfuncs.square, source, chunksize=16)
+        results = await pool.map(mapfuncs.square, source(), chunksize=chunksize)
     assert results == [i * i for i in range(500)]
-    assert pool.statistics().tasks_submitted == -(-500 // 16)
+    assert pool.statistics().tasks_submitted == -(-500 // chunksize)
+    assert len(windows) == 500
+    assert max(windows) <= bound
+    # The window was used, not just one chunk at a time.
+    assert max(windows) > chunksize
 
 
 # Chunking
