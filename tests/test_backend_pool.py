@@ -4,6 +4,7 @@ semantics are tested without Ray or Dask installed."""
 from __future__ import annotations
 
 import concurrent.futures
+import math
 import subprocess
 import sys
 import threading
@@ -100,6 +101,14 @@ class ThreadBackend:
         assert self.executor is not None
         self.executor.shutdown(wait=True)
         self.stopped = True
+
+
+class CancelFails(ThreadBackend):
+    """An engine whose cancel raises (a broken or disconnected client)."""
+
+    def cancel(self, handle: object, *, kill: bool) -> None:
+        self.cancelled.append((handle, kill))
+        raise RuntimeError("the engine refused to cancel")
 
 
 def open_fake(
@@ -348,3 +357,82 @@ def test_backend_pool_has_the_pool_surface() -> None:
     for name in ("run_sync", "statistics", "map", "imap"):
         assert callable(getattr(BackendPool, name))
     assert time.monotonic() > 0  # keeps the import used for the fake's sleeps
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        (
+            {"shutdown_timeout": -1},
+            ValueError,
+            r"shutdown_timeout must be >= 0, got -1",
+        ),
+        ({"shutdown_timeout": math.nan}, ValueError, r"shutdown_timeout .* got nan"),
+        ({"shutdown_timeout": "5"}, TypeError, r"shutdown_timeout .* got '5'"),
+        ({"shutdown_timeout": None}, TypeError, r"shutdown_timeout .* got None"),
+        ({"time_limit": -1.0}, ValueError, r"time_limit must be > 0, got -1.0"),
+        ({"time_limit": math.nan}, ValueError, r"time_limit .* got nan"),
+        ({"time_limit": "1"}, TypeError, r"time_limit .* got '1'"),
+        ({"kill_on_cancel": 1}, TypeError, r"kill_on_cancel must be a bool, got 1"),
+        ({"max_tasks_per_child": "3"}, TypeError, r"max_tasks_per_child .* got '3'"),
+        ({"max_tasks_per_child": True}, TypeError, r"max_tasks_per_child .* got True"),
+        ({"max_tasks_per_child": 0}, ValueError, r"max_tasks_per_child .* got 0"),
+        # Options a backend refuses are still checked as the local pool does.
+        ({"workers": "2"}, TypeError, r"workers must be an int, got '2'"),
+        ({"start_timeout": -1}, ValueError, r"start_timeout must be > 0, got -1"),
+        ({"soft_time_limit": "1"}, TypeError, r"soft_time_limit .* got '1'"),
+    ],
+)
+def test_invalid_values_raise_at_once_like_the_local_pool(
+    options: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    backend = ThreadBackend()
+    with pytest.raises(error, match=message) as on_cluster:
+        open_fake(backend, **options)
+    assert type(on_cluster.value) is error
+    assert not backend.started  # nothing started
+    with pytest.raises(error) as local:
+        triopool.open_pool(**{"workers": 1, **options})
+    assert str(local.value) == str(on_cluster.value)
+
+
+@pytest.mark.parametrize("backend", ["RayBackend", "DaskBackend"])
+def test_wrong_types_are_type_errors_on_the_cluster_backends(backend: str) -> None:
+    # A wrong type is a TypeError before the backend says what it supports.
+    make = getattr(triopool, backend)
+    with pytest.raises(TypeError, match="max_tasks_per_child must be an int, got '3'"):
+        triopool.open_pool(
+            backend=make(),
+            max_tasks_per_child="3",  # type: ignore[arg-type]
+            kill_on_cancel=False,
+        )
+    with pytest.raises(ValueError, match=r"shutdown_timeout must be >= 0, got -0\.5"):
+        triopool.open_pool(backend=make(), shutdown_timeout=-0.5, kill_on_cancel=False)
+
+
+async def test_the_engine_is_stopped_even_if_cancelling_fails() -> None:
+    backend = CancelFails(capacity=2)
+    answered: list[BaseException] = []
+
+    async def caller(pool: Any) -> None:
+        try:
+            await pool.run_sync(workerfuncs.sleep, 0.3)
+        except trio.ClosedResourceError as exc:
+            answered.append(exc)
+
+    async def leave_by_error(nursery: trio.Nursery) -> None:
+        async with open_fake(backend) as pool:
+            nursery.start_soon(caller, pool)
+            nursery.start_soon(caller, pool)
+            while pool.statistics().workers_busy < 2:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+            raise KeyError("leave")
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            # Cancelling the two calls fails: that error leaves the block.
+            with pytest.raises(RuntimeError, match="refused to cancel"):
+                await leave_by_error(nursery)
+    assert backend.stopped
+    assert len(backend.cancelled) == 2
+    assert len(answered) == 2  # no caller is left waiting

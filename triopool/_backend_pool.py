@@ -16,7 +16,8 @@ Invariants:
   run's :class:`trio.lowlevel.TrioToken`; only then does its slot count as
   free. The engine's callback threads never touch the pool.
 - Leaving the block cancels every call still in flight (killing it where the
-  engine can) and stops the engine only if the backend started it.
+  engine can) and stops the engine only if the backend started it; nothing
+  that fails while cancelling keeps it from being stopped.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from ._backend import Backend, Outcome, TrioBridge
 from ._errors import TimeLimitExceeded
 from ._pool import (
     POOL_DEFAULT,
+    PoolConfig,
     PoolStatistics,
     _check_limits,
     _Default,
@@ -87,15 +89,38 @@ class _Job:
     cancel_sent: bool = False
 
 
-def _check_options(backend: Backend, options: Mapping[str, Any]) -> None:
-    """Refuse options the backend cannot honour, naming both."""
+@functools.cache
+def _open_pool_defaults() -> dict[str, Any]:
     from ._pool import open_pool
 
-    defaults = {
+    return {
         name: parameter.default
         for name, parameter in inspect.signature(open_pool).parameters.items()
         if parameter.default is not inspect.Parameter.empty
     }
+
+
+def _check_values(options: Mapping[str, Any]) -> None:
+    """Check every option set away from its default with the local pool's own
+    validators (those of :class:`PoolConfig`), so a bad value raises the same
+    TypeError or ValueError whatever the pool runs on, before the backend is
+    asked whether it can honour the option."""
+    defaults = _open_pool_defaults()
+    fields = attrs.fields_dict(PoolConfig)
+    for option, value in options.items():
+        field = fields.get(option)
+        # Skip the default object itself only: PoolConfig would refuse some
+        # defaults (workers=None stands for the CPU count), and an equal value
+        # may still have the wrong type (kill_on_cancel=1 == True).
+        if field is None or field.validator is None or value is defaults.get(option):
+            continue
+        field.validator(None, field, value)
+    _check_limits(options.get("time_limit"), options.get("soft_time_limit"), "")
+
+
+def _check_options(backend: Backend, options: Mapping[str, Any]) -> None:
+    """Refuse options the backend cannot honour, naming both."""
+    defaults = _open_pool_defaults()
     name = backend.name
     for option, value in options.items():
         default = defaults.get(option)
@@ -135,24 +160,15 @@ def open_backend_pool(
     for attribute in ("name", "capabilities", "start", "submit", "cancel", "stop"):
         if not hasattr(backend, attribute):
             raise TypeError(f"backend must be a triopool backend, got {backend!r}")
+    _check_values(options)
     _check_options(backend, options)
-    time_limit = options.get("time_limit")
-    _check_limits(time_limit, None, "")
-    kill_on_cancel = options.get("kill_on_cancel", True)
-    if not isinstance(kill_on_cancel, bool):
-        raise TypeError(f"kill_on_cancel must be a bool, got {kill_on_cancel!r}")
-    max_tasks = options.get("max_tasks_per_child")
-    if max_tasks is not None and (
-        isinstance(max_tasks, bool) or not isinstance(max_tasks, int) or max_tasks < 1
-    ):
-        raise ValueError(f"max_tasks_per_child must be an int >= 1, got {max_tasks!r}")
-    shutdown_timeout = options.get("shutdown_timeout", 5.0)
+    defaults = _open_pool_defaults()
     pool = BackendPool(
         backend,
-        time_limit=time_limit,
-        kill_on_cancel=kill_on_cancel,
-        max_tasks_per_child=max_tasks,
-        shutdown_timeout=shutdown_timeout,
+        time_limit=options.get("time_limit"),
+        kill_on_cancel=options.get("kill_on_cancel", defaults["kill_on_cancel"]),
+        max_tasks_per_child=options.get("max_tasks_per_child"),
+        shutdown_timeout=options.get("shutdown_timeout", defaults["shutdown_timeout"]),
     )
     return _run_backend_pool(pool)
 
@@ -420,7 +436,9 @@ class BackendPool:
             self._backend.cancel(job.handle, kill=kill)
 
     def _cancel_all(self) -> None:
-        kill = self._backend.capabilities.kill_running
+        """Fail every call still waiting or running, then cancel the submitted
+        ones in the engine: its callers are answered first, so an engine
+        whose cancel raises leaves none of them waiting."""
         for job in list(self._waiting):
             if job.state is _State.WAITING:
                 job.state = _State.RUNNING
@@ -430,14 +448,17 @@ class BackendPool:
                     job, Outcome(error=trio.ClosedResourceError("the pool closed"))
                 )
         self._waiting.clear()
-        for job in list(self._in_engine):
-            self._cancel(job, kill=kill)
+        in_engine = list(self._in_engine)
+        for job in in_engine:
             self._finish(
                 job,
                 Outcome(
                     error=trio.ClosedResourceError("the pool closed while the task ran")
                 ),
             )
+        kill = self._backend.capabilities.kill_running
+        for job in in_engine:
+            self._cancel(job, kill=kill)
 
 
 @contextlib.asynccontextmanager
@@ -471,16 +492,21 @@ async def _run_backend_pool(pool: BackendPool) -> AsyncIterator[BackendPool]:
     finally:
         pool._closing = True
         pool._closed = True
-        with trio.CancelScope(shield=True):
-            pool._cancel_all()
-            # Let the engine report the cancelled calls, so none is left
-            # half-known to the engine when the client goes.
-            with trio.move_on_after(pool._shutdown_timeout):
-                while pool._in_engine:
-                    pool._kick = trio.Event()
-                    await pool._kick.wait()
+        try:
+            with trio.CancelScope(shield=True):
+                pool._cancel_all()
+                # Let the engine report the cancelled calls, so none is left
+                # half-known to the engine when the client goes.
+                with trio.move_on_after(pool._shutdown_timeout):
+                    while pool._in_engine:
+                        pool._kick = trio.Event()
+                        await pool._kick.wait()
+        finally:
+            # Whatever failed above (a backend's cancel, Ctrl-C while
+            # waiting), a cluster this pool started must not outlive it.
             pool._bridge.close()
             if started:
-                await trio.to_thread.run_sync(backend.stop)
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(backend.stop)
     if body_error is not None:
         raise body_error
