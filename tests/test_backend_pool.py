@@ -19,7 +19,7 @@ import trio.lowlevel
 import triopool
 from triopool._backend import Capabilities, Outcome, with_remote_traceback
 from triopool._backend_pool import BackendPool
-from triopool._pool import Pool
+from triopool._pool import Pool, PoolStatistics
 
 from . import workerfuncs
 
@@ -110,6 +110,23 @@ class CancelFails(ThreadBackend):
     def cancel(self, handle: object, *, kill: bool) -> None:
         self.cancelled.append((handle, kill))
         raise RuntimeError("the engine refused to cancel")
+
+
+def crash() -> None:
+    """What an engine reports when the worker running the call died."""
+    raise triopool.BrokenWorkerError("the engine's worker died", None, None)
+
+
+def assert_identity(stats: PoolStatistics) -> None:
+    """The counter identity PoolStatistics documents."""
+    assert stats.workers_started == (
+        stats.workers_alive
+        + stats.workers_recycled
+        + stats.workers_lost
+        + stats.start_failures
+        + stats.workers_stopped
+    ), stats
+    assert stats.workers_idle + stats.workers_busy == stats.workers_alive, stats
 
 
 def open_fake(
@@ -452,3 +469,54 @@ async def test_the_engine_is_stopped_even_if_cancelling_fails() -> None:
     assert backend.stopped
     assert len(backend.cancelled) == 2
     assert len(answered) == 2  # no caller is left waiting
+
+
+async def test_statistics_keep_the_identity_on_a_cluster() -> None:
+    with trio.fail_after(20):
+        async with open_fake(ThreadBackend(capacity=2), time_limit=5.0) as pool:
+            stats = pool.statistics()
+            assert (stats.workers, stats.workers_alive, stats.workers_idle) == (2, 2, 2)
+            assert (stats.workers_started, stats.workers_lost) == (2, 0)
+            assert_identity(stats)
+            assert await pool.run_sync(workerfuncs.add, 1, 2) == 3
+            # Killed on cancel, confirmed by the engine: one worker lost.
+            with trio.move_on_after(0.1):
+                await pool.run_sync(workerfuncs.sleep, 0.5)
+            # Killed by the time limit: another.
+            with pytest.raises(triopool.TimeLimitExceeded):
+                await pool.run_sync(workerfuncs.sleep, 0.5, time_limit=0.1)
+            # Reported dead by the engine: another.
+            with pytest.raises(triopool.BrokenWorkerError):
+                await pool.run_sync(crash)
+            # An ordinary error loses no worker.
+            with pytest.raises(ValueError, match="fine"):
+                await pool.run_sync(workerfuncs.raise_value_error, "fine")
+            while pool.statistics().workers_busy:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+            stats = pool.statistics()
+            assert stats.workers_lost == 3
+            assert stats.workers_started == 2 + 3
+            assert (stats.workers_alive, stats.workers_stopped) == (2, 0)
+            assert_identity(stats)
+        stats = pool.statistics()
+    assert (stats.workers, stats.workers_alive, stats.workers_busy) == (2, 0, 0)
+    assert (stats.workers_lost, stats.workers_stopped) == (3, 2)
+    assert stats.tasks_completed == 1
+    assert stats.tasks_failed == 3
+    assert stats.tasks_cancelled == 1
+    assert_identity(stats)
+
+
+async def test_a_call_left_to_finish_loses_no_worker() -> None:
+    # Cancelled with kill_on_cancel=False: the call ran on, its worker lives.
+    backend = ThreadBackend(capacity=1, kill_running=False)
+    with trio.fail_after(20):
+        async with open_fake(backend, kill_on_cancel=False) as pool:
+            with trio.CancelScope() as scope:
+                scope.deadline = trio.current_time() + 0.05
+                assert await pool.run_sync(workerfuncs.sleep, 0.2) == 0.2
+            assert scope.cancel_called
+    stats = pool.statistics()
+    assert stats.workers_lost == 0
+    assert stats.workers_started == stats.workers_stopped == 1
+    assert_identity(stats)

@@ -18,6 +18,9 @@ Invariants:
 - Leaving the block cancels every call still in flight (killing it where the
   engine can) and stops the engine only if the backend started it; nothing
   that fails while cancelling keeps it from being stopped.
+- The worker counters count the engine's worker slots as the pool's workers
+  (see :meth:`BackendPool.statistics`), so they keep the identity
+  :class:`~triopool.PoolStatistics` states.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import trio
 
 from . import _map
 from ._backend import Backend, Outcome, TrioBridge
-from ._errors import TimeLimitExceeded
+from ._errors import BrokenWorkerError, TimeLimitExceeded
 from ._pool import (
     POOL_DEFAULT,
     PoolConfig,
@@ -87,6 +90,8 @@ class _Job:
     # The caller's wait; its deadline is the hard time limit once submitted.
     scope: trio.CancelScope | None = None
     cancel_sent: bool = False
+    # Its caller gave up on it and the engine was asked to kill its worker.
+    killed: bool = False
 
 
 @functools.cache
@@ -206,6 +211,9 @@ class BackendPool:
         self._tasks_failed = 0
         self._tasks_cancelled = 0
         self._tasks_submitted = 0
+        self._workers_started = 0
+        self._workers_lost = 0
+        self._workers_stopped = 0
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open" if self._open else "starting"
@@ -224,27 +232,48 @@ class BackendPool:
     def statistics(self) -> PoolStatistics:
         """Return a snapshot of the pool's counters (cheap: no I/O).
 
-        The engine's workers are not the pool's: ``workers`` is the engine's
-        capacity (worker slots), ``workers_busy`` the calls in flight, and the
-        worker lifecycle counters (started, recycled, lost, ...) stay 0.
+        The engine's processes are not the pool's: here a *worker* is one of
+        the engine's worker slots the pool uses (Ray: a CPU; Dask: a worker
+        thread), and the counters say what the pool did with them and what
+        the engine reported, no more:
+
+        - ``workers``: the slots, counted when the pool opened.
+        - ``workers_alive``: the slots while the block runs; 0 once it exits.
+          ``workers_busy`` are the slots holding a call the engine has not
+          finished (a call being killed included), ``workers_idle`` the rest.
+        - ``workers_lost``: calls whose engine worker died: killed by the
+          pool (a time limit, or cancellation with ``kill_on_cancel``) and
+          confirmed by the engine, or reported by the engine as a crash
+          (:class:`~triopool.BrokenWorkerError`).
+        - ``workers_started``: the slots taken when the pool opened, plus one
+          per lost worker, which the engine replaces on its own.
+        - ``workers_stopped``: the slots given back when the pool closed.
+        - ``workers_recycled`` and ``start_failures`` stay 0: the engine
+          retires (Ray's ``max_calls``) and starts its processes where the
+          pool cannot see.
+
+        So ``workers_started == workers_alive + workers_recycled +
+        workers_lost + start_failures + workers_stopped`` holds as for the
+        local pool.
         """
-        in_flight = len(self._in_engine)
+        alive = 0 if self._closed else self._capacity
+        busy = min(len(self._in_engine), alive)
         return PoolStatistics(
             workers=self._capacity,
-            workers_alive=self._capacity,
-            workers_idle=max(0, self._capacity - in_flight),
-            workers_busy=in_flight,
+            workers_alive=alive,
+            workers_idle=alive - busy,
+            workers_busy=busy,
             tasks_waiting=self._tasks_waiting,
             tasks_running=self._tasks_running,
             tasks_completed=self._tasks_completed,
             tasks_failed=self._tasks_failed,
             tasks_cancelled=self._tasks_cancelled,
             tasks_submitted=self._tasks_submitted,
-            workers_started=0,
+            workers_started=self._workers_started,
             workers_recycled=0,
-            workers_lost=0,
+            workers_lost=self._workers_lost,
             start_failures=0,
-            workers_stopped=0,
+            workers_stopped=self._workers_stopped,
         )
 
     async def run_sync(
@@ -401,6 +430,13 @@ class BackendPool:
 
     def _deliver(self, job: _Job, outcome: Outcome) -> None:
         self._in_engine.discard(job)
+        if outcome.error is not None and (
+            job.killed or isinstance(outcome.error, BrokenWorkerError)
+        ):
+            # Its engine worker died; the engine puts another in the slot. (A
+            # call that ended before its kill took effect returned a value.)
+            self._workers_lost += 1
+            self._workers_started += 1
         self._finish(job, outcome)
         self._kick.set()
 
@@ -428,7 +464,9 @@ class BackendPool:
             self._tasks_running -= 1
             self._tasks_cancelled += 1
             if job in self._in_engine:
-                self._cancel(job, kill=True)
+                kill = self._backend.capabilities.kill_running
+                self._cancel(job, kill=kill)
+                job.killed = kill
 
     def _cancel(self, job: _Job, *, kill: bool) -> None:
         if not job.cancel_sent:
@@ -474,6 +512,7 @@ async def _run_backend_pool(pool: BackendPool) -> AsyncIterator[BackendPool]:
             backend.start, pool._max_tasks_per_child
         )
         started = True
+        pool._workers_started = pool._capacity
         pool._open = True
         async with trio.open_nursery() as nursery:
             nursery.start_soon(
@@ -492,6 +531,7 @@ async def _run_backend_pool(pool: BackendPool) -> AsyncIterator[BackendPool]:
     finally:
         pool._closing = True
         pool._closed = True
+        pool._workers_stopped = pool._capacity
         try:
             with trio.CancelScope(shield=True):
                 pool._cancel_all()
