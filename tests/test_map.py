@@ -369,12 +369,16 @@ async def test_error_from_an_async_input_is_raised_as_itself(
         with pytest.raises(KeyError, match="async input failed"):
             await pool.map(mapfuncs.square, broken_input(), chunksize=chunksize)
         received: list[int] = []
-        async with pool.imap(
-            mapfuncs.square, broken_input(), chunksize=chunksize
-        ) as results:
-            with pytest.raises(KeyError, match="async input failed"):
+
+        async def consume() -> None:
+            async with pool.imap(
+                mapfuncs.square, broken_input(), chunksize=chunksize
+            ) as results:
                 async for value in results:
                     received.append(value)
+
+        with pytest.raises(KeyError, match="async input failed"):
+            await consume()
     assert received == [i * i for i in range(len(received))]
     await assert_healthy(pool)
 
@@ -594,7 +598,8 @@ async def test_bad_arguments(pool: triopool.Pool) -> None:
         await pool.map(5, range(3))  # type: ignore[arg-type]
     # Not even cloudpickle can send a lock (lambdas are fine with it: see
     # test_serialization.py).
-    unpicklable = functools.partial(mapfuncs.add_to, threading.Lock())
+    lock: Any = threading.Lock()
+    unpicklable = functools.partial(mapfuncs.add_to, lock)
     with pytest.raises(triopool.SerializationError, match="could not pickle"):
         await pool.map(unpicklable, range(3))
     with pytest.raises(triopool.SerializationError, match="could not pickle"):

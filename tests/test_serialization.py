@@ -112,9 +112,7 @@ async def test_map_and_imap_of_a_lambda_and_a_closure_with_cloudpickle(
             async with pool.imap(
                 make_closure(3), range(7), chunksize=chunksize
             ) as results:
-                assert [value async for value in results] == [
-                    3 * x for x in range(7)
-                ]
+                assert [value async for value in results] == [3 * x for x in range(7)]
             async with pool.imap(
                 lambda x: -x, range(7), ordered=False, chunksize=chunksize
             ) as results:

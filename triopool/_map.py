@@ -52,7 +52,7 @@ from ._errors import SerializationError
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
     from contextlib import AbstractAsyncContextManager
-    from typing import Self, TypeAlias
+    from typing import Never, Self, TypeAlias
 
     from ._backend_pool import BackendPool
     from ._pool import Pool
@@ -115,7 +115,7 @@ def _check_picklable(fn: object) -> None:
 _INPUT_CLOSE_GRACE = 2.0
 
 
-async def _close_input(items: AsyncGenerator[object, None]) -> None:
+async def _close_input(items: AsyncGenerator[object, Never]) -> None:
     """``aclose()`` an async generator input, inside the call's block.
 
     Without it, an input left unfinished by a ``break``, an error or a
