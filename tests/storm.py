@@ -10,6 +10,13 @@ Every task carries a nonce; the worker echoes it with its pid. A test hook
 each task was written to. A result that carries another task's nonce, or the
 pid of a worker the task was not sent to, is cross-talk: what a mixed-up fd
 would produce.
+
+The pool absorbs some symptoms of a mix-up without any caller seeing them: a
+frame on an idle worker's pipe costs only that worker, a bad handshake frame
+is one more start failure. It logs them, so the storm watches the
+``"triopool"`` logger too (:class:`LogWatch`): an ERROR record, a record that
+reports a protocol violation, or a start failure the storm did not cause is a
+violation like any other.
 """
 
 from __future__ import annotations
@@ -30,19 +37,175 @@ import trio
 
 import triopool
 from tests import workerfuncs as wf
-from tests.conftest import child_processes, open_fds
+from tests.conftest import is_running, open_fds
 from triopool import _protocol, _worker
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
+    from types import FrameType
+
+START_METHODS = ("spawn", "forkserver")
+
+
+def descendants() -> set[int]:
+    """Pids of this process's descendants, running or zombie.
+
+    With ``start_method="forkserver"`` the workers are the fork server's
+    children, not ours: only the whole tree shows them.
+    """
+    found: set[int] = set()
+    parents = [os.getpid()]
+    while parents:
+        parent = parents.pop()
+        try:
+            tids = os.listdir(f"/proc/{parent}/task")
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # reaped meanwhile
+        for tid in tids:
+            try:
+                with open(f"/proc/{parent}/task/{tid}/children") as f:
+                    children = [int(pid) for pid in f.read().split()]
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            for child in children:
+                if child not in found:
+                    found.add(child)
+                    parents.append(child)
+    return found
+
+
+def start_time(pid: int) -> int | None:
+    """When ``pid`` started (clock ticks since boot), or None once reaped; with
+    the pid it names one process, whatever process reuses the number later."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return int(stat.read().rpartition(")")[2].split()[19])
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
+def fd_bound(baseline: int, workers: int, start_method: str) -> int:
+    """The most fds the pool's process may hold with ``workers`` slots.
+
+    Per slot: the serving (or starting) worker's two pipe ends and, while it
+    waits for an exit, a pidfd; a retiring worker's result pipe and pidfd
+    while it exits (a slot starts the replacement meanwhile); plus one spare.
+    A forked worker has no pidfd here (the server reaps it), so the same six
+    cover it. The fork server adds its socket and, while the pool waits for
+    it to exit, its pidfd. Anything above means fds are piling up somewhere.
+    The storm and the model check the same bound.
+    """
+    server = 2 if start_method == "forkserver" else 0
+    return baseline + 6 * workers + server
+
+
+def process_bound(workers: int, start_method: str) -> int:
+    """The most processes (zombies included) the pool may have at once.
+
+    A slot has at most its serving worker and one retiring worker being
+    reaped; a fork server that died is reaped while its replacement starts.
+    """
+    servers = 2 if start_method == "forkserver" else 0
+    return 2 * workers + servers
+
+
+# A start failure the storm causes: a start timeout or a SIGKILL. With a fork
+# server, killing it takes its workers along, and a fork request may meet the
+# dying server (EPIPE on its socket).
+_EXPECTED_START_FAILURES = {
+    "spawn": ("did not report up within", "SIGKILL"),
+    "forkserver": ("did not report up within", "SIGKILL", "fork server", "Broken pipe"),
+}
+
+
+class LogWatch(logging.Handler):
+    """Turn what the pool logs about itself into violations.
+
+    The pool only logs some failures that no caller sees (see the module
+    docstring). A record is a violation if it is an ERROR (or worse), if it
+    reports a protocol violation (a frame the pool did not expect, bytes that
+    are not frames), or if it is a start failure with a cause the test did
+    not inject. ``allow(record)`` may excuse a record the test expects (the
+    model's broken pool after kills of starting workers); the storm's own
+    faults only produce WARNING records of expected causes (the storm's
+    self-tests check both ways).
+    """
+
+    def __init__(
+        self,
+        start_method: str = "spawn",
+        allow: Callable[[logging.LogRecord], bool] | None = None,
+    ) -> None:
+        super().__init__(logging.DEBUG)
+        self.expected_start_failures = _EXPECTED_START_FAILURES[start_method]
+        self.allow = allow
+        self.violations: list[str] = []
+        self.counts: Counter[str] = Counter()
+        #: Start failures of the fork server itself (see check_counters).
+        self.server_start_failures = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.counts[record.levelname] += 1
+        problem = self.problem(record)
+        if problem is not None and not (self.allow and self.allow(record)):
+            self.violations.append(problem)
+
+    def problem(self, record: logging.LogRecord) -> str | None:
+        """What is wrong with a ``"triopool"`` log record, if anything."""
+        message = record.getMessage()
+        where = f"logged {record.levelname}: {message}"
+        if record.levelno >= logging.ERROR:
+            return where
+        if "protocol" in message or "instead of reporting up" in message:
+            return f"protocol violation {where}"
+        if message.startswith("worker failed to start"):
+            if _called_from("_run_forkserver"):
+                self.server_start_failures += 1
+            if not any(cause in message for cause in self.expected_start_failures):
+                return f"unexpected start failure {where}"
+        return None
+
+
+def _called_from(function: str) -> bool:
+    """Whether the pool's ``function`` is on the stack (records are emitted
+    synchronously, in the task that logs them)."""
+    frame: FrameType | None = sys._getframe()
+    while frame is not None:
+        if frame.f_code.co_name == function:
+            return True
+        frame = frame.f_back
+    return False
 
 
 @contextlib.contextmanager
-def record_sends(sent: dict[str, list[int]]) -> Iterator[None]:
+def watch_log(watch: LogWatch) -> Iterator[LogWatch]:
+    """Attach ``watch`` to the ``"triopool"`` logger for the block.
+
+    The logger passes WARNING records at least meanwhile (the soak quiets it
+    otherwise), so start failures reach the watch.
+    """
+    logger = logging.getLogger("triopool")
+    level = logger.level
+    if level == logging.NOTSET or level > logging.WARNING:
+        logger.setLevel(logging.WARNING)
+    logger.addHandler(watch)
+    try:
+        yield watch
+    finally:
+        logger.removeHandler(watch)
+        logger.setLevel(level)
+
+
+@contextlib.contextmanager
+def record_sends(
+    sent: dict[str, list[int]],
+    pid_of: Callable[[_worker.Worker], int] = lambda worker: worker.pid,
+) -> Iterator[None]:
     """Record, per task nonce, the pids of the workers the task was written to.
 
     A test hook: it wraps ``Worker.send`` for the duration of the block, so
-    the pool itself carries no tracing code.
+    the pool itself carries no tracing code. ``pid_of`` lets the storm's
+    self-test record a wrong pid, to show that the pid checks can fail.
     """
     original = _worker.Worker.send
 
@@ -53,7 +216,7 @@ def record_sends(sent: dict[str, list[int]]) -> Iterator[None]:
             frame = decoder.next_frame()
             assert isinstance(frame, _protocol.Frame)
             _fn, args, _soft = _protocol.loads(frame.payload, frame.buffers)
-            sent.setdefault(args[0], []).append(self.pid)
+            sent.setdefault(args[0], []).append(pid_of(self))
         await original(self, pieces)
 
     _worker.Worker.send = send  # type: ignore[method-assign]
@@ -71,6 +234,7 @@ class StormConfig:
     tasks: int = 200  # total tasks (ignored if duration is set)
     duration: float | None = None  # seconds of submitting, instead of a count
     in_flight: int = 200  # tasks waiting or running at once, at most
+    start_method: str = "spawn"
     start_timeout: float = 1.0
     quick_start: float = 0.9  # share of workers that report up at once
     kill_interval: float = 1.0  # mean seconds between external SIGKILLs
@@ -83,6 +247,7 @@ class StormReport:
     """What happened, and every invariant that did not hold."""
 
     seed: int
+    start_method: str = "spawn"
     violations: list[str] = field(default_factory=list)
     outcomes: Counter[str] = field(default_factory=Counter)
     kills: int = 0
@@ -93,6 +258,7 @@ class StormReport:
     samples: int = 0
     elapsed: float = 0.0
     stats: triopool.PoolStatistics | None = None
+    log_counts: Counter[str] = field(default_factory=Counter)
 
     @property
     def tasks_done(self) -> int:
@@ -101,7 +267,7 @@ class StormReport:
     def summary(self) -> str:
         stats = self.stats
         lines = [
-            f"seed {self.seed}, {self.elapsed:.1f} s",
+            f"seed {self.seed}, {self.start_method}, {self.elapsed:.1f} s",
             f"tasks done: {self.tasks_done} ({dict(sorted(self.outcomes.items()))})",
         ]
         if stats is not None:
@@ -115,15 +281,26 @@ class StormReport:
             f"external SIGKILLs: {self.kills}",
             f"peak fds: {self.peak_fds} (baseline {self.baseline_fds}, "
             f"bound {self.fd_bound}, {self.samples} samples)",
-            f"peak worker processes: {self.peak_children}",
+            f"peak pool processes: {self.peak_children}",
+            f"log records: {dict(sorted(self.log_counts.items()))}",
             f"violations: {len(self.violations)}",
             *(f"  {v}" for v in self.violations[:20]),
         ]
         return "\n".join(lines)
 
 
-def check_counters(stats: triopool.PoolStatistics, *, settled: bool) -> list[str]:
-    """The identities PoolStatistics documents; ``settled``: nothing in flight."""
+def check_counters(
+    stats: triopool.PoolStatistics, *, settled: bool, server_start_failures: int = 0
+) -> list[str]:
+    """The identities PoolStatistics documents; ``settled``: nothing in flight.
+
+    ``server_start_failures``: start failures of the fork server itself (from
+    :class:`LogWatch`). The pool counts them in ``start_failures`` but not in
+    ``workers_started``, so the documented identity is off by exactly that
+    many; this is a bug of the pool, pinned by a strict xfail test in
+    ``test_fd_exhaustion``. Drop the parameter once the pool honours the
+    identity.
+    """
     problems = []
     workers = (
         stats.workers_alive
@@ -132,7 +309,7 @@ def check_counters(stats: triopool.PoolStatistics, *, settled: bool) -> list[str
         + stats.start_failures
         + stats.workers_stopped
     )
-    if stats.workers_started != workers:
+    if stats.workers_started + server_start_failures != workers:
         problems.append(f"worker counters do not add up: {stats}")
     in_flight = stats.tasks_waiting + stats.tasks_running
     ended = stats.tasks_completed + stats.tasks_failed + stats.tasks_cancelled
@@ -153,18 +330,32 @@ async def run_storm(config: StormConfig) -> StormReport:
     """Run one storm and report; never raises for a violated invariant."""
     seed = config.seed if config.seed is not None else random.randrange(2**32)
     rng = random.Random(seed)
-    report = StormReport(seed=seed)
+    report = StormReport(seed=seed, start_method=config.start_method)
     violations = report.violations
     sent: dict[str, list[int]] = {}
     fds_before = open_fds()
-    children_before = child_processes()
+    processes_before = descendants()
+    # Every pool process seen, with its start time: none may run after the
+    # block, even one the fork server's death left to init.
+    seen: dict[int, int | None] = {}
     report.baseline_fds = len(fds_before)
-    # Per slot: the serving worker's two pipe ends and, while it waits for an
-    # exit, a pidfd; a retiring worker's result pipe and pidfd while it exits;
-    # plus one spare. Anything above means fds are piling up somewhere.
-    report.fd_bound = len(fds_before) + 6 * config.workers
+    report.fd_bound = fd_bound(len(fds_before), config.workers, config.start_method)
+    processes_allowed = process_bound(config.workers, config.start_method)
     start = time.monotonic()
     timeout = config.start_timeout
+    log = LogWatch(config.start_method)
+
+    def counter_problems(stats: triopool.PoolStatistics, *, settled: bool) -> list[str]:
+        return check_counters(
+            stats, settled=settled, server_start_failures=log.server_start_failures
+        )
+
+    def pool_processes() -> list[int]:
+        pids = sorted(descendants() - processes_before)
+        for pid in pids:
+            if pid not in seen:
+                seen[pid] = start_time(pid)
+        return pids
 
     def sample(pool: triopool.Pool) -> None:
         count = len(open_fds())
@@ -172,14 +363,14 @@ async def run_storm(config: StormConfig) -> StormReport:
         report.peak_fds = max(report.peak_fds, count)
         if count > report.fd_bound:
             violations.append(f"{count} fds open, above the bound {report.fd_bound}")
-        # A slot has at most its serving worker and one retiring worker that
-        # is being reaped, so never more than two processes (zombies
-        # included) per slot.
-        children = len(child_processes() - children_before)
-        report.peak_children = max(report.peak_children, children)
-        if children > 2 * config.workers:
-            violations.append(f"{children} worker processes for {config.workers} slots")
-        violations.extend(check_counters(pool.statistics(), settled=False))
+        processes = len(pool_processes())
+        report.peak_children = max(report.peak_children, processes)
+        if processes > processes_allowed:
+            violations.append(
+                f"{processes} pool processes for {config.workers} slots "
+                f"(at most {processes_allowed})"
+            )
+        violations.extend(counter_problems(pool.statistics(), settled=False))
 
     async def monitor(pool: triopool.Pool) -> None:
         while True:
@@ -189,9 +380,11 @@ async def run_storm(config: StormConfig) -> StormReport:
     async def killer() -> None:
         while True:
             await trio.sleep(rng.expovariate(1 / config.kill_interval))
-            # Our children are the pool's workers only; a listed pid is not
-            # reaped yet, so it cannot belong to anyone else.
-            pids = sorted(child_processes() - children_before)
+            # Our descendants are the pool's processes only (with forkserver,
+            # the server is among them: killing it takes its workers along).
+            # A listed pid is not reaped yet, so it cannot belong to anyone
+            # else.
+            pids = pool_processes()
             if pids:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(rng.choice(pids), signal.SIGKILL)
@@ -290,9 +483,10 @@ async def run_storm(config: StormConfig) -> StormReport:
                     await trio.sleep(rng.uniform(0, 0.01))
 
     pool: triopool.Pool | None = None
-    with record_sends(sent):
+    with record_sends(sent), watch_log(log):
         async with triopool.open_pool(
             config.workers,
+            start_method=config.start_method,
             max_tasks_per_child=1,
             initializer=wf.initializer_random_delay,
             initargs=(config.quick_start, 0.5 * timeout, 1.5 * timeout),
@@ -308,8 +502,10 @@ async def run_storm(config: StormConfig) -> StormReport:
                 nursery.cancel_scope.cancel()
             sample(pool)
     report.elapsed = time.monotonic() - start
+    report.log_counts = log.counts
+    violations.extend(log.violations)
     stats = report.stats = pool.statistics()
-    violations.extend(check_counters(stats, settled=True))
+    violations.extend(counter_problems(stats, settled=True))
     if report.tasks_done != stats.tasks_submitted:
         violations.append(
             f"{report.tasks_done} tasks ended, {stats.tasks_submitted} submitted"
@@ -322,9 +518,16 @@ async def run_storm(config: StormConfig) -> StormReport:
             f"fd set changed: +{sorted(fds_after - fds_before)} "
             f"-{sorted(fds_before - fds_after)}"
         )
-    left = child_processes() - children_before
+    left = descendants() - processes_before
     if left:
         violations.append(f"processes left: {sorted(left)}")
+    outlived = sorted(
+        pid
+        for pid, started in seen.items()
+        if started is not None and start_time(pid) == started and is_running(pid)
+    )
+    if outlived:
+        violations.append(f"pool processes still running after the block: {outlived}")
     return report
 
 
@@ -333,16 +536,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=1.0)
     parser.add_argument("--workers", type=int, default=8)
+    # Hundreds of tasks waiting or running at once, as in the small storm.
+    parser.add_argument("--in-flight", type=int, default=200)
+    parser.add_argument("--start-method", choices=START_METHODS, default="spawn")
     parser.add_argument("--seed", type=int, default=None)
     args = parser.parse_args(argv)
-    # Start failures and deaths are the point here: log only real trouble.
-    logging.getLogger("triopool").setLevel(logging.ERROR)
-    # Fewer tasks queued than in the small storm, so that the end of the run
-    # is not a long drain of the queue.
+    # Nothing is printed as it happens: the storm's LogWatch takes the pool's
+    # records (start failures and deaths are the point here) and reports the
+    # ones that are violations with the rest.
     config = StormConfig(
         workers=args.workers,
         duration=args.minutes * 60,
-        in_flight=8 * args.workers,
+        in_flight=args.in_flight,
+        start_method=args.start_method,
         seed=args.seed,
     )
     report = trio.run(run_storm, config)

@@ -3,21 +3,35 @@ can fail (see ``tests/storm.py``; ``nox -s stress`` runs it for minutes)."""
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import functools
+import logging
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import trio
 
 import triopool
+from tests import storm
 from tests import workerfuncs as wf
-from tests.storm import StormConfig, record_sends, run_storm
-from triopool import _pool
+from tests.storm import LogWatch, StormConfig, record_sends, run_storm
+from triopool import _pool, _protocol, _worker
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 
 @pytest.mark.slow
-async def test_recycling_storm_keeps_every_invariant() -> None:
+async def test_recycling_storm_keeps_every_invariant(
+    start_method: str, record_property: Callable[[str, object], None]
+) -> None:
     with trio.fail_after(600):
-        report = await run_storm(StormConfig())
+        report = await run_storm(StormConfig(start_method=start_method))
+    # The issue asks for under 60 s per run on the test machine: recorded
+    # (pytest -s, --durations, the junit property), not asserted, so that a
+    # loaded machine does not fail the suite.
+    record_property("storm_seconds", round(report.elapsed, 1))
+    print(f"small storm, {start_method}: {report.elapsed:.1f} s")
     print(report.summary())
     assert not report.violations, report.summary()
     stats = report.stats
@@ -32,6 +46,9 @@ async def test_recycling_storm_keeps_every_invariant() -> None:
     assert stats.start_failures > 0
     assert stats.workers_recycled > 0
     assert report.peak_fds > report.baseline_fds
+    # The log watch was attached and saw the storm's deliberate faults (all
+    # WARNING records of expected causes, none a violation).
+    assert report.log_counts["WARNING"] > 0
 
 
 async def test_send_hook_records_the_worker_each_task_went_to() -> None:
@@ -43,6 +60,11 @@ async def test_send_hook_records_the_worker_each_task_went_to() -> None:
                 for i in range(6)
             ]
     assert sent == {nonce: [pid] for nonce, pid in answers}
+
+
+# The detectors: each self-test simulates one symptom of an fd mix-up and
+# expects the storm to report it. A small, calm storm suffices.
+CALM = StormConfig(workers=2, tasks=20, kill_interval=1000.0, quick_start=1.0)
 
 
 async def test_storm_detects_results_delivered_to_the_wrong_caller(
@@ -61,7 +83,178 @@ async def test_storm_detects_results_delivered_to_the_wrong_caller(
         return value
 
     monkeypatch.setattr(_pool, "_outcome", swapping_outcome)
-    config = StormConfig(workers=2, tasks=20, kill_interval=1000.0, quick_start=1.0)
+    with trio.fail_after(120):
+        report = await run_storm(CALM)
+    assert any("cross-talk" in v for v in report.violations), report.summary()
+
+
+async def test_storm_detects_answers_from_a_worker_the_task_was_not_sent_to(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Record every task as sent to a pid no worker has: each result then
+    # comes "from another worker", and each worker death names the wrong one.
+    # This is what the storm would see if a task were written to one
+    # worker's pipe and answered on another's.
+    monkeypatch.setattr(
+        storm,
+        "record_sends",
+        functools.partial(record_sends, pid_of=lambda worker: -worker.pid),
+    )
+    # A fifth of the tasks end their worker: forty make a BrokenWorkerError
+    # all but certain, whatever the seed.
+    config = StormConfig(workers=2, tasks=40, kill_interval=1000.0, quick_start=1.0)
     with trio.fail_after(120):
         report = await run_storm(config)
-    assert any("cross-talk" in v for v in report.violations), report.summary()
+    assert report.outcomes["result"] > 0, report.summary()
+    assert report.outcomes["BrokenWorkerError"] > 0, report.summary()
+    answered = [v for v in report.violations if "answered by" in v]
+    failed_in = [v for v in report.violations if "failed in worker" in v]
+    assert len(answered) == report.outcomes["result"], report.summary()
+    assert len(failed_in) == report.outcomes["BrokenWorkerError"], report.summary()
+
+
+def fake_frame() -> _protocol.Frame:
+    """A well-formed RESULT frame that no task asked for."""
+    payload, _ = _protocol.dumps(("nonce of nobody", 0))
+    return _protocol.Frame(_protocol.RESULT, 0, payload, [])
+
+
+@contextlib.contextmanager
+def fake_first_frame(when: Callable[[int, int], bool]) -> Any:
+    """Make the first ``receive`` of any worker for which ``when(sends,
+    receives)`` holds return :func:`fake_frame`: what a frame from another
+    worker's pipe would look like to the pool. Returns the list of pids it
+    fired for."""
+    real_send = _worker.Worker.send
+    real_receive = _worker.Worker.receive
+    counts: dict[int, list[int]] = {}
+    fired: list[int] = []
+
+    async def send(self: _worker.Worker, pieces: list[bytes | memoryview]) -> None:
+        counts.setdefault(id(self), [0, 0])[0] += 1
+        await real_send(self, pieces)
+
+    async def receive(self: _worker.Worker) -> _protocol.Frame | None:
+        sends, receives = counts.setdefault(id(self), [0, 0])
+        counts[id(self)][1] += 1
+        if not fired and when(sends, receives):
+            fired.append(self.pid)
+            if receives == 0:
+                await real_receive(self)  # its real UP, replaced below
+            # Not cancellable: the fake must reach the pool once it fired.
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return fake_frame()
+        return await real_receive(self)
+
+    _worker.Worker.send = send  # type: ignore[method-assign]
+    _worker.Worker.receive = receive  # type: ignore[method-assign]
+    try:
+        yield fired
+    finally:
+        _worker.Worker.send = real_send  # type: ignore[method-assign]
+        _worker.Worker.receive = real_receive  # type: ignore[method-assign]
+
+
+async def test_storm_detects_a_frame_from_an_idle_worker() -> None:
+    # A frame on an idle worker's pipe costs the pool only that worker (one
+    # more "lost"), and no caller sees it: only the log shows it. Every send
+    # answered means the worker is idle. One task at a time, so that the
+    # second worker idles.
+    config = StormConfig(
+        workers=2, tasks=10, in_flight=1, kill_interval=1000.0, quick_start=1.0
+    )
+    with trio.fail_after(120), fake_first_frame(lambda s, r: r > 0 and s == r) as fired:
+        report = await run_storm(config)
+    assert fired, "no worker was idle"
+    problems = [v for v in report.violations if "idle worker" in v]
+    assert problems, report.summary()
+    # Nothing else noticed: without the log watch the storm would pass.
+    assert len(problems) == len(report.violations), report.summary()
+
+
+async def test_storm_detects_a_bad_handshake_frame() -> None:
+    # A frame other than UP in the handshake is one more start failure, which
+    # the storm causes on purpose: only the watch tells this one apart.
+    with trio.fail_after(120), fake_first_frame(lambda s, r: r == 0) as fired:
+        report = await run_storm(CALM)
+    assert fired
+    problems = [v for v in report.violations if "instead of reporting up" in v]
+    assert problems, report.summary()
+    assert len(problems) == len(report.violations), report.summary()
+
+
+def record(level: int, message: str, *args: object) -> logging.LogRecord:
+    return logging.LogRecord("triopool", level, __file__, 0, message, args, None)
+
+
+@pytest.mark.parametrize(
+    ("level", "message", "args", "violation"),
+    [
+        (logging.ERROR, "pool broken: %s", ("5 starts failed",), True),
+        (logging.ERROR, "idle worker %d sent %r; killing it", (7, "<Frame>"), True),
+        (logging.CRITICAL, "anything", (), True),
+        (
+            logging.WARNING,
+            "idle worker %d died (%s)",
+            (7, "killed for breaking the protocol: bad magic"),
+            True,
+        ),
+        (
+            logging.WARNING,
+            "worker failed to start (%d in a row): %s",
+            (1, "worker 7 sent <Frame kind=3> instead of reporting up"),
+            True,
+        ),
+        (
+            logging.WARNING,
+            "worker failed to start (%d in a row): %s",
+            (1, "the initializer raised in worker 7: ValueError: x"),
+            True,
+        ),
+        # What the storm does on purpose.
+        (
+            logging.WARNING,
+            "worker failed to start (%d in a row): %s",
+            (1, "worker 7 did not report up within 1 s"),
+            False,
+        ),
+        (
+            logging.WARNING,
+            "worker failed to start (%d in a row): %s",
+            (2, "worker 7 exited (signal SIGKILL) before reporting up"),
+            False,
+        ),
+        (logging.WARNING, "idle worker %d died (%s)", (7, "signal SIGKILL"), False),
+        (logging.WARNING, "worker %d died running a task (%s)", (7, "exit 3"), False),
+        (logging.INFO, "worker %d retired %s", (7, "after 1 tasks"), False),
+    ],
+)
+def test_log_watch_flags_errors_and_protocol_violations(
+    level: int, message: str, args: tuple[object, ...], violation: bool
+) -> None:
+    watch = LogWatch()
+    watch.handle(record(level, message, *args))
+    assert bool(watch.violations) == violation, watch.violations
+
+
+def test_log_watch_excuses_what_the_test_allows() -> None:
+    watch = LogWatch(allow=lambda r: r.getMessage().startswith("pool broken"))
+    watch.handle(record(logging.ERROR, "pool broken: %s", "5 starts failed"))
+    assert not watch.violations
+    watch.handle(record(logging.ERROR, "idle worker %d sent %r", 7, "<Frame>"))
+    assert len(watch.violations) == 1
+
+
+async def test_storm_detects_an_error_the_pool_only_logs() -> None:
+    # An ERROR record during the storm, from wherever in the pool, fails it.
+    logger = logging.getLogger("triopool")
+
+    async def log_an_error() -> None:
+        await trio.sleep(0.05)
+        logger.error("something went wrong inside the pool")
+
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(log_an_error)
+            report = await run_storm(CALM)
+    assert any("something went wrong" in v for v in report.violations), report.summary()
