@@ -7,26 +7,37 @@ The pool lives in a Trio run on a thread of its own for the length of one
 example; the rules reach it through ``trio.from_thread``. Workers are started
 by that thread, which lives as long as the pool (``PR_SET_PDEATHSIG`` fires
 when the starting thread exits).
+
+It runs once per start method. With ``forkserver`` the killable processes
+include the fork server, whose death takes its workers along. What the pool
+only logs is checked as in the storm (``tests.storm.LogWatch``).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import hypothesis.strategies as st
+import pytest
 import trio
 import trio.testing
 from hypothesis import HealthCheck, settings
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    rule,
+    run_state_machine_as_test,
+)
 
 import triopool
 from tests import workerfuncs as wf
-from tests.conftest import child_processes, open_fds
-from tests.storm import check_counters
+from tests.conftest import open_fds
+from tests.storm import LogWatch, check_counters, descendants, fd_bound, watch_log
 
 WORKERS = 2
 EXIT_CODE = 3
@@ -85,7 +96,7 @@ class ModelTask:
         return f"{where}: unexpected {error!r}"
 
 
-@settings(
+SETTINGS = settings(
     max_examples=10,
     stateful_step_count=15,
     deadline=None,
@@ -93,17 +104,31 @@ class ModelTask:
     database=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
+
+
 class PoolModel(RuleBasedStateMachine):
+    start_method: ClassVar[str] = "spawn"
+
     def __init__(self) -> None:
         super().__init__()
         self.fds_before = open_fds()
-        self.children_before = child_processes()
+        self.processes_before = descendants()
         self.tasks: list[ModelTask] = []
         self.violations: list[str] = []
         self.killed = False
         self.failure: BaseException | None = None
+        # Kills of starting workers are start failures, and enough of them
+        # break the pool, which logs an ERROR: expected only after kills.
+        self.log = LogWatch(
+            self.start_method,
+            allow=lambda record: (
+                self.killed and record.getMessage().startswith("pool broken")
+            ),
+        )
         self.ready = threading.Event()
         self.thread = threading.Thread(target=self._thread_main, daemon=True)
+        self.log_watch = watch_log(self.log)
+        self.log_watch.__enter__()
         self.thread.start()
         assert self.ready.wait(TIMEOUT), "the pool did not open"
         if self.failure is not None:
@@ -125,7 +150,10 @@ class PoolModel(RuleBasedStateMachine):
         self.token = trio.lowlevel.current_trio_token()
         async with (
             triopool.open_pool(
-                WORKERS, max_tasks_per_child=3, start_timeout=30
+                WORKERS,
+                start_method=self.start_method,
+                max_tasks_per_child=3,
+                start_timeout=30,
             ) as pool,
             trio.open_nursery() as nursery,
         ):
@@ -204,7 +232,9 @@ class PoolModel(RuleBasedStateMachine):
 
     @rule(which=st.integers(min_value=0, max_value=63))
     def kill_worker(self, which: int) -> None:
-        pids = sorted(child_processes() - self.children_before)
+        # A worker, or with forkserver possibly the server (and so its
+        # workers): the pool's processes are our only descendants.
+        pids = sorted(descendants() - self.processes_before)
         if not pids:
             return
         self.killed = True
@@ -224,8 +254,11 @@ class PoolModel(RuleBasedStateMachine):
 
     async def _reaped(self, pid: int) -> None:
         with trio.fail_after(TIMEOUT):
-            while pid in child_processes():  # noqa: ASYNC110 - nothing to wait on
+            while pid in descendants():  # noqa: ASYNC110 - nothing to wait on
                 await trio.sleep(0.005)
+            # A forked worker is reaped by the fork server, which then tells
+            # the pool: let the pool take in its EOF and that report.
+            await trio.testing.wait_all_tasks_blocked()
 
     @rule(seconds=st.sampled_from([0.0, 0.05, 0.3]))
     def wait(self, seconds: float) -> None:
@@ -235,8 +268,17 @@ class PoolModel(RuleBasedStateMachine):
     def settle(self) -> None:
         self._call(self._settle)
         stats = self._call_sync(self.pool.statistics)
-        assert not check_counters(stats, settled=False)
+        assert not self._counter_problems(stats, settled=False)
         assert stats.tasks_waiting == stats.tasks_running == 0
+
+    def _counter_problems(
+        self, stats: triopool.PoolStatistics, *, settled: bool
+    ) -> list[str]:
+        return check_counters(
+            stats,
+            settled=settled,
+            server_start_failures=self.log.server_start_failures,
+        )
 
     # Invariants, after every step.
 
@@ -250,15 +292,19 @@ class PoolModel(RuleBasedStateMachine):
     @invariant()
     def model_holds(self) -> None:
         assert not self.violations, self.violations
+        assert not self.log.violations, self.log.violations
         stats, done, results, fds = self._call_sync(self._snapshot)
-        problems = check_counters(stats, settled=False)
+        problems = self._counter_problems(stats, settled=False)
         assert not problems, problems
         assert stats.tasks_submitted == sum(task.submitted for task in self.tasks)
         ended = stats.tasks_completed + stats.tasks_failed + stats.tasks_cancelled
         assert done <= ended, stats
         assert results <= stats.tasks_completed, stats
-        # Per worker slot: two pipe ends and a pidfd while reaping.
-        assert fds <= self.trio_fds + 3 * WORKERS
+        # The storm's bound (see tests.storm.fd_bound): a slot holds its
+        # worker's pipes and, while a worker retires (max_tasks_per_child
+        # here too), the leaving worker's pipe and pidfd besides.
+        bound = fd_bound(self.trio_fds, WORKERS, self.start_method)
+        assert fds <= bound, (fds, bound)
 
     def teardown(self) -> None:
         try:
@@ -267,6 +313,7 @@ class PoolModel(RuleBasedStateMachine):
                 self._call_sync(self.stop.set)
         finally:
             self.thread.join(TIMEOUT)
+            self.log_watch.__exit__(None, None, None)
         if self.thread.is_alive():
             import sys
             import traceback
@@ -277,12 +324,32 @@ class PoolModel(RuleBasedStateMachine):
         if self.failure is not None:
             raise self.failure
         assert not self.violations, self.violations
+        assert not self.log.violations, self.log.violations
         stats = self.pool.statistics()
-        problems = check_counters(stats, settled=True)
+        problems = self._counter_problems(stats, settled=True)
         assert not problems, problems
         assert stats.tasks_submitted == sum(task.submitted for task in self.tasks)
         assert open_fds() == self.fds_before
-        assert child_processes() == self.children_before
+        assert descendants() == self.processes_before
 
 
-TestPoolModel = PoolModel.TestCase
+def test_pool_model(start_method: str) -> None:
+    model = type(
+        f"PoolModel_{start_method}", (PoolModel,), {"start_method": start_method}
+    )
+    run_state_machine_as_test(model, settings=SETTINGS)
+
+
+def test_model_fails_on_an_error_the_pool_only_logs() -> None:
+    # The model's log watch is live: an ERROR record during an example (here
+    # logged by the pool's own logger, as the pool would) fails it.
+    class LoggingModel(PoolModel):
+        @rule()
+        def log_an_error(self) -> None:
+            logging.getLogger("triopool").error("something went wrong")
+
+    with pytest.raises(AssertionError, match="something went wrong"):
+        run_state_machine_as_test(
+            LoggingModel,
+            settings=settings(SETTINGS, max_examples=3, stateful_step_count=5),
+        )
