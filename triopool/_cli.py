@@ -7,16 +7,24 @@ worker-side code lives in ``_demo`` and ``_cli_worker``, which never import
 trio: a package's ``__main__`` is not re-run in workers.
 
 Exit statuses: 0 success; 1 a task or an item failed (``map`` without
-``--keep-going``, or a ``demo`` result that does not match); 2 bad usage
+``--keep-going``, or a ``demo`` result that does not match), the pool broke,
+or stdout was closed before every result was written (``| head``); 2 bad usage
 (arguments, a missing module or function, an unreadable file); 130 Ctrl-C.
+
+On a terminal the progress line owns the last line of stderr: everything
+else written to the terminal while it shows (results on stdout, messages, the
+pool's log records, what workers print) first erases it, and it is redrawn
+after. Workers' output reaches the terminal through a pipe the parent relays
+for that reason (see :class:`_OutputRelay`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import inspect
-import json
+import logging
 import math
 import os
 import random
@@ -32,7 +40,7 @@ from ._errors import BrokenPoolError, TriopoolError
 from ._pool import _usable_cpus, open_pool
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Iterator, Sequence
 
     from ._pool import Pool
 
@@ -86,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="A process pool for Trio, from the command line.",
         epilog=(
             "Run 'triopool COMMAND --help' for the options of a command. "
-            "Exit status: 0 success, 1 a task or item failed, 2 bad usage."
+            "Exit status: 0 success; 1 a task or item failed, the pool broke, "
+            "or stdout was closed early; 2 bad usage; 130 interrupted."
         ),
     )
     parser.add_argument(
@@ -146,16 +155,20 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Read JSON values, one per line, from FILE or stdin; call "
             "FUNCTION on each in a pool of worker processes; write one JSON "
-            'line per item to stdout: {"input": ..., "output": ...} or '
+            'line per value to stdout: {"input": ..., "output": ...} or '
             '{"input": ..., "error": {"type": ..., "message": ...}}. '
-            "Blank lines are skipped. Without --keep-going, map stops at the "
-            "first failure (a failed item or a line that is not JSON) and "
-            "exits with status 1."
+            "Blank lines are skipped; a line that is not JSON has no value, "
+            "so it gets no stdout line but a message on stderr with its line "
+            "number. Without --keep-going, map stops at the first failure (a "
+            "failed item or a line that is not JSON) and exits with status 1."
         ),
         epilog=(
             "The module is imported from the current directory or sys.path, "
             "in this process (to check it) and in every worker. What the "
             "function prints goes to stderr, so stdout holds only results. "
+            "Exit status: 0 success (with --keep-going: even if items "
+            "failed); 1 an item failed, the pool broke, or stdout was closed "
+            "early; 2 bad usage; 130 interrupted. "
             "Example: seq 10 | triopool map math:factorial"
         ),
     )
@@ -189,8 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_float,
         metavar="SECONDS",
         help=(
-            "hard time limit per item (a chunk gets it once per item); the "
-            "worker is killed and its items fail with TimeLimitExceeded"
+            "hard time limit per item, from when the worker gets it (a chunk "
+            "of N items gets N times as long); on expiry the worker is killed "
+            "and the chunk's items fail with TimeLimitExceeded"
         ),
     )
     map_.add_argument(
@@ -209,7 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help=(
             "process every line even if some fail, and exit with status 0; "
-            "failed items still get an error line"
+            "failed items still get an error line (a line that is not JSON: "
+            "a message on stderr)"
         ),
     )
     map_.add_argument(
@@ -238,6 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         # The reader of stdout went away (``| head``): stop quietly, and keep
         # the interpreter from complaining when it flushes stdout at exit.
+        # Status 1: not every result was delivered.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
@@ -270,7 +286,9 @@ class _Progress:
     """A status line on stderr, redrawn in place on a terminal.
 
     On a terminal the line is rewritten every 0.1 s; elsewhere (a log file,
-    CI) a new line is written every 2 s, so logs stay readable.
+    CI) a new line is written every 2 s, so logs stay readable. On a
+    terminal, other output must not land on the status line: write it inside
+    :meth:`hidden`, or through :meth:`message`.
     """
 
     def __init__(self, stream: IO[str], *, enabled: bool) -> None:
@@ -280,6 +298,13 @@ class _Progress:
         self.interval = 0.1 if self._tty else 2.0
         self._last_draw = -math.inf
         self._drawn = False
+        self._text = ""
+        self._render: Callable[[], str] | None = None
+
+    @property
+    def on_terminal(self) -> bool:
+        """Whether a status line is shown and redrawn in place."""
+        return self.enabled and self._tty
 
     def draw(self, text: str, *, force: bool = False) -> None:
         """Show ``text``, unless the last draw was less than an interval ago."""
@@ -289,6 +314,7 @@ class _Progress:
         if not force and now - self._last_draw < self.interval:
             return
         self._last_draw = now
+        self._text = text
         if self._tty:
             self._stream.write(f"\r{text}\x1b[K")
             self._drawn = True
@@ -296,14 +322,31 @@ class _Progress:
             self._stream.write(f"{text}\n")
         self._stream.flush()
 
-    def message(self, text: str) -> None:
-        """Write a message line on the same stream, without mangling the
-        status line: on a terminal it is erased first and redrawn later."""
+    def clear(self) -> None:
+        """Erase the status line (on a terminal), leaving the cursor at the
+        start of the empty line."""
         if self._tty and self._drawn:
             self._stream.write("\r\x1b[K")
-            self._last_draw = -math.inf
-        self._stream.write(f"{text}\n")
-        self._stream.flush()
+            self._stream.flush()
+            self._drawn = False
+
+    @contextlib.contextmanager
+    def hidden(self) -> Iterator[None]:
+        """Erase the status line for the block, then draw it again."""
+        self.clear()
+        try:
+            yield
+        finally:
+            if self.on_terminal and self._text:
+                text = self._text if self._render is None else self._render()
+                self.draw(text, force=True)
+
+    def message(self, text: str) -> None:
+        """Write a message line on the same stream, without mangling the
+        status line: on a terminal it is erased first and redrawn after."""
+        with self.hidden():
+            self._stream.write(f"{text}\n")
+            self._stream.flush()
 
     def done(self, text: str) -> None:
         """Show the final state and end the line."""
@@ -313,15 +356,112 @@ class _Progress:
         if self._tty:
             self._stream.write("\n")
             self._stream.flush()
+            self._drawn = False
+            self._text = ""
+            self._render = None
 
     async def run(self, render: Callable[[], str]) -> None:
         """Redraw ``render()`` until cancelled."""
+        self._render = render
         while True:
             self.draw(render(), force=True)
             await trio.sleep(self.interval)
 
 
-def _isatty(stream: IO[str]) -> bool:
+class _LogToProgress(logging.Handler):
+    """The pool's log records, written as :meth:`_Progress.message` lines.
+
+    The command configures no logging, so without this the records would go
+    to ``logging.lastResort`` (warnings and errors, bare messages, on stderr),
+    right onto the status line. This writes the same lines, the right way.
+    """
+
+    def __init__(self, progress: _Progress) -> None:
+        super().__init__(logging.WARNING)
+        self._progress = progress
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._progress.message(self.format(record))
+        except Exception:  # pragma: no cover - as logging.Handler does
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def _pool_log_through(progress: _Progress) -> Iterator[None]:
+    """Route the ``"triopool"`` logger's records through ``progress``, unless
+    the program has configured logging itself."""
+    logger = logging.getLogger("triopool")
+    if logger.hasHandlers():
+        yield
+        return
+    handler = _LogToProgress(progress)
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+
+
+class _OutputRelay:
+    """Workers' stdout and stderr, relayed line by line around the status line.
+
+    Workers write straight to the fds they inherit. While the progress line
+    is on a terminal, this process's fd 2 is swapped for a pipe before the
+    pool starts, so the workers inherit the pipe; the progress line itself
+    writes to a copy of the terminal. :meth:`relay` reads the pipe and
+    writes each line with :meth:`_Progress.message`. :meth:`restore` puts the
+    terminal back on fd 2, which closes this process's write end: once the
+    workers have exited too, the relay reads EOF and ends.
+    """
+
+    def __init__(self) -> None:
+        sys.stderr.flush()
+        self.terminal_fd = os.dup(2)
+        self._read_fd, write_fd = os.pipe()
+        os.dup2(write_fd, 2)
+        os.close(write_fd)
+        self._restored = False
+        self._relaying = False
+
+    def terminal(self) -> IO[str]:
+        """A text stream on the terminal (it owns the copy of the fd)."""
+        return open(  # closed by the caller
+            self.terminal_fd,
+            "w",
+            encoding=sys.stderr.encoding,
+            errors="backslashreplace",
+            closefd=True,
+        )
+
+    async def relay(self, progress: _Progress) -> None:
+        """Copy the pipe to the terminal, a line at a time, until EOF."""
+        partial = b""
+        self._relaying = True
+        async with trio.lowlevel.FdStream(self._read_fd) as pipe:
+            while True:
+                data = await pipe.receive_some(_READ_SIZE)
+                if not data:
+                    break
+                *whole, partial = (partial + data).split(b"\n")
+                if len(partial) >= _READ_SIZE:  # a very long line: let it out
+                    whole.append(partial)
+                    partial = b""
+                for line in whole:
+                    progress.message(line.decode(errors="backslashreplace"))
+        if partial:
+            progress.message(partial.decode(errors="backslashreplace"))
+
+    def restore(self) -> None:
+        """Put the terminal back on fd 2 (idempotent)."""
+        if not self._restored:
+            self._restored = True
+            os.dup2(self.terminal_fd, 2)
+            if not self._relaying:  # the relay never took the pipe over
+                os.close(self._read_fd)
+
+
+def _isatty(stream: IO[Any]) -> bool:
     try:
         return stream.isatty()
     except (AttributeError, ValueError):
@@ -378,9 +518,17 @@ def _run_demo(args: argparse.Namespace) -> int:
     )
 
     children_cpu = _children_cpu_time()
-    results, pool_time, stats = _trio_run(
-        lambda: _demo_pool(ranges, doomed, workers, args.max_tasks_per_child, progress)
-    )
+    with _pool_log_through(progress):
+        results, pool_time, stats = _trio_run(
+            lambda: _demo_pool(
+                ranges, doomed, workers, args.max_tasks_per_child, progress
+            )
+        )
+    broken = next((r for r in results if isinstance(r, BrokenPoolError)), None)
+    if broken is not None:
+        # Every task failed the same way: one message, not one per task.
+        print(f"{_PROG} demo: error: the pool broke: {broken}", file=sys.stderr)
+        return 1
 
     matched = sum(
         1
@@ -550,7 +698,11 @@ def _load_target(target: str) -> Callable[[Any], Any]:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        if exc.name is not None and module_name.startswith(exc.name):
+        # The module itself or a package on its path is missing, rather than
+        # something the module imports ("numpyx" importing a missing "numpy").
+        if exc.name is not None and (
+            module_name == exc.name or module_name.startswith(f"{exc.name}.")
+        ):
             raise UsageError(
                 f"cannot import module {module_name!r}: {exc} "
                 f"(looked in the current directory and sys.path)"
@@ -627,7 +779,7 @@ class _LineReader:
 def _input_value(line: bytes) -> Any:
     """The input as it appears in an error line the parent writes itself."""
     try:
-        return json.loads(line)
+        return _cli_worker.parse_line(line)
     except ValueError:
         return line.decode("utf-8", "replace")
 
@@ -657,6 +809,11 @@ class _MapRun:
         self.done = 0
         self.failed = 0
         self.stopped = False
+        # The pool broke: raised once, after the run, instead of once per
+        # chunk in flight (each of which fails with it).
+        self.broken: BrokenPoolError | None = None
+        # Results go to the terminal the status line is on: erase it first.
+        self._hide_progress = progress.on_terminal and _isatty(out)
         # Ordered mode: finished chunks waiting for the ones before them.
         self._finished: dict[
             int, tuple[list[tuple[int, bytes]], list[tuple[int, str]]]
@@ -695,6 +852,8 @@ class _MapRun:
                     index += 1
             nursery.cancel_scope.cancel()
         progress.done(render())
+        if self.broken is not None:
+            raise self.broken
 
     async def _run_chunk(
         self,
@@ -709,8 +868,12 @@ class _MapRun:
             outcomes = await pool.run_sync(
                 _cli_worker.call_lines, self.fn, lines, time_limit=time_limit
             )
-        except BrokenPoolError:
-            raise
+        except BrokenPoolError as exc:
+            # No worker can start: every chunk in flight fails the same way.
+            if self.broken is None:
+                self.broken = exc
+            self._stop()
+            return
         except TriopoolError as exc:
             # The worker died, hit the time limit, or something could not be
             # pickled: every item of the chunk fails with that error.
@@ -732,11 +895,23 @@ class _MapRun:
             self._next_to_write += 1
             tokens.release()
 
+    def _stop(self) -> None:
+        self.stopped = True
+        assert self._work is not None
+        self._work.cancel_scope.cancel()
+
     def _write(
         self, chunk: list[tuple[int, bytes]], outcomes: list[tuple[int, str]]
     ) -> None:
         if self.stopped:
             return
+        hide = self.progress.hidden() if self._hide_progress else _NO_HIDING
+        with hide:
+            self._write_lines(chunk, outcomes)
+
+    def _write_lines(
+        self, chunk: list[tuple[int, bytes]], outcomes: list[tuple[int, str]]
+    ) -> None:
         out = self.out
         for (lineno, _), (kind, text) in zip(chunk, outcomes, strict=True):
             self.done += 1
@@ -750,11 +925,12 @@ class _MapRun:
             if kind != _cli_worker.OK:
                 self.failed += 1
                 if not self.keep_going:
-                    self.stopped = True
-                    assert self._work is not None
-                    self._work.cancel_scope.cancel()
+                    self._stop()
                     break
         out.flush()
+
+
+_NO_HIDING = contextlib.nullcontext()
 
 
 def _run_map(args: argparse.Namespace) -> int:
@@ -762,25 +938,42 @@ def _run_map(args: argparse.Namespace) -> int:
     stream, input_name, close = _open_input(args.file)
     workers: int = args.workers or _usable_cpus()
     enabled = _isatty(sys.stderr) if args.progress is None else args.progress
-    progress = _Progress(sys.stderr, enabled=enabled)
+    relay: _OutputRelay | None = None
+    terminal: IO[str] = sys.stderr
+    if enabled and _isatty(sys.stderr):
+        relay = _OutputRelay()
+        terminal = relay.terminal()
+    progress = _Progress(terminal, enabled=enabled)
     run = _MapRun(
         args, fn, _LineReader(stream), input_name, sys.stdout.buffer, progress
     )
 
     async def go() -> None:
-        async with open_pool(
-            workers,
-            max_tasks_per_child=args.max_tasks_per_child,
-            initializer=_cli_worker.stdout_to_stderr,
-        ) as pool:
-            await run.run(pool, 2 * workers)
+        async with trio.open_nursery() as nursery:
+            if relay is not None:
+                nursery.start_soon(relay.relay, progress)
+            try:
+                async with open_pool(
+                    workers,
+                    max_tasks_per_child=args.max_tasks_per_child,
+                    initializer=_cli_worker.stdout_to_stderr,
+                ) as pool:
+                    await run.run(pool, 2 * workers)
+            finally:
+                # Every worker has exited: the relay reads to EOF and ends.
+                if relay is not None:
+                    relay.restore()
 
     try:
-        _trio_run(go)
+        with _pool_log_through(progress):
+            _trio_run(go)
     except BrokenPoolError as exc:
-        print(f"{_PROG} map: error: {exc}", file=sys.stderr)
+        print(f"{_PROG} map: error: the pool broke: {exc}", file=sys.stderr)
         return 1
     finally:
+        if relay is not None:
+            relay.restore()
+            terminal.close()
         if close:
             stream.close()
     if run.failed and not args.keep_going:

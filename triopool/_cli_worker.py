@@ -41,12 +41,28 @@ def error_type_name(exc: BaseException) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_line(line: bytes) -> Any:
+    """The JSON value of an input line; ValueError if it is not strict JSON.
+
+    ``NaN``, ``Infinity`` and ``-Infinity``, which :func:`json.loads` accepts
+    by default, are refused: no output line could echo them as valid JSON.
+    """
+    return json.loads(line, parse_constant=_no_constant)
+
+
+def _dumps(record: dict[str, Any]) -> str:
+    # Strict JSON out: a NaN or an infinity raises instead of being written as
+    # a bare NaN that strict readers reject.
+    return json.dumps(record, ensure_ascii=False, allow_nan=False)
+
+
 def error_record(value: Any, type_name: str, message: str) -> str:
     """The output line for an item that failed."""
-    return json.dumps(
-        {"input": value, "error": {"type": type_name, "message": message}},
-        ensure_ascii=False,
-    )
+    return _dumps({"input": value, "error": {"type": type_name, "message": message}})
 
 
 def call_lines(fn: Callable[[Any], Any], lines: list[bytes]) -> list[tuple[int, str]]:
@@ -59,14 +75,14 @@ def call_lines(fn: Callable[[Any], Any], lines: list[bytes]) -> list[tuple[int, 
     outcomes: list[tuple[int, str]] = []
     for line in lines:
         try:
-            value = json.loads(line)
+            value = parse_line(line)
         except json.JSONDecodeError as exc:
             # Each line is a document of its own: only the column helps.
             outcomes.append(
                 (BAD_INPUT, f"invalid JSON: {exc.msg} (column {exc.colno})")
             )
             continue
-        except ValueError as exc:  # UnicodeDecodeError
+        except ValueError as exc:  # UnicodeDecodeError, NaN
             outcomes.append((BAD_INPUT, f"invalid JSON: {exc}"))
             continue
         try:
@@ -77,11 +93,12 @@ def call_lines(fn: Callable[[Any], Any], lines: list[bytes]) -> list[tuple[int, 
             )
             continue
         try:
-            text = json.dumps({"input": value, "output": result}, ensure_ascii=False)
+            text = _dumps({"input": value, "output": result})
         except (TypeError, ValueError) as exc:
-            text = error_record(
-                value, "TypeError", f"the result is not JSON serializable: {exc}"
-            )
+            message = f"the result is not JSON serializable: {exc}"
+            if isinstance(exc, ValueError) and "Out of range float" in str(exc):
+                message += " (NaN and infinities have no JSON form)"
+            text = error_record(value, error_type_name(exc), message)
             outcomes.append((FAILED, text))
             continue
         outcomes.append((OK, text))
