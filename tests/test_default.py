@@ -17,7 +17,9 @@ import trio
 import triopool
 from tests import workerfuncs
 from tests.conftest import child_processes, open_fds
-from triopool import _default
+from tests.test_backend_pool import ThreadBackend
+from triopool import _default, _pool
+from triopool._backend_pool import BackendPool
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterator
@@ -206,6 +208,44 @@ async def test_a_pool_that_cannot_start_fails_the_callers() -> None:
             await triopool.run_sync(os.getpid)
 
     await in_new_run(main)
+
+
+async def test_configure_takes_every_open_pool_option() -> None:
+    import inspect
+
+    def parameters(fn: Callable[..., Any]) -> dict[str, Any]:
+        return {
+            name: (parameter.kind, parameter.default)
+            for name, parameter in inspect.signature(fn).parameters.items()
+        }
+
+    assert parameters(triopool.configure_default_pool) == parameters(_pool.open_pool)
+
+
+async def test_configure_with_a_backend() -> None:
+    backend = ThreadBackend(capacity=2)
+    triopool.configure_default_pool(backend=backend)
+
+    async def main() -> tuple[int, bool, bool]:
+        pid = await triopool.run_sync(os.getpid)
+        return pid, isinstance(default_pool(), BackendPool), backend.stopped
+
+    pid, is_backend_pool, stopped_during_the_run = await in_new_run(main)
+    # The fake engine runs calls in threads of this process.
+    assert pid == os.getpid()
+    assert is_backend_pool
+    assert backend.started
+    assert not stopped_during_the_run
+    assert backend.stopped  # when the run ended
+
+
+async def test_configure_checks_options_against_the_backend() -> None:
+    before = dict(_default._options)
+    with pytest.raises(ValueError, match="max_memory_per_child"):
+        triopool.configure_default_pool(
+            backend=ThreadBackend(), max_memory_per_child=10**9
+        )
+    assert _default._options == before
 
 
 async def test_public_names() -> None:

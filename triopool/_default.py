@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from typing import TypeVarTuple, Unpack
 
+    from ._backend import Backend
     from ._pool import _Default
 
     Ts = TypeVarTuple("Ts")
@@ -90,6 +91,7 @@ def configure_default_pool(
     soft_time_limit: float | None = None,
     kill_on_cancel: bool = True,
     shutdown_timeout: float = 5.0,
+    backend: Backend | None = None,
 ) -> None:
     """Set the options of the default pool used by :func:`triopool.run_sync`.
 
@@ -97,6 +99,9 @@ def configure_default_pool(
     and checks them the same way (:class:`ValueError` or :class:`TypeError` at
     once). Each call replaces the whole configuration: options not passed go
     back to their defaults, so ``configure_default_pool()`` restores them all.
+    With ``backend``, each run's default pool runs its tasks on that cluster
+    backend (see "Running on a cluster"): the backend starts with the run's
+    default pool and stops when the run ends, once per run.
 
     The configuration is process-wide and is read when a run's default pool
     starts, on its first use. It therefore applies to every ``trio.run``
@@ -128,6 +133,7 @@ def configure_default_pool(
         "soft_time_limit": soft_time_limit,
         "kill_on_cancel": kill_on_cancel,
         "shutdown_timeout": shutdown_timeout,
+        "backend": backend,
     }
     # open_pool checks every option (and pickles the initializer) before it
     # starts anything; the manager it returns is never entered.
