@@ -33,7 +33,9 @@ SCRIPT = textwrap.dedent(
 
     async def main():
         async with triopool.open_pool(
-            3, initializer=taskfuncs.log_to_stderr_with_pid
+            3,
+            start_method=sys.argv[2],
+            initializer=taskfuncs.log_to_stderr_with_pid,
         ) as pool:
             async def one(task):
                 await pool.run_sync(taskfuncs.print_lines, task, LINES)
@@ -56,10 +58,16 @@ SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("unbuffered", [False, True])
+@pytest.mark.parametrize(
+    ("start_method", "unbuffered"),
+    [("spawn", False), ("spawn", True), ("forkserver", False), ("forkserver", True)],
+)
 async def test_prints_and_logging_reach_the_parent_whole(
-    tmp_path: Path, unbuffered: bool
+    tmp_path: Path, start_method: str, unbuffered: bool
 ) -> None:
+    # Forkserver workers are forked from the fork server, not started by the
+    # parent: they must get the parent's fds 1 and 2 all the same, and the
+    # server's own buffers must not leak into theirs.
     # Buffered: output held back could be lost or cut at buffer boundaries.
     # Unbuffered (PYTHONUNBUFFERED, as in many containers): print writes the
     # text and the newline separately, so lines could mix.
@@ -69,7 +77,7 @@ async def test_prints_and_logging_reach_the_parent_whole(
         env["PYTHONUNBUFFERED"] = "1"
     with trio.fail_after(TIMEOUT):
         completed = await trio.run_process(
-            [sys.executable, "-c", SCRIPT, ROOT],
+            [sys.executable, "-c", SCRIPT, ROOT, start_method],
             capture_stdout=True,
             capture_stderr=True,
             check=False,
