@@ -108,6 +108,11 @@ async def wait_running(pool: Any, count: int) -> None:
         await trio.sleep(0.01)
 
 
+async def wait_lost(pool: Any, count: int) -> None:
+    while pool.statistics().workers_lost < count:  # noqa: ASYNC110
+        await trio.sleep(0.01)
+
+
 async def test_round_trip(engine: Engine) -> None:
     with trio.fail_after(120):
         async with engine.open() as pool:
@@ -158,7 +163,14 @@ async def test_cancel_running(engine: Engine) -> None:
                         nursery.cancel_scope.cancel()
                 # Cancelled promptly: the worker was killed, not waited for.
                 assert not scope.cancelled_caught
-                assert pool.statistics().tasks_cancelled == 1
+                # And the kill did happen: the worker is counted lost once it
+                # is gone (Ray: once Ray reports the task killed), long
+                # before the task's 60 s are up.
+                with trio.fail_after(20):
+                    await wait_lost(pool, 1)
+                stats = pool.statistics()
+                assert stats.tasks_cancelled == 1
+                assert stats.workers_lost == 1
             else:
                 with pytest.raises(ValueError, match="kill_on_cancel"):
                     await pool.run_sync(workerfuncs.sleep, 0.1, kill_on_cancel=True)
@@ -168,6 +180,25 @@ async def test_cancel_running(engine: Engine) -> None:
                     result = await pool.run_sync(workerfuncs.sleep, 1.0)
                 assert result == 1.0
             assert await pool.run_sync(workerfuncs.add, 2, 2) == 4
+
+
+async def test_equal_calls_both_run(engine: Engine) -> None:
+    # Two calls with equal arguments in flight together each run: an engine
+    # that treats calls as pure (Dask's default) would run one and hand both
+    # callers its result.
+    results: list[bytes] = []
+
+    async def call(pool: Any) -> None:
+        results.append(await pool.run_sync(os.urandom, 16))
+
+    with trio.fail_after(120):
+        async with engine.open() as pool:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(call, pool)
+                nursery.start_soon(call, pool)
+            assert pool.statistics().tasks_completed == 2
+    assert len(results) == 2
+    assert results[0] != results[1]
 
 
 async def test_worker_crash(engine: Engine) -> None:
