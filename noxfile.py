@@ -35,13 +35,16 @@ ENGINE_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER
 
 @nox.session(python=PYTHON)
 def tests_distributed(session: nox.Session) -> None:
-    """Run the conformance tests on local, Ray and Dask (installs the extras)."""
+    """Run the conformance tests and docs examples on Ray and Dask too (installs the extras)."""
     session.install("--upgrade", "pip>=25.1")
     session.install("-e", ".[ray,dask]", "--group", "test")
     session.run(
         "pytest",
         "tests/test_conformance.py",
         "tests/test_cluster_processes.py",
+        # The docs examples again, now with the engines their cluster
+        # examples need (``tests`` skips those).
+        "tests/test_docs_examples.py",
         *session.posargs,
         env=ENGINE_ENV,
     )
