@@ -1,19 +1,27 @@
 """Fault injection: every stage of a worker's life fails on demand, and the
 pool turns each failure into its documented outcome, keeps working and leaks
-nothing (the autouse ``no_leaks`` fixture checks fds and processes)."""
+nothing (the autouse ``no_leaks`` fixture checks fds and processes).
+
+Every test with a real pool runs once per start method (``start_method``
+fixture): a forked worker reads the faults from the environment the fork
+server inherited when the pool started it, and the parent stages are the
+same code for both.
+"""
 
 from __future__ import annotations
 
 import logging
 import signal
+import time
 from typing import TYPE_CHECKING
 
 import pytest
 import trio
+import trio.testing
 
 import triopool
 from tests import workerfuncs as wf
-from triopool import _faults, _pool
+from triopool import _faults, _pool, _worker
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -52,6 +60,17 @@ def inject(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], None]:
         monkeypatch.setattr(_pool, "_PARENT_FAULTS", parent if parent else None)
 
     return set_faults
+
+
+# Per test rather than per module: the fault plan's own tests need no pool.
+each_start_method = pytest.mark.usefixtures("start_method")
+
+# How a worker that runs a fault's action ends, as the pool reports it.
+KILLED = ("kill", -signal.SIGKILL, "signal SIGKILL")
+
+
+def exit_action(code: int) -> tuple[str, int, str]:
+    return (f"exit:{code}", code, f"exit code {code}")
 
 
 # The fault plan itself.
@@ -93,6 +112,7 @@ def test_task_modifier_picks_the_nth_task() -> None:
     assert plan.due("after_receive", 2) is not None
 
 
+@each_start_method
 async def test_faults_are_off_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(_faults.ENV, raising=False)
     assert _faults.from_environment(_faults.WORKER_STAGES) is None
@@ -108,22 +128,25 @@ async def test_faults_are_off_by_default(monkeypatch: pytest.MonkeyPatch) -> Non
 # Worker stages.
 
 
-async def test_exit_before_up_is_a_start_failure_and_breaks_the_pool(
-    inject: Callable[[str], None],
+@each_start_method
+@pytest.mark.parametrize(("action", "exitcode", "described"), [exit_action(3), KILLED])
+async def test_death_before_up_is_a_start_failure_and_breaks_the_pool(
+    inject: Callable[[str], None], action: str, exitcode: int, described: str
 ) -> None:
-    inject("before_up=exit:3")
+    inject(f"before_up={action}")
     with trio.fail_after(TIMEOUT):
         async with triopool.open_pool(1, max_start_failures=2) as pool:
             with pytest.raises(triopool.BrokenPoolError) as info:
                 await pool.run_sync(wf.add, 1, 2)
     assert isinstance(info.value.__cause__, triopool.WorkerStartError)
-    assert "exit code 3" in str(info.value.__cause__)
+    assert f"exited ({described}) before reporting up" in str(info.value.__cause__)
     stats = pool.statistics()
     assert stats.start_failures == stats.workers_started == 2
     assert stats.tasks_failed == 1
     assert_counters_add_up(stats)
 
 
+@each_start_method
 async def test_hang_before_up_times_out_once_then_the_pool_works(
     inject: Callable[[str], None], tmp_path: Path
 ) -> None:
@@ -138,12 +161,14 @@ async def test_hang_before_up_times_out_once_then_the_pool_works(
     assert_counters_add_up(stats)
 
 
+@each_start_method
+@pytest.mark.parametrize("action", ["exit:4", "kill"])
 async def test_death_after_up_loses_no_task(
-    inject: Callable[[str], None], tmp_path: Path
+    inject: Callable[[str], None], tmp_path: Path, action: str
 ) -> None:
     # The task is submitted at once, so it may be handed to the worker before
     # or after its death: either way it never started and must run elsewhere.
-    inject(f"after_up=exit:4@once:{tmp_path / 'once'}")
+    inject(f"after_up={action}@once:{tmp_path / 'once'}")
     with trio.fail_after(TIMEOUT):
         async with triopool.open_pool(1) as pool:
             nonce, _ = await pool.run_sync(wf.echo_with_pid, "n1")
@@ -172,15 +197,22 @@ async def cancel_once_running(pool: triopool.Pool) -> trio.CancelScope:
     return scope
 
 
+@each_start_method
+@pytest.mark.parametrize(("action", "exitcode", "described"), [exit_action(4), KILLED])
 async def test_death_with_the_task_unread_in_its_pipe_reruns_it(
-    inject: Callable[[str], None], tmp_path: Path, caplog: pytest.LogCaptureFixture
+    inject: Callable[[str], None],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    action: str,
+    exitcode: int,
+    described: str,
 ) -> None:
     # Up, then a stall during which the task is written into the pipe, then
     # death: the task never started (its bytes are still in the pipe), so it
     # must run on the replacement instead of failing.
     caplog.set_level(logging.WARNING, logger="triopool")
     once = tmp_path / "once"
-    inject(f"after_up=sleep:2@once:{once}-1,after_up=exit:4@once:{once}-2")
+    inject(f"after_up=sleep:2@once:{once}-1,after_up={action}@once:{once}-2")
     with trio.fail_after(TIMEOUT):
         async with triopool.open_pool(1) as pool:
             await trio.sleep(0.2)  # let the worker report up first
@@ -189,26 +221,34 @@ async def test_death_with_the_task_unread_in_its_pipe_reruns_it(
     stats = pool.statistics()
     assert (stats.tasks_completed, stats.tasks_failed, stats.workers_lost) == (1, 0, 1)
     assert_counters_add_up(stats)
-    assert "died before it read its task (exit code 4)" in caplog.text
+    assert f"died before it read its task ({described})" in caplog.text
 
 
+@each_start_method
+@pytest.mark.parametrize(("action", "exitcode", "described"), [exit_action(5), KILLED])
 async def test_death_after_receiving_a_task_fails_that_task_only(
-    inject: Callable[[str], None], tmp_path: Path
+    inject: Callable[[str], None],
+    tmp_path: Path,
+    action: str,
+    exitcode: int,
+    described: str,
 ) -> None:
-    inject(f"after_receive=exit:5@once:{tmp_path / 'once'}")
+    inject(f"after_receive={action}@once:{tmp_path / 'once'}")
     with trio.fail_after(TIMEOUT):
         async with triopool.open_pool(1) as pool:
             with pytest.raises(triopool.BrokenWorkerError) as info:
                 await pool.run_sync(wf.add, 1, 2)
             # Received whole, so it counts as started: not re-run.
             assert await pool.run_sync(wf.add, 2, 2) == 4
-    assert info.value.exitcode == 5
+    assert info.value.exitcode == exitcode
+    assert described in str(info.value)
     stats = pool.statistics()
     assert (stats.tasks_completed, stats.tasks_failed) == (1, 1)
     assert stats.workers_lost == 1
     assert_counters_add_up(stats)
 
 
+@each_start_method
 async def test_stall_after_receiving_hits_the_time_limit(
     inject: Callable[[str], None],
 ) -> None:
@@ -226,6 +266,7 @@ async def test_stall_after_receiving_hits_the_time_limit(
     assert_counters_add_up(stats)
 
 
+@each_start_method
 @pytest.mark.parametrize("size", [10, 1_000_000])
 @pytest.mark.parametrize(
     ("action", "exitcode"), [("kill", -signal.SIGKILL), ("exit:7", 7)]
@@ -251,14 +292,21 @@ async def test_death_mid_result_write_is_a_broken_worker(
     assert_counters_add_up(stats)
 
 
+@each_start_method
 async def test_stall_mid_result_write_still_delivers_the_result(
     inject: Callable[[str], None],
 ) -> None:
-    inject("mid_result=sleep:0.3")
+    stall = 0.3
+    inject(f"mid_result=sleep:{stall}")
     with trio.fail_after(TIMEOUT):
         async with triopool.open_pool(1) as pool:
             for size in (10, 200_000):
+                started = time.monotonic()
                 assert await pool.run_sync(wf.identity, b"y" * size) == b"y" * size
+                # The stall happened (so the result was cut in two), and the
+                # pool still put the halves back together. A sleep never
+                # returns early; without the hook a call takes milliseconds.
+                assert time.monotonic() - started >= stall
     stats = pool.statistics()
     assert (stats.tasks_completed, stats.workers_lost) == (2, 0)
 
@@ -266,6 +314,7 @@ async def test_stall_mid_result_write_still_delivers_the_result(
 # Parent stages.
 
 
+@each_start_method
 async def test_delay_before_the_handshake_counts_against_start_timeout(
     inject: Callable[[str], None], tmp_path: Path
 ) -> None:
@@ -278,6 +327,7 @@ async def test_delay_before_the_handshake_counts_against_start_timeout(
     assert_counters_add_up(stats)
 
 
+@each_start_method
 async def test_worker_dead_before_the_handshake_is_a_start_failure(
     inject: Callable[[str], None],
     tmp_path: Path,
@@ -295,6 +345,7 @@ async def test_worker_dead_before_the_handshake_is_a_start_failure(
     assert "signal SIGKILL" in caplog.text
 
 
+@each_start_method
 async def test_worker_dead_before_a_task_is_sent_reruns_it_elsewhere(
     inject: Callable[[str], None],
     tmp_path: Path,
@@ -312,6 +363,7 @@ async def test_worker_dead_before_a_task_is_sent_reruns_it_elsewhere(
     assert "died before it read its task" in caplog.text
 
 
+@each_start_method
 async def test_stalled_send_is_cancellable_and_the_worker_replaced(
     inject: Callable[[str], None],
 ) -> None:
@@ -322,4 +374,59 @@ async def test_stalled_send_is_cancellable_and_the_worker_replaced(
             assert scope.cancelled_caught
     stats = pool.statistics()
     assert (stats.tasks_cancelled, stats.workers_lost) == (1, 1)
+    assert_counters_add_up(stats)
+
+
+@each_start_method
+async def test_task_half_written_when_its_send_is_cancelled_discards_the_worker(
+    inject: Callable[[str], None], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # DESIGN.md, "Partial writes": the first worker stalls after UP and reads
+    # nothing, so a task far bigger than a pipe's buffer blocks its send part
+    # way. Cancelling the caller then leaves the stream to that worker out of
+    # sync: the worker must be discarded, never sent another task.
+    inject(f"after_up=sleep:60@once:{tmp_path / 'once'}")
+    real_send = _worker.Worker.send
+    sending = trio.Event()
+    cut: list[tuple[int, int]] = []  # (bytes in the pipe, bytes in the frame)
+
+    async def send(self: _worker.Worker, pieces: list[bytes | memoryview]) -> None:
+        total = sum(memoryview(piece).nbytes for piece in pieces)
+        if total > 1 << 20:
+            sending.set()
+        try:
+            await real_send(self, pieces)
+        except trio.Cancelled:
+            cut.append((self.unread_task_bytes(), total))
+            raise
+
+    monkeypatch.setattr(_worker.Worker, "send", send)
+    data = b"z" * (2 << 20)
+    with trio.fail_after(TIMEOUT):
+        async with triopool.open_pool(1) as pool:
+            async with trio.open_nursery() as nursery:
+
+                async def call() -> None:
+                    await pool.run_sync(wf.nbytes, data)
+
+                nursery.start_soon(call)
+                await sending.wait()
+                # Until the send has filled the pipe and waits for room.
+                await trio.testing.wait_all_tasks_blocked(0.2)
+                assert pool.statistics().tasks_running == 1
+                nursery.cancel_scope.cancel()
+            # The caller returns at once; the slot kills and reaps meanwhile.
+            while pool.statistics().workers_lost == 0:  # noqa: ASYNC110 - polling the pool
+                await trio.sleep(0.01)
+            # A fresh worker gets the next task whole, and answers it right.
+            name, size = await pool.run_sync(wf.nbytes, data)
+    assert (name, size) == ("bytes", len(data))
+    # The send was cut part way: some of the frame was in the pipe, not all.
+    assert len(cut) == 1, cut
+    written, total = cut[0]
+    assert 0 < written < total, cut
+    stats = pool.statistics()
+    assert (stats.tasks_completed, stats.tasks_cancelled) == (1, 1)
+    assert stats.workers_lost == 1
+    assert stats.workers_started == 2
     assert_counters_add_up(stats)
