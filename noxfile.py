@@ -104,6 +104,13 @@ def bench_recycling(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def bench_map(session: nox.Session) -> None:
+    """Benchmark map/imap against multiprocessing.Pool.imap (100,000 items)."""
+    install(session, "bench", editable=False)
+    session.run("python", "bench/map_vs_multiprocessing.py", *session.posargs)
+
+
+@nox.session(python=PYTHON)
 def stress(session: nox.Session) -> None:
     """Run the recycling storm for a while (-- --minutes N, default 1)."""
     install(session, "test")

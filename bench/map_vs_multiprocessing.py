@@ -10,7 +10,10 @@ what the per-result ``async for`` of ``imap`` costs.
 Usage::
 
     python bench/map_vs_multiprocessing.py [--items 100000] [--runs 3]
-        [--chunksizes 1,256] [--workers 2]
+        [--chunksizes 1,256] [--workers 2] [--quick]
+
+``nox -s bench_map`` runs it (options after ``--``). ``--quick`` (2,000
+items, one run) only checks that every path works; the test suite runs it.
 
 Self-contained: needs only triopool (and trio) installed.
 """
@@ -86,7 +89,14 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--chunksizes", default="1,256")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="2,000 items and one run: checks that it works, measures nothing",
+    )
     args = parser.parse_args(argv)
+    if args.quick:
+        args.items, args.runs = 2_000, 1
     chunksizes = [int(size) for size in args.chunksizes.split(",")]
     print(
         f"{args.items} trivial items, {args.workers} workers, "

@@ -1,4 +1,5 @@
-"""The benchmark suite's quick mode runs, so that its code cannot rot.
+"""The benchmark suite's quick mode runs, and so does the map benchmark's
+(``nox -s bench_map``), so that their code cannot rot.
 
 No timing is asserted: only that every benchmark ran for triopool and the
 peers that are installed, and that the report was written. Peers missing from
@@ -64,3 +65,27 @@ async def test_quick_benchmark_reports_every_metric(tmp_path: Path) -> None:
         value = metrics[key]["pools"]["triopool"]["median"]
         assert isinstance(value, float), (key, value)
         assert value > 0 or key == "parent_per_worker", (key, value)
+
+
+@pytest.mark.slow
+async def test_quick_map_benchmark_reports_every_chunksize() -> None:
+    with trio.fail_after(300):
+        result = await trio.run_process(
+            [sys.executable, "bench/map_vs_multiprocessing.py", "--quick"],
+            cwd=ROOT,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    assert result.returncode == 0, result.stderr.decode()
+    lines = result.stdout.decode().splitlines()
+    assert lines[0].startswith("2000 trivial items, 2 workers")
+    rows = {}
+    for line in lines[2:]:
+        chunksize, ours, theirs, ratio, ours_map = line.split()
+        rows[int(chunksize)] = [
+            float(value.replace(",", "")) for value in (ours, theirs, ratio, ours_map)
+        ]
+    assert set(rows) == {1, 256}
+    for values in rows.values():
+        assert all(value > 0 for value in values), rows
