@@ -3,28 +3,38 @@
 The pages include the files under docs/examples with ``literalinclude``: each
 one runs here as its own script (``python docs/examples/NAME.py``), the way a
 reader would run it (so the workers re-import it as the main script), and must
-exit 0 and print what the docs say it prints. The ``Example::`` blocks of the
-public docstrings, which the reference page shows, run inside a pool too. An
-example that stops working fails here instead of rotting in the documentation.
+exit 0 and print what the docs say it prints. Examples that need an optional
+extra (cloudpickle, Ray, Dask) are skipped where it is not installed; the
+cluster ones run where the engines are (``nox -s tests_distributed`` installs
+them). The ``Example::`` blocks of the public docstrings, which the reference
+page shows, run inside a pool too, and so do the shell commands of the command
+line page whose output it shows. An example that stops working fails here
+instead of rotting in the documentation.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.util
 import inspect
+import shlex
 import subprocess
 import sys
 import textwrap
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import trio
 
 import triopool
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "docs" / "examples"
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+EXAMPLES = DOCS / "examples"
 
 # Lines each example must print (stdout). Every file in docs/examples needs an
 # entry, so a new example cannot go untested.
@@ -95,6 +105,37 @@ EXPECTED: dict[str, list[str]] = {
         "tasks finished after SIGTERM: 2",
         "failed: 0, workers lost: 0",
     ],
+    "map_imap.py": ["22 bits", "62 bits", "108 bits"],
+    "default_pool.py": [
+        "2 ** 100 = 1267650600228229401496703205376",
+        "steps from 27: 111",
+    ],
+    "default_pool_configure.py": [
+        "distinct workers for 4 calls: 4",
+        "RuntimeError: the default pool of this trio.run has already started; "
+        "call configure_default_pool() before the first triopool.run_sync()",
+    ],
+    "serialization_cloudpickle.py": ["lambda: 42", "closure: [3, 6, 9]"],
+    "start_forkserver.py": ["H(8) = 761/280", "worker processes for 8 tasks: 8"],
+    "worker_logging.py": ["['thumb-a.jpg', 'thumb-b.jpg']"],
+    "cluster_ray.py": ["pi is about 3.1", "killed after 2.0 s"],
+    "cluster_dask.py": ["total: 45", "words: [3, 3]"],
+}
+
+# Text an example must write to stderr (for what goes there, such as logging).
+EXPECTED_STDERR: dict[str, list[str]] = {
+    "worker_logging.py": [
+        "thumbnails INFO resizing a.jpg",
+        "thumbnails INFO resizing b.jpg",
+    ],
+}
+
+# The module an example needs beyond triopool's own dependencies: the example
+# is skipped where it is not installed.
+NEEDS: dict[str, str] = {
+    "serialization_cloudpickle.py": "cloudpickle",
+    "cluster_ray.py": "ray",
+    "cluster_dask.py": "distributed",
 }
 
 
@@ -107,12 +148,16 @@ async def test_every_example_has_expectations() -> None:
     files = example_files()
     assert files, f"no examples found in {EXAMPLES}"
     assert set(files) == set(EXPECTED)
+    assert set(EXPECTED_STDERR) <= set(files)
+    assert set(NEEDS) <= set(files)
 
 
 @pytest.mark.parametrize("name", example_files())
 async def test_example_runs(name: str) -> None:
+    if name in NEEDS:
+        pytest.importorskip(NEEDS[name])
     # Generous: several helpers share two cores, and every example starts
-    # worker processes.
+    # worker processes (or a cluster).
     with trio.fail_after(120):
         result = await trio.run_process(
             [sys.executable, str(EXAMPLES / name)],
@@ -129,6 +174,8 @@ async def test_example_runs(name: str) -> None:
     lines = stdout.splitlines()
     for expected in EXPECTED[name]:
         assert expected in lines, f"{name} did not print {expected!r}:\n{stdout}"
+    for expected in EXPECTED_STDERR.get(name, []):
+        assert expected in stderr, f"{name} did not log {expected!r}:\n{stderr}"
 
 
 def docstring_examples() -> dict[str, str]:
@@ -163,12 +210,48 @@ async def test_docstring_examples_found() -> None:
     assert {"open_pool", "Pool.run_sync"} <= set(docstring_examples())
 
 
-@pytest.mark.parametrize("qualname", sorted(docstring_examples()))
+@pytest.fixture
+def default_pool_options_restored() -> Iterator[None]:
+    """Put the default pool's options back after the test.
+
+    configure_default_pool's example changes a process-wide setting. A sync
+    fixture, so the reset runs after the test's ``trio.run`` has ended (inside
+    it, the run's default pool may have started, and the call would raise).
+    """
+    yield
+    triopool.configure_default_pool()
+
+
+# The cluster backends' examples need their engine (nox -s tests_distributed
+# installs them), whose client library keeps sockets open in this process.
+ENGINES = {"RayBackend": "ray", "DaskBackend": "distributed"}
+
+
+def docstring_example_params() -> list[Any]:
+    return [
+        pytest.param(
+            qualname,
+            marks=[pytest.mark.engine_fds] if qualname.split(".")[0] in ENGINES else [],
+        )
+        for qualname in sorted(docstring_examples())
+    ]
+
+
+@pytest.fixture(scope="module")
+def dask_resource_tracker() -> None:
+    """Where Dask is installed, start multiprocessing's resource tracker before
+    the leak check's baseline: DaskBackend's own LocalCluster starts it, and
+    it lives (a process and a pipe) until the interpreter exits."""
+    if importlib.util.find_spec("distributed") is not None:
+        from multiprocessing import resource_tracker
+
+        resource_tracker.ensure_running()
+
+
+@pytest.mark.usefixtures("default_pool_options_restored", "dask_resource_tracker")
+@pytest.mark.parametrize("qualname", docstring_example_params())
 async def test_docstring_example_runs(qualname: str) -> None:
-    # The cluster backends' examples need their engine (nox -s tests_distributed).
-    engine = {"RayBackend": "ray", "DaskBackend": "distributed"}.get(
-        qualname.split(".")[0]
-    )
+    engine = ENGINES.get(qualname.split(".")[0])
     if engine is not None:
         pytest.importorskip(engine)
     code = docstring_examples()[qualname]
@@ -186,3 +269,50 @@ async def test_docstring_example_runs(qualname: str) -> None:
     with trio.fail_after(60):
         async with triopool.open_pool(1) as pool:
             await namespace["example"](pool)
+
+
+def console_examples() -> list[tuple[str, list[str]]]:
+    """The commands of the command line page that are shown with their output:
+    ``$ command`` followed by output lines, up to a blank line."""
+    examples: list[tuple[str, list[str]]] = []
+    lines = (DOCS / "cli.rst").read_text().splitlines()
+    for index, line in enumerate(lines):
+        command = line.strip()
+        if not command.startswith("$ "):
+            continue
+        output: list[str] = []
+        for following in lines[index + 1 :]:
+            if not following.strip() or following.strip().startswith("$ "):
+                break
+            output.append(following.strip())
+        if output:
+            examples.append((command[2:], output))
+    return examples
+
+
+async def test_console_examples_found() -> None:
+    # async only because the autouse leak check is a Trio fixture
+    assert console_examples(), "no command with its output found in cli.rst"
+
+
+@pytest.mark.parametrize(("command", "output"), console_examples())
+async def test_console_example_prints_what_the_page_shows(
+    command: str, output: list[str]
+) -> None:
+    # Run in a shell as written, with "triopool" being this checkout's.
+    triopool_command = f"{shlex.quote(sys.executable)} -m triopool"
+    words = command.split(" ")
+    script = " ".join(
+        triopool_command if word == "triopool" else word for word in words
+    )
+    with trio.fail_after(120):
+        result = await trio.run_process(
+            script,
+            shell=True,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout.decode().splitlines() == output

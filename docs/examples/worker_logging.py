@@ -1,0 +1,38 @@
+"""Configure logging in every worker with an initializer."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import trio
+
+import triopool
+
+log = logging.getLogger("thumbnails")
+
+
+def setup_logging(level: int) -> None:
+    """Runs once in each worker (replacements too), before it takes tasks."""
+    logging.basicConfig(
+        level=level,
+        stream=sys.stderr,
+        format=f"%(asctime)s [worker {os.getpid()}] %(name)s %(levelname)s %(message)s",
+    )
+
+
+def make_thumbnail(name: str) -> str:
+    log.info("resizing %s", name)
+    return f"thumb-{name}"
+
+
+async def main() -> None:
+    async with triopool.open_pool(
+        2, initializer=setup_logging, initargs=(logging.INFO,)
+    ) as pool:
+        print(await pool.map(make_thumbnail, ["a.jpg", "b.jpg"]))
+
+
+if __name__ == "__main__":
+    trio.run(main)
