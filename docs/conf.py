@@ -90,6 +90,7 @@ _PYTHON_OBJECTS = [
     ("Exception", "py:exception", "library/exceptions.html#$"),
     ("ExceptionGroup", "py:exception", "library/exceptions.html#$"),
     ("KeyboardInterrupt", "py:exception", "library/exceptions.html#$"),
+    ("RuntimeError", "py:exception", "library/exceptions.html#$"),
     ("SystemExit", "py:exception", "library/exceptions.html#$"),
     ("TypeError", "py:exception", "library/exceptions.html#$"),
     ("ValueError", "py:exception", "library/exceptions.html#$"),
