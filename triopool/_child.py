@@ -142,9 +142,9 @@ class _MainFixup:
             module.__dict__.update(runpy.run_path(self.path, run_name="__mp_main__"))
         sys.modules["__main__"] = sys.modules["__mp_main__"] = module
 
-    def unpickler(self, payload: bytes | bytearray | memoryview) -> (
-        Callable[..., pickle.Unpickler] | None
-    ):
+    def unpickler(
+        self, payload: bytes | bytearray | memoryview
+    ) -> Callable[..., pickle.Unpickler] | None:
         """The unpickler for ``payload``: None (plain, fast ``pickle.loads``)
         unless it may refer to ``__main__`` before the script ran here."""
         # A pickle names the module of every global it refers to, so one
