@@ -6,7 +6,7 @@ Used small by ``tests/test_storm.py`` and large by ``nox -s stress``
 (``python -m tests.storm --minutes N``).
 
 Every task carries a nonce; the worker echoes it with its pid. A test hook
-(a wrapper around ``Worker.send``, installed only here) records which worker
+(a wrapper around ``Pool._send``, installed only here) records which worker
 each task was written to. A result that carries another task's nonce, or the
 pid of a worker the task was not sent to, is cross-talk: what a mixed-up fd
 would produce.
@@ -31,14 +31,14 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import trio
 
 import triopool
 from tests import workerfuncs as wf
 from tests.conftest import is_running, open_fds
-from triopool import _protocol, _worker
+from triopool import _pool, _protocol, _worker
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -203,27 +203,27 @@ def record_sends(
 ) -> Iterator[None]:
     """Record, per task nonce, the pids of the workers the task was written to.
 
-    A test hook: it wraps ``Worker.send`` for the duration of the block, so
-    the pool itself carries no tracing code. ``pid_of`` lets the storm's
-    self-test record a wrong pid, to show that the pid checks can fail.
+    A test hook: it wraps ``Pool._send`` (which writes a job to a worker) for
+    the duration of the block, so the pool itself carries no tracing code.
+    ``pid_of`` lets the storm's self-test record a wrong pid, to show that the
+    pid checks can fail.
     """
-    original = _worker.Worker.send
+    original = _pool.Pool._send
 
-    async def send(self: _worker.Worker, pieces: list[bytes | memoryview]) -> None:
-        if pieces and bytes(pieces[0][:1]) == bytes([_protocol.TASK]):
-            decoder = _protocol.Decoder()
-            decoder.receive_data(b"".join(bytes(piece) for piece in pieces))
-            frame = decoder.next_frame()
-            assert isinstance(frame, _protocol.Frame)
-            _fn, args, _soft = _protocol.loads(frame.payload, frame.buffers)
-            sent.setdefault(args[0], []).append(pid_of(self))
-        await original(self, pieces)
+    async def send(self: _pool.Pool, link: Any, job: Any) -> None:
+        decoder = _protocol.Decoder()
+        decoder.receive_data(b"".join(bytes(piece) for piece in job.pieces))
+        frame = decoder.next_frame()
+        assert isinstance(frame, _protocol.Frame)
+        _fn, args, _soft = _protocol.loads(frame.payload, frame.buffers)
+        sent.setdefault(args[0], []).append(pid_of(link.worker))
+        await original(self, link, job)
 
-    _worker.Worker.send = send  # type: ignore[method-assign]
+    _pool.Pool._send = send  # type: ignore[method-assign]
     try:
         yield
     finally:
-        _worker.Worker.send = original  # type: ignore[method-assign]
+        _pool.Pool._send = original  # type: ignore[method-assign]
 
 
 @dataclass

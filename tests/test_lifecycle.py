@@ -348,9 +348,11 @@ async def test_keyboard_interrupt_in_a_pool_task_leaves_as_itself(
 
     async def use_pool() -> None:
         nonlocal armed
+        # Patched before the pool opens: an idle worker's owner waits in
+        # receive() already when the next task is handed over.
+        monkeypatch.setattr(Worker, "receive", receive_or_interrupt)
         async with triopool.open_pool(1) as pool:
             await pool.run_sync(workerfuncs.getpid)
-            monkeypatch.setattr(Worker, "receive", receive_or_interrupt)
             armed = True
             await pool.run_sync(workerfuncs.getpid)
 

@@ -125,14 +125,18 @@ def fake_first_frame(when: Callable[[int, int], bool]) -> Any:
     receives)`` holds return :func:`fake_frame`: what a frame from another
     worker's pipe would look like to the pool. Returns the list of pids it
     fired for."""
-    real_send = _worker.Worker.send
+    # Every frame's first write goes through write_now (the storm's frames
+    # are small: each is written whole by that one call).
+    real_write = _worker.Worker.write_now
     real_receive = _worker.Worker.receive
     counts: dict[int, list[int]] = {}
     fired: list[int] = []
 
-    async def send(self: _worker.Worker, pieces: list[bytes | memoryview]) -> None:
+    def write_now(
+        self: _worker.Worker, pieces: list[bytes | memoryview]
+    ) -> list[bytes | memoryview]:
         counts.setdefault(id(self), [0, 0])[0] += 1
-        await real_send(self, pieces)
+        return real_write(self, pieces)
 
     async def receive(self: _worker.Worker) -> _protocol.Frame | None:
         sends, receives = counts.setdefault(id(self), [0, 0])
@@ -146,12 +150,12 @@ def fake_first_frame(when: Callable[[int, int], bool]) -> Any:
             return fake_frame()
         return await real_receive(self)
 
-    _worker.Worker.send = send  # type: ignore[method-assign]
+    _worker.Worker.write_now = write_now  # type: ignore[method-assign]
     _worker.Worker.receive = receive  # type: ignore[method-assign]
     try:
         yield fired
     finally:
-        _worker.Worker.send = real_send  # type: ignore[method-assign]
+        _worker.Worker.write_now = real_write  # type: ignore[method-assign]
         _worker.Worker.receive = real_receive  # type: ignore[method-assign]
 
 

@@ -285,20 +285,48 @@ class _Job:
     state: _JobState = _JobState.WAITING
     frame: _protocol.Frame | None = None
     error: BaseException | None = None
-    # While it runs: the slot's cancel scope around sending it and waiting for
-    # its answer. Cancelling it makes the slot kill the worker.
+    # While it runs: the cancel scope around the part of its worker's task
+    # that is at work for it (a blocked send, or the wait for its answer).
+    # Cancelling it makes that task kill the worker.
     scope: trio.CancelScope | None = None
+    # Once sent: when its hard time limit expires (trio time).
+    deadline: float = math.inf
+    # What a task that ended its worker raised (FATAL), for the error's cause.
+    fatal_cause: BaseException | None = None
 
 
 @attrs.define(eq=False)
 class _Slot:
     number: int
-    # While idle: the scope a caller cancels to wake the slot, and the job it
-    # hands over (None: wake up to notice that the pool closes).
-    idle_scope: trio.CancelScope | None = None
-    handed: _Job | None = None
     # While starting a worker: cancelled when the pool closes with no work left.
     start_scope: trio.CancelScope | None = None
+
+
+@attrs.define(eq=False)
+class _Link:
+    """One up worker and the job it runs, shared by the two tasks that serve
+    it: the reader (the worker's owning task, which receives every answer
+    and sends the next queued job itself) and the feeder (which sends a job a
+    caller hands to the idle worker)."""
+
+    worker: Worker
+    # The feeder task. It is parked while the worker is idle (the link is in
+    # Pool._idle exactly then); a caller wakes it with a job in ``handed``
+    # (None: wake up to notice that the pool closes). A link, not its slot,
+    # holds these: a retiring worker's link may outlive the start of its
+    # replacement's.
+    feeder: trio.lowlevel.Task | None = None
+    handed: _Job | None = None
+    current: _Job | None = None
+    # The current job was written whole (else, at the worker's death, it
+    # never started and runs elsewhere).
+    sent: bool = False
+    # The scope of the reader's wait for a frame.
+    read_scope: trio.CancelScope | None = None
+    stop_requested: bool = False
+    tasks_done: int = 0
+    # The worker serves no more: the feeder must not touch it.
+    finished: bool = False
 
 
 @attrs.define(eq=False)
@@ -308,6 +336,10 @@ class _Turn:
     # Set once the worker serves no more (it may still be exiting).
     served: trio.Event = attrs.field(factory=trio.Event)
     start_failed: bool = False
+
+
+# The frames that answer a task.
+_ANSWERS = frozenset({_protocol.RESULT, _protocol.ERROR, _protocol.SERIAL_ERROR})
 
 
 class _End(enum.Enum):
@@ -330,7 +362,8 @@ class Pool:
         self._config_pieces = _config_frame(config)
         self._main_importable = _main_module() != (None, None)
         self._waiting: deque[_Job] = deque()
-        self._idle: list[_Slot] = []
+        self._idle: list[_Link] = []
+        self._links: set[_Link] = set()
         self._slots = [_Slot(number) for number in range(config.workers)]
         self._closing = False
         self._closed = False
@@ -644,10 +677,10 @@ class Pool:
         """Hand a waiting job to an idle slot, or queue it (at the front if
         ``first``: it was taken once already and goes before newer ones)."""
         if self._idle:
-            slot = self._idle.pop()
-            slot.handed = job
-            assert slot.idle_scope is not None
-            slot.idle_scope.cancel()
+            link = self._idle.pop()
+            link.handed = job
+            assert link.feeder is not None
+            trio.lowlevel.reschedule(link.feeder)
         elif first:
             self._waiting.appendleft(job)
         else:
@@ -667,6 +700,13 @@ class Pool:
         self._tasks_running -= 1
         self._tasks_waiting += 1
         self._dispatch(job, first=True)
+
+    def _hand_back(self, job: _Job) -> None:
+        """A waiting job handed to a slot whose worker went before taking it."""
+        job.state = _JobState.RUNNING
+        self._tasks_waiting -= 1
+        self._tasks_running += 1
+        self._requeue(job)
 
     def _abandon(self, job: _Job, *, kill: bool) -> bool:
         """The caller stops waiting. Returns False if it must take the outcome
@@ -707,10 +747,10 @@ class Pool:
     def _fail_waiting(self, make_error: Callable[[], BaseException]) -> None:
         jobs = list(self._waiting)
         self._waiting.clear()
-        for slot in self._slots:
-            if slot.handed is not None:
-                jobs.append(slot.handed)
-                slot.handed = None
+        for link in self._links:
+            if link.handed is not None:
+                jobs.append(link.handed)
+                link.handed = None
         for job in jobs:
             if job.state is _JobState.WAITING:
                 job.state = _JobState.RUNNING
@@ -764,7 +804,7 @@ class Pool:
             async with open_worker(launch) as worker:
                 _log.debug("worker %d started (slot %d)", worker.pid, slot.number)
                 if await self._start(slot, worker):
-                    end = await self._serve(slot, worker, turn.served.set)
+                    end = await self._serve(worker, turn.served.set)
         except WorkerStartError as exc:
             end = None
             self._start_failed(exc)
@@ -921,147 +961,268 @@ class Pool:
                 await self._slots_done.wait()
 
     def _wake_idle(self) -> None:
-        for slot in self._idle:
-            assert slot.idle_scope is not None
-            slot.idle_scope.cancel()
-        self._idle.clear()
+        idle = self._idle
+        self._idle = []
+        for link in idle:
+            assert link.feeder is not None
+            trio.lowlevel.reschedule(link.feeder)
         for slot in self._slots:
             if slot.start_scope is not None and self._closing_idle():
                 slot.start_scope.cancel()
 
-    async def _serve(
-        self, slot: _Slot, worker: Worker, retiring: Callable[[], None]
-    ) -> _End:
+    async def _serve(self, worker: Worker, retiring: Callable[[], None]) -> _End:
         """Run jobs on an up worker until it must go; say why it went.
+
+        This task, the worker's owner, reads every frame the worker sends,
+        delivers each answer and sends the next queued job itself, so a busy
+        worker needs no hand-off between tasks. A feeder task parks while the
+        worker is idle and sends the job a caller hands over: waking a parked
+        task costs far less than cancelling a wait on the pipe. Both tasks
+        live inside the worker's ``async with``, which alone closes its fds.
 
         Calls ``retiring()`` once the worker is done serving and only needs to
         exit, so that the slot can start its replacement meanwhile.
         """
+        link = _Link(worker)
+        self._links.add(link)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self._feed, link)
+            try:
+                return await self._read(link, retiring)
+            finally:
+                link.finished = True
+                self._links.discard(link)
+                if link in self._idle:
+                    self._idle.remove(link)
+                handed = link.handed
+                link.handed = None
+                if handed is not None and handed.state is _JobState.WAITING:
+                    # Handed over just as the worker went: it never started.
+                    self._hand_back(handed)
+                nursery.cancel_scope.cancel()  # the feeder, parked or sending
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _feed(
+        self,
+        link: _Link,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Send the jobs callers hand to the slot while its worker is idle."""
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            if link in self._idle:
+                self._idle.remove(link)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        link.feeder = trio.lowlevel.current_task()
+        task_status.started()
+        try:
+            while True:
+                # In Pool._idle (the reader put it there) or not, parked here.
+                await trio.lowlevel.wait_task_rescheduled(abort)
+                if link.finished:
+                    return
+                job = link.handed
+                link.handed = None
+                if job is None or job.state is not _JobState.WAITING:
+                    # Woken for the pool's close, or the caller was cancelled
+                    # before this task woke.
+                    job = self._next_job()
+                    if job is None:
+                        if self._closing or self._broken is not None:
+                            link.stop_requested = True
+                            assert link.read_scope is not None
+                            link.read_scope.cancel()
+                            return
+                        self._idle.append(link)
+                        continue
+                await self._send(link, job)
+        finally:
+            link.feeder = None
+
+    async def _next_or_idle(self, link: _Link) -> bool:
+        """Send the next queued job to the free worker, or make the slot idle.
+
+        Returns False if the worker must stop: the pool closes (and has
+        nothing left to run) or broke.
+        """
+        job = self._next_job()
+        if job is not None:
+            await self._send(link, job)
+            return True
+        if self._closing or self._broken is not None:
+            return False
+        self._idle.append(link)  # the feeder is parked: callers wake it
+        return True
+
+    async def _send(self, link: _Link, job: _Job) -> None:
+        """Start a waiting job on the link's free worker: write it whole.
+
+        If the worker is gone, or the write is cancelled halfway (the stream
+        is then out of sync, so the worker is killed), the reader sees EOF and
+        settles the job.
+        """
+        job.state = _JobState.RUNNING
+        self._tasks_waiting -= 1
+        self._tasks_running += 1
+        link.current = job
+        link.sent = False
+        worker = link.worker
+        if _PARENT_FAULTS is not None:
+            with trio.CancelScope() as job.scope:
+                await _parent_fault(
+                    _PARENT_FAULTS, worker, "before_send", link.tasks_done + 1
+                )
+            job.scope = None
+            if job.state is _JobState.CANCELLED:
+                worker.kill()
+                return
+        try:
+            rest = worker.write_now(job.pieces)
+            if rest:
+                # The pipe is full (a large task): the caller may give up
+                # while the rest is written.
+                with trio.CancelScope() as scope:
+                    job.scope = scope
+                    await worker.send(rest)
+                job.scope = None
+                if scope.cancelled_caught:
+                    worker.kill()
+                    return
+        except trio.BrokenResourceError:
+            return  # the worker is dead: the reader sees EOF
+        link.sent = True
+        if job.time_limit is not None:
+            # Counted from the moment the worker has the task.
+            job.deadline = trio.current_time() + job.time_limit
+        read_scope = link.read_scope
+        if read_scope is not None:
+            # The reader waits already (this is the feeder): arm its wait.
+            job.scope = read_scope
+            read_scope.deadline = job.deadline
+
+    async def _read(self, link: _Link, retiring: Callable[[], None]) -> _End:
+        """Receive and deliver the worker's answers until it must go."""
         config = self._config
-        tasks_done = 0
-        while True:
-            job = self._next_job()
-            if job is None:
-                if self._closing or self._broken is not None:
+        worker = link.worker
+        try:
+            if not await self._next_or_idle(link):
+                await worker.stop(config.shutdown_timeout)
+                return _End.CLOSED
+            while True:
+                job = link.current
+                with trio.CancelScope() as scope:
+                    link.read_scope = scope
+                    if job is not None and link.sent:
+                        job.scope = scope
+                        scope.deadline = job.deadline
+                        if job.state is _JobState.CANCELLED:
+                            scope.cancel()
+                    frame = await worker.receive()
+                link.read_scope = None
+                job = link.current
+                if job is not None:
+                    job.scope = None
+                if scope.cancelled_caught:
+                    if job is None:
+                        # The feeder asks: the pool closes, nothing to run.
+                        assert link.stop_requested
+                        await worker.stop(config.shutdown_timeout)
+                        return _End.CLOSED
+                    self._stop_job(worker, job)
+                    return _End.LOST
+                if frame is not None and frame.kind == _protocol.FATAL and job:
+                    await self._fatal(worker, job, frame)
+                    frame = None
+                if frame is None:
+                    await self._lost(worker, link)
+                    return _End.LOST
+                if job is None or not link.sent:
+                    _log.error("idle worker %d sent %r; killing it", worker.pid, frame)
+                    return _End.LOST
+                link.current = None
+                if frame.kind not in _ANSWERS:
+                    job.error = BrokenWorkerError(
+                        f"worker {worker.pid} broke the protocol: it sent {frame!r}",
+                        worker.pid,
+                        None,
+                    )
+                    self._finish(job, failed=True)
+                    return _End.LOST
+                job.frame = frame
+                self._finish(job, failed=frame.kind != _protocol.RESULT)
+                link.tasks_done += 1
+                limit = config.max_tasks_per_child
+                over_memory = frame.flags & _protocol.OVER_MEMORY
+                if over_memory or (limit is not None and link.tasks_done >= limit):
+                    reason = (
+                        "over max_memory_per_child"
+                        if over_memory
+                        else f"after {link.tasks_done} tasks"
+                    )
+                    _log.info("worker %d retired %s", worker.pid, reason)
+                    retiring()
+                    await worker.stop(config.shutdown_timeout)
+                    return _End.RETIRED
+                if not await self._next_or_idle(link):
                     await worker.stop(config.shutdown_timeout)
                     return _End.CLOSED
-                try:
-                    job = await self._wait_idle(slot, worker)
-                except _WorkerLost:
-                    return _End.LOST
-                if job is None:
-                    continue
-            job.state = _JobState.RUNNING
-            self._tasks_waiting -= 1
-            self._tasks_running += 1
-            keep, over_memory = await self._run_job(worker, job, tasks_done + 1)
-            if not keep:
-                return _End.LOST
-            tasks_done += 1
-            limit = config.max_tasks_per_child
-            if over_memory or (limit is not None and tasks_done >= limit):
-                reason = (
-                    "over max_memory_per_child"
-                    if over_memory
-                    else (f"after {tasks_done} tasks")
-                )
-                _log.info("worker %d retired %s", worker.pid, reason)
-                retiring()
-                await worker.stop(config.shutdown_timeout)
-                return _End.RETIRED
-
-    async def _wait_idle(self, slot: _Slot, worker: Worker) -> _Job | None:
-        """Wait, as an idle slot, for a job, while watching the worker for EOF.
-
-        Returns the job a caller handed over, or None to look again (the pool
-        is closing or broken). Raises _WorkerLost if the worker died.
-        """
-        with trio.CancelScope() as slot.idle_scope:
-            self._idle.append(slot)
-            try:
-                frame = await worker.receive()
-            finally:
-                slot.idle_scope = None
-                if slot in self._idle:
-                    self._idle.remove(slot)
-            # Only EOF, or garbage, can arrive while no task runs.
-            if slot.handed is not None:
-                # A caller handed a job over just as the worker died: it has
-                # not started, so it goes to another slot or the queue's front
-                # (or fails, if the pool broke meanwhile: no slot would take it).
-                handed = slot.handed
-                slot.handed = None
-                if handed.state is _JobState.WAITING:
-                    handed.state = _JobState.RUNNING
-                    self._tasks_waiting -= 1
-                    self._tasks_running += 1
-                    self._requeue(handed)
-            if frame is None:
-                exitcode = await worker.process.wait()
-                _log.warning(
-                    "idle worker %d died (%s)", worker.pid, _ended(worker, exitcode)
-                )
-            else:
-                _log.error("idle worker %d sent %r; killing it", worker.pid, frame)
-            raise _WorkerLost
-        job = slot.handed
-        slot.handed = None
-        if job is not None and job.state is not _JobState.WAITING:
-            return None  # cancelled before this slot woke up
-        return job
-
-    async def _run_job(
-        self, worker: Worker, job: _Job, number: int
-    ) -> tuple[bool, bool]:
-        """Send one job (the worker's ``number``-th) and deliver its answer.
-
-        Returns (keep the worker, the worker is over its memory limit).
-        """
-        scope = job.scope = trio.CancelScope()
-        frame: _protocol.Frame | None = None
-        sent = False
-        try:
-            with scope:
-                if _PARENT_FAULTS is not None:
-                    await _parent_fault(_PARENT_FAULTS, worker, "before_send", number)
-                try:
-                    await worker.send(job.pieces)
-                except trio.BrokenResourceError:
-                    pass  # the worker is dead: handled below
-                else:
-                    sent = True
-                    if job.time_limit is not None:
-                        scope.deadline = trio.current_time() + job.time_limit
-                    frame = await worker.receive()
         except BaseException:
-            # The pool is being torn down around this job.
-            job.error = trio.ClosedResourceError("the pool closed while the task ran")
-            self._finish(job, failed=True)
-            raise
-        finally:
-            job.scope = None
-        if scope.cancelled_caught:
-            if job.state is _JobState.CANCELLED:
-                _log.info("worker %d killed: its task was cancelled", worker.pid)
-            else:
-                assert job.time_limit is not None
-                _log.warning(
-                    "worker %d killed: task exceeded its time limit of %g s",
-                    worker.pid,
-                    job.time_limit,
-                )
-                job.error = TimeLimitExceeded(
-                    f"the task exceeded its time limit of {job.time_limit:g} s; "
-                    f"worker {worker.pid} was killed",
-                    job.time_limit,
+            # The pool is being torn down around the running job.
+            job = link.current
+            if job is not None:
+                job.error = trio.ClosedResourceError(
+                    "the pool closed while the task ran"
                 )
                 self._finish(job, failed=True)
-            return False, False
-        if not sent or (frame is None and worker.unread_task_bytes()):
+            raise
+
+    def _stop_job(self, worker: Worker, job: _Job) -> None:
+        """The job's caller gave up on it, or its time limit expired: the
+        worker is killed (when its owner's block ends)."""
+        if job.state is _JobState.CANCELLED:
+            _log.info("worker %d killed: its task was cancelled", worker.pid)
+            return
+        assert job.time_limit is not None
+        _log.warning(
+            "worker %d killed: task exceeded its time limit of %g s",
+            worker.pid,
+            job.time_limit,
+        )
+        job.error = TimeLimitExceeded(
+            f"the task exceeded its time limit of {job.time_limit:g} s; "
+            f"worker {worker.pid} was killed",
+            job.time_limit,
+        )
+        self._finish(job, failed=True)
+
+    async def _fatal(self, worker: Worker, job: _Job, frame: _protocol.Frame) -> None:
+        """A task raised a BaseException that ends its worker: keep it as
+        the job's error's cause and wait for the worker to exit."""
+        try:
+            job.fatal_cause = _exception_from(frame)
+        except Exception as exc:
+            # Not what a FATAL frame holds; the worker is ending (or gets
+            # killed below) all the same.
+            job.fatal_cause = exc
+        with trio.move_on_after(self._config.shutdown_timeout):
+            if await worker.receive() is not None:
+                worker.kill()
+
+    async def _lost(self, worker: Worker, link: _Link) -> None:
+        """The worker's pipe is at EOF: it died, or was killed. Settle its job."""
+        exitcode = await worker.process.wait()
+        job = link.current
+        if job is None:
+            _log.warning(
+                "idle worker %d died (%s)", worker.pid, _ended(worker, exitcode)
+            )
+            return
+        if not link.sent or worker.unread_task_bytes():
             # The worker died before it read the whole task, so the task never
             # started: like a task handed to a worker that died, it runs on
             # another worker (API.md).
-            exitcode = await worker.process.wait()
             _log.warning(
                 "worker %d died before it read its task (%s); the task goes "
                 "to another worker",
@@ -1069,51 +1230,18 @@ class Pool:
                 _ended(worker, exitcode),
             )
             self._requeue(job)
-            return False, False
-        cause: BaseException | None = None
-        if frame is not None and frame.kind == _protocol.FATAL:
-            try:
-                cause = _exception_from(frame)
-            except Exception as exc:
-                # What the worker sent is not what a FATAL frame holds; the
-                # worker is ending (or gets killed below) all the same.
-                cause = exc
-            with trio.move_on_after(self._config.shutdown_timeout):
-                frame = await worker.receive()
-            if frame is not None:
-                worker.kill()
-                frame = None
-        if frame is None:
-            exitcode = await worker.process.wait()
-            _log.warning(
-                "worker %d died running a task (%s)",
-                worker.pid,
-                _ended(worker, exitcode),
-            )
-            job.error = BrokenWorkerError(
-                f"worker {worker.pid} died while running the task "
-                f"({_ended(worker, exitcode)})",
-                worker.pid,
-                exitcode,
-            )
-            job.error.__cause__ = cause
-            self._finish(job, failed=True)
-            return False, False
-        if frame.kind not in (
-            _protocol.RESULT,
-            _protocol.ERROR,
-            _protocol.SERIAL_ERROR,
-        ):
-            job.error = BrokenWorkerError(
-                f"worker {worker.pid} broke the protocol: it sent {frame!r}",
-                worker.pid,
-                None,
-            )
-            self._finish(job, failed=True)
-            return False, False
-        job.frame = frame
-        self._finish(job, failed=frame.kind != _protocol.RESULT)
-        return True, bool(frame.flags & _protocol.OVER_MEMORY)
+            return
+        _log.warning(
+            "worker %d died running a task (%s)", worker.pid, _ended(worker, exitcode)
+        )
+        job.error = BrokenWorkerError(
+            f"worker {worker.pid} died while running the task "
+            f"({_ended(worker, exitcode)})",
+            worker.pid,
+            exitcode,
+        )
+        job.error.__cause__ = job.fatal_cause
+        self._finish(job, failed=True)
 
     # Lifecycle
 
@@ -1138,10 +1266,6 @@ class Pool:
         self._fail_waiting(lambda: trio.ClosedResourceError("the pool closed"))
         assert self._nursery is not None
         self._nursery.cancel_scope.cancel()
-
-
-class _WorkerLost(Exception):
-    pass
 
 
 async def _parent_fault(

@@ -79,23 +79,32 @@ class Worker:
     def pid(self) -> int:
         return self.process.pid
 
-    async def send(self, pieces: list[bytes | memoryview]) -> None:
-        """Write one encoded frame to the worker."""
-        # Straight to the fd, which the stream keeps non-blocking: a frame that
-        # fits in the pipe is written with no trip through the scheduler
-        # (FdStream.send_all checkpoints first, on every call).
+    def write_now(self, pieces: list[bytes | memoryview]) -> list[bytes | memoryview]:
+        """Write as much of a frame as the pipe takes at once; return the rest.
+
+        Straight to the fd, which the stream keeps non-blocking: a frame that
+        fits in the pipe is written with no trip through the scheduler
+        (FdStream.send_all checkpoints first, on every call).
+        """
         fd = self._send_stream.fileno()
-        for piece in pieces:
-            view = memoryview(piece)
-            while view:
-                try:
-                    view = view[os.write(fd, view) :]
-                except BlockingIOError:
-                    await trio.lowlevel.wait_writable(fd)
-                except OSError as exc:
-                    raise trio.BrokenResourceError(
-                        f"could not write to worker {self.pid}: {exc}"
-                    ) from exc
+        for index, piece in enumerate(pieces):
+            try:
+                written = os.write(fd, piece)
+                while written < len(piece):
+                    piece = memoryview(piece)[written:]
+                    written = os.write(fd, piece)
+            except BlockingIOError:
+                return [piece, *pieces[index + 1 :]]
+            except OSError as exc:
+                raise trio.BrokenResourceError(
+                    f"could not write to worker {self.pid}: {exc}"
+                ) from exc
+        return []
+
+    async def send(self, pieces: list[bytes | memoryview]) -> None:
+        """Write (the rest of) one encoded frame to the worker."""
+        while pieces := self.write_now(pieces):
+            await trio.lowlevel.wait_writable(self._send_stream.fileno())
 
     async def receive(self) -> _protocol.Frame | None:
         """The next frame from the worker, or ``None`` once its pipe closed.
