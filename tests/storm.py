@@ -42,7 +42,6 @@ from triopool import _pool, _protocol, _worker
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
-    from types import FrameType
 
 START_METHODS = ("spawn", "forkserver")
 
@@ -141,8 +140,6 @@ class LogWatch(logging.Handler):
         self.allow = allow
         self.violations: list[str] = []
         self.counts: Counter[str] = Counter()
-        #: Start failures of the fork server itself (see check_counters).
-        self.server_start_failures = 0
 
     def emit(self, record: logging.LogRecord) -> None:
         self.counts[record.levelname] += 1
@@ -158,23 +155,11 @@ class LogWatch(logging.Handler):
             return where
         if "protocol" in message or "instead of reporting up" in message:
             return f"protocol violation {where}"
-        if message.startswith("worker failed to start"):
-            if _called_from("_run_forkserver"):
-                self.server_start_failures += 1
-            if not any(cause in message for cause in self.expected_start_failures):
-                return f"unexpected start failure {where}"
+        if message.startswith("worker failed to start") and not any(
+            cause in message for cause in self.expected_start_failures
+        ):
+            return f"unexpected start failure {where}"
         return None
-
-
-def _called_from(function: str) -> bool:
-    """Whether the pool's ``function`` is on the stack (records are emitted
-    synchronously, in the task that logs them)."""
-    frame: FrameType | None = sys._getframe()
-    while frame is not None:
-        if frame.f_code.co_name == function:
-            return True
-        frame = frame.f_back
-    return False
 
 
 @contextlib.contextmanager
@@ -289,18 +274,8 @@ class StormReport:
         return "\n".join(lines)
 
 
-def check_counters(
-    stats: triopool.PoolStatistics, *, settled: bool, server_start_failures: int = 0
-) -> list[str]:
-    """The identities PoolStatistics documents; ``settled``: nothing in flight.
-
-    ``server_start_failures``: start failures of the fork server itself (from
-    :class:`LogWatch`). The pool counts them in ``start_failures`` but not in
-    ``workers_started``, so the documented identity is off by exactly that
-    many; this is a bug of the pool, pinned by a strict xfail test in
-    ``test_fd_exhaustion``. Drop the parameter once the pool honours the
-    identity.
-    """
+def check_counters(stats: triopool.PoolStatistics, *, settled: bool) -> list[str]:
+    """The identities PoolStatistics documents; ``settled``: nothing in flight."""
     problems = []
     workers = (
         stats.workers_alive
@@ -309,7 +284,7 @@ def check_counters(
         + stats.start_failures
         + stats.workers_stopped
     )
-    if stats.workers_started + server_start_failures != workers:
+    if stats.workers_started != workers:
         problems.append(f"worker counters do not add up: {stats}")
     in_flight = stats.tasks_waiting + stats.tasks_running
     ended = stats.tasks_completed + stats.tasks_failed + stats.tasks_cancelled
@@ -346,9 +321,7 @@ async def run_storm(config: StormConfig) -> StormReport:
     log = LogWatch(config.start_method)
 
     def counter_problems(stats: triopool.PoolStatistics, *, settled: bool) -> list[str]:
-        return check_counters(
-            stats, settled=settled, server_start_failures=log.server_start_failures
-        )
+        return check_counters(stats, settled=settled)
 
     def pool_processes() -> list[int]:
         pids = sorted(descendants() - processes_before)

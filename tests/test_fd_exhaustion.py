@@ -123,23 +123,11 @@ async def test_starts_fail_without_fds_and_the_pool_recovers(
     stats = pool.statistics()
     assert stats.start_failures >= 3
     assert stats.tasks_completed == 1
-    # The fork server's own start failures are not worker starts (see
-    # test_fork_server_start_failures_count_as_worker_starts).
-    assert (
-        stats.workers_started + watch.server_start_failures
-        == stats.start_failures + stats.workers_stopped
-    )
+    # The fork server's own start failures count as starts too.
+    assert stats.workers_started == stats.start_failures + stats.workers_stopped
     assert "Too many open files" in caplog.text
 
 
-# A bug of the pool (triopool/_pool.py, _run_forkserver), pinned strictly so
-# that the fix shows up here; the storm and the model allow for it meanwhile
-# (tests.storm.check_counters).
-@pytest.mark.xfail(
-    reason="a fork server start failure counts in start_failures, not in "
-    "workers_started (bug in _pool._run_forkserver)",
-    strict=True,
-)
 async def test_fork_server_start_failures_count_as_worker_starts(
     start_method: str,
 ) -> None:
@@ -147,8 +135,8 @@ async def test_fork_server_start_failures_count_as_worker_starts(
         pytest.skip("a fork server's start is only forkserver's")
     # PoolStatistics documents workers_started == workers_alive +
     # workers_recycled + workers_lost + start_failures + workers_stopped
-    # "whatever happens". A fork server that cannot start counts as a start
-    # failure and not as a start, so the identity is off by one per failure.
+    # "whatever happens": a fork server that cannot start counts as a failed
+    # start, so as a start too.
     with trio.fail_after(TIMEOUT), fd_headroom(0) as restore:
         async with triopool.open_pool(1, max_start_failures=1000) as pool:
             await wait_for_start_failures(pool, 3)

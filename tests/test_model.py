@@ -274,11 +274,7 @@ class PoolModel(RuleBasedStateMachine):
     def _counter_problems(
         self, stats: triopool.PoolStatistics, *, settled: bool
     ) -> list[str]:
-        return check_counters(
-            stats,
-            settled=settled,
-            server_start_failures=self.log.server_start_failures,
-        )
+        return check_counters(stats, settled=settled)
 
     # Invariants, after every step.
 

@@ -241,8 +241,10 @@ class PoolStatistics:
         tasks_submitted: All tasks ever submitted.
         workers_started: Worker starts so far, replacements included. An
             attempt that could not even create the process (no fds left,
-            say) counts here too, and as a start failure, so the identity
-            above holds whatever happens.
+            say) counts here too, and as a start failure, and so does a fork
+            server that failed to start or died before forking (it stood
+            between the pool and its next worker), so the identity above
+            holds whatever happens.
         workers_recycled: Retired by ``max_tasks_per_child`` or
             ``max_memory_per_child``.
         workers_lost: Died unexpectedly, or killed by a time limit, a
@@ -955,6 +957,8 @@ class Pool:
             if error is None:
                 failures = 0
                 continue
+            # A start failure, counted as a start too (see PoolStatistics).
+            self._workers_started += 1
             self._start_failed(error)
             failures += 1
             with trio.move_on_after(min(0.01 * 2**failures, 0.5)):
