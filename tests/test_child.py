@@ -89,17 +89,21 @@ SCRIPT = """
     import trio
     import triopool
 
+    # Read when the script is imported: in the workers too, where it runs
+    # again (as __mp_main__) with the parent's sys.argv.
+    START_METHOD = sys.argv[1]
+
     class Point:
         def __init__(self, x):
             self.x = x
 
     def double(point):
-        return Point(point.x * 2)
+        return Point(point.x * 2), START_METHOD
 
     async def main():
-        async with triopool.open_pool(2, start_method=sys.argv[1]) as pool:
-            result = await pool.run_sync(double, Point(21))
-            print("result", result.x, type(result).__name__)
+        async with triopool.open_pool(2, start_method=START_METHOD) as pool:
+            result, seen = await pool.run_sync(double, Point(21))
+            print("result", result.x, type(result).__name__, seen)
 
     if __name__ == "__main__":
         trio.run(main)
@@ -120,7 +124,7 @@ def test_functions_from_the_main_script_work(tmp_path: Path, start_method: str) 
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "result 42 Point"
+    assert done.stdout.strip() == f"result 42 Point {start_method}"
     assert done.stderr == ""
 
 
@@ -139,7 +143,7 @@ def test_functions_from_a_main_module_run_with_dash_m(
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "result 42 Point"
+    assert done.stdout.strip() == f"result 42 Point {start_method}"
 
 
 async def test_a_task_can_use_the_public_package_in_the_worker() -> None:

@@ -295,6 +295,7 @@ def main(fd_in: int, fd_out: int, parent_pid: int) -> None:
         return
     config = pickle.loads(frame.payload)
     sys.path[:] = config["sys_path"]
+    sys.argv[:] = config["sys_argv"]
     fixup = _MainFixup(config["main_path"], config["main_name"])
     max_memory: int | None = config["max_memory"]
     try:

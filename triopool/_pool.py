@@ -1422,6 +1422,9 @@ def _config_frame(config: PoolConfig) -> list[bytes | memoryview]:
     payload = pickle.dumps(
         {
             "sys_path": list(sys.path),
+            # The main script may read sys.argv at import, as it does when it
+            # is run again in the worker (multiprocessing passes it on too).
+            "sys_argv": list(sys.argv),
             "main_path": main_path,
             "main_name": main_name,
             "initializer": initializer,
