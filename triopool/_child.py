@@ -28,7 +28,7 @@ import pickle
 import signal
 import sys
 
-from . import _protocol
+from . import _pipes, _protocol
 from ._errors import SoftTimeLimitExceeded
 
 TYPE_CHECKING = False
@@ -72,6 +72,9 @@ class _Pipes:
                 return frame  # type: ignore[return-value]
 
     def send(self, pieces: list[bytes | memoryview]) -> None:
+        if len(pieces) > 1 and _pipes.frame_size(pieces) >= _pipes.LARGE_FRAME:
+            # The parent narrows it again once it has read the frame.
+            _pipes.widen(self.fd_out)
         for piece in pieces:
             view = memoryview(piece)
             while view:

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Protocol
 import attrs
 import trio
 
-from . import _protocol
+from . import _pipes, _protocol
 from ._spawn import WorkerProcess
 
 if TYPE_CHECKING:
@@ -72,6 +72,11 @@ class Worker:
     _receive_stream: trio.lowlevel.FdStream
     _decoder: _protocol.Decoder = attrs.field(factory=_protocol.Decoder)
     _eof: bool = False
+    # The pipes' capacity as created. A frame of at least _pipes.LARGE_FRAME
+    # widens the pipe it crosses (_wide: one of ours did); both go back to
+    # this capacity at the next answer.
+    _capacity: int | None = None
+    _wide: bool = False
     #: Set if the worker sent bytes that are not frames; it was killed then.
     protocol_error: _protocol.ProtocolError | None = None
 
@@ -87,6 +92,8 @@ class Worker:
         (FdStream.send_all checkpoints first, on every call).
         """
         fd = self._send_stream.fileno()
+        if len(pieces) > 1 and not self._wide:
+            self._widen(fd, pieces)
         for index, piece in enumerate(pieces):
             try:
                 written = os.write(fd, piece)
@@ -100,6 +107,24 @@ class Worker:
                     f"could not write to worker {self.pid}: {exc}"
                 ) from exc
         return []
+
+    def _widen(self, fd: int, pieces: list[bytes | memoryview]) -> None:
+        if _pipes.frame_size(pieces) >= _pipes.LARGE_FRAME:
+            self._wide = True
+            _pipes.widen(fd)
+
+    def _narrow(self, frame: _protocol.Frame) -> None:
+        """After an answer, put back pipes a large frame widened: the worker
+        read its whole task before it answered, and the answer was read
+        whole, so both pipes are empty."""
+        if not self._wide:
+            size = len(frame.payload) + sum(b.nbytes for b in frame.buffers)
+            if size < _pipes.LARGE_FRAME:
+                return  # the worker widened nothing either (see _child)
+        self._wide = False
+        if self._capacity is not None:
+            _pipes.narrow(self._send_stream.fileno(), self._capacity)
+            _pipes.narrow(self._receive_stream.fileno(), self._capacity)
 
     async def send(self, pieces: list[bytes | memoryview]) -> None:
         """Write (the rest of) one encoded frame to the worker."""
@@ -143,6 +168,8 @@ class Worker:
                 return None
             else:
                 assert isinstance(frame, _protocol.Frame)
+                if frame.buffers or self._wide:
+                    self._narrow(frame)
                 return frame
 
     async def _read(self, size: int) -> bytes:
@@ -232,12 +259,13 @@ async def open_worker(
     # child is gone, and the child sees EOF on task_r when we close task_w.
     os.close(task_r)
     os.close(result_w)
+    capacity = _pipes.capacity(task_w)
     send_stream = trio.lowlevel.FdStream(task_w)
     receive_stream = trio.lowlevel.FdStream(result_r)
     try:
         try:
             await process.started()
-            yield Worker(process, send_stream, receive_stream)
+            yield Worker(process, send_stream, receive_stream, capacity=capacity)
         finally:
             with trio.CancelScope(shield=True):
                 if process.returncode is None:
