@@ -8,14 +8,19 @@ the worker retires, dies or the pool closes, and leaves the block, which
 kills, reaps and closes everything of that worker. The slot starts the
 replacement as soon as the worker stops serving, so a retiring worker exits
 while the next one starts; each worker still has exactly one owning task.
+While a worker serves, its owning task reads its answers and sends it the
+next queued job, and a feeder task, started and ended inside the same
+``async with``, sends the job a caller hands to it while it idles.
 
 Invariants:
 
-- A worker is touched only by its own task in its slot (see ``_worker``); a
-  slot has at most one serving worker, plus one that is exiting.
+- A worker is touched only by its owning task and that task's feeder, inside
+  its ``async with`` (see ``_worker``); a slot has at most one serving
+  worker, plus one that is exiting.
 - A job is in exactly one place at a time: the waiting queue, handed to one
-  idle slot, running in one slot, or finished. Only a slot that is up and idle
-  takes a job, so a job never reaches a worker that is starting or retiring.
+  idle worker, running on one worker, or finished. Only a worker that is up
+  and idle takes a job, so a job never reaches one that is starting or
+  retiring.
 - Every job ends: its caller gets a result or an error, or was cancelled and
   stopped waiting. Nothing is left hanging, whatever happens to the workers.
 - Retirement is decided here, in the slot, never by the worker on its own.
