@@ -149,6 +149,8 @@ async def test_configure_after_start_raises_and_keeps_the_pool() -> None:
         ({"start_timeout": -1}, ValueError, "start_timeout must be > 0"),
         ({"start_method": "fork"}, ValueError, "start_method must be"),
         ({"initializer": 3}, TypeError, "initializer must be callable"),
+        ({"forkserver_preload": "numpy"}, TypeError, "forkserver_preload must be"),
+        ({"initargs": "ab"}, TypeError, "initargs must be a sequence"),
         (
             {"time_limit": 1, "soft_time_limit": 2},
             ValueError,

@@ -122,9 +122,9 @@ def configure_default_pool(
     options: dict[str, Any] = {
         "workers": workers,
         "start_method": start_method,
-        "forkserver_preload": tuple(forkserver_preload),
+        "forkserver_preload": forkserver_preload,
         "initializer": initializer,
-        "initargs": tuple(initargs),
+        "initargs": initargs,
         "max_tasks_per_child": max_tasks_per_child,
         "max_memory_per_child": max_memory_per_child,
         "start_timeout": start_timeout,
@@ -136,8 +136,11 @@ def configure_default_pool(
         "backend": backend,
     }
     # open_pool checks every option (and pickles the initializer) before it
-    # starts anything; the manager it returns is never entered.
+    # starts anything; the manager it returns is never entered. The values
+    # go in as given: tuple("numpy") would pass as five module names.
     open_pool(**options)
+    options["forkserver_preload"] = tuple(forkserver_preload)
+    options["initargs"] = tuple(initargs)
     try:
         state = _RUN_STATE.get()
     except (LookupError, RuntimeError):
