@@ -8,7 +8,8 @@ extra (cloudpickle, Ray, Dask) are skipped where it is not installed; the
 cluster ones run where the engines are (``nox -s tests_distributed`` installs
 them). The ``Example::`` blocks of the public docstrings, which the reference
 page shows, run inside a pool too, and so do the shell commands of the command
-line page whose output it shows. An example that stops working fails here
+line page whose output it shows, and the README's example. An example that
+stops working fails here
 instead of rotting in the documentation.
 """
 
@@ -316,3 +317,30 @@ async def test_console_example_prints_what_the_page_shows(
         )
     assert result.returncode == 0, result.stderr.decode()
     assert result.stdout.decode().splitlines() == output
+
+
+def readme_example() -> str:
+    """The README's Python example (its first ``python`` code block)."""
+    readme = (DOCS.parent / "README.md").read_text()
+    start = readme.index("```python\n") + len("```python\n")
+    return readme[start : readme.index("```", start)]
+
+
+async def test_readme_example_runs(tmp_path: Path) -> None:
+    script = tmp_path / "readme_example.py"
+    script.write_text(readme_example())
+    with trio.fail_after(120):
+        result = await trio.run_process(
+            [sys.executable, str(script)],
+            cwd=tmp_path,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
+    stderr = result.stderr.decode()
+    assert result.returncode == 0, stderr
+    assert stderr == ""
+    # It prints score(12_345), then streams scores until one passes 5,000.
+    expected = sum(i * i for i in range(12_345 % 10_000)) ** 0.5
+    assert result.stdout.decode().split() == [str(expected)]
