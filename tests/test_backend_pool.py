@@ -22,6 +22,7 @@ from triopool._backend_pool import BackendPool
 from triopool._pool import Pool, PoolStatistics
 
 from . import workerfuncs
+from .storm import check_counters
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -118,14 +119,9 @@ def crash() -> None:
 
 
 def assert_identity(stats: PoolStatistics) -> None:
-    """The counter identity PoolStatistics documents."""
-    assert stats.workers_started == (
-        stats.workers_alive
-        + stats.workers_recycled
-        + stats.workers_lost
-        + stats.start_failures
-        + stats.workers_stopped
-    ), stats
+    """The counter identities PoolStatistics documents."""
+    problems = check_counters(stats, settled=False)
+    assert not problems, problems
     assert stats.workers_idle + stats.workers_busy == stats.workers_alive, stats
 
 

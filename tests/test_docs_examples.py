@@ -153,21 +153,26 @@ async def test_every_example_has_expectations() -> None:
     assert set(NEEDS) <= set(files)
 
 
-@pytest.mark.parametrize("name", example_files())
-async def test_example_runs(name: str) -> None:
-    if name in NEEDS:
-        pytest.importorskip(NEEDS[name])
+async def run_script(script: Path) -> subprocess.CompletedProcess[bytes]:
+    """Run ``script`` as a reader would, from its own folder."""
     # Generous: several helpers share two cores, and every example starts
     # worker processes (or a cluster).
     with trio.fail_after(120):
-        result = await trio.run_process(
-            [sys.executable, str(EXAMPLES / name)],
-            cwd=EXAMPLES,
+        return await trio.run_process(
+            [sys.executable, str(script)],
+            cwd=script.parent,
             capture_stdout=True,
             capture_stderr=True,
             check=False,
             stdin=subprocess.DEVNULL,
         )
+
+
+@pytest.mark.parametrize("name", example_files())
+async def test_example_runs(name: str) -> None:
+    if name in NEEDS:
+        pytest.importorskip(NEEDS[name])
+    result = await run_script(EXAMPLES / name)
     stdout = result.stdout.decode()
     stderr = result.stderr.decode()
     assert result.returncode == 0, f"{name} exited {result.returncode}:\n{stderr}"
@@ -329,15 +334,7 @@ def readme_example() -> str:
 async def test_readme_example_runs(tmp_path: Path) -> None:
     script = tmp_path / "readme_example.py"
     script.write_text(readme_example())
-    with trio.fail_after(120):
-        result = await trio.run_process(
-            [sys.executable, str(script)],
-            cwd=tmp_path,
-            capture_stdout=True,
-            capture_stderr=True,
-            check=False,
-            stdin=subprocess.DEVNULL,
-        )
+    result = await run_script(script)
     stderr = result.stderr.decode()
     assert result.returncode == 0, stderr
     assert stderr == ""

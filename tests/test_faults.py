@@ -21,6 +21,7 @@ import trio.testing
 
 import triopool
 from tests import workerfuncs as wf
+from tests.storm import check_counters
 from triopool import _faults, _pool, _worker
 
 if TYPE_CHECKING:
@@ -34,20 +35,8 @@ START_TIMEOUT = 3.0
 
 
 def assert_counters_add_up(stats: triopool.PoolStatistics) -> None:
-    assert stats.workers_started == (
-        stats.workers_alive
-        + stats.workers_recycled
-        + stats.workers_lost
-        + stats.start_failures
-        + stats.workers_stopped
-    ), stats
-    assert stats.tasks_submitted == (
-        stats.tasks_completed
-        + stats.tasks_failed
-        + stats.tasks_cancelled
-        + stats.tasks_waiting
-        + stats.tasks_running
-    ), stats
+    problems = check_counters(stats, settled=False)
+    assert not problems, problems
 
 
 @pytest.fixture
