@@ -303,6 +303,10 @@ _SEARCH_DEPTH: Final = 3
 _SEARCH_WIDTH: Final = 32
 
 
+# Types that never hold a large bytes object: skipped without a call.
+_ATOMIC: Final = frozenset({int, float, str, bool, type(None)})
+
+
 def _swap_large(obj: Any, depth: int) -> Any:
     cls = type(obj)
     if cls is bytes or cls is bytearray:
@@ -312,8 +316,18 @@ def _swap_large(obj: Any, depth: int) -> Any:
     if cls is tuple or cls is list:
         if len(obj) > _SEARCH_WIDTH:
             return obj
-        items = [_swap_large(item, depth - 1) for item in obj]
-        if all(new is old for new, old in zip(items, obj, strict=True)):
+        # Copied only once something in it was swapped (rarely): a task's
+        # (fn, args, limit) tuple is searched on every call.
+        items: list[Any] | None = None
+        for index, item in enumerate(obj):
+            if type(item) in _ATOMIC:
+                continue
+            new = _swap_large(item, depth - 1)
+            if new is not item:
+                if items is None:
+                    items = list(obj)
+                items[index] = new
+        if items is None:
             return obj
         return tuple(items) if cls is tuple else items
     if cls is dict:
