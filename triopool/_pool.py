@@ -1105,39 +1105,78 @@ class Pool:
         if job.time_limit is not None:
             # Counted from the moment the worker has the task.
             job.deadline = trio.current_time() + job.time_limit
-        # Arm the reader's wait for the answer: the caller may cancel it, and
-        # the time limit runs out in it.
         read_scope = link.read_scope
-        assert read_scope is not None
-        job.scope = read_scope
-        if job.time_limit is not None:
+        if read_scope is not None:
+            # The reader waits already (this is the feeder): arm its wait.
+            job.scope = read_scope
             read_scope.deadline = job.deadline
 
     async def _read(self, link: _Link, retiring: Callable[[], None]) -> _End:
         """Receive and deliver the worker's answers until it must go."""
+        config = self._config
         worker = link.worker
-        end: _End | None = None
         try:
-            # One cancel scope for the worker's whole service (a scope per
-            # answer would cost a few microseconds a call). It is cancelled,
-            # or its deadline armed, only while this task waits for a frame;
-            # cancelling it ends the worker's service.
-            with trio.CancelScope() as scope:
-                link.read_scope = scope
-                end = await self._read_answers(link, scope, retiring)
-            link.read_scope = None
-            if end is not None:
-                return end
-            job = link.current
-            if job is None:
-                # The feeder asks: the pool closes, nothing to run.
-                assert link.stop_requested
-                await worker.stop(self._config.shutdown_timeout)
+            if not await self._next_or_idle(link):
+                await worker.stop(config.shutdown_timeout)
                 return _End.CLOSED
-            # The job's caller gave up on it, or its time limit expired.
-            job.scope = None
-            self._stop_job(worker, job)
-            return _End.LOST
+            while True:
+                job = link.current
+                with trio.CancelScope() as scope:
+                    link.read_scope = scope
+                    if job is not None and link.sent:
+                        job.scope = scope
+                        scope.deadline = job.deadline
+                        if job.state is _JobState.CANCELLED:
+                            scope.cancel()
+                    frame = await worker.receive()
+                link.read_scope = None
+                job = link.current
+                if job is not None:
+                    job.scope = None
+                if scope.cancelled_caught:
+                    if job is None:
+                        # The feeder asks: the pool closes, nothing to run.
+                        assert link.stop_requested
+                        await worker.stop(config.shutdown_timeout)
+                        return _End.CLOSED
+                    self._stop_job(worker, job)
+                    return _End.LOST
+                if frame is not None and frame.kind == _protocol.FATAL and job:
+                    await self._fatal(worker, job, frame)
+                    frame = None
+                if frame is None:
+                    await self._lost(worker, link)
+                    return _End.LOST
+                if job is None or not link.sent:
+                    _log.error("idle worker %d sent %r; killing it", worker.pid, frame)
+                    return _End.LOST
+                link.current = None
+                if frame.kind not in _ANSWERS:
+                    job.error = BrokenWorkerError(
+                        f"worker {worker.pid} broke the protocol: it sent {frame!r}",
+                        worker.pid,
+                        None,
+                    )
+                    self._finish(job, failed=True)
+                    return _End.LOST
+                job.frame = frame
+                self._finish(job, failed=frame.kind != _protocol.RESULT)
+                link.tasks_done += 1
+                limit = config.max_tasks_per_child
+                over_memory = frame.flags & _protocol.OVER_MEMORY
+                if over_memory or (limit is not None and link.tasks_done >= limit):
+                    reason = (
+                        "over max_memory_per_child"
+                        if over_memory
+                        else f"after {link.tasks_done} tasks"
+                    )
+                    _log.info("worker %d retired %s", worker.pid, reason)
+                    retiring()
+                    await worker.stop(config.shutdown_timeout)
+                    return _End.RETIRED
+                if not await self._next_or_idle(link):
+                    await worker.stop(config.shutdown_timeout)
+                    return _End.CLOSED
         except BaseException:
             # The pool is being torn down around the running job.
             job = link.current
@@ -1147,63 +1186,6 @@ class Pool:
                 )
                 self._finish(job, failed=True)
             raise
-
-    async def _read_answers(
-        self, link: _Link, scope: trio.CancelScope, retiring: Callable[[], None]
-    ) -> _End:
-        config = self._config
-        worker = link.worker
-        if not await self._next_or_idle(link):
-            await worker.stop(config.shutdown_timeout)
-            return _End.CLOSED
-        while True:
-            job = link.current
-            if job is not None and job.state is _JobState.CANCELLED:
-                scope.cancel()  # cancelled while this task was busy
-            frame = await worker.receive()
-            # Disarm: from here on, only the wait for the next frame may be
-            # cancelled (see _send, which arms it).
-            if job is not None:
-                job.scope = None
-            if scope.deadline != math.inf:
-                scope.deadline = math.inf
-            job = link.current
-            if frame is not None and frame.kind == _protocol.FATAL and job:
-                await self._fatal(worker, job, frame)
-                frame = None
-            if frame is None:
-                await self._lost(worker, link)
-                return _End.LOST
-            if job is None or not link.sent:
-                _log.error("idle worker %d sent %r; killing it", worker.pid, frame)
-                return _End.LOST
-            link.current = None
-            if frame.kind not in _ANSWERS:
-                job.error = BrokenWorkerError(
-                    f"worker {worker.pid} broke the protocol: it sent {frame!r}",
-                    worker.pid,
-                    None,
-                )
-                self._finish(job, failed=True)
-                return _End.LOST
-            job.frame = frame
-            self._finish(job, failed=frame.kind != _protocol.RESULT)
-            link.tasks_done += 1
-            limit = config.max_tasks_per_child
-            over_memory = frame.flags & _protocol.OVER_MEMORY
-            if over_memory or (limit is not None and link.tasks_done >= limit):
-                reason = (
-                    "over max_memory_per_child"
-                    if over_memory
-                    else f"after {link.tasks_done} tasks"
-                )
-                _log.info("worker %d retired %s", worker.pid, reason)
-                retiring()
-                await worker.stop(config.shutdown_timeout)
-                return _End.RETIRED
-            if not await self._next_or_idle(link):
-                await worker.stop(config.shutdown_timeout)
-                return _End.CLOSED
 
     def _stop_job(self, worker: Worker, job: _Job) -> None:
         """The job's caller gave up on it, or its time limit expired: the
