@@ -340,8 +340,8 @@ async def test_keyboard_interrupt_in_a_pool_task_leaves_as_itself(
     receive = Worker.receive
     armed = False
 
-    async def receive_or_interrupt(self: Worker) -> Any:
-        frame = await receive(self)
+    async def receive_or_interrupt(self: Worker, *, wait_first: bool = False) -> Any:
+        frame = await receive(self, wait_first=wait_first)
         if armed:
             raise KeyboardInterrupt
         return frame

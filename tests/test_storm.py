@@ -138,7 +138,9 @@ def fake_first_frame(when: Callable[[int, int], bool]) -> Any:
         counts.setdefault(id(self), [0, 0])[0] += 1
         return real_write(self, pieces)
 
-    async def receive(self: _worker.Worker) -> _protocol.Frame | None:
+    async def receive(
+        self: _worker.Worker, *, wait_first: bool = False
+    ) -> _protocol.Frame | None:
         sends, receives = counts.setdefault(id(self), [0, 0])
         counts[id(self)][1] += 1
         if not fired and when(sends, receives):
@@ -148,7 +150,7 @@ def fake_first_frame(when: Callable[[int, int], bool]) -> Any:
             # Not cancellable: the fake must reach the pool once it fired.
             await trio.lowlevel.cancel_shielded_checkpoint()
             return fake_frame()
-        return await real_receive(self)
+        return await real_receive(self, wait_first=wait_first)
 
     _worker.Worker.write_now = write_now  # type: ignore[method-assign]
     _worker.Worker.receive = receive  # type: ignore[method-assign]

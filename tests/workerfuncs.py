@@ -303,3 +303,17 @@ def pipe_capacities() -> list[int]:
             except OSError:
                 pass  # not a pipe (the listing's own fd)
     return capacities
+
+
+def sleep_then_die(seconds: float) -> None:
+    time.sleep(seconds)
+    os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(10)
+
+
+def sleep_deaf_to_skips(seconds: float) -> float:
+    """Sleep with SIGURG (the pool's "take in your SKIP frames") blocked for
+    the rest of the worker's life, so that it sees them only between tasks."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGURG})
+    time.sleep(seconds)
+    return seconds

@@ -23,6 +23,7 @@ Invariants:
 
 from __future__ import annotations
 
+import collections
 import os
 import pickle
 import signal
@@ -35,7 +36,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
     from types import FrameType
-    from typing import Any
+    from typing import Any, Final
 
     from ._faults import Plan
 
@@ -44,12 +45,39 @@ _READ_SIZE = 1 << 16
 
 
 class _Pipes:
-    """The worker's two pipe ends, with blocking frame I/O over them."""
+    """The worker's two pipe ends, with blocking frame I/O over them.
+
+    Pipelining: while the worker runs a task, the parent may send more tasks
+    ahead (numbered per worker from 1, in sending order) and SKIP frames for
+    those whose callers gave up. Tasks read but not started wait in
+    ``held``. The rules the parent relies on (see ``Pool._answers``):
+
+    - With no task held, the worker starts the first task frame it reads.
+    - Before each answer it takes in whatever the parent has sent meanwhile;
+      a SKIP drops its task if held and is confirmed by a SKIPPED frame, sent
+      before the answer. A SKIP for a task not held (started or answered) is
+      ignored.
+    - An answer carries the AHEAD flag if a task is held then: the worker
+      starts it at once.
+    - SIGURG makes a busy worker take in SKIP frames in the middle of a
+      task and confirm them at once, so that a caller that gave up on a task
+      queued behind a long one is not kept waiting.
+    """
 
     def __init__(self, fd_in: int, fd_out: int) -> None:
         self.fd_in = fd_in
         self.fd_out = fd_out
         self.decoder = _protocol.Decoder()
+        self.held: collections.deque[_protocol.Frame] = collections.deque()
+        # The number of the last task frame taken in, and of the first held.
+        self.tasks_read = 0
+        self.eof = False
+        # SKIPPED frames not sent yet.
+        self.confirmations: list[bytes] = []
+        # Set while this object reads or writes: SIGURG must not then, and
+        # only notes that it came (handled before the task or its answer).
+        self.busy = True
+        self.signalled = False
 
     def receive(self) -> _protocol.Frame | None:
         """The next frame, or ``None`` at EOF."""
@@ -57,19 +85,106 @@ class _Pipes:
         while True:
             frame = decoder.next_frame()
             if frame is _protocol.NEED_DATA:
-                target = decoder.read_target()
-                if target is not None:
-                    count = os.readv(self.fd_in, [target])
-                    if count:
-                        decoder.commit(count)
-                    else:
-                        decoder.receive_data(b"")
-                else:
-                    decoder.receive_data(os.read(self.fd_in, _READ_SIZE))
+                self._read()
             elif frame is _protocol.EOF:
+                self.eof = True
                 return None
             else:
                 return frame  # type: ignore[return-value]
+
+    def _read(self, size: int = _READ_SIZE) -> None:
+        decoder = self.decoder
+        target = decoder.read_target()
+        if target is not None:
+            count = os.readv(self.fd_in, [target])
+            if count:
+                decoder.commit(count)
+            else:
+                decoder.receive_data(b"")
+        else:
+            decoder.receive_data(os.read(self.fd_in, size))
+
+    def next_task(self) -> _protocol.Frame | None:
+        """The task to run next: the first held, or else the first task frame
+        read (SKIP frames before it are stale). ``None`` at EOF."""
+        if self.held:
+            return self.held.popleft()
+        while True:
+            frame = self.receive()
+            if frame is None:
+                return None
+            if frame.kind == _protocol.TASK:
+                self.tasks_read += 1
+                return frame
+            if frame.kind != _protocol.SKIP:
+                raise _protocol.ProtocolError(f"unexpected {frame!r}")
+
+    def take_in(self) -> None:
+        """Take in, without blocking, the frames the parent sent meanwhile."""
+        if self.eof:
+            return
+        waiting = _pipes.unread(self.fd_in)
+        decoder = self.decoder
+        if waiting:
+            self._read(max(waiting, _READ_SIZE))
+        held = self.held
+        while True:
+            frame = decoder.next_frame()
+            if frame is _protocol.NEED_DATA:
+                return
+            if frame is _protocol.EOF:
+                self.eof = True
+                return
+            assert isinstance(frame, _protocol.Frame)
+            if frame.kind == _protocol.TASK:
+                self.tasks_read += 1
+                held.append(frame)
+            elif frame.kind == _protocol.SKIP:
+                (number,) = _protocol.TASK_NUMBER.unpack(frame.payload)
+                index = number - (self.tasks_read - len(held)) - 1
+                if 0 <= index < len(held):
+                    del held[index]
+                    # Later held tasks keep their numbers: mark the gap.
+                    held.insert(index, _DROPPED)
+                    self.confirmations.append(
+                        _protocol.number_frame(_protocol.SKIPPED, number)
+                    )
+            else:
+                raise _protocol.ProtocolError(f"unexpected {frame!r}")
+
+    def drop_skipped(self) -> None:
+        """Forget the gaps dropped tasks left at the front of ``held``."""
+        held = self.held
+        while held and held[0] is _DROPPED:
+            held.popleft()
+
+    def confirm_skips(self) -> None:
+        """Send the SKIPPED frames due (from SIGURG, between a task's steps)."""
+        if self.confirmations:
+            data = b"".join(self.confirmations)
+            self.confirmations.clear()
+            self.send([data])
+
+    def on_signal(self, signum: int, frame: FrameType | None) -> None:
+        """SIGURG: the parent sent SKIP frames. Handled at once unless a
+        read or write is under way (then before the next answer)."""
+        if self.busy:
+            self.signalled = True
+            return
+        self.busy = True
+        try:
+            self.take_in()
+            self.confirm_skips()
+        finally:
+            self.busy = False
+
+    def run_task(self) -> None:
+        """The task starts: let SIGURG act at once from now on, and act on
+        one that came while this object was busy."""
+        self.busy = False
+        if self.signalled:
+            self.signalled = False
+            self.on_signal(signal.SIGURG, None)
 
     def send(self, pieces: list[bytes | memoryview]) -> None:
         if len(pieces) > 1 and _pipes.frame_size(pieces) >= _pipes.LARGE_FRAME:
@@ -83,6 +198,29 @@ class _Pipes:
     def send_message(self, kind: int, obj: object, flags: int = 0) -> None:
         payload, buffers = _protocol.dumps(obj)
         self.send(_protocol.encode_frame(kind, payload, buffers, flags))
+
+    def answer(
+        self,
+        kind: int,
+        payload: bytes | bytearray | memoryview,
+        buffers: list[pickle.PickleBuffer],
+        flags: int,
+    ) -> None:
+        """Send a task's answer, after taking in what the parent sent."""
+        self.signalled = False
+        self.take_in()
+        self.drop_skipped()
+        if self.held and not flags & _protocol.OVER_MEMORY:
+            flags |= _protocol.AHEAD
+        pieces = _protocol.encode_frame(kind, payload, buffers, flags)
+        if self.confirmations:
+            pieces[0] = b"".join([*self.confirmations, pieces[0]])
+            self.confirmations.clear()
+        self.send(pieces)
+
+
+# Stands in the held queue for a task a SKIP dropped.
+_DROPPED: Final = _protocol.Frame(_protocol.SKIPPED, 0, b"", [])
 
 
 class _FaultyPipes(_Pipes):
@@ -330,8 +468,10 @@ def main(fd_in: int, fd_out: int, parent_pid: int) -> None:
 def _serve(
     pipes: _Pipes, fixup: _MainFixup, soft_limit: _SoftLimit, max_memory: int | None
 ) -> None:
+    signal.signal(signal.SIGURG, pipes.on_signal)
+    signal.siginterrupt(signal.SIGURG, False)
     while True:
-        frame = pipes.receive()
+        frame = pipes.next_task()
         if frame is None:
             return
         flags = 0
@@ -342,16 +482,19 @@ def _serve(
         except Exception as exc:
             del frame
             message = _exception_message(exc)
-            pipes.send_message(_protocol.SERIAL_ERROR, ("the task", *message))
+            payload, buffers = _protocol.dumps(("the task", *message))
+            pipes.answer(_protocol.SERIAL_ERROR, payload, buffers, 0)
             continue
         del frame
         kind = _protocol.RESULT
         try:
             if soft_time_limit is not None:
                 soft_limit.arm(soft_time_limit)
+            pipes.run_task()
             try:
                 result: Any = fn(*args)
             finally:
+                pipes.busy = True
                 if soft_time_limit is not None:
                     soft_limit.disarm()
         except Exception as exc:
@@ -369,8 +512,14 @@ def _serve(
         _flush_output()
         if max_memory is not None and _resident_memory() > max_memory:
             flags = _protocol.OVER_MEMORY
-        pipes.send(_protocol.encode_frame(kind, payload, buffers, flags))
+        pipes.answer(kind, payload, buffers, flags)
         del payload, buffers
+        if flags:
+            # Over max_memory_per_child: the parent retires this worker and
+            # runs the tasks it holds elsewhere. Start none of them.
+            while pipes.receive() is not None:
+                pass
+            return
 
 
 def _line_buffered_output() -> None:

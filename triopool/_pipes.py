@@ -19,6 +19,7 @@ This module imports only the standard library: the worker imports it.
 from __future__ import annotations
 
 import fcntl
+import sys
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -31,6 +32,20 @@ WIDE: Final = 1 << 20
 # fcntl's F_SETPIPE_SZ and F_GETPIPE_SZ (Linux only; absent elsewhere).
 _SET: Final = getattr(fcntl, "F_SETPIPE_SZ", None)
 _GET: Final = getattr(fcntl, "F_GETPIPE_SZ", None)
+# The ioctl that counts the bytes waiting in a pipe (termios.FIONREAD, without
+# importing termios in the worker).
+_FIONREAD: Final = 0x541B if sys.platform.startswith("linux") else 0x4004667F
+#: The most bytes a write to a pipe puts in it at once or not at all (POSIX
+#: guarantees 512; Linux and macOS give 4096).
+ATOMIC_WRITE: Final = 4096 if sys.platform.startswith("linux") else 512
+
+
+def unread(fd: int) -> int:
+    """How many bytes wait in the pipe ``fd`` is an end of (0 if unknown)."""
+    try:
+        return int.from_bytes(fcntl.ioctl(fd, _FIONREAD, b"\0\0\0\0"), sys.byteorder)
+    except OSError:  # pragma: no cover - systems without FIONREAD on pipes
+        return 0
 
 
 def frame_size(pieces: list[bytes | memoryview]) -> int:

@@ -36,6 +36,7 @@ import logging
 import math
 import os
 import pickle
+import signal
 from collections import deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -43,7 +44,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import attrs
 import trio
 
-from . import _faults, _map, _protocol
+from . import _faults, _map, _pipes, _protocol
 from ._errors import (
     BrokenPoolError,
     BrokenWorkerError,
@@ -64,7 +65,7 @@ if TYPE_CHECKING:
         Callable,
         Sequence,
     )
-    from typing import TypeVarTuple, Unpack
+    from typing import Final, TypeVarTuple, Unpack
 
     from ._backend import Backend
 
@@ -281,6 +282,9 @@ class _JobState(enum.IntEnum):
     RUNNING = 1
     DONE = 2
     CANCELLED = 3
+    # Written to a busy worker ahead of time (pipelining), not started: it
+    # counts as waiting, and a SKIP can still take it back.
+    SENT = 4
 
 
 @attrs.define(eq=False)
@@ -288,7 +292,8 @@ class _Job:
     pieces: list[bytes | memoryview]
     time_limit: float | None
     kill_on_cancel: bool
-    done: trio.Event = attrs.field(factory=trio.Event)
+    # The caller's task, parked until the job is settled (see run_sync).
+    caller: trio.lowlevel.Task | None = None
     state: _JobState = _JobState.WAITING
     frame: _protocol.Frame | None = None
     error: BaseException | None = None
@@ -300,6 +305,14 @@ class _Job:
     deadline: float = math.inf
     # What a task that ended its worker raised (FATAL), for the error's cause.
     fatal_cause: BaseException | None = None
+    # Once written: its number on its worker (from 1, see _child._Pipes), the
+    # worker's bytes_written after it, and the link it went to.
+    number: int = 0
+    end: int = 0
+    link: _Link | None = None
+    # Sent ahead, then given up by its caller: a SKIP was asked for, and the
+    # caller waits for the worker's verdict (dropped, or started after all).
+    skip: bool = False
 
 
 @attrs.define(eq=False)
@@ -328,9 +341,31 @@ class _Link:
     # The current job was written whole (else, at the worker's death, it
     # never started and runs elsewhere).
     sent: bool = False
+    # Jobs written ahead (pipelining) behind the current one, oldest first.
+    ahead: deque[_Job] = attrs.field(factory=deque)
+    # The worker confirmed that it started the current job (an answer with
+    # the AHEAD flag). Otherwise it starts it once it has read it whole.
+    sure_started: bool = False
+    # Tasks numbered on this worker so far.
+    numbered: int = 0
+    # When the current job started, and how long the last one took (trio
+    # time): jobs go ahead only behind short ones.
+    started_at: float = 0.0
+    last_duration: float = math.inf
+    # Task numbers to send SKIP frames for (the feeder writes them).
+    skips: list[int] = attrs.field(factory=list)
+    # The feeder is parked (idle, or with nothing to write).
+    parked: bool = False
+    # The feeder is in the middle of a frame: nothing else may be written.
+    writing: bool = False
+    # The worker was killed for its current job but had jobs ahead: its
+    # answers are read to its end, to learn which of them it started.
+    killed: bool = False
     # The scope of the reader's wait for a frame.
     read_scope: trio.CancelScope | None = None
     stop_requested: bool = False
+    # A FATAL frame from the running job, until the worker's exit is seen.
+    fatal_frame: _protocol.Frame | None = None
     tasks_done: int = 0
     # The worker serves no more: the feeder must not touch it.
     finished: bool = False
@@ -345,6 +380,11 @@ class _Turn:
     start_failed: bool = False
 
 
+# Pipelining (Pool._send_ahead): at most this many jobs written ahead to a
+# busy worker, and only behind a job that took at most this long (seconds).
+_AHEAD: Final = 4
+_AHEAD_AFTER: Final = 0.002
+
 # The frames that answer a task.
 _ANSWERS = frozenset({_protocol.RESULT, _protocol.ERROR, _protocol.SERIAL_ERROR})
 
@@ -355,6 +395,13 @@ class _End(enum.Enum):
     CLOSED = "stopped"
     RETIRED = "retired"
     LOST = "lost"
+
+
+class _Ended(enum.Enum):
+    """How a worker's service ended before it is settled (see Pool._ended)."""
+
+    EOF = "its pipe reached EOF"
+    FATAL = "a task ended it"
 
 
 class Pool:
@@ -515,20 +562,24 @@ class Pool:
             kill_on_cancel,
         )
         del payload, buffers
+        job.caller = trio.lowlevel.current_task()
         self._submit(job)
-        try:
-            await job.done.wait()
-        except trio.Cancelled:
-            if not self._abandon(job, kill=job.kill_on_cancel):
-                # kill_on_cancel=False: wait for the outcome, like
-                # trio.to_thread.run_sync; Cancelled comes at the next checkpoint.
-                with trio.CancelScope(shield=True):
-                    await job.done.wait()
-                return _outcome(job)  # type: ignore[no-any-return]
-            raise
-        except BaseException:
-            self._abandon(job, kill=True)
-            raise
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            # Cancelled (or KeyboardInterrupt) while parked. With
+            # kill_on_cancel=False and the task started, go on waiting for
+            # its outcome, like trio.to_thread.run_sync: the cancellation
+            # takes effect at the next checkpoint.
+            if self._abandon(job, kill=job.kill_on_cancel):
+                return trio.lowlevel.Abort.SUCCEEDED
+            return trio.lowlevel.Abort.FAILED
+
+        # Parked until _finish reschedules it: cheaper than a trio.Event.
+        await trio.lowlevel.wait_task_rescheduled(abort)
+        if job.state is _JobState.CANCELLED:
+            # Given up while sent ahead, and woken once the worker dropped
+            # it (or was killed for it): the cancellation is still pending.
+            await trio.lowlevel.checkpoint()
         return _outcome(job)  # type: ignore[no-any-return]
 
     async def map(
@@ -716,8 +767,19 @@ class Pool:
         self._requeue(job)
 
     def _abandon(self, job: _Job, *, kill: bool) -> bool:
-        """The caller stops waiting. Returns False if it must take the outcome
-        after all (``kill`` is false and the task has started)."""
+        """The caller stops waiting. Returns False if it must wait on: for
+        the outcome (``kill`` is false and the task has started), or for the
+        worker's verdict on a job sent ahead (see _answers)."""
+        if job.state is _JobState.SENT:
+            if not job.skip:
+                job.skip = True
+                link = job.link
+                assert link is not None
+                link.skips.append(job.number)
+                if link.parked and link.feeder is not None:
+                    link.parked = False  # woken once, however many ask
+                    trio.lowlevel.reschedule(link.feeder)
+            return False
         if job.state is _JobState.WAITING:
             job.state = _JobState.CANCELLED
             self._tasks_waiting -= 1
@@ -749,7 +811,41 @@ class Pool:
             self._tasks_failed += 1
         else:
             self._tasks_completed += 1
-        job.done.set()
+        caller = job.caller
+        if caller is not None:
+            job.caller = None
+            trio.lowlevel.reschedule(caller)
+
+    def _cancelled_ahead(self, job: _Job) -> None:
+        """A job sent ahead whose caller gave up never ran: wake the caller
+        to raise its Cancelled."""
+        job.state = _JobState.CANCELLED
+        job.error = RuntimeError("the task was cancelled")  # not raised
+        self._tasks_waiting -= 1
+        self._tasks_cancelled += 1
+        caller = job.caller
+        if caller is not None:
+            job.caller = None
+            trio.lowlevel.reschedule(caller)
+
+    def _unsend(self, job: _Job, error: BaseException | None = None) -> None:
+        """A job sent ahead that its worker never started: it goes back to
+        the front of the queue (or fails with ``error``)."""
+        job.link = None
+        if job.skip:
+            self._cancelled_ahead(job)
+            return
+        if error is None and self._broken is not None:
+            error = self._broken_error()
+        if error is not None:
+            job.state = _JobState.RUNNING
+            self._tasks_waiting -= 1
+            self._tasks_running += 1
+            job.error = error
+            self._finish(job, failed=True)
+            return
+        job.state = _JobState.WAITING
+        self._dispatch(job, first=True)
 
     def _fail_waiting(self, make_error: Callable[[], BaseException]) -> None:
         jobs = list(self._waiting)
@@ -1000,6 +1096,9 @@ class Pool:
                 return await self._read(link, retiring)
             finally:
                 link.finished = True
+                while link.ahead:
+                    # Left behind by a worker killed for breaking the protocol.
+                    self._unsend(link.ahead.pop())
                 self._links.discard(link)
                 if link in self._idle:
                     self._idle.remove(link)
@@ -1017,7 +1116,8 @@ class Pool:
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Send the jobs callers hand to the slot while its worker is idle."""
+        """Send the jobs callers hand to the slot while its worker is idle,
+        and the SKIP frames callers that gave up on jobs sent ahead ask for."""
 
         def abort(_: object) -> trio.lowlevel.Abort:
             if link in self._idle:
@@ -1029,9 +1129,14 @@ class Pool:
         try:
             while True:
                 # In Pool._idle (the reader put it there) or not, parked here.
+                link.parked = True
                 await trio.lowlevel.wait_task_rescheduled(abort)
+                link.parked = False
                 if link.finished:
                     return
+                if link.skips:
+                    await self._send_skips(link)
+                    continue
                 job = link.handed
                 link.handed = None
                 if job is None or job.state is not _JobState.WAITING:
@@ -1041,14 +1146,37 @@ class Pool:
                     if job is None:
                         if self._closing or self._broken is not None:
                             link.stop_requested = True
-                            assert link.read_scope is not None
-                            link.read_scope.cancel()
+                            if link.read_scope is not None:
+                                link.read_scope.cancel()
                             return
                         self._idle.append(link)
                         continue
                 await self._send(link, job)
         finally:
             link.feeder = None
+
+    async def _send_skips(self, link: _Link) -> None:
+        """Ask the worker to drop jobs sent ahead whose callers gave up, and
+        signal it so that it does so even in the middle of a long task."""
+        data = b"".join(
+            [_protocol.number_frame(_protocol.SKIP, number) for number in link.skips]
+        )
+        link.skips.clear()
+        worker = link.worker
+        link.writing = True
+        try:
+            rest = worker.write_now([data])
+            if rest:
+                with trio.CancelScope() as scope:
+                    await worker.send(rest)
+                if scope.cancelled_caught:
+                    worker.kill()  # out of sync: the reader sees EOF
+                    return
+        except trio.BrokenResourceError:
+            return  # dead: the reader sees EOF and settles the jobs
+        finally:
+            link.writing = False
+        worker.process.signal(signal.SIGURG)
 
     async def _next_or_idle(self, link: _Link) -> bool:
         """Send the next queued job to the free worker, or make the slot idle.
@@ -1102,81 +1230,83 @@ class Pool:
         except trio.BrokenResourceError:
             return  # the worker is dead: the reader sees EOF
         link.sent = True
+        link.numbered += 1
+        job.number = link.numbered
+        job.end = worker.bytes_written
+        link.sure_started = False
+        link.started_at = now = trio.current_time()
         if job.time_limit is not None:
             # Counted from the moment the worker has the task.
-            job.deadline = trio.current_time() + job.time_limit
+            job.deadline = now + job.time_limit
         read_scope = link.read_scope
         if read_scope is not None:
-            # The reader waits already (this is the feeder): arm its wait.
+            # Arm the reader's wait for the answer.
             job.scope = read_scope
-            read_scope.deadline = job.deadline
+            if job.time_limit is not None:
+                read_scope.deadline = job.deadline
 
     async def _read(self, link: _Link, retiring: Callable[[], None]) -> _End:
-        """Receive and deliver the worker's answers until it must go."""
-        config = self._config
+        """Receive and deliver the worker's answers until it must go.
+
+        The waits for answers run in one cancel scope, ``link.read_scope``,
+        kept across answers (entering a scope per answer costs more than the
+        rest of a round trip's bookkeeping). It is cancelled by a caller that
+        gives up on the running job, by the running job's time limit (its
+        deadline) and by the feeder when an idle worker must stop. A
+        cancellation can land late (a deadline that expired just as the
+        answer came in), so when it arrives the reason is checked against the
+        current job and, if none holds, the scope is simply renewed.
+        """
         worker = link.worker
+        if not await self._next_or_idle(link):
+            return await self._ended(link, _End.CLOSED, retiring)
         try:
-            if not await self._next_or_idle(link):
-                await worker.stop(config.shutdown_timeout)
-                return _End.CLOSED
             while True:
-                job = link.current
+                end: _End | _Ended | None = None
                 with trio.CancelScope() as scope:
                     link.read_scope = scope
-                    if job is not None and link.sent:
+                    job = link.current
+                    if (
+                        job is not None
+                        and link.sent
+                        and not link.killed
+                        and job.state is not _JobState.DONE
+                    ):
                         job.scope = scope
                         scope.deadline = job.deadline
                         if job.state is _JobState.CANCELLED:
                             scope.cancel()
-                    frame = await worker.receive()
+                    end = await self._answers(link)
                 link.read_scope = None
                 job = link.current
                 if job is not None:
                     job.scope = None
-                if scope.cancelled_caught:
-                    if job is None:
-                        # The feeder asks: the pool closes, nothing to run.
-                        assert link.stop_requested
-                        await worker.stop(config.shutdown_timeout)
-                        return _End.CLOSED
+                if end is not None:
+                    return await self._ended(link, end, retiring)
+                # The scope was cancelled: find out why.
+                if link.killed:
+                    continue
+                if job is None:
+                    if link.stop_requested:
+                        return await self._ended(link, _End.CLOSED, retiring)
+                    continue  # a stray cancellation: the worker idles on
+                if not link.sent:
+                    # Cancelled while the reader itself wrote the job: the
+                    # stream is out of sync.
+                    worker.kill()
+                    return await self._ended(link, _Ended.EOF, retiring)
+                if (
+                    job.state is _JobState.CANCELLED
+                    or trio.current_time() >= job.deadline
+                ):
                     self._stop_job(worker, job)
-                    return _End.LOST
-                if frame is not None and frame.kind == _protocol.FATAL and job:
-                    await self._fatal(worker, job, frame)
-                    frame = None
-                if frame is None:
-                    await self._lost(worker, link)
-                    return _End.LOST
-                if job is None or not link.sent:
-                    _log.error("idle worker %d sent %r; killing it", worker.pid, frame)
-                    return _End.LOST
-                link.current = None
-                if frame.kind not in _ANSWERS:
-                    job.error = BrokenWorkerError(
-                        f"worker {worker.pid} broke the protocol: it sent {frame!r}",
-                        worker.pid,
-                        None,
-                    )
-                    self._finish(job, failed=True)
-                    return _End.LOST
-                job.frame = frame
-                self._finish(job, failed=frame.kind != _protocol.RESULT)
-                link.tasks_done += 1
-                limit = config.max_tasks_per_child
-                over_memory = frame.flags & _protocol.OVER_MEMORY
-                if over_memory or (limit is not None and link.tasks_done >= limit):
-                    reason = (
-                        "over max_memory_per_child"
-                        if over_memory
-                        else f"after {link.tasks_done} tasks"
-                    )
-                    _log.info("worker %d retired %s", worker.pid, reason)
-                    retiring()
-                    await worker.stop(config.shutdown_timeout)
-                    return _End.RETIRED
-                if not await self._next_or_idle(link):
-                    await worker.stop(config.shutdown_timeout)
-                    return _End.CLOSED
+                    if not link.ahead:
+                        return _End.LOST  # killed as its block ends
+                    # Jobs sent ahead: the worker may have started the next
+                    # one already. Kill it and read its answers to the end.
+                    worker.kill()
+                    link.killed = True
+                # Else a late cancellation meant for an earlier job: serve on.
         except BaseException:
             # The pool is being torn down around the running job.
             job = link.current
@@ -1185,7 +1315,204 @@ class Pool:
                     "the pool closed while the task ran"
                 )
                 self._finish(job, failed=True)
+            while link.ahead:
+                self._unsend(
+                    link.ahead.pop(),
+                    trio.ClosedResourceError("the pool closed before the task ran"),
+                )
             raise
+
+    async def _answers(self, link: _Link) -> _End | _Ended | None:
+        """The reader's loop inside its scope: take an answer, deliver it,
+        send the next job (and more ahead), again. Returns why it stopped
+        (None: the scope was cancelled); what takes time after that runs
+        outside the scope."""
+        worker = link.worker
+        limit = self._config.max_tasks_per_child
+        while True:
+            # The next answer cannot be there before a job went out: wait for
+            # the pipe rather than try a read that would fail.
+            frame = await worker.receive(wait_first=True)
+            if frame is None:
+                return _Ended.EOF
+            kind = frame.kind
+            if kind == _protocol.SKIPPED:
+                if not self._skipped(link, frame):
+                    return _End.LOST
+                continue
+            job = link.current
+            if job is not None and kind == _protocol.FATAL:
+                link.fatal_frame = frame
+                return _Ended.FATAL
+            if job is None or not link.sent:
+                _log.error("idle worker %d sent %r; killing it", worker.pid, frame)
+                return _End.LOST
+            link.current = None
+            job.scope = None
+            scope = link.read_scope
+            if job.deadline != math.inf and scope is not None:
+                scope.deadline = math.inf
+            if kind not in _ANSWERS:
+                job.error = BrokenWorkerError(
+                    f"worker {worker.pid} broke the protocol: it sent {frame!r}",
+                    worker.pid,
+                    None,
+                )
+                self._finish(job, failed=True)
+                return _End.LOST
+            job.frame = frame
+            job.link = None
+            self._finish(job, failed=kind != _protocol.RESULT)
+            link.tasks_done += 1
+            now = trio.current_time()
+            link.last_duration = now - link.started_at
+            flags = frame.flags
+            if flags & _protocol.OVER_MEMORY:
+                # The worker starts nothing more; _ended puts back what it holds.
+                _log.info("worker %d retired over max_memory_per_child", worker.pid)
+                return _End.RETIRED
+            if link.ahead:
+                self._start_ahead(link, now, sure=bool(flags & _protocol.AHEAD))
+            elif flags & _protocol.AHEAD:
+                _log.error(
+                    "worker %d started a task it was not sent; killing it", worker.pid
+                )
+                return _End.LOST
+            if limit is not None and link.tasks_done >= limit:
+                _log.info(
+                    "worker %d retired after %d tasks", worker.pid, link.tasks_done
+                )
+                return _End.RETIRED
+            if link.killed:
+                continue  # read on to its end
+            if link.current is None:
+                job = self._next_job()
+                if job is not None:
+                    await self._send(link, job)
+                elif self._closing or self._broken is not None:
+                    return _End.CLOSED
+                else:
+                    self._idle.append(link)  # the feeder is parked: callers wake it
+                    continue
+            if self._waiting:
+                self._send_ahead(link)
+
+    def _start_ahead(self, link: _Link, now: float, *, sure: bool) -> None:
+        """The worker answered its current job and now runs the first job
+        sent ahead: it said so (``sure``), or it starts it once read."""
+        job = link.ahead.popleft()
+        job.state = _JobState.RUNNING
+        self._tasks_waiting -= 1
+        self._tasks_running += 1
+        link.current = job
+        link.sent = True
+        link.sure_started = sure
+        link.started_at = now
+        if job.time_limit is not None:
+            job.deadline = now + job.time_limit
+        scope = link.read_scope
+        if link.killed or scope is None:
+            return
+        job.scope = scope
+        if job.time_limit is not None:
+            scope.deadline = job.deadline
+        if job.skip and self._abandon(job, kill=job.kill_on_cancel):
+            # Given up while ahead, but started before the worker saw the
+            # SKIP: cancelled like a running task (the worker is killed).
+            caller = job.caller
+            if caller is not None:
+                job.caller = None
+                trio.lowlevel.reschedule(caller)
+
+    def _send_ahead(self, link: _Link) -> None:
+        """Pipelining: while callers queue up, write more small jobs to this
+        busy worker, so that it finds the next one waiting when it answers.
+
+        Only behind a job that is short (by the last one's time), so that a
+        job never waits long behind another while a worker may be free; only
+        as many as ``max_tasks_per_child`` leaves room for; only frames the
+        pipe takes whole at once. Each stays cancellable (see _abandon).
+        """
+        job = link.current
+        if (
+            job is None
+            or not link.sent
+            or job.state is not _JobState.RUNNING
+            or link.writing
+            or link.last_duration > _AHEAD_AFTER
+        ):
+            return
+        room = _AHEAD - len(link.ahead)
+        limit = self._config.max_tasks_per_child
+        if limit is not None:
+            room = min(room, limit - link.tasks_done - 1 - len(link.ahead))
+        worker = link.worker
+        while room > 0:
+            job = self._next_job()
+            if job is None:
+                return
+            pieces = job.pieces
+            if len(pieces) != 1 or len(pieces[0]) > _pipes.ATOMIC_WRITE:
+                self._waiting.appendleft(job)
+                return
+            try:
+                written = worker.write_whole(pieces[0])  # type: ignore[arg-type]
+            except trio.BrokenResourceError:
+                written = False  # dead: the reader sees EOF
+            if not written:
+                self._waiting.appendleft(job)
+                return
+            job.state = _JobState.SENT
+            link.numbered += 1
+            job.number = link.numbered
+            job.end = worker.bytes_written
+            job.link = link
+            link.ahead.append(job)
+            room -= 1
+
+    def _skipped(self, link: _Link, frame: _protocol.Frame) -> bool:
+        """The worker dropped a job sent ahead, as its caller asked."""
+        (number,) = _protocol.TASK_NUMBER.unpack(frame.payload)
+        for job in link.ahead:
+            if job.number == number:
+                if not job.skip:
+                    break
+                link.ahead.remove(job)
+                job.link = None
+                self._cancelled_ahead(job)
+                return True
+        _log.error(
+            "worker %d dropped task %d it was not asked to; killing it",
+            link.worker.pid,
+            number,
+        )
+        return False
+
+    async def _ended(
+        self, link: _Link, end: _End | _Ended, retiring: Callable[[], None]
+    ) -> _End:
+        """Finish the worker's service for the reason ``end``."""
+        worker = link.worker
+        timeout = self._config.shutdown_timeout
+        if end is _End.RETIRED:
+            while link.ahead:
+                self._unsend(link.ahead.pop())
+            retiring()
+            await worker.stop(timeout)
+            return end
+        if end is _End.CLOSED:
+            await worker.stop(timeout)
+            return end
+        if end is _Ended.FATAL:
+            job = link.current
+            assert job is not None
+            assert link.fatal_frame is not None
+            await self._fatal(worker, job, link.fatal_frame)
+            link.fatal_frame = None
+            end = _Ended.EOF
+        if end is _Ended.EOF:
+            await self._lost(worker, link)
+        return _End.LOST
 
     def _stop_job(self, worker: Worker, job: _Job) -> None:
         """The job's caller gave up on it, or its time limit expired: the
@@ -1220,15 +1547,31 @@ class Pool:
                 worker.kill()
 
     async def _lost(self, worker: Worker, link: _Link) -> None:
-        """The worker's pipe is at EOF: it died, or was killed. Settle its job."""
+        """The worker's pipe is at EOF: it died, or was killed. Settle its jobs."""
         exitcode = await worker.process.wait()
         job = link.current
+        ahead = list(link.ahead)
+        link.ahead.clear()
+        # Jobs sent ahead never started: the worker starts one only after it
+        # has answered the one before, and every answer has been read.
+        for other in reversed(ahead):
+            self._unsend(other)
+        if ahead:
+            _log.debug(
+                "worker %d died with %d tasks sent ahead; they go to other workers",
+                worker.pid,
+                len(ahead),
+            )
         if job is None:
             _log.warning(
                 "idle worker %d died (%s)", worker.pid, _ended(worker, exitcode)
             )
             return
-        if not link.sent or worker.unread_task_bytes():
+        if job.state is not _JobState.RUNNING:
+            return  # settled already: killed for its cancellation or time limit
+        if not link.sent or (
+            not link.sure_started and worker.task_bytes_read() < job.end
+        ):
             # The worker died before it read the whole task, so the task never
             # started: like a task handed to a worker that died, it runs on
             # another worker (API.md).

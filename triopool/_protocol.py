@@ -46,10 +46,20 @@ RESULT: Final = 5  # pickle of the task's return value
 ERROR: Final = 6  # pickle of (exception pickle or None, type name, message, traceback)
 FATAL: Final = 7  # like ERROR, for a BaseException that ends the worker
 SERIAL_ERROR: Final = 8  # pickle of ("the task" or "the result", *what ERROR holds)
-_KINDS: Final = frozenset(range(CONFIG, SERIAL_ERROR + 1))
+# Pipelining (see Pool._send_ahead). Parent -> worker:
+SKIP: Final = 9  # u64 task number: do not run that task if it has not started
+# Worker -> parent, always before the answer of the task it was running:
+SKIPPED: Final = 10  # u64 task number: that task was dropped and never ran
+_KINDS: Final = frozenset(range(CONFIG, SKIPPED + 1))
 
 # Flags on RESULT, ERROR and SERIAL_ERROR frames.
 OVER_MEMORY: Final = 1  # the worker's resident memory is above max_memory_per_child
+# The worker holds the next task already and has started it. Without this
+# flag it holds none, and starts the first task frame it reads next.
+AHEAD: Final = 2
+
+#: The payload of SKIP and SKIPPED frames.
+TASK_NUMBER: Final = struct.Struct("<Q")
 
 _HEADER: Final = struct.Struct("<BBIQ")
 _LENGTH: Final = struct.Struct("<Q")
@@ -104,6 +114,11 @@ class Frame:
             f"Frame(kind={self.kind}, flags={self.flags}, "
             f"payload={len(self.payload)} bytes, buffers={len(self.buffers)})"
         )
+
+
+def number_frame(kind: int, number: int) -> bytes:
+    """A whole SKIP or SKIPPED frame."""
+    return _HEADER.pack(kind, 0, 0, TASK_NUMBER.size) + TASK_NUMBER.pack(number)
 
 
 def encode_frame(
@@ -174,6 +189,10 @@ class Decoder:
                 self._data += view[n:]
         else:
             self._data += data
+
+    def buffered(self) -> bool:
+        """Whether bytes of the stream are held that no frame has taken."""
+        return self._kind != 0 or self._pos < len(self._data)
 
     def read_target(self) -> memoryview | None:
         """Memory the next bytes of the stream belong in, or ``None``.
@@ -366,10 +385,17 @@ def dumps(obj: object) -> tuple[bytes, list[pickle.PickleBuffer]]:
     offer pickle buffers themselves (NumPy arrays) anywhere.
     """
     buffers: list[pickle.PickleBuffer] = []
+    swapped = _swap_large(obj, _SEARCH_DEPTH)
+    if swapped is obj:
+        # Nothing to swap: the plain C pickler is three times faster than a
+        # subclass with reducer_override. It refuses memoryview objects, which
+        # only _Pickler sends; anything else it refuses, _Pickler refuses too.
+        try:
+            return pickle.dumps(obj, 5, buffer_callback=buffers.append), buffers
+        except TypeError:
+            buffers.clear()
     out = io.BytesIO()
-    _Pickler(out, 5, buffer_callback=buffers.append).dump(
-        _swap_large(obj, _SEARCH_DEPTH)
-    )
+    _Pickler(out, 5, buffer_callback=buffers.append).dump(swapped)
     return out.getvalue(), buffers
 
 

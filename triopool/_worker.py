@@ -77,6 +77,8 @@ class Worker:
     # this capacity at the next answer.
     _capacity: int | None = None
     _wide: bool = False
+    #: How many bytes were written to the worker's task pipe so far.
+    bytes_written: int = 0
     #: Set if the worker sent bytes that are not frames; it was killed then.
     protocol_error: _protocol.ProtocolError | None = None
 
@@ -97,9 +99,11 @@ class Worker:
         for index, piece in enumerate(pieces):
             try:
                 written = os.write(fd, piece)
+                self.bytes_written += written
                 while written < len(piece):
                     piece = memoryview(piece)[written:]
                     written = os.write(fd, piece)
+                    self.bytes_written += written
             except BlockingIOError:
                 return [piece, *pieces[index + 1 :]]
             except OSError as exc:
@@ -107,6 +111,27 @@ class Worker:
                     f"could not write to worker {self.pid}: {exc}"
                 ) from exc
         return []
+
+    def write_whole(self, data: bytes) -> bool:
+        """Write ``data`` (at most ``_pipes.ATOMIC_WRITE`` bytes) whole at
+        once, or nothing: returns False if the pipe has no room for it now."""
+        try:
+            self.bytes_written += os.write(self._send_stream.fileno(), data)
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            raise trio.BrokenResourceError(
+                f"could not write to worker {self.pid}: {exc}"
+            ) from exc
+        return True
+
+    def task_bytes_read(self) -> int:
+        """How many of :attr:`bytes_written` the worker has read.
+
+        Still answerable after the worker died: the pipe keeps its buffer
+        while our end is open.
+        """
+        return self.bytes_written - self.unread_task_bytes()
 
     def _widen(self, fd: int, pieces: list[bytes | memoryview]) -> None:
         if _pipes.frame_size(pieces) >= _pipes.LARGE_FRAME:
@@ -131,15 +156,21 @@ class Worker:
         while pieces := self.write_now(pieces):
             await trio.lowlevel.wait_writable(self._send_stream.fileno())
 
-    async def receive(self) -> _protocol.Frame | None:
+    async def receive(self, *, wait_first: bool = False) -> _protocol.Frame | None:
         """The next frame from the worker, or ``None`` once its pipe closed.
 
         EOF means the process died or exited: only it holds the write end. A
         stream cut in the middle of a frame (death while writing) is EOF too,
         and so is a stream that breaks the protocol: the worker is killed, and
         :attr:`protocol_error` says why.
+
+        ``wait_first``: wait until the pipe is readable before the first
+        read (when nothing can be there yet, as right after sending a task),
+        which saves a read that would fail.
         """
         decoder = self._decoder
+        if wait_first and not decoder.buffered():
+            await trio.lowlevel.wait_readable(self._receive_stream.fileno())
         while True:
             try:
                 frame = decoder.next_frame()
