@@ -36,7 +36,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
     from types import FrameType
-    from typing import Any, Final
+    from typing import Any
 
     from ._faults import Plan
 
@@ -68,8 +68,9 @@ class _Pipes:
         self.fd_in = fd_in
         self.fd_out = fd_out
         self.decoder = _protocol.Decoder()
-        self.held: collections.deque[_protocol.Frame] = collections.deque()
-        # The number of the last task frame taken in, and of the first held.
+        # Held tasks, with their numbers.
+        self.held: collections.deque[tuple[int, _protocol.Frame]] = collections.deque()
+        # The number of the last task frame read.
         self.tasks_read = 0
         self.eof = False
         # SKIPPED frames not sent yet.
@@ -108,7 +109,7 @@ class _Pipes:
         """The task to run next: the first held, or else the first task frame
         read (SKIP frames before it are stale). ``None`` at EOF."""
         if self.held:
-            return self.held.popleft()
+            return self.held.popleft()[1]
         while True:
             frame = self.receive()
             if frame is None:
@@ -138,25 +139,18 @@ class _Pipes:
             assert isinstance(frame, _protocol.Frame)
             if frame.kind == _protocol.TASK:
                 self.tasks_read += 1
-                held.append(frame)
+                held.append((self.tasks_read, frame))
             elif frame.kind == _protocol.SKIP:
                 (number,) = _protocol.TASK_NUMBER.unpack(frame.payload)
-                index = number - (self.tasks_read - len(held)) - 1
-                if 0 <= index < len(held):
-                    del held[index]
-                    # Later held tasks keep their numbers: mark the gap.
-                    held.insert(index, _DROPPED)
-                    self.confirmations.append(
-                        _protocol.number_frame(_protocol.SKIPPED, number)
-                    )
+                for task in held:
+                    if task[0] == number:
+                        held.remove(task)
+                        self.confirmations.append(
+                            _protocol.number_frame(_protocol.SKIPPED, number)
+                        )
+                        break
             else:
                 raise _protocol.ProtocolError(f"unexpected {frame!r}")
-
-    def drop_skipped(self) -> None:
-        """Forget the gaps dropped tasks left at the front of ``held``."""
-        held = self.held
-        while held and held[0] is _DROPPED:
-            held.popleft()
 
     def confirm_skips(self) -> None:
         """Send the SKIPPED frames due (from SIGURG, between a task's steps)."""
@@ -209,7 +203,6 @@ class _Pipes:
         """Send a task's answer, after taking in what the parent sent."""
         self.signalled = False
         self.take_in()
-        self.drop_skipped()
         if self.held and not flags & _protocol.OVER_MEMORY:
             flags |= _protocol.AHEAD
         pieces = _protocol.encode_frame(kind, payload, buffers, flags)
@@ -217,10 +210,6 @@ class _Pipes:
             pieces[0] = b"".join([*self.confirmations, pieces[0]])
             self.confirmations.clear()
         self.send(pieces)
-
-
-# Stands in the held queue for a task a SKIP dropped.
-_DROPPED: Final = _protocol.Frame(_protocol.SKIPPED, 0, b"", [])
 
 
 class _FaultyPipes(_Pipes):

@@ -811,10 +811,7 @@ class Pool:
             self._tasks_failed += 1
         else:
             self._tasks_completed += 1
-        caller = job.caller
-        if caller is not None:
-            job.caller = None
-            trio.lowlevel.reschedule(caller)
+        _wake(job)
 
     def _cancelled_ahead(self, job: _Job) -> None:
         """A job sent ahead whose caller gave up never ran: wake the caller
@@ -823,10 +820,7 @@ class Pool:
         job.error = RuntimeError("the task was cancelled")  # not raised
         self._tasks_waiting -= 1
         self._tasks_cancelled += 1
-        caller = job.caller
-        if caller is not None:
-            job.caller = None
-            trio.lowlevel.reschedule(caller)
+        _wake(job)
 
     def _unsend(self, job: _Job, error: BaseException | None = None) -> None:
         """A job sent ahead that its worker never started: it goes back to
@@ -846,6 +840,12 @@ class Pool:
             return
         job.state = _JobState.WAITING
         self._dispatch(job, first=True)
+
+    def _unsend_all(self, link: _Link, error: BaseException | None = None) -> None:
+        """:meth:`_unsend` every job the link's worker holds, in order."""
+        while link.ahead:
+            # From the back: each goes to the front of the queue.
+            self._unsend(link.ahead.pop(), error)
 
     def _fail_waiting(self, make_error: Callable[[], BaseException]) -> None:
         jobs = list(self._waiting)
@@ -1096,9 +1096,8 @@ class Pool:
                 return await self._read(link, retiring)
             finally:
                 link.finished = True
-                while link.ahead:
-                    # Left behind by a worker killed for breaking the protocol.
-                    self._unsend(link.ahead.pop())
+                # Left behind by a worker killed for breaking the protocol.
+                self._unsend_all(link)
                 self._links.discard(link)
                 if link in self._idle:
                     self._idle.remove(link)
@@ -1230,9 +1229,7 @@ class Pool:
         except trio.BrokenResourceError:
             return  # the worker is dead: the reader sees EOF
         link.sent = True
-        link.numbered += 1
-        job.number = link.numbered
-        job.end = worker.bytes_written
+        _number(link, job)
         link.sure_started = False
         link.started_at = now = trio.current_time()
         if job.time_limit is not None:
@@ -1266,12 +1263,7 @@ class Pool:
                 with trio.CancelScope() as scope:
                     link.read_scope = scope
                     job = link.current
-                    if (
-                        job is not None
-                        and link.sent
-                        and not link.killed
-                        and job.state is not _JobState.DONE
-                    ):
+                    if job is not None and link.sent and not link.killed:
                         job.scope = scope
                         scope.deadline = job.deadline
                         if job.state is _JobState.CANCELLED:
@@ -1315,11 +1307,9 @@ class Pool:
                     "the pool closed while the task ran"
                 )
                 self._finish(job, failed=True)
-            while link.ahead:
-                self._unsend(
-                    link.ahead.pop(),
-                    trio.ClosedResourceError("the pool closed before the task ran"),
-                )
+            self._unsend_all(
+                link, trio.ClosedResourceError("the pool closed before the task ran")
+            )
             raise
 
     async def _answers(self, link: _Link) -> _End | _Ended | None:
@@ -1419,10 +1409,7 @@ class Pool:
         if job.skip and self._abandon(job, kill=job.kill_on_cancel):
             # Given up while ahead, but started before the worker saw the
             # SKIP: cancelled like a running task (the worker is killed).
-            caller = job.caller
-            if caller is not None:
-                job.caller = None
-                trio.lowlevel.reschedule(caller)
+            _wake(job)
 
     def _send_ahead(self, link: _Link) -> None:
         """Pipelining: while callers queue up, write more small jobs to this
@@ -1463,9 +1450,7 @@ class Pool:
                 self._waiting.appendleft(job)
                 return
             job.state = _JobState.SENT
-            link.numbered += 1
-            job.number = link.numbered
-            job.end = worker.bytes_written
+            _number(link, job)
             job.link = link
             link.ahead.append(job)
             room -= 1
@@ -1495,8 +1480,7 @@ class Pool:
         worker = link.worker
         timeout = self._config.shutdown_timeout
         if end is _End.RETIRED:
-            while link.ahead:
-                self._unsend(link.ahead.pop())
+            self._unsend_all(link)
             retiring()
             await worker.stop(timeout)
             return end
@@ -1550,18 +1534,9 @@ class Pool:
         """The worker's pipe is at EOF: it died, or was killed. Settle its jobs."""
         exitcode = await worker.process.wait()
         job = link.current
-        ahead = list(link.ahead)
-        link.ahead.clear()
         # Jobs sent ahead never started: the worker starts one only after it
         # has answered the one before, and every answer has been read.
-        for other in reversed(ahead):
-            self._unsend(other)
-        if ahead:
-            _log.debug(
-                "worker %d died with %d tasks sent ahead; they go to other workers",
-                worker.pid,
-                len(ahead),
-            )
+        self._unsend_all(link)
         if job is None:
             _log.warning(
                 "idle worker %d died (%s)", worker.pid, _ended(worker, exitcode)
@@ -1634,6 +1609,21 @@ async def _parent_fault(
         # Kill and reap, so the worker's pipe ends are closed for certain.
         worker.kill()
         await worker.process.wait()
+
+
+def _number(link: _Link, job: _Job) -> None:
+    """Record a job just written whole to the link's worker."""
+    link.numbered += 1
+    job.number = link.numbered
+    job.end = link.worker.bytes_written
+
+
+def _wake(job: _Job) -> None:
+    """Wake the job's parked caller (see run_sync), once."""
+    caller = job.caller
+    if caller is not None:
+        job.caller = None
+        trio.lowlevel.reschedule(caller)
 
 
 def _ended(worker: Worker, exitcode: int) -> str:
