@@ -382,7 +382,7 @@ class _Turn:
 
 # Pipelining (Pool._send_ahead): at most this many jobs written ahead to a
 # busy worker, and only behind a job that took at most this long (seconds).
-_AHEAD: Final = 4
+_AHEAD: Final = 8
 _AHEAD_AFTER: Final = 0.002
 
 # The frames that answer a task.
