@@ -87,7 +87,7 @@ async def job_ahead_of(
     # The first call takes the idle worker for a while; the other two queue
     # behind it. When it answers, the worker's task sends "running" and, with
     # a caller still queued, writes "ahead" behind it.
-    nursery.start_soon(call, "first", lambda: pool.run_sync(workerfuncs.sleep, 0.5))
+    nursery.start_soon(call, "first", lambda: pool.run_sync(workerfuncs.sleep, 1.0))
     await trio.testing.wait_all_tasks_blocked()
     nursery.start_soon(call, "running", running)
     await trio.testing.wait_all_tasks_blocked()
@@ -124,7 +124,7 @@ async def test_a_cancelled_job_ahead_never_runs_and_returns_promptly(
                 assert not outcomes["events"]["running"].is_set()
             assert isinstance(outcomes["ahead"], trio.Cancelled)
             assert outcomes["running"] == 5.0
-            assert outcomes["first"] == 0.5
+            assert outcomes["first"] == 1.0
             stats = pool.statistics()
     assert not marker.exists()
     assert spy.ahead == 1
