@@ -97,6 +97,75 @@ async def test_killed_server_fails_running_tasks_and_is_replaced() -> None:
     assert stats.start_failures == 0
 
 
+async def test_workers_of_a_dead_server_get_no_task_and_are_replaced() -> None:
+    # A server's death settles its workers as killed at once, a moment before
+    # the kernel's kill lands and their pipes close; in that moment a worker
+    # could still take a task and be killed running it. Here the workers
+    # outlive their server, so that moment lasts: they must get nothing more.
+    with trio.fail_after(TIMEOUT):
+        async with triopool.open_pool(2, start_method="forkserver") as pool:
+            outlived: list[tuple[int, int]] = []
+
+            async def outlive() -> None:
+                outlived.append(await pool.run_sync(wf.outlive_parent, 0.3))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(outlive)
+                nursery.start_soon(outlive)
+            orphans = {pid for pid, _ in outlived}
+            (server,) = {parent for _, parent in outlived}
+            assert len(orphans) == 2
+            os.kill(server, signal.SIGKILL)
+            while pool.statistics().workers_lost < 2:  # noqa: ASYNC110 - polling the pool
+                await trio.sleep(0.01)
+            ran: list[tuple[int, int]] = []
+
+            async def run() -> None:
+                ran.append(await pool.run_sync(wf.sleep_then_pid_and_parent, 0.3))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(run)
+                nursery.start_soon(run)
+            # Both ran, on new workers of one new server.
+            assert not {pid for pid, _ in ran} & orphans
+            parents = {parent for _, parent in ran}
+            assert len(parents) == 1
+            assert parents != {server}
+            # Dropped, the orphans read EOF on their task pipes and exited.
+            while any(is_running(pid) for pid in orphans):  # noqa: ASYNC110 - polling the processes
+                await trio.sleep(0.01)
+            stats = pool.statistics()
+    assert stats.workers_lost == 2
+    assert stats.start_failures == 0
+
+
+async def test_busy_worker_of_a_dead_server_answers_and_gets_no_more() -> None:
+    with trio.fail_after(TIMEOUT):
+        async with triopool.open_pool(1, start_method="forkserver") as pool:
+            orphan, server = await pool.run_sync(wf.outlive_parent, 0)
+            ran: list[tuple[int, int]] = []
+
+            async def run(seconds: float) -> None:
+                ran.append(await pool.run_sync(wf.sleep_then_pid_and_parent, seconds))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(run, 1.0)
+                while pool.statistics().tasks_running < 1:  # noqa: ASYNC110 - polling the pool
+                    await trio.sleep(0.01)
+                nursery.start_soon(run, 0)
+                while pool.statistics().tasks_waiting < 1:  # noqa: ASYNC110 - polling the pool
+                    await trio.sleep(0.01)
+                os.kill(server, signal.SIGKILL)
+            stats = pool.statistics()
+    # The running task finished on the worker that outlived its server; the
+    # queued one went to a new worker of a new server, not to it.
+    assert ran[0][0] == orphan
+    assert ran[1][0] != orphan
+    assert ran[1][1] != server
+    assert stats.workers_lost == 1
+    assert not is_running(orphan)
+
+
 async def test_server_that_cannot_start_breaks_the_pool_clearly() -> None:
     with trio.fail_after(TIMEOUT):
         async with triopool.open_pool(

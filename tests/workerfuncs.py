@@ -317,3 +317,15 @@ def sleep_deaf_to_skips(seconds: float) -> float:
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGURG})
     time.sleep(seconds)
     return seconds
+
+
+def outlive_parent(seconds: float) -> tuple[int, int]:
+    """Sleep, then stop dying with the parent (undo the worker's
+    PR_SET_PDEATHSIG), as if the kill at its fork server's death lagged."""
+    import ctypes
+
+    time.sleep(seconds)
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(1, 0, 0, 0, 0) != 0:  # PR_SET_PDEATHSIG, no signal
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    return os.getpid(), os.getppid()

@@ -1045,6 +1045,7 @@ class Pool:
                     server.pid,
                     describe_exit(exitcode),
                 )
+                self._drop_dead_idle()
                 if not server.forks:
                     error = WorkerStartError(
                         f"the fork server exited ({describe_exit(exitcode)}) "
@@ -1064,6 +1065,20 @@ class Pool:
             failures += 1
             with trio.move_on_after(min(0.01 * 2**failures, 0.5)):
                 await self._slots_done.wait()
+
+    def _drop_dead_idle(self) -> None:
+        """End at once the idle workers a dead fork server took with it.
+
+        They are settled as killed (PR_SET_PDEATHSIG) when the server's
+        connection ends, a moment before their pipes close: none may get a
+        task meanwhile, and the slots start their replacements now.
+        """
+        for link in self._links:
+            if link.current is None and link.worker.process.returncode is not None:
+                if link in self._idle:
+                    self._idle.remove(link)
+                if link.read_scope is not None:
+                    link.read_scope.cancel()
 
     def _wake_idle(self) -> None:
         idle = self._idle
@@ -1199,12 +1214,21 @@ class Pool:
         is then out of sync, so the worker is killed), the reader sees EOF and
         settles the job.
         """
+        worker = link.worker
+        if worker.process.returncode is not None:
+            # Known dead before its pipe says so: a forked worker whose fork
+            # server died is settled as killed at once (PR_SET_PDEATHSIG), but
+            # may still read a task before the signal lands. The job goes to
+            # another worker; the reader sees EOF and ends this one.
+            self._hand_back(job)
+            if link.read_scope is not None:
+                link.read_scope.cancel()
+            return
         job.state = _JobState.RUNNING
         self._tasks_waiting -= 1
         self._tasks_running += 1
         link.current = job
         link.sent = False
-        worker = link.worker
         if _PARENT_FAULTS is not None:
             with trio.CancelScope() as job.scope:
                 await _parent_fault(
@@ -1263,7 +1287,10 @@ class Pool:
                 with trio.CancelScope() as scope:
                     link.read_scope = scope
                     job = link.current
-                    if job is not None and link.sent and not link.killed:
+                    if job is None:
+                        if worker.process.returncode is not None:
+                            scope.cancel()  # known dead: see below
+                    elif link.sent and not link.killed:
                         job.scope = scope
                         scope.deadline = job.deadline
                         if job.state is _JobState.CANCELLED:
@@ -1281,6 +1308,10 @@ class Pool:
                 if job is None:
                     if link.stop_requested:
                         return await self._ended(link, _End.CLOSED, retiring)
+                    if worker.process.returncode is not None:
+                        # Settled as killed with its fork server: lost, even
+                        # if its pipe has not said so yet (see _send).
+                        return await self._ended(link, _Ended.EOF, retiring)
                     continue  # a stray cancellation: the worker idles on
                 if not link.sent:
                     # Cancelled while the reader itself wrote the job: the
