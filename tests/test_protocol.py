@@ -145,9 +145,9 @@ def test_unknown_kind_is_an_error() -> None:
         decoder.next_frame()
 
 
-def test_large_segments_can_be_read_straight_into_their_memory() -> None:
-    data = bytes(range(256)) * 1000  # 256,000 bytes: out of band
-    stream = encode(_protocol.RESULT, bytearray(data))
+def receive_in_pieces(stream: bytes) -> tuple[Frame, int]:
+    """Decode one frame fed in odd pieces, reading large segments straight
+    into :meth:`Decoder.read_target`; also return how many bytes went there."""
     decoder = Decoder()
     decoder.receive_data(stream[:100])
     assert decoder.next_frame() is NEED_DATA
@@ -166,13 +166,55 @@ def test_large_segments_can_be_read_straight_into_their_memory() -> None:
             filled_by_target += count
         frame = decoder.next_frame()
         if frame is not NEED_DATA:
-            break
-    assert isinstance(frame, Frame)
+            assert isinstance(frame, Frame)
+            return frame, filled_by_target
+
+
+@pytest.mark.parametrize("kind", [bytes, bytearray])
+def test_large_bytes_are_received_into_the_object_itself(
+    kind: type[bytes | bytearray],
+) -> None:
+    data = kind(bytes(range(256)) * 1000)  # 256,000 bytes: out of band
+    frame, filled_by_target = receive_in_pieces(encode(_protocol.RESULT, data))
     assert filled_by_target > 200_000
     value = _protocol.loads(frame.payload, frame.buffers)
-    assert value == bytearray(data)
-    # The bytearray the decoder received into *is* the result: no copy.
+    assert type(value) is kind
+    assert value == data
+    # The object the decoder received into *is* the result: no copy (a bytes
+    # object is built in place on CPython, as C code builds one).
     assert value is frame.buffers[0].obj
+
+
+def test_bytes_received_without_building_them_in_place(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Where bytes cannot be built in place (not CPython), the buffer is
+    # received into a bytearray and copied once into the bytes.
+    monkeypatch.setattr(_protocol, "_bytes_builder", lambda: None)
+    data = bytes(range(256)) * 1000
+    frame, _ = receive_in_pieces(encode(_protocol.RESULT, data))
+    assert type(frame.buffers[0].obj) is bytearray
+    value = _protocol.loads(frame.payload, frame.buffers)
+    assert type(value) is bytes
+    assert value == data
+
+
+def test_only_whole_bytes_objects_are_received_as_bytes() -> None:
+    data = bytes(range(256)) * 1000
+    sent = (data, bytearray(data), memoryview(data)[1:], memoryview(bytearray(data)))
+    frame, _ = receive_in_pieces(encode(_protocol.RESULT, sent))
+    owners = [type(buffer.obj) for buffer in frame.buffers]
+    assert owners == [bytes, bytearray, bytearray, bytearray]
+    whole, array, part, view = _protocol.loads(frame.payload, frame.buffers)
+    assert (type(whole), type(array)) == (bytes, bytearray)
+    assert whole == data
+    assert array == data
+    array[0] = 255  # still a bytearray of its own
+    assert whole[0] == 0
+    assert part.readonly
+    assert part.tobytes() == data[1:]
+    assert not view.readonly
+    assert view.tobytes() == data
 
 
 def test_commit_beyond_the_target_is_an_error() -> None:

@@ -4,15 +4,17 @@ A stream carries *frames*. A frame is a fixed header, the lengths of its
 out-of-band buffers, a main payload and those buffers::
 
     u8 kind | u8 flags | u32 nbuffers | u64 payload length
-    u64 buffer length * nbuffers
+    u64 buffer length * nbuffers    (top bit set: the buffer is a bytes object's)
     payload bytes
     buffer bytes, one after the other
 
-Every length is 64 bits, so a frame, or one buffer in it, may exceed 4 GiB.
+Every length is 63 bits, so a frame, or one buffer in it, may exceed 4 GiB.
 Payloads are pickles (protocol 5); large ``bytes``, ``bytearray`` and
 ``memoryview`` objects inside them travel out of band, as buffers that are
 written straight from the object's memory and read straight into the memory
-that becomes the object on the other side.
+that becomes the object on the other side: a ``bytearray`` for most buffers
+and, on CPython, a new ``bytes`` object for a ``bytes`` object's buffer (see
+:func:`_new_bytes`).
 
 :class:`Decoder` is fed whatever chunks the stream delivers (``b""`` is EOF)
 and hands out whole :class:`Frame` objects, :data:`NEED_DATA` or :data:`EOF`.
@@ -25,6 +27,7 @@ This module imports only the standard library: the worker imports it.
 
 from __future__ import annotations
 
+import functools
 import io
 import pickle
 import struct
@@ -63,6 +66,10 @@ TASK_NUMBER: Final = struct.Struct("<Q")
 
 _HEADER: Final = struct.Struct("<BBIQ")
 _LENGTH: Final = struct.Struct("<Q")
+
+# Set on a buffer's length: the buffer holds a whole bytes object, and is
+# received into a new bytes object when it is large (see _new_bytes).
+_BYTES_BUFFER: Final = 1 << 63
 
 #: Objects at least this large travel out of band.
 OUT_OF_BAND_THRESHOLD: Final = 1 << 16
@@ -135,13 +142,72 @@ def encode_frame(
     raws = [buf.raw() for buf in buffers]
     head = _HEADER.pack(kind, flags, len(raws), len(payload))
     if raws:
-        head += b"".join([_LENGTH.pack(raw.nbytes) for raw in raws])
+        head += b"".join([_LENGTH.pack(_buffer_length(raw)) for raw in raws])
     if len(payload) < _LARGE_SEGMENT:
         pieces: list[bytes | memoryview] = [head + payload]
     else:
         pieces = [head, memoryview(payload)]
     pieces.extend(raws)
     return pieces
+
+
+def _buffer_length(raw: memoryview) -> int:
+    owner = raw.obj
+    if type(owner) is bytes and raw.nbytes == len(owner):
+        return raw.nbytes | _BYTES_BUFFER
+    return raw.nbytes
+
+
+@functools.cache
+def _bytes_builder() -> Callable[[int], tuple[bytes, memoryview]] | None:
+    """CPython's way to build a bytes object in place, or None elsewhere.
+
+    ``PyBytes_FromStringAndSize(NULL, n)`` returns a new bytes object whose
+    contents are left for its creator to fill in before anyone else sees it;
+    this is how C code builds one without a copy. A writable view of that
+    memory (``PyMemoryView_FromMemory``) is what the pipe is read into.
+    """
+    import sys
+
+    if sys.implementation.name != "cpython":
+        return None
+    try:
+        import ctypes
+    except ImportError:  # pragma: no cover - CPython built without ctypes
+        return None
+    api = ctypes.pythonapi
+    from_size = api.PyBytes_FromStringAndSize
+    from_size.restype = ctypes.py_object
+    from_size.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t)
+    as_string = api.PyBytes_AsString
+    as_string.restype = ctypes.c_void_p
+    as_string.argtypes = (ctypes.py_object,)
+    from_memory = api.PyMemoryView_FromMemory
+    from_memory.restype = ctypes.py_object
+    from_memory.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t, ctypes.c_int)
+    writable = 0x200  # PyBUF_WRITE
+
+    def new_bytes(length: int) -> tuple[bytes, memoryview]:
+        value: bytes = from_size(None, length)
+        return value, from_memory(as_string(value), length, writable)
+
+    return new_bytes
+
+
+def _new_bytes(length: int) -> tuple[bytes | bytearray, memoryview]:
+    """A new object of ``length`` bytes to receive a bytes object's buffer
+    into, and a writable view of its memory.
+
+    On CPython it is the bytes object itself, not yet filled in: it is
+    unpickled as is (see ``_rebuild_bytes``), which saves zeroing a
+    ``bytearray`` and copying it into a ``bytes`` (two passes over the data,
+    as long as the pipe's own two copies). Elsewhere it is a bytearray.
+    """
+    new_bytes = _bytes_builder()
+    if new_bytes is None:
+        target = bytearray(length)
+        return target, memoryview(target)
+    return new_bytes(length)
 
 
 class Decoder:
@@ -158,6 +224,7 @@ class Decoder:
         "_pos",
         "_segments",
         "_target",
+        "_view",
     )
 
     def __init__(self) -> None:
@@ -169,7 +236,10 @@ class Decoder:
         self._nbuffers = 0
         self._lengths: list[int] = []
         self._segments: list[memoryview] = []
-        self._target: bytearray | None = None
+        # The large segment being received: the object that becomes the
+        # segment, and a writable view of its memory (see read_target).
+        self._target: bytes | bytearray | None = None
+        self._view: memoryview | None = None
         self._filled = 0
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
@@ -179,7 +249,7 @@ class Decoder:
         if not data:
             self._eof = True
             return
-        target = self._target
+        target = self._view
         if target is not None:
             view = memoryview(data)
             n = min(len(view), len(target) - self._filled)
@@ -201,13 +271,13 @@ class Decoder:
         straight into this view (``os.readv``) and then call :meth:`commit`,
         instead of :meth:`receive_data`, to save a copy.
         """
-        if self._target is None:
+        if self._view is None:
             return None
-        return memoryview(self._target)[self._filled :]
+        return self._view[self._filled :]
 
     def commit(self, nbytes: int) -> None:
         """Record that ``nbytes`` were written into :meth:`read_target`."""
-        if self._target is None or self._filled + nbytes > len(self._target):
+        if self._view is None or self._filled + nbytes > len(self._view):
             raise ProtocolError("commit() beyond the read target")
         self._filled += nbytes
 
@@ -240,18 +310,25 @@ class Decoder:
                 if self._filled < len(target):
                     return self._need_data()
                 segments.append(memoryview(target))
-                self._target = None
+                self._target = self._view = None
                 continue
             length = self._lengths[len(segments)]
+            whole_bytes = length & _BYTES_BUFFER
+            length &= ~_BYTES_BUFFER
             available = len(data) - self._pos
             if available >= length:
                 segments.append(memoryview(data[self._pos : self._pos + length]))
                 self._pos += length
             elif length >= _LARGE_SEGMENT:
-                target = bytearray(length)
-                target[:available] = data[self._pos :]
+                if whole_bytes:
+                    target, view = _new_bytes(length)
+                else:
+                    target = bytearray(length)
+                    view = memoryview(target)
+                view[:available] = data[self._pos :]
                 self._pos = len(data)
                 self._target = target
+                self._view = view
                 self._filled = available
             else:
                 return self._need_data()
@@ -277,7 +354,13 @@ class Decoder:
 # Pickling with out-of-band buffers.
 
 
-def _rebuild_bytes(buffer: memoryview) -> bytes:
+def _rebuild_bytes(buffer: memoryview | bytes) -> bytes:
+    # A large one was received into a bytes object of its own (see
+    # Decoder.next_frame): when this view covers all of it, it is the object.
+    if type(buffer) is memoryview:
+        owner = buffer.obj
+        if type(owner) is bytes and buffer.nbytes == len(owner):
+            return owner
     return bytes(buffer)
 
 
