@@ -19,6 +19,7 @@ import trio
 import triopool
 from tests import workerfuncs as wf
 from tests.conftest import is_running
+from triopool import _pool
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -164,6 +165,35 @@ async def test_busy_worker_of_a_dead_server_answers_and_gets_no_more() -> None:
     assert ran[1][1] != server
     assert stats.workers_lost == 1
     assert not is_running(orphan)
+
+
+async def test_no_task_goes_ahead_to_a_worker_of_a_dead_server(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Tasks written ahead to a busy worker (pipelining, see test_pipelining)
+    # stop as soon as its server is known dead: it runs what it holds, no more.
+    monkeypatch.setattr(_pool, "_AHEAD_AFTER", 3600.0)
+    with trio.fail_after(TIMEOUT):
+        async with triopool.open_pool(1, start_method="forkserver") as pool:
+            orphan, server = await pool.run_sync(wf.outlive_parent, 0)
+            pids: list[int] = []
+
+            async def run() -> None:
+                pids.append(await pool.run_sync(wf.sleep_then_pid, 0.001))
+
+            async with trio.open_nursery() as nursery:
+                for _ in range(300):
+                    nursery.start_soon(run)
+                while len(pids) < 20:  # noqa: ASYNC110 - polling the results
+                    await trio.sleep(0.001)
+                os.kill(server, signal.SIGKILL)
+                killed_after = len(pids)
+            stats = pool.statistics()
+    assert len(pids) == 300
+    # Until the kill is noticed (a few ms), the orphan runs the tasks it
+    # holds and a few more; without the check it would run them all.
+    assert pids.count(orphan) < killed_after + 100, (killed_after, pids.count(orphan))
+    assert stats.workers_lost == 1
 
 
 async def test_server_that_cannot_start_breaks_the_pool_clearly() -> None:

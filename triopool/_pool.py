@@ -1458,6 +1458,7 @@ class Pool:
             or job.state is not _JobState.RUNNING
             or link.writing
             or link.last_duration > _AHEAD_AFTER
+            or link.worker.process.returncode is not None  # see _send
         ):
             return
         room = _AHEAD - len(link.ahead)
