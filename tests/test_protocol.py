@@ -199,6 +199,24 @@ def test_bytes_received_without_building_them_in_place(
     assert value == data
 
 
+def test_bytes_built_in_place_whatever_others_set_on_ctypes_pythonapi(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ctypes = pytest.importorskip("ctypes")
+    _protocol._bytes_builder.cache_clear()
+    data = bytes(range(256)) * 1000
+    receive_in_pieces(encode(_protocol.RESULT, data))  # set up
+    # Another library's idioms on the shared function objects: they must not
+    # change where the decoder writes.
+    api = ctypes.pythonapi
+    monkeypatch.setattr(api.PyBytes_AsString, "restype", ctypes.c_char_p)
+    monkeypatch.setattr(api.PyMemoryView_FromMemory, "restype", ctypes.c_void_p)
+    frame, _ = receive_in_pieces(encode(_protocol.RESULT, data))
+    value = _protocol.loads(frame.payload, frame.buffers)
+    assert value == data
+    assert value is frame.buffers[0].obj
+
+
 def test_only_whole_bytes_objects_are_received_as_bytes() -> None:
     data = bytes(range(256)) * 1000
     sent = (data, bytearray(data), memoryview(data)[1:], memoryview(bytearray(data)))

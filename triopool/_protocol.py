@@ -175,7 +175,9 @@ def _bytes_builder() -> Callable[[int], tuple[bytes, memoryview]] | None:
         import ctypes
     except ImportError:  # pragma: no cover - CPython built without ctypes
         return None
-    api = ctypes.pythonapi
+    # A handle of our own: ctypes.pythonapi's function objects are shared,
+    # and code elsewhere may set other argtypes and restype on them.
+    api = ctypes.PyDLL(None)
     from_size = api.PyBytes_FromStringAndSize
     from_size.restype = ctypes.py_object
     from_size.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t)
