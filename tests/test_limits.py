@@ -9,6 +9,7 @@ bound behaviour, generously; none is asserted as a timing.
 from __future__ import annotations
 
 import functools
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -273,15 +274,19 @@ async def test_max_tasks_per_child_retires_cleanly_under_load() -> None:
         for i, outcome in enumerate(outcomes):
             assert not isinstance(outcome, BaseException), outcome
             assert outcome[0] == i
-        pids = [pid for _, pid in outcomes]
+        ran = Counter(pid for _, pid in outcomes)
         # No worker ran more than its quota: no task reached a worker that
         # had been told to retire.
-        assert max(pids.count(pid) for pid in set(pids)) <= 2
+        assert max(ran.values()) <= 2
         stats = pool.statistics()
         assert stats.tasks_completed == 20
         assert stats.tasks_failed == 0
         assert stats.workers_lost == 0
-        assert stats.workers_recycled == len(set(pids)) == 10
+        # Every worker that ran its quota retired. One ran fewer only if the
+        # queue ran dry first, at the end: at most one per slot (under load
+        # the last two tasks can go to two fresh workers).
+        assert stats.workers_recycled == sum(1 for n in ran.values() if n == 2)
+        assert sum(1 for n in ran.values() if n < 2) <= 2
 
 
 async def test_count_of_tasks_is_per_worker() -> None:
