@@ -22,6 +22,7 @@ from tests.conftest import is_running
 from triopool import _pool
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
 TIMEOUT = 60
@@ -98,6 +99,21 @@ async def test_killed_server_fails_running_tasks_and_is_replaced() -> None:
     assert stats.start_failures == 0
 
 
+async def on_two_workers(
+    pool: triopool.Pool, fn: Callable[[float], tuple[int, int]]
+) -> list[tuple[int, int]]:
+    """Run ``fn(0.3)`` twice at once: on each of a pool of 2's workers."""
+    results: list[tuple[int, int]] = []
+
+    async def one() -> None:
+        results.append(await pool.run_sync(fn, 0.3))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(one)
+        nursery.start_soon(one)
+    return results
+
+
 async def test_workers_of_a_dead_server_get_no_task_and_are_replaced() -> None:
     # A server's death settles its workers as killed at once, a moment before
     # the kernel's kill lands and their pipes close; in that moment a worker
@@ -105,28 +121,14 @@ async def test_workers_of_a_dead_server_get_no_task_and_are_replaced() -> None:
     # outlive their server, so that moment lasts: they must get nothing more.
     with trio.fail_after(TIMEOUT):
         async with triopool.open_pool(2, start_method="forkserver") as pool:
-            outlived: list[tuple[int, int]] = []
-
-            async def outlive() -> None:
-                outlived.append(await pool.run_sync(wf.outlive_parent, 0.3))
-
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(outlive)
-                nursery.start_soon(outlive)
+            outlived = await on_two_workers(pool, wf.outlive_parent)
             orphans = {pid for pid, _ in outlived}
             (server,) = {parent for _, parent in outlived}
             assert len(orphans) == 2
             os.kill(server, signal.SIGKILL)
             while pool.statistics().workers_lost < 2:  # noqa: ASYNC110 - polling the pool
                 await trio.sleep(0.01)
-            ran: list[tuple[int, int]] = []
-
-            async def run() -> None:
-                ran.append(await pool.run_sync(wf.sleep_then_pid_and_parent, 0.3))
-
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(run)
-                nursery.start_soon(run)
+            ran = await on_two_workers(pool, wf.sleep_then_pid_and_parent)
             # Both ran, on new workers of one new server.
             assert not {pid for pid, _ in ran} & orphans
             parents = {parent for _, parent in ran}
