@@ -351,17 +351,23 @@ async def run_storm(config: StormConfig) -> StormReport:
             await trio.sleep(0.01)
 
     async def killer() -> None:
+        # The first kill comes early, so that every storm has one (a small
+        # storm lasts a few seconds: at random intervals alone, about one in
+        # thirty had none); then at random intervals.
+        delay = rng.uniform(0.1, 0.5)
         while True:
-            await trio.sleep(rng.expovariate(1 / config.kill_interval))
+            await trio.sleep(delay)
             # Our descendants are the pool's processes only (with forkserver,
             # the server is among them: killing it takes its workers along).
             # A listed pid is not reaped yet, so it cannot belong to anyone
             # else.
             pids = pool_processes()
+            delay = 0.05  # try again soon if nothing was killed
             if pids:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(rng.choice(pids), signal.SIGKILL)
                     report.kills += 1
+                    delay = rng.expovariate(1 / config.kill_interval)
 
     async def one_task(pool: triopool.Pool, number: int, done: trio.Semaphore) -> None:
         nonce = f"t{number}-{rng.randrange(10**9)}"
