@@ -14,7 +14,7 @@ Payloads are pickles (protocol 5); large ``bytes``, ``bytearray`` and
 written straight from the object's memory and read straight into the memory
 that becomes the object on the other side: a ``bytearray`` for most buffers
 and, on CPython, a new ``bytes`` object for a ``bytes`` object's buffer (see
-:func:`_new_bytes`).
+``_bytes_builder``).
 
 :class:`Decoder` is fed whatever chunks the stream delivers (``b""`` is EOF)
 and hands out whole :class:`Frame` objects, :data:`NEED_DATA` or :data:`EOF`.
@@ -68,7 +68,7 @@ _HEADER: Final = struct.Struct("<BBIQ")
 _LENGTH: Final = struct.Struct("<Q")
 
 # Set on a buffer's length: the buffer holds a whole bytes object, and is
-# received into a new bytes object when it is large (see _new_bytes).
+# received into a new bytes object when it is large (see _bytes_builder).
 _BYTES_BUFFER: Final = 1 << 63
 
 #: Objects at least this large travel out of band.
@@ -165,7 +165,10 @@ def _bytes_builder() -> Callable[[int], tuple[bytes, memoryview]] | None:
     ``PyBytes_FromStringAndSize(NULL, n)`` returns a new bytes object whose
     contents are left for its creator to fill in before anyone else sees it;
     this is how C code builds one without a copy. A writable view of that
-    memory (``PyMemoryView_FromMemory``) is what the pipe is read into.
+    memory (``PyMemoryView_FromMemory``) is what the pipe is read into, and
+    the object is unpickled as is (see ``_rebuild_bytes``): that saves
+    zeroing a ``bytearray`` and copying it into a ``bytes``. Elsewhere a
+    bytes object's buffer is received into a bytearray like any other.
     """
     import sys
 
@@ -194,22 +197,6 @@ def _bytes_builder() -> Callable[[int], tuple[bytes, memoryview]] | None:
         return value, from_memory(as_string(value), length, writable)
 
     return new_bytes
-
-
-def _new_bytes(length: int) -> tuple[bytes | bytearray, memoryview]:
-    """A new object of ``length`` bytes to receive a bytes object's buffer
-    into, and a writable view of its memory.
-
-    On CPython it is the bytes object itself, not yet filled in: it is
-    unpickled as is (see ``_rebuild_bytes``), which saves zeroing a
-    ``bytearray`` and copying it into a ``bytes`` (two passes over the data,
-    as long as the pipe's own two copies). Elsewhere it is a bytearray.
-    """
-    new_bytes = _bytes_builder()
-    if new_bytes is None:
-        target = bytearray(length)
-        return target, memoryview(target)
-    return new_bytes(length)
 
 
 class Decoder:
@@ -322,8 +309,9 @@ class Decoder:
                 segments.append(memoryview(data[self._pos : self._pos + length]))
                 self._pos += length
             elif length >= _LARGE_SEGMENT:
-                if whole_bytes:
-                    target, view = _new_bytes(length)
+                new_bytes = _bytes_builder() if whole_bytes else None
+                if new_bytes is not None:
+                    target, view = new_bytes(length)
                 else:
                     target = bytearray(length)
                     view = memoryview(target)
