@@ -19,6 +19,11 @@ Invariants:
   (``PR_SET_PDEATHSIG``); EOF on the task pipe ends it normally.
 - A task raising a ``BaseException`` that is not an ``Exception`` ends the
   worker: the exception is sent as FATAL, then the process exits.
+- Only the process the pool started ever touches the pipes. Its pipe fds are
+  not inheritable, so programs a task starts never hold them; a copy a task
+  makes with ``os.fork()`` that comes back into this loop (it returned or
+  raised instead of calling ``os._exit``) exits at once, before it could
+  read a task or answer one.
 """
 
 from __future__ import annotations
@@ -42,6 +47,9 @@ if TYPE_CHECKING:
 
 _PR_SET_PDEATHSIG = 1
 _READ_SIZE = 1 << 16
+# Soft limits this long (about 31 years) or longer are never armed:
+# setitimer() cannot hold much more (OverflowError past about 292 years).
+_LONGEST_TIMER = 1e9
 
 
 class _Pipes:
@@ -310,6 +318,8 @@ class _SoftLimit:
             )
 
     def arm(self, seconds: float) -> None:
+        if seconds >= _LONGEST_TIMER:
+            return  # longer than any timer holds: no limit in practice
         if not self.installed:
             signal.signal(signal.SIGALRM, self._handler)
             self.installed = True
@@ -348,14 +358,24 @@ def _resident_memory() -> int:
 
 
 def _describe(exc: BaseException) -> tuple[str, str, str]:
+    """The exception's type name, message and traceback text, whatever its
+    ``__str__`` does (a task's exception must never end the worker)."""
     import traceback
 
     cls = type(exc)
-    return (
-        f"{cls.__module__}.{cls.__qualname__}",
-        str(exc),
-        "".join(traceback.format_exception(exc)),
-    )
+    type_name = f"{cls.__module__}.{cls.__qualname__}"
+    try:
+        message = str(exc)
+    except BaseException as str_error:
+        message = f"<str() of the exception raised {type(str_error).__name__}>"
+    try:
+        text = "".join(traceback.format_exception(exc))
+    except BaseException as format_error:
+        text = (
+            f"{type_name}: {message}\n(its traceback could not be formatted: "
+            f"{type(format_error).__name__})\n"
+        )
+    return type_name, message, text
 
 
 def _exception_message(exc: BaseException) -> tuple[bytes | None, str, str, str]:
@@ -396,6 +416,9 @@ def _exit_code(exc: BaseException) -> int:
 
 
 def _ignore_stop_signals() -> None:
+    # A program that ignores SIGCHLD passes that on across exec: tasks would
+    # then never learn the exit status of the programs they run.
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _on_sigterm)
     # Restart interrupted system calls, as if the signal were ignored, so
@@ -410,9 +433,37 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     pass
 
 
+def _leave_if_forked(worker_pid: int, exc: BaseException | None) -> None:
+    """End a copy of the worker that a task forked and that came back here.
+
+    A task that forks and lets the child return or raise (instead of calling
+    ``os._exit``) would otherwise have two processes read the same tasks and
+    answer on the same pipe. The copy leaves without touching the pipes,
+    without flushing buffers it shares with the worker, and without running
+    ``atexit`` handlers it inherited.
+    """
+    if os.getpid() == worker_pid:
+        return
+    code = _exit_code(exc) if exc is not None else 0
+    try:
+        os.write(
+            2,
+            f"triopool: process {os.getpid()}, forked by a task in worker "
+            f"{worker_pid}, came back into the worker loop; it exits now with "
+            f"code {code} (a forked child should end with os._exit())\n".encode(),
+        )
+    finally:
+        os._exit(code)
+
+
 def main(fd_in: int, fd_out: int, parent_pid: int) -> None:
     """Run the worker until its task pipe reaches EOF."""
     _ignore_stop_signals()
+    # Programs a task starts (os.system, subprocess with close_fds=False)
+    # must not hold the pipes: the pool would wait for them to close.
+    os.set_inheritable(fd_in, False)
+    os.set_inheritable(fd_out, False)
+    worker_pid = os.getpid()
     _die_with_parent(parent_pid)
     plan: Plan | None = None
     if os.environ.get("TRIOPOOL_FAULTS"):
@@ -435,8 +486,10 @@ def main(fd_in: int, fd_out: int, parent_pid: int) -> None:
             )
             initializer(*initargs)
     except BaseException as exc:
+        _leave_if_forked(worker_pid, exc)
         pipes.send_message(_protocol.START_FAILED, _describe(exc))
         os._exit(1)
+    _leave_if_forked(worker_pid, None)
     del frame, config
     _line_buffered_output()
     if plan is not None:
@@ -447,7 +500,7 @@ def main(fd_in: int, fd_out: int, parent_pid: int) -> None:
         if plan.has("after_receive", "mid_result"):
             pipes = _FaultyPipes(pipes, plan)
     soft_limit = _SoftLimit()
-    _serve(pipes, fixup, soft_limit, max_memory)
+    _serve(pipes, fixup, soft_limit, max_memory, worker_pid)
     # The pool closed the task pipe: the worker is on its way out, and what
     # remains (atexit handlers, non-daemon threads a task left behind) may
     # take the parent's SIGTERM, which it sends once shutdown_timeout is up.
@@ -455,10 +508,16 @@ def main(fd_in: int, fd_out: int, parent_pid: int) -> None:
 
 
 def _serve(
-    pipes: _Pipes, fixup: _MainFixup, soft_limit: _SoftLimit, max_memory: int | None
+    pipes: _Pipes,
+    fixup: _MainFixup,
+    soft_limit: _SoftLimit,
+    max_memory: int | None,
+    worker_pid: int,
 ) -> None:
     signal.signal(signal.SIGURG, pipes.on_signal)
-    signal.siginterrupt(signal.SIGURG, False)
+    # Interrupt system calls, so that a SKIP reaches a task blocked in one
+    # (waitpid, a read) at once; Python retries them after the handler ran.
+    signal.siginterrupt(signal.SIGURG, True)
     while True:
         frame = pipes.next_task()
         if frame is None:
@@ -482,10 +541,14 @@ def _serve(
             pipes.run_task()
             try:
                 result: Any = fn(*args)
+            except BaseException as exc:
+                _leave_if_forked(worker_pid, exc)
+                raise
             finally:
                 pipes.busy = True
                 if soft_time_limit is not None:
                     soft_limit.disarm()
+            _leave_if_forked(worker_pid, None)
         except Exception as exc:
             kind = _protocol.ERROR
             result = _exception_message(exc)

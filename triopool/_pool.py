@@ -138,6 +138,11 @@ def _check_limits(
         )
 
 
+def _no_limit_if_inf(limit: float | None) -> float | None:
+    """An infinite limit is no limit."""
+    return None if limit == math.inf else limit
+
+
 def _as_tuple(name: str, value: object) -> tuple[Any, ...]:
     # A string is iterable, but forkserver_preload="numpy" would otherwise
     # become the modules n, u, m, p and y.
@@ -185,8 +190,8 @@ class PoolConfig:
     max_start_failures: int = attrs.field(
         validator=_parameter_check(lambda n, v: _check_count(n, v, allow_none=False))
     )
-    time_limit: float | None = attrs.field()
-    soft_time_limit: float | None = attrs.field()
+    time_limit: float | None = attrs.field(converter=_no_limit_if_inf)
+    soft_time_limit: float | None = attrs.field(converter=_no_limit_if_inf)
     kill_on_cancel: bool = attrs.field()
     shutdown_timeout: float = attrs.field(
         validator=_parameter_check(
@@ -330,11 +335,13 @@ class _Link:
     caller hands to the idle worker)."""
 
     worker: Worker
-    # The feeder task. It is parked while the worker is idle (the link is in
-    # Pool._idle exactly then); a caller wakes it with a job in ``handed``
-    # (None: wake up to notice that the pool closes). A link, not its slot,
-    # holds these: a retiring worker's link may outlive the start of its
-    # replacement's.
+    # The feeder task. It parks whenever it has nothing to do: no SKIP to
+    # write, no job ``handed`` to it, no ``recheck``. Whoever gives it work
+    # sets one of these and wakes it with Pool._wake_feeder, which reschedules
+    # it only if it is parked: a wake-up never happens twice. The link is in
+    # Pool._idle while its worker idles with nothing handed. A link, not its
+    # slot, holds these: a retiring worker's link may outlive the start of
+    # its replacement's.
     feeder: trio.lowlevel.Task | None = None
     handed: _Job | None = None
     current: _Job | None = None
@@ -354,7 +361,7 @@ class _Link:
     last_duration: float = math.inf
     # Task numbers to send SKIP frames for (the feeder writes them).
     skips: list[int] = attrs.field(factory=list)
-    # The feeder is parked (idle, or with nothing to write).
+    # The feeder is parked and nobody has woken it yet.
     parked: bool = False
     # The feeder is in the middle of a frame: nothing else may be written.
     writing: bool = False
@@ -363,6 +370,11 @@ class _Link:
     killed: bool = False
     # The scope of the reader's wait for a frame.
     read_scope: trio.CancelScope | None = None
+    # The scope of a write that waits for room in the pipe (reader or feeder).
+    write_scope: trio.CancelScope | None = None
+    # The feeder must take the next queued job or stop: the pool closed or
+    # broke while the worker idled (see Pool._wake_idle).
+    recheck: bool = False
     stop_requested: bool = False
     # A FATAL frame from the running job, until the worker's exit is seen.
     fatal_frame: _protocol.Frame | None = None
@@ -426,6 +438,7 @@ class Pool:
         self._nursery: trio.Nursery | None = None
         self._slots_left = 0
         self._slots_done = trio.Event()
+        self._start_permits = trio.Semaphore(_usable_cpus())
         # start_method="forkserver": the running server, and an event set (and
         # replaced) whenever it changes or the pool breaks.
         self._forkserver: ForkServer | None = None
@@ -538,6 +551,8 @@ class Pool:
         elif not isinstance(kill_on_cancel, bool):
             raise TypeError(f"kill_on_cancel must be a bool, got {kill_on_cancel!r}")
         if explicit_limits:
+            time_limit = _no_limit_if_inf(time_limit)
+            soft_time_limit = _no_limit_if_inf(soft_time_limit)
             _check_limits(time_limit, soft_time_limit, " of run_sync()")
         self._check_usable()
         # A function from a __main__ the workers cannot run again (a REPL, a
@@ -571,6 +586,7 @@ class Pool:
             # its outcome, like trio.to_thread.run_sync: the cancellation
             # takes effect at the next checkpoint.
             if self._abandon(job, kill=job.kill_on_cancel):
+                job.caller = None  # Trio wakes it: nothing here may
                 return trio.lowlevel.Abort.SUCCEEDED
             return trio.lowlevel.Abort.FAILED
 
@@ -737,8 +753,7 @@ class Pool:
         if self._idle:
             link = self._idle.pop()
             link.handed = job
-            assert link.feeder is not None
-            trio.lowlevel.reschedule(link.feeder)
+            _wake_feeder(link)
         elif first:
             self._waiting.appendleft(job)
         else:
@@ -776,9 +791,7 @@ class Pool:
                 link = job.link
                 assert link is not None
                 link.skips.append(job.number)
-                if link.parked and link.feeder is not None:
-                    link.parked = False  # woken once, however many ask
-                    trio.lowlevel.reschedule(link.feeder)
+                _wake_feeder(link)
             return False
         if job.state is _JobState.WAITING:
             job.state = _JobState.CANCELLED
@@ -885,6 +898,8 @@ class Pool:
                     if server is None:
                         return
                     launch = server.launch
+                if not await self._start_permit(slot):
+                    continue  # the pool closed meanwhile, with no work left
                 self._workers_alive += 1
                 self._workers_started += 1
                 turn = _Turn()
@@ -897,16 +912,37 @@ class Pool:
                         min(0.01 * 2**self._consecutive_start_failures, 0.5)
                     )
 
+    async def _start_permit(self, slot: _Slot) -> bool:
+        """Wait until fewer workers start than there are CPUs; take a permit.
+
+        Starting more workers at once than the machine has CPUs makes none of
+        them report up sooner, only each of them later: with costly imports
+        or initializers they would all miss ``start_timeout`` together, and a
+        busy machine would pass for a crash loop. Returns False if the pool
+        closed meanwhile with no work left (no permit taken).
+        """
+        taken = False
+        with trio.CancelScope() as scope:
+            slot.start_scope = scope
+            await self._start_permits.acquire()
+            taken = True
+        slot.start_scope = None
+        return taken
+
     async def _run_worker(
         self, slot: _Slot, launch: Callable[[int, int], Process], turn: _Turn
     ) -> None:
         """One worker's life in its slot: start, serve, retire or die, reap."""
         # Torn down by the pool's cancellation unless we learn otherwise.
         end: _End | None = _End.CLOSED
+        permit = True  # taken by the slot for this start (see _start_permit)
         try:
             async with open_worker(launch) as worker:
                 _log.debug("worker %d started (slot %d)", worker.pid, slot.number)
-                if await self._start(slot, worker):
+                up = await self._start(slot, worker)
+                permit = False
+                self._start_permits.release()
+                if up:
                     end = await self._serve(worker, turn.served.set)
         except WorkerStartError as exc:
             end = None
@@ -918,6 +954,8 @@ class Pool:
             error.__cause__ = exc
             self._start_failed(error)
         finally:
+            if permit:
+                self._start_permits.release()
             self._workers_alive -= 1
             if end is _End.RETIRED:
                 self._workers_recycled += 1
@@ -955,7 +993,7 @@ class Pool:
                 f"worker {worker.pid} did not report up within {timeout:g} s"
             )
         if frame is None:
-            exitcode = await worker.process.wait()
+            exitcode = await worker.reap_after_eof()
             raise WorkerStartError(
                 f"worker {worker.pid} exited ({_ended(worker, exitcode)}) "
                 "before reporting up"
@@ -1074,7 +1112,7 @@ class Pool:
         task meanwhile, and the slots start their replacements now.
         """
         for link in self._links:
-            if link.current is None and link.worker.process.returncode is not None:
+            if link.current is None and link.worker.known_dead:
                 if link in self._idle:
                     self._idle.remove(link)
                 if link.read_scope is not None:
@@ -1084,8 +1122,8 @@ class Pool:
         idle = self._idle
         self._idle = []
         for link in idle:
-            assert link.feeder is not None
-            trio.lowlevel.reschedule(link.feeder)
+            link.recheck = True
+            _wake_feeder(link)
         for slot in self._slots:
             if slot.start_scope is not None and self._closing_idle():
                 slot.start_scope.cancel()
@@ -1107,6 +1145,7 @@ class Pool:
         self._links.add(link)
         async with trio.open_nursery() as nursery:
             await nursery.start(self._feed, link)
+            nursery.start_soon(self._watch, link)
             try:
                 return await self._read(link, retiring)
             finally:
@@ -1124,6 +1163,23 @@ class Pool:
                 nursery.cancel_scope.cancel()  # the feeder, parked or sending
         raise AssertionError("unreachable")  # pragma: no cover
 
+    async def _watch(self, link: _Link) -> None:
+        """Notice the worker's exit even while its pipes stay open.
+
+        A process that a task started (or forked) may hold the worker's pipe
+        ends after the worker died, so EOF may come late or never. Once the
+        process has exited, the worker's pipes give what it wrote and then
+        EOF without waiting (see ``Worker.receive``); the waits under way are
+        cancelled here, so the reader settles the worker at once.
+        """
+        process = link.worker.process
+        await process.wait()
+        if not process.exited:
+            return  # orphaned: its pipes say when it is gone (see ForkedProcess)
+        for scope in (link.read_scope, link.write_scope):
+            if scope is not None:
+                scope.cancel()
+
     async def _feed(
         self,
         link: _Link,
@@ -1134,6 +1190,7 @@ class Pool:
         and the SKIP frames callers that gave up on jobs sent ahead ask for."""
 
         def abort(_: object) -> trio.lowlevel.Abort:
+            link.parked = False
             if link in self._idle:
                 self._idle.remove(link)
             return trio.lowlevel.Abort.SUCCEEDED
@@ -1141,18 +1198,18 @@ class Pool:
         link.feeder = trio.lowlevel.current_task()
         task_status.started()
         try:
-            while True:
-                # In Pool._idle (the reader put it there) or not, parked here.
-                link.parked = True
-                await trio.lowlevel.wait_task_rescheduled(abort)
-                link.parked = False
-                if link.finished:
-                    return
+            while not link.finished:
                 if link.skips:
                     await self._send_skips(link)
                     continue
+                if link.handed is None and not link.recheck:
+                    # Nothing to do: park until _wake_feeder.
+                    link.parked = True
+                    await trio.lowlevel.wait_task_rescheduled(abort)
+                    continue
                 job = link.handed
                 link.handed = None
+                link.recheck = False
                 if job is None or job.state is not _JobState.WAITING:
                     # Woken for the pool's close, or the caller was cancelled
                     # before this task woke.
@@ -1182,7 +1239,9 @@ class Pool:
             rest = worker.write_now([data])
             if rest:
                 with trio.CancelScope() as scope:
+                    link.write_scope = scope
                     await worker.send(rest)
+                link.write_scope = None
                 if scope.cancelled_caught:
                     worker.kill()  # out of sync: the reader sees EOF
                     return
@@ -1215,7 +1274,7 @@ class Pool:
         settles the job.
         """
         worker = link.worker
-        if worker.process.returncode is not None:
+        if worker.known_dead:
             # Known dead before its pipe says so: a forked worker whose fork
             # server died is settled as killed at once (PR_SET_PDEATHSIG), but
             # may still read a task before the signal lands. The job goes to
@@ -1244,9 +1303,9 @@ class Pool:
                 # The pipe is full (a large task): the caller may give up
                 # while the rest is written.
                 with trio.CancelScope() as scope:
-                    job.scope = scope
+                    job.scope = link.write_scope = scope
                     await worker.send(rest)
-                job.scope = None
+                job.scope = link.write_scope = None
                 if scope.cancelled_caught:
                     worker.kill()
                     return
@@ -1288,9 +1347,9 @@ class Pool:
                     link.read_scope = scope
                     job = link.current
                     if job is None:
-                        if worker.process.returncode is not None:
+                        if worker.known_dead:
                             scope.cancel()  # known dead: see below
-                    elif link.sent and not link.killed:
+                    elif link.sent and not link.killed and not worker.process.exited:
                         job.scope = scope
                         scope.deadline = job.deadline
                         if job.state is _JobState.CANCELLED:
@@ -1303,14 +1362,17 @@ class Pool:
                 if end is not None:
                     return await self._ended(link, end, retiring)
                 # The scope was cancelled: find out why.
-                if link.killed:
+                if link.killed or worker.process.exited:
+                    # Read its answers to the end. Once it has exited, EOF
+                    # comes at once, even if a process it started holds its
+                    # pipe.
                     continue
                 if job is None:
                     if link.stop_requested:
                         return await self._ended(link, _End.CLOSED, retiring)
-                    if worker.process.returncode is not None:
-                        # Settled as killed with its fork server: lost, even
-                        # if its pipe has not said so yet (see _send).
+                    if worker.known_dead:
+                        # Went with its fork server: lost, even if its pipe
+                        # has not said so yet (see _send).
                         return await self._ended(link, _Ended.EOF, retiring)
                     continue  # a stray cancellation: the worker idles on
                 if not link.sent:
@@ -1458,7 +1520,7 @@ class Pool:
             or job.state is not _JobState.RUNNING
             or link.writing
             or link.last_duration > _AHEAD_AFTER
-            or link.worker.process.returncode is not None  # see _send
+            or link.worker.known_dead  # see _send
         ):
             return
         room = _AHEAD - len(link.ahead)
@@ -1563,8 +1625,9 @@ class Pool:
                 worker.kill()
 
     async def _lost(self, worker: Worker, link: _Link) -> None:
-        """The worker's pipe is at EOF: it died, or was killed. Settle its jobs."""
-        exitcode = await worker.process.wait()
+        """The worker's pipe is at EOF (or it exited): it died, was killed,
+        or broke its pipe (then it is killed now). Settle its jobs."""
+        exitcode = await worker.reap_after_eof()
         job = link.current
         # Jobs sent ahead never started: the worker starts one only after it
         # has answered the one before, and every answer has been read.
@@ -1650,6 +1713,16 @@ def _number(link: _Link, job: _Job) -> None:
     job.end = link.worker.bytes_written
 
 
+def _wake_feeder(link: _Link) -> None:
+    """Wake the link's feeder if it is parked (see _Link.feeder): whoever
+    sets work for it calls this, and a feeder already awake finds the work
+    before it parks again."""
+    if link.parked:
+        link.parked = False
+        assert link.feeder is not None
+        trio.lowlevel.reschedule(link.feeder)
+
+
 def _wake(job: _Job) -> None:
     """Wake the job's parked caller (see run_sync), once."""
     caller = job.caller
@@ -1658,7 +1731,7 @@ def _wake(job: _Job) -> None:
         trio.lowlevel.reschedule(caller)
 
 
-def _ended(worker: Worker, exitcode: int) -> str:
+def _ended(worker: Worker, exitcode: int | None) -> str:
     """How a worker's process ended, for messages."""
     if worker.protocol_error is not None:
         return f"killed for breaking the protocol: {worker.protocol_error}"
