@@ -1633,9 +1633,14 @@ class Pool:
         # has answered the one before, and every answer has been read.
         self._unsend_all(link)
         if job is None:
-            _log.warning(
-                "idle worker %d died (%s)", worker.pid, _ended(worker, exitcode)
-            )
+            if link.killed:
+                # Killed for a task of its own (cancelled, or over its time
+                # limit), whose answers were read to the end: on purpose.
+                _log.info("worker %d killed (%s)", worker.pid, _ended(worker, exitcode))
+            else:
+                _log.warning(
+                    "idle worker %d died (%s)", worker.pid, _ended(worker, exitcode)
+                )
             return
         if job.state is not _JobState.RUNNING:
             return  # settled already: killed for its cancellation or time limit
