@@ -375,6 +375,12 @@ class _Link:
     # The feeder must take the next queued job or stop: the pool closed or
     # broke while the worker idled (see Pool._wake_idle).
     recheck: bool = False
+    # The running job was cancelled, or ran out of time, while bytes from the
+    # worker were waiting: they are read first, for they may be its answer
+    # (and the worker busy with the next job, which a kill would hit). Set
+    # once per job (``heard``), for at most _HEAR_FIRST seconds.
+    hear_first: bool = False
+    heard: _Job | None = None
     stop_requested: bool = False
     # A FATAL frame from the running job, until the worker's exit is seen.
     fatal_frame: _protocol.Frame | None = None
@@ -396,6 +402,9 @@ class _Turn:
 # busy worker, and only behind a job that took at most this long (seconds).
 _AHEAD: Final = 8
 _AHEAD_AFTER: Final = 0.002
+# How long the rest of an answer that had begun to arrive may take before a
+# cancellation or a deadline is acted on after all (see _Link.hear_first).
+_HEAR_FIRST: Final = 1.0
 
 # The frames that answer a task.
 _ANSWERS = frozenset({_protocol.RESULT, _protocol.ERROR, _protocol.SERIAL_ERROR})
@@ -1351,9 +1360,12 @@ class Pool:
                             scope.cancel()  # known dead: see below
                     elif link.sent and not link.killed and not worker.process.exited:
                         job.scope = scope
-                        scope.deadline = job.deadline
-                        if job.state is _JobState.CANCELLED:
-                            scope.cancel()
+                        if link.hear_first:
+                            scope.deadline = trio.current_time() + _HEAR_FIRST
+                        else:
+                            scope.deadline = job.deadline
+                            if job.state is _JobState.CANCELLED:
+                                scope.cancel()
                     end = await self._answers(link)
                 link.read_scope = None
                 job = link.current
@@ -1362,6 +1374,7 @@ class Pool:
                 if end is not None:
                     return await self._ended(link, end, retiring)
                 # The scope was cancelled: find out why.
+                link.hear_first = False
                 if link.killed or worker.process.exited:
                     # Read its answers to the end. Once it has exited, EOF
                     # comes at once, even if a process it started holds its
@@ -1384,6 +1397,10 @@ class Pool:
                     job.state is _JobState.CANCELLED
                     or trio.current_time() >= job.deadline
                 ):
+                    if link.heard is not job and worker.answer_waiting():
+                        link.heard = job
+                        link.hear_first = True
+                        continue
                     self._stop_job(worker, job)
                     if not link.ahead:
                         return _End.LOST  # killed as its block ends
@@ -1422,6 +1439,8 @@ class Pool:
             if kind == _protocol.SKIPPED:
                 if not self._skipped(link, frame):
                     return _End.LOST
+                if link.hear_first and not worker.answer_waiting():
+                    return None  # no answer came: act on the cancellation now
                 continue
             job = link.current
             if job is not None and kind == _protocol.FATAL:
@@ -1433,8 +1452,9 @@ class Pool:
             link.current = None
             job.scope = None
             scope = link.read_scope
-            if job.deadline != math.inf and scope is not None:
+            if scope is not None and scope.deadline != math.inf:
                 scope.deadline = math.inf
+            link.hear_first = False
             if kind not in _ANSWERS:
                 job.error = BrokenWorkerError(
                     f"worker {worker.pid} broke the protocol: it sent {frame!r}",

@@ -258,6 +258,17 @@ class Worker:
                     return 0  # all it wrote is read
                 await trio.lowlevel.wait_readable(fd)
 
+    def answer_waiting(self) -> bool:
+        """Whether bytes from the worker wait to be decoded or read."""
+        if self._decoder.buffered():
+            return True
+        count = array.array("i", [0])
+        try:
+            fcntl.ioctl(self._receive_stream.fileno(), termios.FIONREAD, count, True)
+        except OSError:  # pragma: no cover - systems without FIONREAD on pipes
+            return False
+        return count[0] > 0
+
     def unread_task_bytes(self) -> int:
         """How many bytes sent to the worker it has not read (0 if unknown).
 
