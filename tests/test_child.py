@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 
 TIMEOUT = 60
 
+# As /proc shows it: the file each worker holds open read-only in one test.
+WORKERFUNCS_FILE = os.path.realpath(wf.__file__)
+
 # Every test runs once per start method (see conftest.start_method).
 pytestmark = pytest.mark.usefixtures("start_method")
 
@@ -67,9 +70,10 @@ async def test_worker_holds_only_its_own_pipes() -> None:
         os.close(parent_pipe[1])
         for sock in parent_socks:
             sock.close()
+    held = (WORKERFUNCS_FILE, True)
     pipes_by_worker = []
     for targets in fds.values():
-        assert (os.path.realpath(wf.__file__), True) in targets.values(), targets
+        assert held in targets.values(), targets
         own = worker_channels(targets)
         # Exactly two channels besides 0, 1 and 2, both pipes, none the parent's.
         assert len(own) == 2, targets

@@ -12,11 +12,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def noxfile_versions() -> tuple[str, list[str]]:
     """The noxfile's default Python and the other versions it tests on."""
+    wanted = {"PYTHON", "OTHER_PYTHONS"}
     values = {}
     for node in ast.parse((ROOT / "noxfile.py").read_text()).body:
         if isinstance(node, ast.Assign) and len(node.targets) == 1:
             target = node.targets[0]
-            if isinstance(target, ast.Name) and target.id in ("PYTHON", "OTHER_PYTHONS"):
+            if isinstance(target, ast.Name) and target.id in wanted:
                 values[target.id] = ast.literal_eval(node.value)
     return values["PYTHON"], list(values["OTHER_PYTHONS"])
 
