@@ -28,6 +28,36 @@ def open_fds() -> set[int]:
     return fds
 
 
+def fd_target(fd: int) -> str | None:
+    """What an fd of this process points at (``pipe:[1234]``, a path, ...)."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return None
+
+
+def worker_channels(fds: dict[int, tuple[str, bool]]) -> set[str]:
+    """The pipes and sockets among a worker's fds (``workerfuncs.fd_targets``)
+    besides 0, 1 and 2, after checking that everything else it holds is a
+    file opened read-only.
+
+    That is API.md's promise: a worker holds its own pipe ends and no other
+    pipe or socket, while a file a library opens read-only in the worker
+    itself is the worker's business (a newer libffi maps its own library
+    file when ``ctypes`` is imported; the fd listing itself is one too).
+    """
+    channels = set()
+    for fd, (target, read_only) in fds.items():
+        if fd <= 2:
+            continue
+        if target.startswith(("pipe:", "socket:", "anon_inode:")):
+            channels.add(target)
+        else:
+            assert target.startswith("/"), (fd, target, fds)
+            assert read_only, (fd, target, fds)
+    return channels
+
+
 def child_processes() -> set[int]:
     """Pids of this process's children, running or zombie."""
     pids: set[int] = set()

@@ -1,4 +1,4 @@
-"""Run a pool's tasks on a Dask cluster (``pip install triopool[dask]``).
+"""Run a pool's tasks on a Dask cluster (the ``dask`` extra).
 
 Dask is imported when the pool opens, never by ``import triopool``. The
 backend uses a synchronous ``distributed.Client`` (its own event-loop thread):

@@ -1,4 +1,4 @@
-"""Run a pool's tasks on a Ray cluster (``pip install triopool[ray]``).
+"""Run a pool's tasks on a Ray cluster (the ``ray`` extra).
 
 Ray is imported when the pool opens, never by ``import triopool``. Ray's
 driver connection is process-wide: the backend calls ``ray.init`` only if
