@@ -158,8 +158,8 @@ def busy_note(
     return (
         "note:       other programs competed for the CPUs: the sequential run "
         f"got {sequential_share:.2f} of a CPU, the pool's workers "
-        f"{pool_cpus:.2f} of {usable}, so the speed-up is lower than on an "
-        "idle machine"
+        f"{pool_cpus:.2f} of {usable}, so the speed-up is lower, and the "
+        "heartbeat later, than on an idle machine"
     )
 
 
@@ -223,12 +223,12 @@ async def _pool_run(
     doomed: set[int],
     progress: Progress,
     heartbeat: Heartbeat,
+    start: float,
 ) -> tuple[list[int | BaseException | None], float]:
     tasks = len(ranges)
     workers = pool.statistics().workers
     results: list[int | BaseException | None] = [None] * tasks
     done = 0
-    start = trio.current_time()
     # At most this many calls wait at once: memory stays bounded for any --tasks.
     limiter = trio.CapacityLimiter(2 * workers)
 
@@ -292,14 +292,16 @@ async def run(args: argparse.Namespace) -> int:
         expected, sequential_time, sequential_cpu = await _sequential(ranges, progress)
         heartbeat.enter(None)
         children_cpu = _children_cpu_time()
+        # The pool run's time and heartbeat include starting the workers.
+        heartbeat.enter("pool")
+        start = trio.current_time()
         with pool_log_through(progress):
             async with open_pool(
                 args.workers, max_tasks_per_child=args.max_tasks_per_child
             ) as pool:
                 workers = pool.statistics().workers
-                heartbeat.enter("pool")
                 results, pool_time = await _pool_run(
-                    pool, ranges, doomed, progress, heartbeat
+                    pool, ranges, doomed, progress, heartbeat, start
                 )
                 heartbeat.enter(None)
                 if not any(isinstance(r, BrokenPoolError) for r in results):
