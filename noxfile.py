@@ -167,7 +167,7 @@ def docs(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def demo(session: nox.Session) -> None:
-    """Run the demo: a CPU-bound job, sequentially and through the pool."""
+    """Run the demo: a CPU-bound job sequentially and through the pool, beside a Trio heartbeat."""
     install(session, editable=False)
     session.run("python", "-m", "triopool", "demo", *session.posargs)
 

@@ -357,6 +357,14 @@ def readme_example() -> str:
     return readme[start : readme.index("```", start)]
 
 
+def readme_example_output() -> list[str]:
+    """The lines the README shows its example printing (the ``text`` block
+    after it)."""
+    readme = (DOCS.parent / "README.md").read_text()
+    start = readme.index("```text\n", readme.index("```python\n")) + len("```text\n")
+    return readme[start : readme.index("```", start)].splitlines()
+
+
 async def test_readme_example_runs(tmp_path: Path) -> None:
     script = tmp_path / "readme_example.py"
     script.write_text(readme_example())
@@ -364,6 +372,16 @@ async def test_readme_example_runs(tmp_path: Path) -> None:
     stderr = result.stderr.decode()
     assert result.returncode == 0, stderr
     assert stderr == ""
-    # It prints score(12_345), then streams scores until one passes 5,000.
-    expected = sum(i * i for i in range(12_345 % 10_000)) ** 0.5
-    assert result.stdout.decode().split() == [str(expected)]
+    printed = result.stdout.decode().splitlines()
+    # What the README says it prints...
+    assert printed == readme_example_output()
+
+    # ... which is score(12_345), then the first n whose score passes 5,000.
+    def score(n: int) -> float:
+        return float(sum(i * i for i in range(n % 10_000)) ** 0.5)
+
+    first = next(n for n in range(10_000) if score(n) > 5_000)
+    assert printed == [
+        f"score(12_345) = {score(12_345):,.1f}",
+        f"first n with score(n) > 5,000: {first} (score {score(first):,.1f})",
+    ]
