@@ -244,6 +244,11 @@ class _FaultyPipes(_Pipes):
         super().send([data[half:]])
 
 
+# The parent's main script while this worker runs it (see _MainFixup):
+# triopool._context reads it to refuse to start a pool meanwhile.
+importing_main: str | None = None
+
+
 class _MainFixup:
     """Makes functions defined in the parent's main script unpicklable here.
 
@@ -257,6 +262,7 @@ class _MainFixup:
         self.path = path
         self.name = name
         self.done = path is None and name is None
+        self.error: str | None = None
         self._unpickler: Callable[..., pickle.Unpickler] | None = None
 
     def run(self) -> None:
@@ -271,6 +277,29 @@ class _MainFixup:
         elif self.path is not None:
             module.__dict__.update(runpy.run_path(self.path, run_name="__mp_main__"))
         sys.modules["__main__"] = sys.modules["__mp_main__"] = module
+
+    def run_once(self) -> None:
+        """Run the script; if it fails, say which file and why, now and for
+        every later task that needs it (a script that failed may have done
+        half of what it does at import: it is not run twice)."""
+        global importing_main
+        if self.error is None:
+            importing_main = self.path or self.name
+            try:
+                self.run()
+                return
+            except BaseException as exc:
+                self.error = (
+                    f"the worker could not import the main script {importing_main} "
+                    "to find a function or class defined there: "
+                    f"{type(exc).__name__}: {exc}"
+                )
+                # Not done: later tasks that need the script get this error.
+                self.done = False
+                raise RuntimeError(self.error) from exc
+            finally:
+                importing_main = None
+        raise RuntimeError(self.error)
 
     def unpickler(
         self, payload: bytes | bytearray | memoryview
@@ -287,7 +316,7 @@ class _MainFixup:
             class Unpickler(pickle.Unpickler):
                 def find_class(self, module_name: str, name: str) -> Any:
                     if module_name == "__main__" and not fixup.done:
-                        fixup.run()
+                        fixup.run_once()
                     return super().find_class(module_name, name)
 
             self._unpickler = Unpickler

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 
+from . import _context
 from ._pool import POOL_DEFAULT, Pool, open_pool
 
 if TYPE_CHECKING:
@@ -158,6 +159,7 @@ async def _current_default_pool() -> Pool:
     try:
         state = _RUN_STATE.get()
     except LookupError:
+        _context.check_start("triopool.run_sync()")
         state = _DefaultPool()
         # Built here, in the caller, so a bad configuration or an initializer
         # that cannot be pickled raises in the caller.
@@ -203,7 +205,10 @@ async def run_sync(
 
     And everything :meth:`Pool.run_sync` raises.
     """
-    await trio.lowlevel.checkpoint_if_cancelled()
+    try:
+        await trio.lowlevel.checkpoint_if_cancelled()
+    except RuntimeError:
+        raise _context.not_in_trio("triopool.run_sync()") from None
     pool = await _current_default_pool()
     return await pool.run_sync(
         fn,

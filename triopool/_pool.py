@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import attrs
 import trio
 
-from . import _faults, _map, _pipes, _protocol
+from . import _context, _faults, _map, _pipes, _protocol
 from ._errors import (
     BrokenPoolError,
     BrokenWorkerError,
@@ -426,6 +426,7 @@ class Pool:
         self._nursery: trio.Nursery | None = None
         self._slots_left = 0
         self._slots_done = trio.Event()
+        self._thread: int | None = None  # of the run that opened it (see _open)
         # start_method="forkserver": the running server, and an event set (and
         # replaced) whenever it changes or the pool breaks.
         self._forkserver: ForkServer | None = None
@@ -518,7 +519,10 @@ class Pool:
             checksum = await pool.run_sync(zlib.crc32, data)
             parsed = await pool.run_sync(functools.partial(int, base=16), "ff")
         """
-        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            await trio.lowlevel.checkpoint_if_cancelled()
+        except RuntimeError:
+            raise _context.not_in_trio("Pool.run_sync()") from None
         if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
             raise TypeError(
                 f"run_sync() needs a regular function, got the async function {fn!r}"
@@ -717,6 +721,8 @@ class Pool:
             raise trio.ClosedResourceError("the pool is closed")
         if self._broken is not None:
             raise self._broken_error()
+        if _context.current_thread() != self._thread:
+            raise _context.other_run("the pool")
 
     def _broken_error(self) -> BrokenPoolError:
         # A fresh instance per raise: one exception object raised in several
@@ -1606,6 +1612,7 @@ class Pool:
 
     def _open(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
+        self._thread = _context.current_thread()
         self._slots_left = len(self._slots)
         if self._config.start_method == "forkserver":
             nursery.start_soon(self._run_forkserver, name="triopool fork server")
@@ -1900,6 +1907,7 @@ def open_pool(
 
 @contextlib.asynccontextmanager
 async def _run_pool(pool: Pool) -> AsyncIterator[Pool]:
+    _context.check_start("triopool.open_pool()")
     body_error: BaseException | None = None
     try:
         async with trio.open_nursery() as nursery:
