@@ -34,6 +34,8 @@ from ._errors import SoftTimeLimitExceeded
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import importlib.machinery
+    import types
     from collections.abc import Callable
     from types import FrameType
     from typing import Any
@@ -323,6 +325,51 @@ class _MainFixup:
         return self._unpickler
 
 
+class _ParentAuthkey:
+    """Gives ``multiprocessing`` here the parent's authkey, once a task imports it.
+
+    A ``multiprocessing.Manager()`` proxy a task receives connects to its
+    manager with ``current_process().authkey``; with the worker's own random
+    key the manager rejects it. The key is set as ``multiprocessing.process``
+    is imported, so a worker whose tasks never use ``multiprocessing`` never
+    imports it.
+    """
+
+    def __init__(self, key: bytes) -> None:
+        self.key = key
+
+    @classmethod
+    def install(cls, key: bytes) -> None:
+        process = sys.modules.get("multiprocessing.process")
+        if process is not None:  # imported already (a fork server's preload)
+            process.current_process().authkey = key
+        else:
+            sys.meta_path.insert(0, cls(key))
+
+    def find_spec(
+        self, name: str, path: Any = None, target: Any = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if name != "multiprocessing.process":
+            return None
+        sys.meta_path.remove(self)
+        from importlib.machinery import PathFinder
+
+        spec = PathFinder.find_spec(name, path, target)
+        loader = None if spec is None else spec.loader
+        if loader is not None:
+            exec_module = loader.exec_module
+            key = self.key
+
+            def exec_then_set_key(module: types.ModuleType) -> None:
+                exec_module(module)
+                module.current_process().authkey = key
+
+            # The loader is this import's own instance: patching it touches
+            # nothing else.
+            setattr(loader, "exec_module", exec_then_set_key)  # noqa: B010
+        return spec
+
+
 class _SoftLimit:
     """Raises SoftTimeLimitExceeded inside a task after a delay (SIGALRM)."""
 
@@ -455,6 +502,7 @@ def main(fd_in: int, fd_out: int, parent_pid: int) -> None:
     config = pickle.loads(frame.payload)
     sys.path[:] = config["sys_path"]
     sys.argv[:] = config["sys_argv"]
+    _ParentAuthkey.install(config["authkey"])
     fixup = _MainFixup(config["main_path"], config["main_name"])
     max_memory: int | None = config["max_memory"]
     try:

@@ -1806,10 +1806,26 @@ def _config_frame(config: PoolConfig) -> list[bytes | memoryview]:
             "main_name": main_name,
             "initializer": initializer,
             "max_memory": config.max_memory_per_child,
+            "authkey": _multiprocessing_authkey(),
         },
         5,
     )
     return _protocol.encode_frame(_protocol.CONFIG, payload)
+
+
+def _multiprocessing_authkey() -> bytes:
+    """This process's ``multiprocessing`` authkey, for the workers.
+
+    A ``multiprocessing.Manager()`` proxy sent as an argument connects back to
+    its manager with the key of the process it is in; the workers need the
+    parent's. They set it only if a task imports ``multiprocessing`` (see
+    ``_child._ParentAuthkey``), so the key costs them nothing otherwise. Here
+    the import costs about a millisecond once, and covers a program that
+    imports ``multiprocessing`` after its pool opened.
+    """
+    import multiprocessing.process
+
+    return bytes(multiprocessing.process.current_process().authkey)
 
 
 def open_pool(
