@@ -144,8 +144,11 @@ def configure_default_pool(
     options["initargs"] = tuple(initargs)
     try:
         state = _RUN_STATE.get()
-    except (LookupError, RuntimeError):
-        state = None  # outside trio.run, or no default pool in this run yet
+    except LookupError:
+        state = None  # no default pool in this run yet
+    except RuntimeError:
+        # Outside trio.run; maybe in a thread of one (trio.to_thread).
+        state = _state_seen_from_thread()
     if state is not None and state.state is not _State.CLOSED:
         raise RuntimeError(
             "the default pool of this trio.run has already started; call "
@@ -153,6 +156,22 @@ def configure_default_pool(
         )
     _options.clear()
     _options.update(options)
+
+
+def _state_seen_from_thread() -> _DefaultPool | None:
+    """The default pool of the run whose ``trio.to_thread`` thread this is;
+    None in a thread that no run started."""
+
+    def get() -> _DefaultPool | None:
+        try:
+            return _RUN_STATE.get()
+        except LookupError:
+            return None
+
+    try:
+        return trio.from_thread.run_sync(get)
+    except RuntimeError:  # not a Trio thread, or its run has finished
+        return None
 
 
 async def _current_default_pool() -> Pool:
