@@ -221,6 +221,8 @@ async def run_sync(
     Raises:
         trio.ClosedResourceError: The default pool could not be opened (the
             reason is the ``__cause__``) or the run is ending.
+        RuntimeError: Called outside ``trio.run`` (from asyncio, say), or in
+            a worker process importing the main script.
 
     And everything :meth:`Pool.run_sync` raises.
     """

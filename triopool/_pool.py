@@ -513,6 +513,8 @@ class Pool:
             TimeLimitExceeded: The hard time limit expired.
             BrokenPoolError: Workers keep failing to start.
             trio.ClosedResourceError: The pool's block has exited.
+            RuntimeError: Called from outside the ``trio.run`` that opened
+                the pool: from asyncio, or from another thread's run.
 
         Example::
 
@@ -1889,6 +1891,10 @@ def open_pool(
             ``soft_time_limit >= time_limit``, ...
         TypeError: An argument has the wrong type, or ``initializer`` and
             ``initargs`` cannot be pickled.
+
+    Entering the block raises :class:`RuntimeError` outside ``trio.run`` (from
+    asyncio, say), or in a worker process that is importing the main script
+    (the script lacks ``if __name__ == "__main__":``).
 
     Example::
 
