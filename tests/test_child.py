@@ -214,3 +214,17 @@ async def test_worker_imports_multiprocessing_only_for_a_task_that_does() -> Non
             worker_key = await pool.run_sync(wf.multiprocessing_authkey)
     assert "multiprocessing" not in modules
     assert worker_key == parent_key
+
+
+async def test_worker_forked_with_multiprocessing_preloaded_has_the_parents_key() -> (
+    None
+):
+    import multiprocessing
+
+    parent_key = bytes(multiprocessing.current_process().authkey)
+    with trio.fail_after(TIMEOUT):
+        async with triopool.open_pool(
+            1, start_method="forkserver", forkserver_preload=["multiprocessing"]
+        ) as pool:
+            worker_key = await pool.run_sync(wf.multiprocessing_authkey)
+    assert worker_key == parent_key
