@@ -1822,7 +1822,7 @@ def _multiprocessing_authkey() -> bytes:
     its manager with the key of the process it is in; the workers need the
     parent's. They set it only if a task imports ``multiprocessing`` (see
     ``_child._ParentAuthkey``), so the key costs them nothing otherwise. Here
-    the import costs about a millisecond once, and covers a program that
+    the import costs a few milliseconds, once, and covers a program that
     imports ``multiprocessing`` after its pool opened.
     """
     import multiprocessing.process
