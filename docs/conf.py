@@ -137,6 +137,8 @@ _TRIO_OBJECTS = [
     ("trio.open_nursery", "py:function", "reference-core.html#$"),
     ("trio.run", "py:function", "reference-core.html#$"),
     ("trio.to_thread.run_sync", "py:function", "reference-core.html#$"),
+    ("trio.from_thread.run", "py:function", "reference-core.html#$"),
+    ("trio.lowlevel.start_guest_run", "py:function", "reference-lowlevel.html#$"),
     ("trio.lowlevel.FdStream", "py:class", "reference-lowlevel.html#$"),
     ("trio.lowlevel.notify_closing", "py:function", "reference-lowlevel.html#$"),
     ("trio.lowlevel.TrioToken", "py:class", "reference-lowlevel.html#$"),

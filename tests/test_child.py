@@ -181,3 +181,75 @@ async def test_a_task_can_use_the_public_package_in_the_worker() -> None:
             assert "triopool._errors" in modules
             with_pool = await pool.run_sync(wf.public_name_in_worker)
     assert with_pool == "open_pool"
+
+
+MANAGER_SCRIPT = """
+    import multiprocessing
+    import sys
+    import trio
+    import triopool
+
+    def record(shared_dict, shared_list, key):
+        shared_dict[key] = key * 2
+        shared_list.append(key)
+        return len(shared_dict)
+
+    async def main(shared_dict, shared_list):
+        async with triopool.open_pool(2, start_method=sys.argv[1]) as pool:
+            async with trio.open_nursery() as nursery:
+                for key in range(4):
+                    nursery.start_soon(
+                        pool.run_sync, record, shared_dict, shared_list, key
+                    )
+
+    if __name__ == "__main__":
+        with multiprocessing.Manager() as manager:
+            shared_dict, shared_list = manager.dict(), manager.list()
+            trio.run(main, shared_dict, shared_list)
+            print(sorted(shared_dict.items()), sorted(shared_list))
+"""
+
+
+def test_manager_proxies_work_as_arguments(tmp_path: Path, start_method: str) -> None:
+    # A proxy connects back to its manager with the authkey of the process it
+    # is in: the workers must have the parent's.
+    script = tmp_path / "user_script.py"
+    script.write_text(textwrap.dedent(MANAGER_SCRIPT))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run(
+        [sys.executable, str(script), start_method],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env=env,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[(0, 0), (1, 2), (2, 4), (3, 6)] [0, 1, 2, 3]"
+
+
+async def test_worker_imports_multiprocessing_only_for_a_task_that_does() -> None:
+    import multiprocessing
+
+    parent_key = bytes(multiprocessing.current_process().authkey)
+    with trio.fail_after(TIMEOUT):
+        async with triopool.open_pool(1) as pool:
+            modules = await pool.run_sync(wf.loaded_modules)
+            worker_key = await pool.run_sync(wf.multiprocessing_authkey)
+    assert "multiprocessing" not in modules
+    assert worker_key == parent_key
+
+
+async def test_worker_forked_with_multiprocessing_preloaded_has_the_parents_key() -> (
+    None
+):
+    import multiprocessing
+
+    parent_key = bytes(multiprocessing.current_process().authkey)
+    with trio.fail_after(TIMEOUT):
+        async with triopool.open_pool(
+            1, start_method="forkserver", forkserver_preload=["multiprocessing"]
+        ) as pool:
+            worker_key = await pool.run_sync(wf.multiprocessing_authkey)
+    assert worker_key == parent_key

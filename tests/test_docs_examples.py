@@ -123,6 +123,8 @@ EXPECTED: dict[str, list[str]] = {
         "call configure_default_pool() before the first triopool.run_sync()",
     ],
     "serialization_cloudpickle.py": ["lambda: 42", "closure: [3, 6, 9]"],
+    "asyncio_thread.py": ["digit sums: [115, 1366, 13561]"],
+    "asyncio_guest.py": ["digit sums: [115, 1366, 13561]"],
     "start_forkserver.py": ["H(8) = 761/280", "worker processes for 8 tasks: 8"],
     "worker_logging.py": ["['thumb-a.jpg', 'thumb-b.jpg']"],
     "cluster_ray.py": ["pi is about 3.1", "killed after 2.0 s"],

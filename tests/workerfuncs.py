@@ -351,3 +351,9 @@ def outlive_parent(seconds: float) -> tuple[int, int]:
     if libc.prctl(1, 0, 0, 0, 0) != 0:  # PR_SET_PDEATHSIG, no signal
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
     return os.getpid(), os.getppid()
+
+
+def multiprocessing_authkey() -> bytes:
+    import multiprocessing
+
+    return bytes(multiprocessing.current_process().authkey)

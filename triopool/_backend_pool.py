@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import attrs
 import trio
 
-from . import _map
+from . import _context, _map
 from ._backend import Backend, Outcome, TrioBridge
 from ._errors import BrokenWorkerError, TimeLimitExceeded
 from ._pool import (
@@ -290,7 +290,10 @@ class BackendPool:
         :meth:`triopool.Pool.run_sync`, as far as the backend can honour them:
         an option it cannot honour raises :class:`ValueError` naming both.
         """
-        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            await trio.lowlevel.checkpoint_if_cancelled()
+        except RuntimeError:
+            raise _context.not_in_trio("Pool.run_sync()") from None
         if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
             raise TypeError(
                 f"run_sync() needs a regular function, got the async function {fn!r}"
@@ -501,6 +504,7 @@ class BackendPool:
 
 @contextlib.asynccontextmanager
 async def _run_backend_pool(pool: BackendPool) -> AsyncIterator[BackendPool]:
+    _context.check_start("triopool.open_pool()")
     backend = pool._backend
     pool._bridge = TrioBridge(trio.lowlevel.current_trio_token())
     started = False

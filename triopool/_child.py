@@ -39,6 +39,8 @@ from ._errors import SoftTimeLimitExceeded
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import importlib.machinery
+    import types
     from collections.abc import Callable
     from types import FrameType
     from typing import Any
@@ -252,6 +254,11 @@ class _FaultyPipes(_Pipes):
         super().send([data[half:]])
 
 
+# The parent's main script while this worker runs it (see _MainFixup):
+# triopool._context reads it to refuse to start a pool meanwhile.
+importing_main: str | None = None
+
+
 class _MainFixup:
     """Makes functions defined in the parent's main script unpicklable here.
 
@@ -265,6 +272,7 @@ class _MainFixup:
         self.path = path
         self.name = name
         self.done = path is None and name is None
+        self.error: str | None = None
         self._unpickler: Callable[..., pickle.Unpickler] | None = None
 
     def run(self) -> None:
@@ -279,6 +287,29 @@ class _MainFixup:
         elif self.path is not None:
             module.__dict__.update(runpy.run_path(self.path, run_name="__mp_main__"))
         sys.modules["__main__"] = sys.modules["__mp_main__"] = module
+
+    def run_once(self) -> None:
+        """Run the script; if it fails, say which file and why, now and for
+        every later task that needs it (a script that failed may have done
+        half of what it does at import: it is not run twice)."""
+        global importing_main
+        if self.error is None:
+            importing_main = self.path or self.name
+            try:
+                self.run()
+                return
+            except BaseException as exc:
+                self.error = (
+                    f"the worker could not import the main script {importing_main} "
+                    "to find a function or class defined there: "
+                    f"{type(exc).__name__}: {exc}"
+                )
+                # Not done: later tasks that need the script get this error.
+                self.done = False
+                raise RuntimeError(self.error) from exc
+            finally:
+                importing_main = None
+        raise RuntimeError(self.error)
 
     def unpickler(
         self, payload: bytes | bytearray | memoryview
@@ -295,11 +326,56 @@ class _MainFixup:
             class Unpickler(pickle.Unpickler):
                 def find_class(self, module_name: str, name: str) -> Any:
                     if module_name == "__main__" and not fixup.done:
-                        fixup.run()
+                        fixup.run_once()
                     return super().find_class(module_name, name)
 
             self._unpickler = Unpickler
         return self._unpickler
+
+
+class _ParentAuthkey:
+    """Gives ``multiprocessing`` here the parent's authkey, once a task imports it.
+
+    A ``multiprocessing.Manager()`` proxy a task receives connects to its
+    manager with ``current_process().authkey``; with the worker's own random
+    key the manager rejects it. The key is set as ``multiprocessing.process``
+    is imported, so a worker whose tasks never use ``multiprocessing`` never
+    imports it.
+    """
+
+    def __init__(self, key: bytes) -> None:
+        self.key = key
+
+    @classmethod
+    def install(cls, key: bytes) -> None:
+        process = sys.modules.get("multiprocessing.process")
+        if process is not None:  # imported already (a fork server's preload)
+            process.current_process().authkey = key
+        else:
+            sys.meta_path.insert(0, cls(key))
+
+    def find_spec(
+        self, name: str, path: Any = None, target: Any = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if name != "multiprocessing.process":
+            return None
+        sys.meta_path.remove(self)
+        from importlib.machinery import PathFinder
+
+        spec = PathFinder.find_spec(name, path, target)
+        loader = None if spec is None else spec.loader
+        if loader is not None:
+            exec_module = loader.exec_module
+            key = self.key
+
+            def exec_then_set_key(module: types.ModuleType) -> None:
+                exec_module(module)
+                module.current_process().authkey = key
+
+            # The loader is this import's own instance: patching it touches
+            # nothing else.
+            setattr(loader, "exec_module", exec_then_set_key)  # noqa: B010
+        return spec
 
 
 class _SoftLimit:
@@ -477,6 +553,7 @@ def main(fd_in: int, fd_out: int, parent_pid: int) -> None:
     config = pickle.loads(frame.payload)
     sys.path[:] = config["sys_path"]
     sys.argv[:] = config["sys_argv"]
+    _ParentAuthkey.install(config["authkey"])
     fixup = _MainFixup(config["main_path"], config["main_name"])
     max_memory: int | None = config["max_memory"]
     try:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 
+from . import _context
 from ._pool import POOL_DEFAULT, Pool, open_pool
 
 if TYPE_CHECKING:
@@ -143,8 +144,11 @@ def configure_default_pool(
     options["initargs"] = tuple(initargs)
     try:
         state = _RUN_STATE.get()
-    except (LookupError, RuntimeError):
-        state = None  # outside trio.run, or no default pool in this run yet
+    except LookupError:
+        state = None  # no default pool in this run yet
+    except RuntimeError:
+        # Outside trio.run; maybe in a thread of one (trio.to_thread).
+        state = _state_seen_from_thread()
     if state is not None and state.state is not _State.CLOSED:
         raise RuntimeError(
             "the default pool of this trio.run has already started; call "
@@ -154,10 +158,27 @@ def configure_default_pool(
     _options.update(options)
 
 
+def _state_seen_from_thread() -> _DefaultPool | None:
+    """The default pool of the run whose ``trio.to_thread`` thread this is;
+    None in a thread that no run started."""
+
+    def get() -> _DefaultPool | None:
+        try:
+            return _RUN_STATE.get()
+        except LookupError:
+            return None
+
+    try:
+        return trio.from_thread.run_sync(get)
+    except RuntimeError:  # not a Trio thread, or its run has finished
+        return None
+
+
 async def _current_default_pool() -> Pool:
     try:
         state = _RUN_STATE.get()
     except LookupError:
+        _context.check_start("triopool.run_sync()")
         state = _DefaultPool()
         # Built here, in the caller, so a bad configuration or an initializer
         # that cannot be pickled raises in the caller.
@@ -200,10 +221,15 @@ async def run_sync(
     Raises:
         trio.ClosedResourceError: The default pool could not be opened (the
             reason is the ``__cause__``) or the run is ending.
+        RuntimeError: Called outside ``trio.run`` (from asyncio, say), or in
+            a worker process importing the main script.
 
     And everything :meth:`Pool.run_sync` raises.
     """
-    await trio.lowlevel.checkpoint_if_cancelled()
+    try:
+        await trio.lowlevel.checkpoint_if_cancelled()
+    except RuntimeError:
+        raise _context.not_in_trio("triopool.run_sync()") from None
     pool = await _current_default_pool()
     return await pool.run_sync(
         fn,

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import attrs
 import trio
 
-from . import _faults, _map, _pipes, _protocol
+from . import _context, _faults, _map, _pipes, _protocol
 from ._errors import (
     BrokenPoolError,
     BrokenWorkerError,
@@ -448,6 +448,7 @@ class Pool:
         self._slots_left = 0
         self._slots_done = trio.Event()
         self._start_permits = trio.Semaphore(_usable_cpus())
+        self._thread: int | None = None  # of the run that opened it (see _open)
         # start_method="forkserver": the running server, and an event set (and
         # replaced) whenever it changes or the pool breaks.
         self._forkserver: ForkServer | None = None
@@ -534,13 +535,18 @@ class Pool:
             TimeLimitExceeded: The hard time limit expired.
             BrokenPoolError: Workers keep failing to start.
             trio.ClosedResourceError: The pool's block has exited.
+            RuntimeError: Called from outside the ``trio.run`` that opened
+                the pool: from asyncio, or from another thread's run.
 
         Example::
 
             checksum = await pool.run_sync(zlib.crc32, data)
             parsed = await pool.run_sync(functools.partial(int, base=16), "ff")
         """
-        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            await trio.lowlevel.checkpoint_if_cancelled()
+        except RuntimeError:
+            raise _context.not_in_trio("Pool.run_sync()") from None
         if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
             raise TypeError(
                 f"run_sync() needs a regular function, got the async function {fn!r}"
@@ -742,6 +748,8 @@ class Pool:
             raise trio.ClosedResourceError("the pool is closed")
         if self._broken is not None:
             raise self._broken_error()
+        if _context.current_thread() != self._thread:
+            raise _context.other_run("the pool")
 
     def _broken_error(self) -> BrokenPoolError:
         # A fresh instance per raise: one exception object raised in several
@@ -1694,6 +1702,7 @@ class Pool:
 
     def _open(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
+        self._thread = _context.current_thread()
         self._slots_left = len(self._slots)
         if self._config.start_method == "forkserver":
             nursery.start_soon(self._run_forkserver, name="triopool fork server")
@@ -1897,10 +1906,26 @@ def _config_frame(config: PoolConfig) -> list[bytes | memoryview]:
             "main_name": main_name,
             "initializer": initializer,
             "max_memory": config.max_memory_per_child,
+            "authkey": _multiprocessing_authkey(),
         },
         5,
     )
     return _protocol.encode_frame(_protocol.CONFIG, payload)
+
+
+def _multiprocessing_authkey() -> bytes:
+    """This process's ``multiprocessing`` authkey, for the workers.
+
+    A ``multiprocessing.Manager()`` proxy sent as an argument connects back to
+    its manager with the key of the process it is in; the workers need the
+    parent's. They set it only if a task imports ``multiprocessing`` (see
+    ``_child._ParentAuthkey``), so the key costs them nothing otherwise. Here
+    the import costs a few milliseconds, once, and covers a program that
+    imports ``multiprocessing`` after its pool opened.
+    """
+    import multiprocessing.process
+
+    return bytes(multiprocessing.process.current_process().authkey)
 
 
 def open_pool(
@@ -1965,6 +1990,10 @@ def open_pool(
         TypeError: An argument has the wrong type, or ``initializer`` and
             ``initargs`` cannot be pickled.
 
+    Entering the block raises :class:`RuntimeError` outside ``trio.run`` (from
+    asyncio, say), or in a worker process that is importing the main script
+    (the script lacks ``if __name__ == "__main__":``).
+
     Example::
 
         async with triopool.open_pool(4) as pool:
@@ -1998,6 +2027,7 @@ def open_pool(
 
 @contextlib.asynccontextmanager
 async def _run_pool(pool: Pool) -> AsyncIterator[Pool]:
+    _context.check_start("triopool.open_pool()")
     body_error: BaseException | None = None
     try:
         async with trio.open_nursery() as nursery:
