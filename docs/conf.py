@@ -21,10 +21,7 @@ from typing import TYPE_CHECKING
 import triopool
 
 if TYPE_CHECKING:
-    from docutils.nodes import Element
-    from sphinx.addnodes import pending_xref
     from sphinx.application import Sphinx
-    from sphinx.environment import BuildEnvironment
 
 project = "triopool"
 author = "the triopool developers"
@@ -174,26 +171,6 @@ intersphinx_mapping = {
 }
 
 
-# -- The POOL_DEFAULT sentinel -------------------------------------------------
-
-
-def _link_pool_default(
-    app: Sphinx, env: BuildEnvironment, node: pending_xref, contnode: Element
-) -> Element | None:
-    """Show the private type of the ``POOL_DEFAULT`` sentinel as the public
-    name users pass, linked to its entry in the reference."""
-    if node.get("refdomain") != "py" or node.get("reftarget") != "_Default":
-        return None
-    from docutils import nodes
-
-    node["reftarget"] = "triopool.POOL_DEFAULT"
-    domain = env.domains["py"]
-    text = nodes.literal("POOL_DEFAULT", "POOL_DEFAULT")
-    return domain.resolve_xref(  # type: ignore[no-any-return]
-        env, node["refdoc"], app.builder, "data", "triopool.POOL_DEFAULT", node, text
-    )
-
-
 def _record_function_typehints(
     app: Sphinx, what: str, name: str, obj: object, options: object, lines: list[str]
 ) -> None:
@@ -212,5 +189,4 @@ def _record_function_typehints(
 
 
 def setup(app: Sphinx) -> None:
-    app.connect("missing-reference", _link_pool_default)
     app.connect("autodoc-process-docstring", _record_function_typehints)

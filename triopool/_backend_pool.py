@@ -41,9 +41,9 @@ from ._errors import BrokenWorkerError, TimeLimitExceeded
 from ._pool import (
     POOL_DEFAULT,
     PoolConfig,
+    PoolDefault,
     PoolStatistics,
     _check_limits,
-    _Default,
 )
 
 if TYPE_CHECKING:
@@ -280,9 +280,9 @@ class BackendPool:
         self,
         fn: Callable[[Unpack[Ts]], T],
         *args: *Ts,
-        time_limit: float | _Default | None = POOL_DEFAULT,
-        soft_time_limit: float | _Default | None = POOL_DEFAULT,
-        kill_on_cancel: bool | _Default = POOL_DEFAULT,
+        time_limit: float | PoolDefault | None = POOL_DEFAULT,
+        soft_time_limit: float | PoolDefault | None = POOL_DEFAULT,
+        kill_on_cancel: bool | PoolDefault = POOL_DEFAULT,
     ) -> T:
         """Run ``fn(*args)`` on the engine and return its result.
 

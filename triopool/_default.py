@@ -15,7 +15,7 @@ once, when the pool starts.
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import trio
 
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from typing import TypeVarTuple, Unpack
 
     from ._backend import Backend
-    from ._pool import _Default
+    from ._pool import PoolDefault
 
     Ts = TypeVarTuple("Ts")
 
@@ -79,7 +79,7 @@ _options: dict[str, Any] = {}
 def configure_default_pool(
     workers: int | None = None,
     *,
-    start_method: str = "spawn",
+    start_method: Literal["spawn", "forkserver"] = "spawn",
     forkserver_preload: Sequence[str] = (),
     initializer: Callable[..., object] | None = None,
     initargs: Sequence[Any] = (),
@@ -182,9 +182,9 @@ async def _current_default_pool() -> Pool:
 async def run_sync(
     fn: Callable[[Unpack[Ts]], T],
     *args: *Ts,
-    time_limit: float | _Default | None = POOL_DEFAULT,
-    soft_time_limit: float | _Default | None = POOL_DEFAULT,
-    kill_on_cancel: bool | _Default = POOL_DEFAULT,
+    time_limit: float | PoolDefault | None = POOL_DEFAULT,
+    soft_time_limit: float | PoolDefault | None = POOL_DEFAULT,
+    kill_on_cancel: bool | PoolDefault = POOL_DEFAULT,
 ) -> T:
     """Run ``fn(*args)`` in this run's default pool and return its result.
 

@@ -39,7 +39,7 @@ import pickle
 import signal
 from collections import deque
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import attrs
 import trio
@@ -81,12 +81,14 @@ _log = logging.getLogger("triopool")
 _PARENT_FAULTS: _faults.Plan | None = _faults.from_environment(_faults.PARENT_STAGES)
 
 
-class _Default(enum.Enum):
-    """Marks an option of :meth:`Pool.run_sync` left to the pool's default.
+class PoolDefault(enum.Enum):
+    """The type of :data:`POOL_DEFAULT`, which means "the pool's default".
 
-    ``POOL_DEFAULT`` is the default of ``time_limit``, ``soft_time_limit`` and
-    ``kill_on_cancel``: the call uses the value given to :func:`open_pool`.
-    Pass ``None`` instead to switch a limit off for one call.
+    ``POOL_DEFAULT``, its one member, is the default of ``time_limit``,
+    ``soft_time_limit`` and ``kill_on_cancel`` in :meth:`Pool.run_sync`: the
+    call uses the value given to :func:`open_pool`. Pass ``None`` instead to
+    switch a limit off for one call. So ``float | PoolDefault | None`` in a
+    signature reads "seconds, the pool's default, or no limit".
     """
 
     POOL_DEFAULT = enum.auto()
@@ -95,7 +97,7 @@ class _Default(enum.Enum):
         return "POOL_DEFAULT"
 
 
-POOL_DEFAULT = _Default.POOL_DEFAULT
+POOL_DEFAULT = PoolDefault.POOL_DEFAULT
 
 
 # Validation: every message names the parameter and the bad value.
@@ -169,7 +171,7 @@ class PoolConfig:
     workers: int = attrs.field(
         validator=_parameter_check(lambda n, v: _check_count(n, v, allow_none=False))
     )
-    start_method: str = attrs.field()
+    start_method: Literal["spawn", "forkserver"] = attrs.field()
     forkserver_preload: tuple[str, ...] = attrs.field()
     initializer: Callable[..., object] | None = attrs.field()
     initargs: tuple[Any, ...] = attrs.field()
@@ -474,9 +476,9 @@ class Pool:
         self,
         fn: Callable[[Unpack[Ts]], T],
         *args: *Ts,
-        time_limit: float | _Default | None = POOL_DEFAULT,
-        soft_time_limit: float | _Default | None = POOL_DEFAULT,
-        kill_on_cancel: bool | _Default = POOL_DEFAULT,
+        time_limit: float | PoolDefault | None = POOL_DEFAULT,
+        soft_time_limit: float | PoolDefault | None = POOL_DEFAULT,
+        kill_on_cancel: bool | PoolDefault = POOL_DEFAULT,
     ) -> T:
         """Run ``fn(*args)`` in a worker process and return its result.
 
@@ -1808,7 +1810,7 @@ def _config_frame(config: PoolConfig) -> list[bytes | memoryview]:
 def open_pool(
     workers: int | None = None,
     *,
-    start_method: str = "spawn",
+    start_method: Literal["spawn", "forkserver"] = "spawn",
     forkserver_preload: Sequence[str] = (),
     initializer: Callable[..., object] | None = None,
     initargs: Sequence[Any] = (),
