@@ -39,7 +39,7 @@ import pickle
 import signal
 from collections import deque
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 import attrs
 import trio
@@ -68,6 +68,7 @@ if TYPE_CHECKING:
     from typing import Final, TypeVarTuple, Unpack
 
     from ._backend import Backend
+    from ._backend_pool import BackendPool
 
     Ts = TypeVarTuple("Ts")
 
@@ -1807,6 +1808,44 @@ def _config_frame(config: PoolConfig) -> list[bytes | memoryview]:
     return _protocol.encode_frame(_protocol.CONFIG, payload)
 
 
+# The overloads tell type checkers what each kind of pool is: a local Pool, or
+# with a backend, a BackendPool (which has Pool's public methods).
+@overload
+def open_pool(
+    workers: int | None = None,
+    *,
+    start_method: Literal["spawn", "forkserver"] = "spawn",
+    forkserver_preload: Sequence[str] = (),
+    initializer: Callable[..., object] | None = None,
+    initargs: Sequence[Any] = (),
+    max_tasks_per_child: int | None = None,
+    max_memory_per_child: int | None = None,
+    start_timeout: float = 4.0,
+    max_start_failures: int = 5,
+    time_limit: float | None = None,
+    soft_time_limit: float | None = None,
+    kill_on_cancel: bool = True,
+    shutdown_timeout: float = 5.0,
+    backend: None = None,
+) -> contextlib.AbstractAsyncContextManager[Pool]: ...
+@overload
+def open_pool(
+    workers: int | None = None,
+    *,
+    start_method: Literal["spawn", "forkserver"] = "spawn",
+    forkserver_preload: Sequence[str] = (),
+    initializer: Callable[..., object] | None = None,
+    initargs: Sequence[Any] = (),
+    max_tasks_per_child: int | None = None,
+    max_memory_per_child: int | None = None,
+    start_timeout: float = 4.0,
+    max_start_failures: int = 5,
+    time_limit: float | None = None,
+    soft_time_limit: float | None = None,
+    kill_on_cancel: bool = True,
+    shutdown_timeout: float = 5.0,
+    backend: Backend,
+) -> contextlib.AbstractAsyncContextManager[BackendPool]: ...
 def open_pool(
     workers: int | None = None,
     *,
@@ -1823,7 +1862,10 @@ def open_pool(
     kill_on_cancel: bool = True,
     shutdown_timeout: float = 5.0,
     backend: Backend | None = None,
-) -> contextlib.AbstractAsyncContextManager[Pool]:
+) -> (
+    contextlib.AbstractAsyncContextManager[Pool]
+    | contextlib.AbstractAsyncContextManager[BackendPool]
+):
     """Open a pool of worker processes for the duration of an ``async with``.
 
     Arguments are checked at once: a bad one raises :class:`ValueError` or
@@ -1879,8 +1921,7 @@ def open_pool(
         del options["backend"]
         from ._backend_pool import open_backend_pool
 
-        # Same public surface as Pool (run_sync, map, imap, statistics).
-        return open_backend_pool(backend, options)  # type: ignore[return-value]
+        return open_backend_pool(backend, options)
     config = PoolConfig(
         workers=_usable_cpus() if workers is None else workers,
         start_method=start_method,
