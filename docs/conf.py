@@ -191,5 +191,24 @@ def _record_function_typehints(
         record_typehints(app, what, name, obj, options, "", "")  # type: ignore[arg-type]
 
 
+def _hide_overloads(app: Sphinx) -> None:
+    """Show the implementation's signature of overloaded methods.
+
+    ``Pool.run_sync`` has overloads for type checkers only: they make passing
+    an async function a type error (see ``triopool/_typing.py``). Readers call
+    it one way, so the page shows the one signature with its defaults, as for
+    the module-level functions (documented from ``triopool``, whose source has
+    no overloads). autodoc caches one analyzer per module; emptying its
+    overloads here, before any page is read, makes autodoc fall back to the
+    implementation.
+    """
+    from sphinx.pycode import ModuleAnalyzer
+
+    analyzer = ModuleAnalyzer.for_module("triopool._pool")
+    analyzer.analyze()
+    analyzer.overloads.clear()
+
+
 def setup(app: Sphinx) -> None:
+    app.connect("builder-inited", _hide_overloads)
     app.connect("autodoc-process-docstring", _record_function_typehints)

@@ -374,7 +374,7 @@ async def run_storm(config: StormConfig) -> StormReport:
     async def one_task(pool: triopool.Pool, number: int, done: trio.Semaphore) -> None:
         nonce = f"t{number}-{rng.randrange(10**9)}"
         roll = rng.random()
-        options: dict[str, object] = {"kill_on_cancel": rng.random() < 0.8}
+        options: dict[str, Any] = {"kill_on_cancel": rng.random() < 0.8}
         if roll < 0.70:
             action, argument = "echo", rng.choice((0.0, 0.0, 0.005, 0.05))
         elif roll < 0.82:
@@ -397,7 +397,7 @@ async def run_storm(config: StormConfig) -> StormReport:
                         nonce,
                         "echo" if action == "hang" else action,
                         argument,
-                        **options,  # type: ignore[arg-type]
+                        **options,
                     )
                 except triopool.TriopoolError as exc:
                     error = exc

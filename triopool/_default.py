@@ -15,7 +15,7 @@ once, when the pool starts.
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 import trio
 
@@ -24,10 +24,12 @@ from ._pool import POOL_DEFAULT, Pool, open_pool
 if TYPE_CHECKING:
     import contextlib
     from collections.abc import Callable, Sequence
+    from types import CoroutineType
     from typing import TypeVarTuple, Unpack
 
     from ._backend import Backend
     from ._pool import PoolDefault
+    from ._typing import AnyResultCallable, AsyncCallable, AsyncFunctionPassedToRunSync
 
     Ts = TypeVarTuple("Ts")
 
@@ -179,7 +181,32 @@ async def _current_default_pool() -> Pool:
     raise trio.ClosedResourceError("the default pool closed: the run is ending")
 
 
-async def run_sync(
+# For type checkers (see _typing): an async function is an error.
+@overload
+def run_sync(  # type: ignore[overload-overlap]
+    fn: AnyResultCallable,
+    *args: object,
+    time_limit: float | PoolDefault | None = POOL_DEFAULT,
+    soft_time_limit: float | PoolDefault | None = POOL_DEFAULT,
+    kill_on_cancel: bool | PoolDefault = POOL_DEFAULT,
+) -> CoroutineType[Any, Any, Any]: ...
+@overload
+def run_sync(  # type: ignore[overload-overlap]
+    fn: AsyncCallable,
+    *args: object,
+    time_limit: float | PoolDefault | None = POOL_DEFAULT,
+    soft_time_limit: float | PoolDefault | None = POOL_DEFAULT,
+    kill_on_cancel: bool | PoolDefault = POOL_DEFAULT,
+) -> AsyncFunctionPassedToRunSync: ...
+@overload
+def run_sync(
+    fn: Callable[[Unpack[Ts]], T],
+    *args: *Ts,
+    time_limit: float | PoolDefault | None = POOL_DEFAULT,
+    soft_time_limit: float | PoolDefault | None = POOL_DEFAULT,
+    kill_on_cancel: bool | PoolDefault = POOL_DEFAULT,
+) -> CoroutineType[Any, Any, T]: ...
+async def run_sync(  # type: ignore[misc]
     fn: Callable[[Unpack[Ts]], T],
     *args: *Ts,
     time_limit: float | PoolDefault | None = POOL_DEFAULT,

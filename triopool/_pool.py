@@ -65,10 +65,12 @@ if TYPE_CHECKING:
         Callable,
         Sequence,
     )
+    from types import CoroutineType
     from typing import Final, TypeVarTuple, Unpack
 
     from ._backend import Backend
     from ._backend_pool import BackendPool
+    from ._typing import AnyResultCallable, AsyncCallable, AsyncFunctionPassedToRunSync
 
     Ts = TypeVarTuple("Ts")
 
@@ -473,7 +475,35 @@ class Pool:
             workers_stopped=self._workers_stopped,
         )
 
-    async def run_sync(
+    # For type checkers (see _typing): an async function is an error.
+    @overload
+    def run_sync(  # type: ignore[overload-overlap]
+        self,
+        fn: AnyResultCallable,
+        *args: object,
+        time_limit: float | PoolDefault | None = POOL_DEFAULT,
+        soft_time_limit: float | PoolDefault | None = POOL_DEFAULT,
+        kill_on_cancel: bool | PoolDefault = POOL_DEFAULT,
+    ) -> CoroutineType[Any, Any, Any]: ...
+    @overload
+    def run_sync(  # type: ignore[overload-overlap]
+        self,
+        fn: AsyncCallable,
+        *args: object,
+        time_limit: float | PoolDefault | None = POOL_DEFAULT,
+        soft_time_limit: float | PoolDefault | None = POOL_DEFAULT,
+        kill_on_cancel: bool | PoolDefault = POOL_DEFAULT,
+    ) -> AsyncFunctionPassedToRunSync: ...
+    @overload
+    def run_sync(
+        self,
+        fn: Callable[[Unpack[Ts]], T],
+        *args: *Ts,
+        time_limit: float | PoolDefault | None = POOL_DEFAULT,
+        soft_time_limit: float | PoolDefault | None = POOL_DEFAULT,
+        kill_on_cancel: bool | PoolDefault = POOL_DEFAULT,
+    ) -> CoroutineType[Any, Any, T]: ...
+    async def run_sync(  # type: ignore[misc]
         self,
         fn: Callable[[Unpack[Ts]], T],
         *args: *Ts,
