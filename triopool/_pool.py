@@ -199,14 +199,14 @@ class PoolConfig:
         )
     )
 
-    @start_method.validator
+    @start_method.validator  # pyright: ignore[reportAttributeAccessIssue]
     def _check_start_method(self, attribute: object, value: object) -> None:
         if value not in ("spawn", "forkserver"):
             raise ValueError(
                 f"start_method must be 'spawn' or 'forkserver', got {value!r}"
             )
 
-    @forkserver_preload.validator
+    @forkserver_preload.validator  # pyright: ignore[reportAttributeAccessIssue]
     def _check_preload(self, attribute: object, value: tuple[object, ...]) -> None:
         for name in value:
             if not isinstance(name, str) or not name:
@@ -214,12 +214,12 @@ class PoolConfig:
                     f"forkserver_preload must hold module names, got {name!r}"
                 )
 
-    @initializer.validator
+    @initializer.validator  # pyright: ignore[reportFunctionMemberAccess, reportOptionalMemberAccess]
     def _check_initializer(self, attribute: object, value: object) -> None:
         if value is not None and not callable(value):
             raise TypeError(f"initializer must be callable or None, got {value!r}")
 
-    @kill_on_cancel.validator
+    @kill_on_cancel.validator  # pyright: ignore[reportAttributeAccessIssue]
     def _check_kill_on_cancel(self, attribute: object, value: object) -> None:
         if not isinstance(value, bool):
             raise TypeError(f"kill_on_cancel must be a bool, got {value!r}")
