@@ -4,8 +4,8 @@ marked ``# mistake`` must get an error from both, and no other line may.
 
 pyright checks this file in its most lenient mode ("basic"), so what is
 reported here is reported in every mode. Checked by ``nox -s typecheck``
-(``python -m tests.typecheck.check``); never run. The main mypy run excludes
-this file (pyproject.toml), which would fail it by design.
+(``python -m tests.typecheck.check``); never run. The main mypy run
+(pyproject.toml) excludes this file, whose errors are its point.
 """
 
 from __future__ import annotations
