@@ -143,9 +143,11 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def typecheck(session: nox.Session) -> None:
-    """Type-check the package and the tests with mypy --strict."""
+    """Type-check with mypy --strict and pyright, and check both catch the mistakes in tests/typecheck/."""
     install(session, "typecheck")
     session.run("mypy")
+    session.run("pyright")
+    session.run("python", "-m", "tests.typecheck.check")
 
 
 @nox.session(python=PYTHON)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import pytest
 
@@ -128,17 +128,20 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
     assert not leftover, f"child processes left: {sorted(leftover)}"
 
 
+StartMethod: TypeAlias = Literal["spawn", "forkserver"]
+
+
 @pytest.fixture(params=["spawn", "forkserver"])
 def start_method(
     request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
-) -> str:
+) -> StartMethod:
     """Run the test once per start method: ``triopool.open_pool`` defaults to it.
 
     Use it with ``pytestmark = pytest.mark.usefixtures("start_method")`` so
     that every pool a test module opens is parametrized, tests added later
     included; a call that names a start method keeps its own.
     """
-    method: str = request.param
+    method: StartMethod = request.param
     original = triopool.open_pool
 
     @functools.wraps(original)

@@ -43,6 +43,8 @@ from triopool import _pool, _protocol, _worker
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
+    from tests.conftest import StartMethod
+
 START_METHODS = ("spawn", "forkserver")
 
 
@@ -132,7 +134,7 @@ class LogWatch(logging.Handler):
 
     def __init__(
         self,
-        start_method: str = "spawn",
+        start_method: StartMethod = "spawn",
         allow: Callable[[logging.LogRecord], bool] | None = None,
     ) -> None:
         super().__init__(logging.DEBUG)
@@ -219,7 +221,7 @@ class StormConfig:
     tasks: int = 200  # total tasks (ignored if duration is set)
     duration: float | None = None  # seconds of submitting, instead of a count
     in_flight: int = 200  # tasks waiting or running at once, at most
-    start_method: str = "spawn"
+    start_method: StartMethod = "spawn"
     start_timeout: float = 1.0
     quick_start: float = 0.9  # share of workers that report up at once
     kill_interval: float = 1.0  # mean seconds between external SIGKILLs
@@ -232,7 +234,7 @@ class StormReport:
     """What happened, and every invariant that did not hold."""
 
     seed: int
-    start_method: str = "spawn"
+    start_method: StartMethod = "spawn"
     violations: list[str] = field(default_factory=list)
     outcomes: Counter[str] = field(default_factory=Counter)
     kills: int = 0
@@ -372,7 +374,7 @@ async def run_storm(config: StormConfig) -> StormReport:
     async def one_task(pool: triopool.Pool, number: int, done: trio.Semaphore) -> None:
         nonce = f"t{number}-{rng.randrange(10**9)}"
         roll = rng.random()
-        options: dict[str, object] = {"kill_on_cancel": rng.random() < 0.8}
+        options: dict[str, Any] = {"kill_on_cancel": rng.random() < 0.8}
         if roll < 0.70:
             action, argument = "echo", rng.choice((0.0, 0.0, 0.005, 0.05))
         elif roll < 0.82:
@@ -395,7 +397,7 @@ async def run_storm(config: StormConfig) -> StormReport:
                         nonce,
                         "echo" if action == "hang" else action,
                         argument,
-                        **options,  # type: ignore[arg-type]
+                        **options,
                     )
                 except triopool.TriopoolError as exc:
                     error = exc

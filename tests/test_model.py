@@ -20,7 +20,7 @@ import os
 import signal
 import threading
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import hypothesis.strategies as st
 import pytest
@@ -38,6 +38,9 @@ import triopool
 from tests import workerfuncs as wf
 from tests.conftest import open_fds
 from tests.storm import LogWatch, check_counters, descendants, fd_bound, watch_log
+
+if TYPE_CHECKING:
+    from tests.conftest import StartMethod
 
 WORKERS = 2
 EXIT_CODE = 3
@@ -107,7 +110,7 @@ SETTINGS = settings(
 
 
 class PoolModel(RuleBasedStateMachine):
-    start_method: ClassVar[str] = "spawn"
+    start_method: ClassVar[StartMethod] = "spawn"
 
     def __init__(self) -> None:
         super().__init__()
@@ -329,7 +332,7 @@ class PoolModel(RuleBasedStateMachine):
         assert descendants() == self.processes_before
 
 
-def test_pool_model(start_method: str) -> None:
+def test_pool_model(start_method: StartMethod) -> None:
     model = type(
         f"PoolModel_{start_method}", (PoolModel,), {"start_method": start_method}
     )

@@ -20,10 +20,12 @@ from triopool import _pool, _protocol, _worker
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from tests.conftest import StartMethod
+
 
 @pytest.mark.slow
 async def test_recycling_storm_keeps_every_invariant(
-    start_method: str, record_property: Callable[[str, object], None]
+    start_method: StartMethod, record_property: Callable[[str, object], None]
 ) -> None:
     with trio.fail_after(600):
         report = await run_storm(StormConfig(start_method=start_method))

@@ -30,7 +30,7 @@ import enum
 import functools
 import inspect
 from collections import deque
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import attrs
 import trio
@@ -41,9 +41,9 @@ from ._errors import BrokenWorkerError, TimeLimitExceeded
 from ._pool import (
     POOL_DEFAULT,
     PoolConfig,
+    PoolDefault,
     PoolStatistics,
     _check_limits,
-    _Default,
 )
 
 if TYPE_CHECKING:
@@ -54,7 +54,10 @@ if TYPE_CHECKING:
         Iterable,
         Mapping,
     )
+    from types import CoroutineType
     from typing import TypeVarTuple, Unpack
+
+    from ._typing import AnyResultCallable, AsyncCallable, AsyncFunctionPassedToRunSync
 
     Ts = TypeVarTuple("Ts")
 
@@ -276,13 +279,41 @@ class BackendPool:
             workers_stopped=self._workers_stopped,
         )
 
-    async def run_sync(
+    # For type checkers (see _typing): an async function is an error.
+    @overload
+    def run_sync(  # type: ignore[overload-overlap]
+        self,
+        fn: AnyResultCallable,
+        *args: object,
+        time_limit: float | PoolDefault | None = POOL_DEFAULT,
+        soft_time_limit: float | PoolDefault | None = POOL_DEFAULT,
+        kill_on_cancel: bool | PoolDefault = POOL_DEFAULT,
+    ) -> CoroutineType[Any, Any, Any]: ...
+    @overload
+    def run_sync(  # type: ignore[overload-overlap]
+        self,
+        fn: AsyncCallable,
+        *args: object,
+        time_limit: float | PoolDefault | None = POOL_DEFAULT,
+        soft_time_limit: float | PoolDefault | None = POOL_DEFAULT,
+        kill_on_cancel: bool | PoolDefault = POOL_DEFAULT,
+    ) -> AsyncFunctionPassedToRunSync: ...
+    @overload
+    def run_sync(
         self,
         fn: Callable[[Unpack[Ts]], T],
         *args: *Ts,
-        time_limit: float | _Default | None = POOL_DEFAULT,
-        soft_time_limit: float | _Default | None = POOL_DEFAULT,
-        kill_on_cancel: bool | _Default = POOL_DEFAULT,
+        time_limit: float | PoolDefault | None = POOL_DEFAULT,
+        soft_time_limit: float | PoolDefault | None = POOL_DEFAULT,
+        kill_on_cancel: bool | PoolDefault = POOL_DEFAULT,
+    ) -> CoroutineType[Any, Any, T]: ...
+    async def run_sync(  # type: ignore[misc]
+        self,
+        fn: Callable[[Unpack[Ts]], T],
+        *args: *Ts,
+        time_limit: float | PoolDefault | None = POOL_DEFAULT,
+        soft_time_limit: float | PoolDefault | None = POOL_DEFAULT,
+        kill_on_cancel: bool | PoolDefault = POOL_DEFAULT,
     ) -> T:
         """Run ``fn(*args)`` on the engine and return its result.
 

@@ -664,7 +664,9 @@ def _line_buffered_output() -> None:
     for stream in (sys.stdout, sys.stderr):
         if stream is not None and hasattr(stream, "reconfigure"):
             try:
-                stream.reconfigure(line_buffering=True, write_through=False)
+                stream.reconfigure(  # pyright: ignore[reportAttributeAccessIssue]
+                    line_buffering=True, write_through=False
+                )
             except Exception:
                 pass
 

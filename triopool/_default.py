@@ -15,7 +15,7 @@ once, when the pool starts.
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 import trio
 
@@ -25,10 +25,12 @@ from ._pool import POOL_DEFAULT, Pool, open_pool
 if TYPE_CHECKING:
     import contextlib
     from collections.abc import Callable, Sequence
+    from types import CoroutineType
     from typing import TypeVarTuple, Unpack
 
     from ._backend import Backend
-    from ._pool import _Default
+    from ._pool import PoolDefault
+    from ._typing import AnyResultCallable, AsyncCallable, AsyncFunctionPassedToRunSync
 
     Ts = TypeVarTuple("Ts")
 
@@ -80,7 +82,7 @@ _options: dict[str, Any] = {}
 def configure_default_pool(
     workers: int | None = None,
     *,
-    start_method: str = "spawn",
+    start_method: Literal["spawn", "forkserver"] = "spawn",
     forkserver_preload: Sequence[str] = (),
     initializer: Callable[..., object] | None = None,
     initargs: Sequence[Any] = (),
@@ -200,12 +202,37 @@ async def _current_default_pool() -> Pool:
     raise trio.ClosedResourceError("the default pool closed: the run is ending")
 
 
-async def run_sync(
+# For type checkers (see _typing): an async function is an error.
+@overload
+def run_sync(  # type: ignore[overload-overlap]
+    fn: AnyResultCallable,
+    *args: object,
+    time_limit: float | PoolDefault | None = POOL_DEFAULT,
+    soft_time_limit: float | PoolDefault | None = POOL_DEFAULT,
+    kill_on_cancel: bool | PoolDefault = POOL_DEFAULT,
+) -> CoroutineType[Any, Any, Any]: ...
+@overload
+def run_sync(  # type: ignore[overload-overlap]
+    fn: AsyncCallable,
+    *args: object,
+    time_limit: float | PoolDefault | None = POOL_DEFAULT,
+    soft_time_limit: float | PoolDefault | None = POOL_DEFAULT,
+    kill_on_cancel: bool | PoolDefault = POOL_DEFAULT,
+) -> AsyncFunctionPassedToRunSync: ...
+@overload
+def run_sync(
     fn: Callable[[Unpack[Ts]], T],
     *args: *Ts,
-    time_limit: float | _Default | None = POOL_DEFAULT,
-    soft_time_limit: float | _Default | None = POOL_DEFAULT,
-    kill_on_cancel: bool | _Default = POOL_DEFAULT,
+    time_limit: float | PoolDefault | None = POOL_DEFAULT,
+    soft_time_limit: float | PoolDefault | None = POOL_DEFAULT,
+    kill_on_cancel: bool | PoolDefault = POOL_DEFAULT,
+) -> CoroutineType[Any, Any, T]: ...
+async def run_sync(  # type: ignore[misc]
+    fn: Callable[[Unpack[Ts]], T],
+    *args: *Ts,
+    time_limit: float | PoolDefault | None = POOL_DEFAULT,
+    soft_time_limit: float | PoolDefault | None = POOL_DEFAULT,
+    kill_on_cancel: bool | PoolDefault = POOL_DEFAULT,
 ) -> T:
     """Run ``fn(*args)`` in this run's default pool and return its result.
 

@@ -39,7 +39,7 @@ import pickle
 import signal
 from collections import deque
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 import attrs
 import trio
@@ -65,9 +65,12 @@ if TYPE_CHECKING:
         Callable,
         Sequence,
     )
+    from types import CoroutineType
     from typing import Final, TypeVarTuple, Unpack
 
     from ._backend import Backend
+    from ._backend_pool import BackendPool
+    from ._typing import AnyResultCallable, AsyncCallable, AsyncFunctionPassedToRunSync
 
     Ts = TypeVarTuple("Ts")
 
@@ -81,12 +84,14 @@ _log = logging.getLogger("triopool")
 _PARENT_FAULTS: _faults.Plan | None = _faults.from_environment(_faults.PARENT_STAGES)
 
 
-class _Default(enum.Enum):
-    """Marks an option of :meth:`Pool.run_sync` left to the pool's default.
+class PoolDefault(enum.Enum):
+    """The type of :data:`POOL_DEFAULT`, which means "the pool's default".
 
-    ``POOL_DEFAULT`` is the default of ``time_limit``, ``soft_time_limit`` and
-    ``kill_on_cancel``: the call uses the value given to :func:`open_pool`.
-    Pass ``None`` instead to switch a limit off for one call.
+    ``POOL_DEFAULT``, its one member, is the default of ``time_limit``,
+    ``soft_time_limit`` and ``kill_on_cancel`` in :meth:`Pool.run_sync`: the
+    call uses the value given to :func:`open_pool`. Pass ``None`` instead to
+    switch a limit off for one call. So ``float | PoolDefault | None`` in a
+    signature reads "seconds, the pool's default, or no limit".
     """
 
     POOL_DEFAULT = enum.auto()
@@ -95,7 +100,7 @@ class _Default(enum.Enum):
         return "POOL_DEFAULT"
 
 
-POOL_DEFAULT = _Default.POOL_DEFAULT
+POOL_DEFAULT = PoolDefault.POOL_DEFAULT
 
 
 # Validation: every message names the parameter and the bad value.
@@ -174,7 +179,7 @@ class PoolConfig:
     workers: int = attrs.field(
         validator=_parameter_check(lambda n, v: _check_count(n, v, allow_none=False))
     )
-    start_method: str = attrs.field()
+    start_method: Literal["spawn", "forkserver"] = attrs.field()
     forkserver_preload: tuple[str, ...] = attrs.field()
     initializer: Callable[..., object] | None = attrs.field()
     initargs: tuple[Any, ...] = attrs.field()
@@ -199,14 +204,14 @@ class PoolConfig:
         )
     )
 
-    @start_method.validator
+    @start_method.validator  # pyright: ignore[reportAttributeAccessIssue]
     def _check_start_method(self, attribute: object, value: object) -> None:
         if value not in ("spawn", "forkserver"):
             raise ValueError(
                 f"start_method must be 'spawn' or 'forkserver', got {value!r}"
             )
 
-    @forkserver_preload.validator
+    @forkserver_preload.validator  # pyright: ignore[reportAttributeAccessIssue]
     def _check_preload(self, attribute: object, value: tuple[object, ...]) -> None:
         for name in value:
             if not isinstance(name, str) or not name:
@@ -214,12 +219,12 @@ class PoolConfig:
                     f"forkserver_preload must hold module names, got {name!r}"
                 )
 
-    @initializer.validator
+    @initializer.validator  # pyright: ignore[reportFunctionMemberAccess, reportOptionalMemberAccess]
     def _check_initializer(self, attribute: object, value: object) -> None:
         if value is not None and not callable(value):
             raise TypeError(f"initializer must be callable or None, got {value!r}")
 
-    @kill_on_cancel.validator
+    @kill_on_cancel.validator  # pyright: ignore[reportAttributeAccessIssue]
     def _check_kill_on_cancel(self, attribute: object, value: object) -> None:
         if not isinstance(value, bool):
             raise TypeError(f"kill_on_cancel must be a bool, got {value!r}")
@@ -493,13 +498,41 @@ class Pool:
             workers_stopped=self._workers_stopped,
         )
 
-    async def run_sync(
+    # For type checkers (see _typing): an async function is an error.
+    @overload
+    def run_sync(  # type: ignore[overload-overlap]
+        self,
+        fn: AnyResultCallable,
+        *args: object,
+        time_limit: float | PoolDefault | None = POOL_DEFAULT,
+        soft_time_limit: float | PoolDefault | None = POOL_DEFAULT,
+        kill_on_cancel: bool | PoolDefault = POOL_DEFAULT,
+    ) -> CoroutineType[Any, Any, Any]: ...
+    @overload
+    def run_sync(  # type: ignore[overload-overlap]
+        self,
+        fn: AsyncCallable,
+        *args: object,
+        time_limit: float | PoolDefault | None = POOL_DEFAULT,
+        soft_time_limit: float | PoolDefault | None = POOL_DEFAULT,
+        kill_on_cancel: bool | PoolDefault = POOL_DEFAULT,
+    ) -> AsyncFunctionPassedToRunSync: ...
+    @overload
+    def run_sync(
         self,
         fn: Callable[[Unpack[Ts]], T],
         *args: *Ts,
-        time_limit: float | _Default | None = POOL_DEFAULT,
-        soft_time_limit: float | _Default | None = POOL_DEFAULT,
-        kill_on_cancel: bool | _Default = POOL_DEFAULT,
+        time_limit: float | PoolDefault | None = POOL_DEFAULT,
+        soft_time_limit: float | PoolDefault | None = POOL_DEFAULT,
+        kill_on_cancel: bool | PoolDefault = POOL_DEFAULT,
+    ) -> CoroutineType[Any, Any, T]: ...
+    async def run_sync(  # type: ignore[misc]
+        self,
+        fn: Callable[[Unpack[Ts]], T],
+        *args: *Ts,
+        time_limit: float | PoolDefault | None = POOL_DEFAULT,
+        soft_time_limit: float | PoolDefault | None = POOL_DEFAULT,
+        kill_on_cancel: bool | PoolDefault = POOL_DEFAULT,
     ) -> T:
         """Run ``fn(*args)`` in a worker process and return its result.
 
@@ -1928,10 +1961,48 @@ def _multiprocessing_authkey() -> bytes:
     return bytes(multiprocessing.process.current_process().authkey)
 
 
+# The overloads tell type checkers what each kind of pool is: a local Pool, or
+# with a backend, a BackendPool (which has Pool's public methods).
+@overload
 def open_pool(
     workers: int | None = None,
     *,
-    start_method: str = "spawn",
+    start_method: Literal["spawn", "forkserver"] = "spawn",
+    forkserver_preload: Sequence[str] = (),
+    initializer: Callable[..., object] | None = None,
+    initargs: Sequence[Any] = (),
+    max_tasks_per_child: int | None = None,
+    max_memory_per_child: int | None = None,
+    start_timeout: float = 4.0,
+    max_start_failures: int = 5,
+    time_limit: float | None = None,
+    soft_time_limit: float | None = None,
+    kill_on_cancel: bool = True,
+    shutdown_timeout: float = 5.0,
+    backend: None = None,
+) -> contextlib.AbstractAsyncContextManager[Pool]: ...
+@overload
+def open_pool(
+    workers: int | None = None,
+    *,
+    start_method: Literal["spawn", "forkserver"] = "spawn",
+    forkserver_preload: Sequence[str] = (),
+    initializer: Callable[..., object] | None = None,
+    initargs: Sequence[Any] = (),
+    max_tasks_per_child: int | None = None,
+    max_memory_per_child: int | None = None,
+    start_timeout: float = 4.0,
+    max_start_failures: int = 5,
+    time_limit: float | None = None,
+    soft_time_limit: float | None = None,
+    kill_on_cancel: bool = True,
+    shutdown_timeout: float = 5.0,
+    backend: Backend,
+) -> contextlib.AbstractAsyncContextManager[BackendPool]: ...
+def open_pool(
+    workers: int | None = None,
+    *,
+    start_method: Literal["spawn", "forkserver"] = "spawn",
     forkserver_preload: Sequence[str] = (),
     initializer: Callable[..., object] | None = None,
     initargs: Sequence[Any] = (),
@@ -1944,7 +2015,10 @@ def open_pool(
     kill_on_cancel: bool = True,
     shutdown_timeout: float = 5.0,
     backend: Backend | None = None,
-) -> contextlib.AbstractAsyncContextManager[Pool]:
+) -> (
+    contextlib.AbstractAsyncContextManager[Pool]
+    | contextlib.AbstractAsyncContextManager[BackendPool]
+):
     """Open a pool of worker processes for the duration of an ``async with``.
 
     Arguments are checked at once: a bad one raises :class:`ValueError` or
@@ -2004,8 +2078,7 @@ def open_pool(
         del options["backend"]
         from ._backend_pool import open_backend_pool
 
-        # Same public surface as Pool (run_sync, map, imap, statistics).
-        return open_backend_pool(backend, options)  # type: ignore[return-value]
+        return open_backend_pool(backend, options)
     config = PoolConfig(
         workers=_usable_cpus() if workers is None else workers,
         start_method=start_method,

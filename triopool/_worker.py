@@ -91,7 +91,7 @@ class Worker:
     # The pipes' capacity as created. A frame of at least _pipes.LARGE_FRAME
     # widens the pipe it crosses (_wide: one of ours did); both go back to
     # this capacity at the next answer.
-    _capacity: int | None = None
+    _capacity: int | None = attrs.field(default=None, alias="capacity")
     _wide: bool = False
     #: How many bytes were written to the worker's task pipe so far.
     bytes_written: int = 0
