@@ -30,15 +30,15 @@ def test_first_chunks_hold_one_item() -> None:
     assert planner.next_size() == 1
 
 
-def test_fast_items_grow_chunks_by_doubling_up_to_the_cap() -> None:
+def test_fast_items_grow_chunks_fourfold_up_to_the_cap() -> None:
     planner = ChunkPlanner(workers=2, max_size=1000)
     sizes: list[int] = []
     size = planner.next_size()
-    while len(sizes) < 12:
+    while len(sizes) < 8:
         sizes.append(size)
         planner.observe_run(size, size * 1e-7)
         size = planner.next_size()
-    assert sizes == [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000, 1000]
+    assert sizes == [1, 4, 16, 64, 256, 1000, 1000, 1000]
 
 
 def test_chunks_aim_at_the_target_worker_time() -> None:
@@ -52,7 +52,7 @@ def test_slow_items_shrink_chunks_at_once() -> None:
     planner = ChunkPlanner(workers=2, max_size=10_000)
     for _ in range(20):
         planner.observe_run(1000, 1000 * 1e-6)
-    assert planner.next_size() == 2000
+    assert planner.next_size() == 4000
     planner.observe_run(2000, 2000 * 0.01)  # items became 10,000 times slower
     assert planner.next_size() <= 3
     for _ in range(10):  # and stay so: the fast past fades
@@ -65,15 +65,27 @@ def test_growth_waits_for_larger_chunks_to_be_seen() -> None:
     planner = ChunkPlanner(workers=2, max_size=10_000)
     for _ in range(50):
         planner.observe_run(4, 4e-7)
-    assert planner.next_size() == 8
+    assert planner.next_size() == 16
 
 
 def test_known_remaining_items_split_the_tail() -> None:
     planner = ChunkPlanner(workers=2, max_size=10_000)
-    planner.observe_run(5000, 5000 * 1e-7)
-    assert planner.next_size(remaining=1_000_000) == 10_000
-    # At most a quarter of each worker's share of what is left.
+    planner.observe_run(5000, 5000 * 1e-5)  # 10 us per item
+    assert planner.next_size(remaining=1_000_000) == 2000  # the target, 20 ms
+    # At most a quarter of each worker's share of what is left...
+    assert planner.next_size(remaining=8000) == 1000
+    assert planner.next_size(remaining=1600) == 200
     assert planner.next_size(remaining=800) == 100
+    # ... but no chunk under 0.2 ms, where splitting costs more than it saves.
+    assert planner.next_size(remaining=160) == 20
+    assert planner.next_size(remaining=9) == 20
+
+
+def test_known_remaining_items_split_the_tail_down_to_one() -> None:
+    planner = ChunkPlanner(workers=2, max_size=10_000)
+    planner.observe_run(1, 0.002)  # 2 ms per item
+    assert planner.next_size(remaining=1_000_000) == 4  # grows fourfold
+    assert planner.next_size(remaining=24) == 3
     assert planner.next_size(remaining=9) == 2
     assert planner.next_size(remaining=1) == 1
 
@@ -92,9 +104,10 @@ def test_zero_times_are_fine() -> None:
     planner = ChunkPlanner(workers=1, max_size=64)
     planner.observe_run(3, 0.0)
     planner.observe_input(3, 0.0)
-    assert planner.next_size() == 6
+    assert planner.next_size() == 12
+    assert planner.next_size(remaining=20) == 12
     planner.observe_run(0, 1.0)  # an empty chunk counts for nothing
-    assert planner.next_size() == 6
+    assert planner.next_size() == 12
 
 
 @pytest.mark.parametrize(
@@ -142,9 +155,7 @@ def test_sizes_stay_within_bounds(
             planner.observe_input(items, seconds)
         size = planner.next_size(remaining)
         assert 1 <= size <= max_size
-        assert size <= max(1, 2 * largest)
-        if remaining is not None:
-            assert size <= max(1, -(-remaining // (4 * workers)))
+        assert size <= max(1, 4 * largest)
 
 
 # A simulation of the map machinery: 2 * workers chunks at most in flight,
@@ -232,7 +243,7 @@ def test_no_worker_idles_long_at_the_end(
 def test_fast_items_end_in_few_chunks() -> None:
     _end, _idle, sizes = simulate([1e-6] * 200_000, 2, known_length=True)
     assert max(sizes) == MAX_AUTO_CHUNK
-    assert len(sizes) < 200
+    assert len(sizes) < 100
 
 
 def test_three_items_go_one_per_chunk() -> None:

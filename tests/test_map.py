@@ -347,7 +347,7 @@ async def test_auto_does_not_batch_a_slow_input(pool: triopool.Pool) -> None:
 def slow_items_per_worker(delays: list[float], pids: list[int]) -> dict[int, int]:
     counts: dict[int, int] = {}
     for delay, pid in zip(delays, pids, strict=True):
-        if delay:
+        if delay > 0.01:
             counts[pid] = counts.get(pid, 0) + 1
     return counts
 
@@ -356,15 +356,15 @@ def slow_items_per_worker(delays: list[float], pids: list[int]) -> dict[int, int
 async def test_auto_shares_slow_items_at_the_end(
     pool: triopool.Pool, known_length: bool
 ) -> None:
-    # 5% of the items are slow (20 ms of sleep, no CPU); the rest take
-    # microseconds. If one chunk held most of the slow items, one worker
-    # would run them while the other idled: each must run a fair share.
+    # 5% of the items are 100 times slower than the rest (sleeps: no CPU).
+    # If one chunk held most of the slow items, one worker would run them
+    # while the other idled: each must run a fair share.
     if known_length:
         # The hard case: all bunched at the end, which only a known length
         # lets the planner see coming.
-        delays = [0.0] * 1900 + [0.02] * 100
+        delays = [0.0002] * 1900 + [0.02] * 100
     else:
-        delays = [0.02 if i % 20 == 19 else 0.0 for i in range(2000)]
+        delays = [0.02 if i % 20 == 19 else 0.0002 for i in range(2000)]
     items: list[float] | Iterator[float] = delays if known_length else iter(delays)
     with trio.fail_after(TIMEOUT):
         await wait_until_every_worker_is_up(pool)
@@ -372,7 +372,9 @@ async def test_auto_shares_slow_items_at_the_end(
     counts = slow_items_per_worker(delays, pids)
     assert sum(counts.values()) == 100
     assert len(counts) == 2
-    assert min(counts.values()) >= 25, counts  # 50 each at best
+    # 50 each at best; a worker left with a long chunk of slow items at the
+    # end (no tail splitting) ran about 35 of them in trials.
+    assert min(counts.values()) >= 40, counts
 
 
 async def test_auto_default_max_in_flight_bounds_an_endless_input(
@@ -396,8 +398,8 @@ async def test_auto_default_max_in_flight_bounds_an_endless_input(
                 if received == 40_000:
                     break
     assert max(ahead) <= bound
-    # The window is used: chunks grew past one item per worker.
-    assert max(ahead) > 2 * 2
+    # The window is used (it fills up in trials): chunks grew large.
+    assert max(ahead) > bound // 4
 
 
 # Errors

@@ -20,14 +20,16 @@ The rules, each for a reason:
 - A chunk aims at :data:`TARGET_SECONDS` of worker time: long enough that
   the round trip of a chunk is small beside it, short enough that results
   keep coming and the workers stay balanced.
-- It grows at most to twice the largest chunk observed so far, so a guess
-  from small chunks is checked before it is trusted much further; it shrinks
-  at once when items turn out slow.
+- It grows at most to :data:`GROWTH` times the largest chunk observed so
+  far, so a guess from small chunks is checked before it is trusted much
+  further; it shrinks at once when items turn out slow.
 - When the number of items left is known, a chunk holds at most
   ``1 / (TAIL_SPLIT * workers)`` of them, so the last chunks get small and no
   worker ends holding a long chunk while the others idle (guided
-  self-scheduling). When it is unknown, the target caps a chunk's expected
-  time instead.
+  self-scheduling); but never fewer than take :data:`TAIL_FLOOR_SECONDS`
+  (by the estimate), where an idle worker would lose less than the round
+  trips of smaller chunks cost. When the number is unknown, the target caps
+  a chunk's expected time instead.
 - Never more than ``max_size`` (the caller derives it from ``max_in_flight``).
 
 Invariant: ``1 <= next_size(...) <= max_size``.
@@ -47,9 +49,15 @@ TARGET_SECONDS = 0.02
 #: of its items, and bigger chunks only hold more memory.
 MAX_AUTO_CHUNK = 4096
 
+#: A chunk is at most this many times the largest one observed.
+GROWTH = 4
+
 #: With a known input length, a chunk takes at most this fraction of the
-#: items left per worker (inverted).
+#: items left per worker (inverted)...
 TAIL_SPLIT = 4
+
+#: ... unless that would make it shorter than this, in seconds.
+TAIL_FLOOR_SECONDS = 0.0002
 
 #: How much the older observations weigh at each new one: the estimate
 #: follows changes in item times within a few chunks.
@@ -131,12 +139,13 @@ class ChunkPlanner:
             return 1
         size = min(
             self._run.items_within(self._target),
-            2 * self._largest_run,
+            GROWTH * self._largest_run,
             # Results of a chunk wait for its last item to arrive.
             self._input.items_within(self._target),
         )
         if remaining is not None:
-            size = min(size, math.ceil(remaining / (TAIL_SPLIT * self._workers)))
+            tail = math.ceil(remaining / (TAIL_SPLIT * self._workers))
+            size = min(size, max(tail, self._run.items_within(TAIL_FLOOR_SECONDS)))
         if size >= self._max_size:
             return self._max_size
         return max(1, int(size))
