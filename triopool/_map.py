@@ -440,7 +440,9 @@ def _new_call(
     chunksize: Chunksize,
     max_in_flight: int | None,
 ) -> _MapCall[ItemT, ResultT]:
-    workers = pool.statistics().workers
+    # At least one, so the defaults leave room for a chunk even if an engine
+    # reported no worker slots when the pool opened.
+    workers = max(1, pool.statistics().workers)
     if chunksize != "auto":
         if max_in_flight is None:
             max_in_flight = 2 * workers * chunksize

@@ -634,7 +634,8 @@ class Pool:
         Example::
 
             checksums = await pool.map(zlib.crc32, [data, data[:100], data[100:]])
-            lengths = await pool.map(len, data.split(b" "), chunksize=256)
+            # Quick items travel in chunks sized from their measured time.
+            lengths = await pool.map(len, data.split(b" "))
         """
         self._check_usable()
         return await _map.map_list(self, fn, iterable, chunksize=chunksize)
