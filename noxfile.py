@@ -190,7 +190,7 @@ def bench_recycling(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def bench_map(session: nox.Session) -> None:
-    """Benchmark map/imap against multiprocessing.Pool.imap (100,000 items)."""
+    """Benchmark map/imap against multiprocessing.Pool (defaults, equal chunk sizes)."""
     install(session, "bench", editable=False)
     session.run("python", "bench/map_vs_multiprocessing.py", *session.posargs)
 

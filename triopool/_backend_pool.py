@@ -55,7 +55,7 @@ if TYPE_CHECKING:
         Mapping,
     )
     from types import CoroutineType
-    from typing import TypeVarTuple, Unpack
+    from typing import Literal, TypeVarTuple, Unpack
 
     from ._typing import AnyResultCallable, AsyncCallable, AsyncFunctionPassedToRunSync
 
@@ -394,7 +394,7 @@ class BackendPool:
         fn: Callable[[Any], R],
         iterable: Iterable[Any] | AsyncIterable[Any],
         *,
-        chunksize: int = 1,
+        chunksize: int | Literal["auto"] = "auto",
     ) -> list[R]:
         """Run ``fn`` on every item; return the results in input order.
 
@@ -410,12 +410,12 @@ class BackendPool:
         iterable: Iterable[Any] | AsyncIterable[Any],
         *,
         ordered: bool = True,
-        chunksize: int = 1,
+        chunksize: int | Literal["auto"] = "auto",
         max_in_flight: int | None = None,
     ) -> contextlib.AbstractAsyncContextManager[AsyncIterator[R]]:
         """Run ``fn`` on every item, at most ``max_in_flight`` (default two
-        chunks per slot of the engine) ahead of the consumer; iterate the
-        results.
+        chunks of the largest size per slot of the engine) ahead of the
+        consumer; iterate the results.
 
         The same as :meth:`triopool.Pool.imap`, built on :meth:`run_sync`.
         """

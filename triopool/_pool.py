@@ -66,7 +66,7 @@ if TYPE_CHECKING:
         Sequence,
     )
     from types import CoroutineType
-    from typing import Final, TypeVarTuple, Unpack
+    from typing import Final, Literal, TypeVarTuple, Unpack
 
     from ._backend import Backend
     from ._backend_pool import BackendPool
@@ -651,14 +651,15 @@ class Pool:
         fn: Callable[[ItemT], T],
         iterable: Iterable[ItemT] | AsyncIterable[ItemT],
         *,
-        chunksize: int = 1,
+        chunksize: int | Literal["auto"] = "auto",
     ) -> list[T]:
         """Run ``fn(item)`` in the workers for every item; return the results.
 
         The results are in input order. Items are pulled from ``iterable`` as
-        workers need them (at most ``2 * workers * chunksize`` ahead), and a
-        slow item does not hold back the ones after it. For results as they
-        come, or for input without end, use :meth:`imap`.
+        workers need them (at most as many ahead as :meth:`imap`'s default
+        ``max_in_flight``), and a slow item does not hold back the ones after
+        it. For results as they come, or for input without end, use
+        :meth:`imap`.
 
         The first exception raised by a task (or by ``iterable``) is raised
         here as itself, with the worker's traceback as for :meth:`run_sync`;
@@ -671,18 +672,22 @@ class Pool:
                 can unpickle.
             iterable: The items: a regular or an async iterable. Each item
                 travels to a worker by pickle.
-            chunksize: Send this many items per task, to save round trips when
-                ``fn`` is quick. The results still come back one per item; a
-                chunk that fails raises the exception of its first failing
-                item.
+            chunksize: How many items to send per task. ``"auto"`` (the
+                default) sizes each chunk from the measured time of the items
+                before it: one item at first, then growing while items are
+                quick, towards about 20 ms of worker time per chunk, and
+                shrinking towards the end of an input of known length. An
+                int sends that many items per task. The results still come
+                back one per item; a chunk that fails raises the exception of
+                its first failing item.
 
         Returns:
             ``[fn(item) for item in iterable]``, computed in the workers.
 
         Raises:
             TypeError: ``fn`` is async or not callable, ``iterable`` is not
-                iterable, or ``chunksize`` is not an int.
-            ValueError: ``chunksize`` is less than 1.
+                iterable, or ``chunksize`` is neither ``"auto"`` nor an int.
+            ValueError: ``chunksize`` is another string, or less than 1.
             SerializationError: ``fn`` cannot be pickled, or an item, a
                 result or an exception could not cross to the other side.
             BrokenWorkerError: A worker died while running a task.
@@ -693,7 +698,8 @@ class Pool:
         Example::
 
             checksums = await pool.map(zlib.crc32, [data, data[:100], data[100:]])
-            lengths = await pool.map(len, data.split(b" "), chunksize=256)
+            # Quick items travel in chunks sized from their measured time.
+            lengths = await pool.map(len, data.split(b" "))
         """
         self._check_usable()
         return await _map.map_list(self, fn, iterable, chunksize=chunksize)
@@ -704,7 +710,7 @@ class Pool:
         iterable: Iterable[ItemT] | AsyncIterable[ItemT],
         *,
         ordered: bool = True,
-        chunksize: int = 1,
+        chunksize: int | Literal["auto"] = "auto",
         max_in_flight: int | None = None,
     ) -> contextlib.AbstractAsyncContextManager[AsyncIterator[T]]:
         """Stream ``fn(item)`` for every item, computed in the workers.
@@ -732,16 +738,23 @@ class Pool:
                 without end. Each item travels to a worker by pickle.
             ordered: ``True``: results in input order. ``False``: results as
                 tasks finish.
-            chunksize: Send this many items per task, to save round trips when
-                ``fn`` is quick. Results still come one per item; a chunk is
-                sent when it is full or the input ends, so with a slow input,
-                results wait for their chunk to fill. A chunk that fails
-                raises the exception of its first failing item; time limits
-                apply to the chunk as a whole.
+            chunksize: How many items to send per task. ``"auto"`` (the
+                default) sizes each chunk from the measured time of the items
+                before it and from how fast ``iterable`` yields them (see
+                :meth:`map`). An int sends that many items per task; a chunk
+                is sent when it is full or the input ends, so with a slow
+                input, results wait for their chunk to fill. Results still
+                come one per item. A chunk that fails raises the exception of
+                its first failing item; time limits apply to the chunk as a
+                whole.
             max_in_flight: How many items may be taken from ``iterable`` ahead
-                of the results received. ``None``: ``2 * workers * chunksize``
-                (two chunks per worker). If less than ``chunksize``, chunks
-                hold ``max_in_flight`` items.
+                of the results received. ``None``: with ``"auto"``,
+                ``8192 * workers`` (two chunks of the largest automatic size,
+                4096, per worker); with an int ``chunksize``,
+                ``2 * workers * chunksize`` (two chunks per worker). If less
+                than ``chunksize``, chunks hold ``max_in_flight`` items; with
+                ``"auto"``, chunks hold at most ``max_in_flight // (2 *
+                workers)`` items (at least one).
 
         Returns:
             An async context manager whose value is an async iterator of the
@@ -751,7 +764,8 @@ class Pool:
         Raises:
             TypeError: ``fn`` is async or not callable, ``iterable`` is not
                 iterable, or an option has the wrong type.
-            ValueError: ``chunksize`` or ``max_in_flight`` is less than 1.
+            ValueError: ``chunksize`` is a string other than ``"auto"``, or
+                ``chunksize`` or ``max_in_flight`` is less than 1.
             SerializationError: ``fn`` cannot be pickled.
             trio.ClosedResourceError: The pool's block has exited.
 
