@@ -10,6 +10,7 @@ same code for both.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import time
@@ -22,10 +23,10 @@ import trio.testing
 import triopool
 from tests import workerfuncs as wf
 from tests.storm import check_counters
-from triopool import _faults, _pool, _worker
+from triopool import _faults, _hooks
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
     from pathlib import Path
 
 TIMEOUT = 60
@@ -40,15 +41,16 @@ def assert_counters_add_up(stats: triopool.PoolStatistics) -> None:
 
 
 @pytest.fixture
-def inject(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], None]:
+def inject(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], None]]:
     """Set the faults for the workers started next and for the parent."""
+    with contextlib.ExitStack() as stack:
 
-    def set_faults(spec: str) -> None:
-        monkeypatch.setenv(_faults.ENV, spec)
-        parent = _faults.parse(spec, _faults.PARENT_STAGES)
-        monkeypatch.setattr(_pool, "_PARENT_FAULTS", parent if parent else None)
+        def set_faults(spec: str) -> None:
+            monkeypatch.setenv(_faults.ENV, spec)
+            parent = _faults.parse(spec, _faults.PARENT_STAGES)
+            stack.enter_context(_hooks.installed(faults=parent if parent else None))
 
-    return set_faults
+        yield set_faults
 
 
 # Per test rather than per module: the fault plan's own tests need no pool.
@@ -105,7 +107,7 @@ def test_task_modifier_picks_the_nth_task() -> None:
 async def test_faults_are_off_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(_faults.ENV, raising=False)
     assert _faults.from_environment(_faults.WORKER_STAGES) is None
-    assert _pool._PARENT_FAULTS is None
+    assert _hooks.current().faults is None
     with trio.fail_after(TIMEOUT):
         async with triopool.open_pool(1) as pool:
             modules = await pool.run_sync(wf.loaded_modules)
@@ -368,30 +370,22 @@ async def test_stalled_send_is_cancellable_and_the_worker_replaced(
 
 @each_start_method
 async def test_task_half_written_when_its_send_is_cancelled_discards_the_worker(
-    inject: Callable[[str], None], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    inject: Callable[[str], None], tmp_path: Path
 ) -> None:
     # DESIGN.md, "Partial writes": the first worker stalls after UP and reads
     # nothing, so a task far bigger than a pipe's buffer blocks its send part
     # way. Cancelling the caller then leaves the stream to that worker out of
     # sync: the worker must be discarded, never sent another task.
     inject(f"after_up=sleep:60@once:{tmp_path / 'once'}")
-    real_send = _worker.Worker.send
-    sending = trio.Event()
     cut: list[tuple[int, int]] = []  # (bytes in the pipe, bytes in the frame)
 
-    async def send(self: _worker.Worker, pieces: list[bytes | memoryview]) -> None:
-        total = sum(memoryview(piece).nbytes for piece in pieces)
-        if total > 1 << 20:
-            sending.set()
-        try:
-            await real_send(self, pieces)
-        except trio.Cancelled:
-            cut.append((self.unread_task_bytes(), total))
-            raise
+    def trace(event: _hooks.Trace) -> None:
+        if event.kind == "write cut":
+            total = sum(memoryview(piece).nbytes for piece in event.pieces)
+            cut.append((event.unread, total))
 
-    monkeypatch.setattr(_worker.Worker, "send", send)
     data = b"z" * (2 << 20)
-    with trio.fail_after(TIMEOUT):
+    with trio.fail_after(TIMEOUT), _hooks.installed(trace=trace):
         async with triopool.open_pool(1) as pool:
             async with trio.open_nursery() as nursery:
 
@@ -399,7 +393,8 @@ async def test_task_half_written_when_its_send_is_cancelled_discards_the_worker(
                     await pool.run_sync(wf.nbytes, data)
 
                 nursery.start_soon(call)
-                await sending.wait()
+                while pool.statistics().tasks_running < 1:  # noqa: ASYNC110 - polling the pool
+                    await trio.sleep(0.01)
                 # Until the send has filled the pipe and waits for room.
                 await trio.testing.wait_all_tasks_blocked(0.2)
                 assert pool.statistics().tasks_running == 1

@@ -19,7 +19,7 @@ import trio
 import triopool
 from tests import workerfuncs as wf
 from tests.conftest import is_running, worker_channels
-from triopool import _pool
+from triopool import _hooks
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -169,13 +169,10 @@ async def test_busy_worker_of_a_dead_server_answers_and_gets_no_more() -> None:
     assert not is_running(orphan)
 
 
-async def test_no_task_goes_ahead_to_a_worker_of_a_dead_server(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_no_task_goes_ahead_to_a_worker_of_a_dead_server() -> None:
     # Tasks written ahead to a busy worker (pipelining, see test_pipelining)
     # stop as soon as its server is known dead: it runs what it holds, no more.
-    monkeypatch.setattr(_pool, "_AHEAD_AFTER", 3600.0)
-    with trio.fail_after(TIMEOUT):
+    with trio.fail_after(TIMEOUT), _hooks.installed(ahead_after=3600.0):
         async with triopool.open_pool(1, start_method="forkserver") as pool:
             orphan, server = await pool.run_sync(wf.outlive_parent, 0)
             pids: list[int] = []

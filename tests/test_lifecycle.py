@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import attrs
 import pytest
@@ -25,7 +24,7 @@ import trio
 import triopool
 from tests import limitfuncs, workerfuncs
 from tests.conftest import is_running
-from triopool._worker import Worker
+from triopool import _hooks
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -331,30 +330,27 @@ async def test_sigterm_to_a_worker_alone_is_ignored(tmp_path: Path) -> None:
         assert busy in program.value("results")  # type: ignore[operator]
 
 
-async def test_keyboard_interrupt_in_a_pool_task_leaves_as_itself(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_keyboard_interrupt_in_a_pool_task_leaves_as_itself() -> None:
     """Trio delivers a Ctrl-C to whatever task runs when it comes, possibly
     one of the pool's own. It must still leave the block as itself, even
     though the caller whose task it interrupted failed meanwhile."""
-    receive = Worker.receive
     armed = False
 
-    async def receive_or_interrupt(self: Worker, *, wait_first: bool = False) -> Any:
-        frame = await receive(self, wait_first=wait_first)
-        if armed:
+    def interrupt(event: _hooks.Trace) -> None:
+        # Raised in the worker's owning task, as it receives a frame.
+        if armed and event.kind == "received":
             raise KeyboardInterrupt
-        return frame
 
     async def use_pool() -> None:
         nonlocal armed
-        # Patched before the pool opens: an idle worker's owner waits in
-        # receive() already when the next task is handed over.
-        monkeypatch.setattr(Worker, "receive", receive_or_interrupt)
         async with triopool.open_pool(1) as pool:
             await pool.run_sync(workerfuncs.getpid)
             armed = True
             await pool.run_sync(workerfuncs.getpid)
 
-    with trio.fail_after(30), pytest.raises(KeyboardInterrupt):
+    with (
+        trio.fail_after(30),
+        _hooks.installed(trace=interrupt),
+        pytest.raises(KeyboardInterrupt),
+    ):
         await use_pool()

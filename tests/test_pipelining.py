@@ -22,39 +22,39 @@ import trio.testing
 
 import triopool
 from tests import hostile_tasks, workerfuncs
-from triopool import _pool, _worker
+from triopool import _hooks, _protocol
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Iterator
     from pathlib import Path
 
 pytestmark = pytest.mark.usefixtures("start_method")
 
 
 class Spy:
-    """Counts the jobs written ahead and the workers' SKIPPED verdicts."""
+    """Counts the jobs written ahead and the workers' SKIPPED verdicts,
+    through the pool's trace hook (see the ``spy`` fixture)."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+    def __init__(self) -> None:
         self.ahead = 0
         self.skipped = 0
         self.sent_ahead = trio.Event()
-        monkeypatch.setattr(_pool, "_AHEAD_AFTER", 3600.0)
-        write_whole = _worker.Worker.write_whole
-        skipped = _pool.Pool._skipped
 
-        def spy_write(worker: _worker.Worker, data: bytes) -> bool:
-            written = write_whole(worker, data)
-            if written and data[0] == 2:  # a TASK frame, not a SKIP
-                self.ahead += 1
-                self.sent_ahead.set()
-            return written
-
-        def spy_skipped(pool: _pool.Pool, link: Any, frame: Any) -> bool:
+    def trace(self, event: _hooks.Trace) -> None:
+        if event.kind == "written ahead":
+            self.ahead += 1
+            self.sent_ahead.set()
+        elif event.kind == "received" and event.frame_kind == _protocol.SKIPPED:
             self.skipped += 1
-            return skipped(pool, link, frame)
 
-        monkeypatch.setattr(_worker.Worker, "write_whole", spy_write)
-        monkeypatch.setattr(_pool.Pool, "_skipped", spy_skipped)
+
+@pytest.fixture
+def spy() -> Iterator[Spy]:
+    """A Spy on the pools opened in the test, which write ahead behind any
+    job, however long it took (the 2 ms bound lifted)."""
+    spy = Spy()
+    with _hooks.installed(ahead_after=3600.0, trace=spy.trace):
+        yield spy
 
 
 async def job_ahead_of(
@@ -99,9 +99,8 @@ async def job_ahead_of(
 
 @pytest.mark.parametrize("kill_on_cancel", [True, False])
 async def test_a_cancelled_job_ahead_never_runs_and_returns_promptly(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, kill_on_cancel: bool
+    spy: Spy, tmp_path: Path, kill_on_cancel: bool
 ) -> None:
-    spy = Spy(monkeypatch)
     marker = tmp_path / "ran"
     with trio.fail_after(30):
         async with triopool.open_pool(1) as pool:
@@ -136,11 +135,10 @@ async def test_a_cancelled_job_ahead_never_runs_and_returns_promptly(
 
 
 async def test_a_job_ahead_of_a_task_blocked_in_a_system_call_is_dropped_promptly(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    spy: Spy, tmp_path: Path
 ) -> None:
     # SIGURG interrupts the system call (here waitpid, through subprocess):
     # the worker drops the job at once, and the call goes on where it was.
-    spy = Spy(monkeypatch)
     marker = tmp_path / "ran"
     with trio.fail_after(30):
         async with triopool.open_pool(1) as pool:
@@ -170,9 +168,8 @@ async def test_a_job_ahead_of_a_task_blocked_in_a_system_call_is_dropped_promptl
 
 
 async def test_a_worker_deaf_to_sigurg_drops_the_job_before_its_next_answer(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    spy: Spy, tmp_path: Path
 ) -> None:
-    spy = Spy(monkeypatch)
     marker = tmp_path / "ran"
     with trio.fail_after(30):
         async with triopool.open_pool(1) as pool:
@@ -199,9 +196,8 @@ async def test_a_worker_deaf_to_sigurg_drops_the_job_before_its_next_answer(
 
 @pytest.mark.parametrize("how", ["crash", "time limit", "cancelled"])
 async def test_a_job_ahead_of_a_lost_worker_runs_on_its_replacement(
-    monkeypatch: pytest.MonkeyPatch, how: str
+    spy: Spy, how: str
 ) -> None:
-    spy = Spy(monkeypatch)
     running: Callable[[], Awaitable[Any]]
     if how == "crash":
         running = lambda: pool.run_sync(workerfuncs.sleep_then_die, 0.5)  # noqa: E731
@@ -241,9 +237,8 @@ async def test_a_job_ahead_of_a_lost_worker_runs_on_its_replacement(
 
 
 async def test_results_stay_right_when_many_callers_pipeline_under_recycling(
-    monkeypatch: pytest.MonkeyPatch,
+    spy: Spy,
 ) -> None:
-    spy = Spy(monkeypatch)
     results: dict[tuple[int, int], Any] = {}
 
     async def caller(i: int) -> None:

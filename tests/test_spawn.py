@@ -15,26 +15,21 @@ import trio
 import triopool
 from tests import workerfuncs
 from tests.conftest import is_running
-from triopool import _pool, _spawn
+from triopool import _hooks, _spawn
 
 
-class _DeadOnArrival(_spawn.WorkerProcess):
+class _DeadOnArrival(_spawn.SpawnedProcess):
     """Starts a worker that exits at once, and returns only once it has."""
 
     def __init__(self, fd_in: int, fd_out: int) -> None:
-        super().__init__(fd_in, fd_out)
+        super().__init__("tests.exits_at_once", (fd_in, fd_out))
         deadline = time.monotonic() + 20
         while is_running(self.pid) and time.monotonic() < deadline:
             time.sleep(0.001)
 
 
-async def test_worker_gone_before_its_configuration_is_a_start_failure(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(_spawn, "_BOOTSTRAP", "import os; os._exit(3)")
-    # The pool launches WorkerProcess by its own name.
-    monkeypatch.setattr(_pool, "WorkerProcess", _DeadOnArrival)
-    with trio.fail_after(30):
+async def test_worker_gone_before_its_configuration_is_a_start_failure() -> None:
+    with trio.fail_after(30), _hooks.installed(launch=_DeadOnArrival):
         async with triopool.open_pool(1, max_start_failures=2) as pool:
             with pytest.raises(triopool.BrokenPoolError) as info:
                 await pool.run_sync(len, "abc")

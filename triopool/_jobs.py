@@ -1,0 +1,265 @@
+"""A job (one task submitted to the pool), the one table of its states, and
+the queue that hands jobs to idle workers.
+
+Every change of a job's state goes through :meth:`Jobs.move`, which looks it
+up in :data:`TRANSITIONS` (h11's rule: a state machine is a table, not
+assignments spread over the code) and keeps the task counters of
+``statistics()`` in step, so that ``tasks_submitted == waiting + running +
+completed + failed + cancelled`` holds after every move.
+
+Invariants:
+
+- A job is in exactly one place: the waiting queue, handed to one idle taker
+  (a worker's service), written ahead to one busy worker (SENT), running on
+  one worker, or ended (COMPLETED, FAILED, CANCELLED). A move the table does
+  not have is a bug, and raises at once.
+- Every job ends, and its caller is woken exactly once: by :meth:`Jobs.end`
+  for an outcome, or by Trio for a cancellation that its abort accepted
+  (which clears ``caller`` so that nothing here can wake it again).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections import deque
+from typing import TYPE_CHECKING, Final, Protocol
+
+import attrs
+import trio
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
+    from . import _protocol
+    from ._errors import BrokenPoolError
+
+
+class JobState(enum.IntEnum):
+    #: In the queue, or handed to an idle taker that has not woken yet.
+    WAITING = 0
+    #: Written ahead to a busy worker and not started: counts as waiting,
+    #: and its caller can still take it back (a SKIP).
+    SENT = 1
+    RUNNING = 2
+    COMPLETED = 3
+    FAILED = 4
+    CANCELLED = 5
+
+
+class Move(enum.Enum):
+    #: Written whole to a free worker, or started by the worker it was
+    #: written ahead to.
+    START = "start"
+    #: Written ahead to a busy worker (pipelining).
+    SEND_AHEAD = "send ahead"
+    #: Its worker went before starting it: it waits again.
+    PUT_BACK = "put back"
+    COMPLETE = "complete"
+    FAIL = "fail"
+    CANCEL = "cancel"
+
+
+W, S, R = JobState.WAITING, JobState.SENT, JobState.RUNNING
+
+#: (state, move) -> new state: every edge a job may take, and no other.
+TRANSITIONS: Final[dict[tuple[JobState, Move], JobState]] = {
+    (W, Move.START): R,
+    (S, Move.START): R,
+    (W, Move.SEND_AHEAD): S,
+    (R, Move.PUT_BACK): W,
+    (S, Move.PUT_BACK): W,
+    (R, Move.COMPLETE): JobState.COMPLETED,
+    # A running job fails in its worker; a waiting or sent one when the pool
+    # breaks or closes before it could run.
+    (R, Move.FAIL): JobState.FAILED,
+    (W, Move.FAIL): JobState.FAILED,
+    (S, Move.FAIL): JobState.FAILED,
+    (W, Move.CANCEL): JobState.CANCELLED,
+    (S, Move.CANCEL): JobState.CANCELLED,
+    (R, Move.CANCEL): JobState.CANCELLED,
+}
+
+# The counter of tasks in each state (see Jobs.counts).
+_COUNTER: Final = (0, 0, 1, 2, 3, 4)  # waiting, waiting, running, completed, ...
+
+
+class Taker(Protocol):
+    """An idle worker's service, which a caller hands a waiting job to."""
+
+    def take(self, job: Job) -> None: ...
+
+
+class Link(Protocol):
+    """The service of the busy worker a job was written ahead to."""
+
+    def skip(self, job: Job) -> None: ...
+
+
+@attrs.define(eq=False)
+class Job:
+    """One task, from submission to its end."""
+
+    pieces: list[bytes | memoryview]
+    time_limit: float | None
+    kill_on_cancel: bool
+    #: The caller's task, parked until the job ends (see Pool.run_sync).
+    caller: trio.lowlevel.Task | None = None
+    state: JobState = JobState.WAITING
+    #: The outcome: the worker's answer, or an error raised to the caller.
+    frame: _protocol.Frame | None = None
+    error: BaseException | None = None
+    #: What a task that ended its worker raised (FATAL), for the error's cause.
+    fatal_cause: BaseException | None = None
+    # Where it runs, once written (see _serve and _pipeline): the service of
+    # its worker, its number there, the worker's bytes_written after it, the
+    # cancel scope that works for it and its hard deadline (trio time).
+    link: Link | None = None
+    number: int = 0
+    end: int = 0
+    scope: trio.CancelScope | None = None
+    deadline: float = math.inf
+    #: Written ahead, then given up by its caller: a SKIP was asked for, and
+    #: the caller waits for the worker's verdict (dropped, or started).
+    skip: bool = False
+
+
+@attrs.define(eq=False)
+class Jobs:
+    """The queue of waiting jobs, the idle takers, and the task counters."""
+
+    waiting: deque[Job] = attrs.field(factory=deque)
+    #: Idle takers, the most recently idle last (it is handed the next job).
+    idle: list[Taker] = attrs.field(factory=list)
+    #: Tasks in each counter: waiting (WAITING or SENT), running, completed,
+    #: failed, cancelled.
+    counts: list[int] = attrs.field(factory=lambda: [0, 0, 0, 0, 0])
+    submitted: int = 0
+    #: Set once the pool is broken: a job put back then fails with this.
+    broken: BrokenPoolError | None = None
+    #: The pool's block is over: idle workers stop once the queue is empty.
+    closing: bool = False
+
+    def broken_error(self) -> BrokenPoolError:
+        """A fresh instance of the pool's broken error, to raise."""
+        assert self.broken is not None
+        return _fresh(self.broken)
+
+    def move(self, job: Job, move: Move) -> None:
+        """Change the job's state by the table, and the counters with it."""
+        old = job.state
+        try:
+            new = TRANSITIONS[old, move]
+        except KeyError:
+            raise AssertionError(f"a {old.name} job cannot {move.value}") from None
+        job.state = new
+        counts = self.counts
+        counts[_COUNTER[old]] -= 1
+        counts[_COUNTER[new]] += 1
+
+    def submit(self, job: Job) -> None:
+        """A new job: hand it to an idle taker, or queue it."""
+        self.submitted += 1
+        self.counts[0] += 1
+        self.dispatch(job, first=False)
+
+    def dispatch(self, job: Job, *, first: bool) -> None:
+        """Hand a waiting job to an idle taker, or queue it (at the front if
+        ``first``: it was taken once already and goes before newer ones)."""
+        if self.idle:
+            self.idle.pop().take(job)
+        elif first:
+            self.waiting.appendleft(job)
+        else:
+            self.waiting.append(job)
+
+    def next_job(self) -> Job | None:
+        """The first waiting job of the queue (cancelled ones are dropped)."""
+        waiting = self.waiting
+        while waiting:
+            job = waiting.popleft()
+            if job.state is JobState.WAITING:
+                return job
+        return None
+
+    def put_back(self, job: Job) -> None:
+        """A job whose worker went before it started: it waits again, first
+        in line (or fails, once the pool is broken: nothing would run it)."""
+        if job.state not in (JobState.WAITING, JobState.RUNNING, JobState.SENT):
+            return  # ended already: its caller was cancelled and is gone
+        job.link = None
+        if self.broken is not None:
+            self.fail(job, self.broken_error())
+            return
+        if job.state is not JobState.WAITING:
+            self.move(job, Move.PUT_BACK)
+        self.dispatch(job, first=True)
+
+    def end(self, job: Job, move: Move) -> None:
+        """End a running job (COMPLETE or FAIL) and wake its caller; a job
+        ended already (its caller cancelled it) stays as it is."""
+        if job.state is JobState.RUNNING:
+            self.move(job, move)
+            wake(job)
+
+    def fail(self, job: Job, error: BaseException) -> None:
+        """End a job that has not ended with ``error``, and wake its caller."""
+        if job.state in (JobState.WAITING, JobState.SENT, JobState.RUNNING):
+            job.error = error
+            self.move(job, Move.FAIL)
+            wake(job)
+
+    def cancelled_ahead(self, job: Job) -> None:
+        """A job written ahead whose caller gave up never ran: wake the
+        caller, which raises its pending Cancelled."""
+        job.link = None
+        self.move(job, Move.CANCEL)
+        wake(job)
+
+    def abandon(self, job: Job, *, kill: bool) -> bool:
+        """The caller stops waiting. Returns False if it must wait on: for
+        the outcome (``kill`` is false and the task runs), or for the worker's
+        verdict on a job written ahead (a SKIP is asked for)."""
+        state = job.state
+        if state is JobState.SENT:
+            if not job.skip:
+                job.skip = True
+                assert job.link is not None
+                job.link.skip(job)
+            return False
+        if state is JobState.WAITING:
+            self.move(job, Move.CANCEL)
+            return True
+        if not kill:
+            return False
+        if state is JobState.RUNNING:
+            self.move(job, Move.CANCEL)
+            if job.scope is not None:
+                job.scope.cancel()  # its worker's service kills the worker
+        return True
+
+    def fail_waiting(
+        self, make_error: Callable[[], BaseException], handed: Iterable[Job] = ()
+    ) -> None:
+        """Fail every waiting job: the queue's, and ``handed`` ones."""
+        jobs = [*self.waiting, *handed]
+        self.waiting.clear()
+        for job in jobs:
+            if job.state is JobState.WAITING:
+                self.fail(job, make_error())
+
+
+def wake(job: Job) -> None:
+    """Wake the job's parked caller (see Pool.run_sync), once."""
+    caller = job.caller
+    if caller is not None:
+        job.caller = None
+        trio.lowlevel.reschedule(caller)
+
+
+def _fresh(error: BrokenPoolError) -> BrokenPoolError:
+    """A fresh instance of the pool's broken error: one exception object
+    raised in several tasks at once would have its traceback garbled."""
+    copy = type(error)(*error.args)
+    copy.__cause__ = error.__cause__
+    return copy

@@ -1,0 +1,375 @@
+"""Supervision: a slot task per worker, starts, replacements, start
+failures, the broken pool, and the fork server the slots fork from.
+
+Each slot loops: it takes a start permit, starts a task that owns one worker
+(``async with open_worker()``), waits for the worker to report up, runs its
+:class:`~triopool._serve.Service` until the worker retires, dies or the pool
+closes, and leaves the block, which kills, reaps and closes everything of
+that worker. The slot starts the replacement as soon as the worker stops
+serving, so a retiring worker exits while the next one starts; each worker
+still has exactly one owning task.
+
+Invariants: a slot has at most one serving worker, plus one that is exiting;
+the worker counters obey ``started == alive + recycled + lost +
+start_failures + stopped``; retirement is decided in the slot's service,
+never by the worker on its own.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import attrs
+import trio
+
+from . import _protocol
+from ._errors import BrokenPoolError, RemoteTraceback, WorkerStartError
+from ._forkserver import ForkServer, open_forkserver
+from ._serve import End, Service, exit_text, parent_fault
+from ._spawn import WorkerProcess, describe_exit
+from ._worker import Process, Worker, open_worker
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from ._hooks import Hooks
+    from ._jobs import Jobs
+    from ._pool import PoolConfig  # _config, once split out
+
+_log = logging.getLogger("triopool")
+
+
+@attrs.define(eq=False)
+class Slot:
+    number: int
+    # While waiting to start a worker: cancelled when the pool closes with no
+    # work left.
+    start_scope: trio.CancelScope | None = None
+
+
+@attrs.define(eq=False)
+class Turn:
+    """One worker's turn in its slot, as the slot sees it."""
+
+    # Set once the worker serves no more (it may still be exiting).
+    served: trio.Event = attrs.field(factory=trio.Event)
+    start_failed: bool = False
+
+
+@attrs.define(eq=False)
+class WorkerCounters:
+    """The worker counters of ``statistics()``."""
+
+    alive: int = 0
+    started: int = 0
+    recycled: int = 0
+    lost: int = 0
+    start_failures: int = 0
+    stopped: int = 0
+
+
+class Slots:
+    """The pool's workers: one slot task each, and the fork server."""
+
+    def __init__(
+        self,
+        config: PoolConfig,
+        config_pieces: list[bytes | memoryview],
+        jobs: Jobs,
+        cpus: int,
+        hooks: Hooks,
+    ) -> None:
+        self._config = config
+        self._config_pieces = config_pieces
+        self._jobs = jobs
+        self._hooks = hooks
+        self._faults = hooks.faults
+        self._slots = [Slot(number) for number in range(config.workers)]
+        self._services: set[Service] = set()
+        self._consecutive_start_failures = 0
+        self._slots_left = 0
+        self._slots_done = trio.Event()
+        self._start_permits = trio.Semaphore(cpus)
+        # start_method="forkserver": the running server, and an event set (and
+        # replaced) whenever it changes or the pool breaks.
+        self._forkserver: ForkServer | None = None
+        self._forkserver_changed = trio.Event()
+        self.counters = WorkerCounters()
+
+    def start(self, nursery: trio.Nursery) -> None:
+        """Start the slot tasks (and the fork server's) in ``nursery``."""
+        self._slots_left = len(self._slots)
+        if self._config.start_method == "forkserver":
+            nursery.start_soon(self.run_forkserver, name="triopool fork server")
+        for slot in self._slots:
+            nursery.start_soon(self.run_slot, slot, name=f"triopool slot {slot.number}")
+
+    async def run_slot(self, slot: Slot) -> None:
+        try:
+            await self._slot_loop(slot)
+        finally:
+            self._slots_left -= 1
+            if not self._slots_left:
+                self._slots_done.set()
+
+    async def _slot_loop(self, slot: Slot) -> None:
+        # Each worker lives in a task of its own that owns it from its start
+        # to its reaping. The slot starts the next worker as soon as the
+        # current one stops serving, so a retiring worker exits and is reaped
+        # while its replacement starts; the slot's nursery waits for both.
+        async with trio.open_nursery() as workers:
+            while self._jobs.broken is None and not self.closing_idle():
+                launch: Callable[[int, int], Process] = (
+                    self._hooks.launch or WorkerProcess
+                )
+                if self._config.start_method == "forkserver":
+                    server = await self._running_forkserver()
+                    if server is None:
+                        return
+                    launch = server.launch
+                if not await self._start_permit(slot):
+                    continue  # the pool closed meanwhile, with no work left
+                self.counters.alive += 1
+                self.counters.started += 1
+                turn = Turn()
+                workers.start_soon(self._run_worker, slot, launch, turn)
+                await turn.served.wait()
+                if turn.start_failed:
+                    # Back off a little, so that a start that fails at once (no
+                    # fds left, say) does not spin.
+                    await trio.sleep(
+                        min(0.01 * 2**self._consecutive_start_failures, 0.5)
+                    )
+
+    async def _start_permit(self, slot: Slot) -> bool:
+        """Wait until fewer workers start than there are CPUs; take a permit.
+
+        Starting more workers at once than the machine has CPUs makes none of
+        them report up sooner, only each of them later: with costly imports
+        or initializers they would all miss ``start_timeout`` together, and a
+        busy machine would pass for a crash loop. Returns False if the pool
+        closed meanwhile with no work left (no permit taken).
+        """
+        taken = False
+        with trio.CancelScope() as scope:
+            slot.start_scope = scope
+            await self._start_permits.acquire()
+            taken = True
+        slot.start_scope = None
+        return taken
+
+    async def _run_worker(
+        self, slot: Slot, launch: Callable[[int, int], Process], turn: Turn
+    ) -> None:
+        """One worker's life in its slot: start, serve, retire or die, reap."""
+        # Torn down by the pool's cancellation unless we learn otherwise.
+        end: End | None = End.CLOSED
+        permit = True  # taken by the slot for this start (see _start_permit)
+        try:
+            async with open_worker(launch) as worker:
+                _log.debug("worker %d started (slot %d)", worker.pid, slot.number)
+                up = await self._start(slot, worker)
+                permit = False
+                self._start_permits.release()
+                if up:
+                    service = Service(worker, self._jobs, self._config, self._hooks)
+                    self._services.add(service)
+                    try:
+                        end = await service.run(turn.served.set)
+                    finally:
+                        self._services.discard(service)
+        except WorkerStartError as exc:
+            end = None
+            self._start_failed(exc)
+        except OSError as exc:
+            # No pipes or no process: the same as a worker failing to start.
+            end = None
+            error = WorkerStartError(f"could not start a worker process: {exc}")
+            error.__cause__ = exc
+            self._start_failed(error)
+        finally:
+            if permit:
+                self._start_permits.release()
+            self.counters.alive -= 1
+            if end is End.RETIRED:
+                self.counters.recycled += 1
+            elif end is End.LOST:
+                self.counters.lost += 1
+            elif end is End.CLOSED:
+                self.counters.stopped += 1
+            turn.start_failed = end is None
+            turn.served.set()
+
+    async def _start(self, slot: Slot, worker: Worker) -> bool:
+        """Hand the worker its configuration and wait for it to report up.
+
+        Returns False if the pool closed meanwhile and has no work left.
+        Raises WorkerStartError if the worker fails to start.
+        """
+        timeout = self._config.start_timeout
+        frame: _protocol.Frame | None = None
+        with trio.CancelScope() as start_scope:
+            slot.start_scope = start_scope
+            with trio.move_on_after(timeout) as timer:
+                if self._faults is not None:
+                    await parent_fault(self._faults, worker, "before_config")
+                try:
+                    await worker.send(self._config_pieces)
+                except trio.BrokenResourceError:
+                    pass  # it died already: reported below as an early exit
+                else:
+                    frame = await worker.receive()
+        slot.start_scope = None
+        if start_scope.cancelled_caught:
+            return False  # the pool closed and has no work for this worker
+        if timer.cancelled_caught:
+            raise WorkerStartError(
+                f"worker {worker.pid} did not report up within {timeout:g} s"
+            )
+        if frame is None:
+            exitcode = await worker.reap_after_eof()
+            raise WorkerStartError(
+                f"worker {worker.pid} exited ({exit_text(worker, exitcode)}) "
+                "before reporting up"
+            )
+        if frame.kind == _protocol.START_FAILED:
+            type_name, message, traceback_text = _protocol.loads(
+                frame.payload, frame.buffers
+            )
+            error = WorkerStartError(
+                f"the initializer raised in worker {worker.pid}: {type_name}: {message}"
+            )
+            error.__cause__ = RemoteTraceback(traceback_text)
+            raise error
+        if frame.kind != _protocol.UP:
+            raise WorkerStartError(
+                f"worker {worker.pid} sent {frame!r} instead of reporting up"
+            )
+        self._consecutive_start_failures = 0
+        _log.debug("worker %d up", worker.pid)
+        return True
+
+    def closing_idle(self) -> bool:
+        return self._jobs.closing and not self._jobs.waiting
+
+    def _start_failed(self, error: WorkerStartError) -> None:
+        self.counters.start_failures += 1
+        self._consecutive_start_failures += 1
+        count = self._consecutive_start_failures
+        _log.warning("worker failed to start (%d in a row): %s", count, error)
+        if count >= self._config.max_start_failures and self._jobs.broken is None:
+            broken = BrokenPoolError(
+                f"{count} worker starts failed in a row; the last: {error}"
+            )
+            broken.__cause__ = error
+            self._jobs.broken = broken
+            _log.error("pool broken: %s", broken)
+            self.fail_waiting(self._jobs.broken_error)
+            self.wake_idle()
+            self._forkserver_changed.set()
+
+    # The fork server
+
+    async def _running_forkserver(self) -> ForkServer | None:
+        """The fork server once it runs; None if the pool broke meanwhile."""
+        while self._jobs.broken is None:
+            server = self._forkserver
+            if server is not None and server.running:
+                return server
+            await self._forkserver_changed.wait()
+        return None
+
+    def _set_forkserver(self, server: ForkServer | None) -> None:
+        self._forkserver = server
+        self._forkserver_changed.set()
+        self._forkserver_changed = trio.Event()
+
+    async def run_forkserver(self) -> None:
+        """Keep a fork server running for the slots until they are all done.
+
+        The server's process and socket belong to this task's ``async with``;
+        a server that dies is replaced. One that fails to start, or dies
+        before forking any worker, counts as a start failure.
+        """
+        config = self._config
+        failures = 0
+        while not self._slots_done.is_set():
+            if self._jobs.broken is not None:
+                # Broken, and no server running: the slots are ending.
+                await self._slots_done.wait()
+                return
+            error: WorkerStartError | None = None
+            try:
+                async with open_forkserver(
+                    config.forkserver_preload, config.start_timeout
+                ) as server:
+                    _log.debug("fork server %d up", server.pid)
+                    self._set_forkserver(server)
+                    try:
+                        stopped = await server.serve(self._slots_done)
+                    finally:
+                        self._set_forkserver(None)
+                if stopped:
+                    return
+                exitcode = server.process.returncode
+                _log.warning(
+                    "fork server %d died (%s); starting a new one",
+                    server.pid,
+                    describe_exit(exitcode),
+                )
+                self._drop_dead_idle()
+                if not server.forks:
+                    error = WorkerStartError(
+                        f"the fork server exited ({describe_exit(exitcode)}) "
+                        "before forking any worker"
+                    )
+            except WorkerStartError as exc:
+                error = exc
+            except OSError as exc:
+                error = WorkerStartError(f"could not start the fork server: {exc}")
+                error.__cause__ = exc
+            if error is None:
+                failures = 0
+                continue
+            # A start failure, counted as a start too (see PoolStatistics).
+            self.counters.started += 1
+            self._start_failed(error)
+            failures += 1
+            with trio.move_on_after(min(0.01 * 2**failures, 0.5)):
+                await self._slots_done.wait()
+
+    def _drop_dead_idle(self) -> None:
+        """End at once the idle workers a dead fork server took with it.
+
+        They are settled as killed (PR_SET_PDEATHSIG) when the server's
+        connection ends, a moment before their pipes close: none may get a
+        task meanwhile, and the slots start their replacements now.
+        """
+        for service in self._services:
+            if service.current is None and service.worker.known_dead:
+                if service in self._jobs.idle:
+                    self._jobs.idle.remove(service)
+                if service.read_scope is not None:
+                    service.read_scope.cancel()
+
+    def wake_idle(self) -> None:
+        """Have the idle workers take the next queued job or stop, and the
+        slots that wait to start one stop, when the pool closes or breaks."""
+        idle = self._jobs.idle
+        self._jobs.idle = []
+        for service in idle:
+            assert isinstance(service, Service)
+            service.wake_to_recheck()
+        for slot in self._slots:
+            if slot.start_scope is not None and self.closing_idle():
+                slot.start_scope.cancel()
+
+    def fail_waiting(self, make_error: Callable[[], BaseException]) -> None:
+        """Fail every job that waits: queued, or handed to an idle worker."""
+        handed = []
+        for service in self._services:
+            if service.handed is not None:
+                handed.append(service.handed)
+                service.handed = None
+        self._jobs.fail_waiting(make_error, handed)
