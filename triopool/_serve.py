@@ -26,7 +26,6 @@ import enum
 import logging
 import math
 import signal
-from collections import deque
 from typing import TYPE_CHECKING, Final
 
 import attrs
@@ -38,6 +37,7 @@ from ._hooks import Hooks, Trace, TraceKind
 from ._hooks import current as current_hooks
 from ._jobs import Job, JobState, Move, wake
 from ._messages import exception_from
+from ._pipeline import Pipeline
 from ._spawn import describe_exit
 
 if TYPE_CHECKING:
@@ -49,9 +49,6 @@ if TYPE_CHECKING:
 
 _log = logging.getLogger("triopool")
 
-# Pipelining (Service._send_ahead): at most this many jobs written ahead to a
-# busy worker (and only behind a job that took at most Hooks.ahead_after).
-_AHEAD: Final = 8
 # How long the rest of an answer that had begun to arrive may take before a
 # cancellation or a deadline is acted on after all (see Service.hear_first).
 _HEAR_FIRST: Final = 1.0
@@ -90,23 +87,8 @@ class Service:
     # Jobs.idle while its worker idles with nothing handed.
     feeder: trio.lowlevel.Task | None = None
     handed: Job | None = None
-    current: Job | None = None
-    # The current job was written whole (else, at the worker's death, it
-    # never started and runs elsewhere).
-    sent: bool = False
-    # Jobs written ahead (pipelining) behind the current one, oldest first.
-    ahead: deque[Job] = attrs.field(factory=deque)
-    # The worker confirmed that it started the current job (an answer with
-    # the AHEAD flag). Otherwise it starts it once it has read it whole.
-    sure_started: bool = False
-    # Tasks numbered on this worker so far.
-    numbered: int = 0
-    # When the current job started, and how long the last one took (trio
-    # time): jobs go ahead only behind short ones.
-    started_at: float = 0.0
-    last_duration: float = math.inf
-    # Task numbers to send SKIP frames for (the feeder writes them).
-    skips: list[int] = attrs.field(factory=list)
+    # The write-ahead conversation's books: the job running, those ahead.
+    pipeline: Pipeline = attrs.field(factory=Pipeline)
     # The feeder is parked and nobody has woken it yet.
     parked: bool = False
     # The feeder is in the middle of a frame: nothing else may be written.
@@ -143,7 +125,7 @@ class Service:
 
     def skip(self, job: Job) -> None:
         """The caller of a job written ahead to this worker gives up on it."""
-        self.skips.append(job.number)
+        self.pipeline.ask_skip(job)
         self._wake_feeder()
 
     def wake_to_recheck(self) -> None:
@@ -162,12 +144,6 @@ class Service:
         if trace is not None:
             trace(Trace(kind, self.worker.pid, job.number, job.pieces, 0, unread))
 
-    def _number(self, job: Job) -> None:
-        """Record a job just written whole to the worker."""
-        self.numbered += 1
-        job.number = self.numbered
-        job.end = self.worker.bytes_written
-
     def _unsend(self, job: Job, error: BaseException | None = None) -> None:
         """A job written ahead that the worker never started: back to the
         front of the queue, or failed with ``error`` (or as its caller asked,
@@ -182,9 +158,9 @@ class Service:
 
     def _unsend_all(self, error: BaseException | None = None) -> None:
         """:meth:`_unsend` every job the worker holds, in order."""
-        while self.ahead:
+        while self.pipeline.ahead:
             # From the back: each goes to the front of the queue.
-            self._unsend(self.ahead.pop(), error)
+            self._unsend(self.pipeline.ahead.pop(), error)
 
     async def run(self, retiring: Callable[[], None]) -> End:
         """Run jobs on an up worker until it must go; say why it went.
@@ -253,7 +229,7 @@ class Service:
         task_status.started()
         try:
             while not self.finished:
-                if self.skips:
+                if self.pipeline.skips:
                     await self._send_skips()
                     continue
                 if self.handed is None and not self.recheck:
@@ -284,9 +260,11 @@ class Service:
         """Ask the worker to drop jobs sent ahead whose callers gave up, and
         signal it so that it does so even in the middle of a long task."""
         data = b"".join(
-            [_protocol.number_frame(_protocol.SKIP, number) for number in self.skips]
+            [
+                _protocol.number_frame(_protocol.SKIP, number)
+                for number in self.pipeline.take_skips()
+            ]
         )
-        self.skips.clear()
         worker = self.worker
         self.writing = True
         try:
@@ -338,8 +316,7 @@ class Service:
                 self.read_scope.cancel()
             return
         self._jobs.move(job, Move.START)
-        self.current = job
-        self.sent = False
+        self.pipeline.sending(job)
         faults = self._hooks.faults
         if faults is not None:
             with trio.CancelScope() as job.scope:
@@ -363,12 +340,10 @@ class Service:
                     return
         except trio.BrokenResourceError:
             return  # the worker is dead: the reader sees EOF
-        self.sent = True
-        self._number(job)
+        now = trio.current_time()
+        self.pipeline.written(job, worker.bytes_written, now)
         if self._hooks.trace is not None:
             self._trace("written", job)
-        self.sure_started = False
-        self.started_at = now = trio.current_time()
         if job.time_limit is not None:
             # Counted from the moment the worker has the task.
             job.deadline = now + job.time_limit
@@ -399,11 +374,15 @@ class Service:
                 end: End | Ended | None = None
                 with trio.CancelScope() as scope:
                     self.read_scope = scope
-                    job = self.current
+                    job = self.pipeline.current
                     if job is None:
                         if worker.known_dead:
                             scope.cancel()  # known dead: see below
-                    elif self.sent and not self.killed and not worker.process.exited:
+                    elif (
+                        self.pipeline.sent
+                        and not self.killed
+                        and not worker.process.exited
+                    ):
                         job.scope = scope
                         if self.hear_first:
                             scope.deadline = trio.current_time() + _HEAR_FIRST
@@ -413,7 +392,7 @@ class Service:
                                 scope.cancel()
                     end = await self._answers()
                 self.read_scope = None
-                job = self.current
+                job = self.pipeline.current
                 if job is not None:
                     job.scope = None
                 if end is not None:
@@ -433,7 +412,7 @@ class Service:
                         # has not said so yet (see _send).
                         return await self._ended(Ended.EOF, retiring)
                     continue  # a stray cancellation: the worker idles on
-                if not self.sent:
+                if not self.pipeline.sent:
                     # Cancelled while the reader itself wrote the job: the
                     # stream is out of sync.
                     worker.kill()
@@ -447,7 +426,7 @@ class Service:
                         self.hear_first = True
                         continue
                     self._stop_job(worker, job)
-                    if not self.ahead:
+                    if not self.pipeline.ahead:
                         return End.LOST  # killed as its block ends
                     # Jobs sent ahead: the worker may have started the next
                     # one already. Kill it and read its answers to the end.
@@ -456,7 +435,7 @@ class Service:
                 # Else a late cancellation meant for an earlier job: serve on.
         except BaseException:
             # The pool is being torn down around the running job.
-            job = self.current
+            job = self.pipeline.current
             if job is not None:
                 job.error = trio.ClosedResourceError(
                     "the pool closed while the task ran"
@@ -490,14 +469,15 @@ class Service:
                 if self.hear_first and not worker.answer_waiting():
                     return None  # no answer came: act on the cancellation now
                 continue
-            job = self.current
+            job = self.pipeline.current
             if job is not None and kind == _protocol.FATAL:
                 self.fatal_frame = frame
                 return Ended.FATAL
-            if job is None or not self.sent:
+            if job is None or not self.pipeline.sent:
                 _log.error("idle worker %d sent %r; killing it", worker.pid, frame)
                 return End.LOST
-            self.current = None
+            now = trio.current_time()
+            self.pipeline.answered(now)
             job.scope = None
             scope = self.read_scope
             if scope is not None and scope.deadline != math.inf:
@@ -517,14 +497,12 @@ class Service:
                 job, Move.COMPLETE if kind == _protocol.RESULT else Move.FAIL
             )
             self.tasks_done += 1
-            now = trio.current_time()
-            self.last_duration = now - self.started_at
             flags = frame.flags
             if flags & _protocol.OVER_MEMORY:
                 # The worker starts nothing more; _ended puts back what it holds.
                 _log.info("worker %d retired over max_memory_per_child", worker.pid)
                 return End.RETIRED
-            if self.ahead:
+            if self.pipeline.ahead:
                 self._start_ahead(now, sure=bool(flags & _protocol.AHEAD))
             elif flags & _protocol.AHEAD:
                 _log.error(
@@ -538,7 +516,7 @@ class Service:
                 return End.RETIRED
             if self.killed:
                 continue  # read on to its end
-            if self.current is None:
+            if self.pipeline.current is None:
                 job = self._jobs.next_job()
                 if job is not None:
                     await self._send(job)
@@ -555,12 +533,8 @@ class Service:
     def _start_ahead(self, now: float, *, sure: bool) -> None:
         """The worker answered its current job and now runs the first job
         sent ahead: it said so (``sure``), or it starts it once read."""
-        job = self.ahead.popleft()
+        job = self.pipeline.start_next(now, sure=sure)
         self._jobs.move(job, Move.START)
-        self.current = job
-        self.sent = True
-        self.sure_started = sure
-        self.started_at = now
         if job.time_limit is not None:
             job.deadline = now + job.time_limit
         scope = self.read_scope
@@ -583,20 +557,17 @@ class Service:
         as many as ``max_tasks_per_child`` leaves room for; only frames the
         pipe takes whole at once. Each stays cancellable (see _abandon).
         """
-        job = self.current
+        pipeline = self.pipeline
         if (
-            job is None
-            or not self.sent
-            or job.state is not JobState.RUNNING
+            not pipeline.may_write_ahead(self._hooks.ahead_after)
             or self.writing
-            or self.last_duration > self._hooks.ahead_after
             or self.worker.known_dead  # see _send
         ):
             return
-        room = _AHEAD - len(self.ahead)
-        limit = self._config.max_tasks_per_child
-        if limit is not None:
-            room = min(room, limit - self.tasks_done - 1 - len(self.ahead))
+        current = pipeline.current
+        if current is None or current.state is not JobState.RUNNING:
+            return  # its caller gave up on it: the worker may be killed
+        room = pipeline.room(self._config.max_tasks_per_child, self.tasks_done)
         worker = self.worker
         while room > 0:
             job = self._jobs.next_job()
@@ -614,24 +585,19 @@ class Service:
                 self._jobs.waiting.appendleft(job)
                 return
             self._jobs.move(job, Move.SEND_AHEAD)
-            self._number(job)
+            pipeline.written_ahead(job, worker.bytes_written)
             job.link = self
             if self._hooks.trace is not None:
                 self._trace("written ahead", job)
-            self.ahead.append(job)
             room -= 1
 
     def _skipped(self, frame: _protocol.Frame) -> bool:
         """The worker dropped a job sent ahead, as its caller asked."""
         (number,) = _protocol.TASK_NUMBER.unpack(frame.payload)
-        for job in self.ahead:
-            if job.number == number:
-                if not job.skip:
-                    break
-                self.ahead.remove(job)
-                job.link = None
-                self._jobs.cancelled_ahead(job)
-                return True
+        job = self.pipeline.dropped(number)
+        if job is not None:
+            self._jobs.cancelled_ahead(job)
+            return True
         _log.error(
             "worker %d dropped task %d it was not asked to; killing it",
             self.worker.pid,
@@ -652,7 +618,7 @@ class Service:
             await worker.stop(timeout)
             return end
         if end is Ended.FATAL:
-            job = self.current
+            job = self.pipeline.current
             assert job is not None
             assert self.fatal_frame is not None
             await self._fatal(worker, job, self.fatal_frame)
@@ -698,7 +664,7 @@ class Service:
         """The worker's pipe is at EOF (or it exited): it died, was killed,
         or broke its pipe (then it is killed now). Settle its jobs."""
         exitcode = await worker.reap_after_eof()
-        job = self.current
+        job = self.pipeline.current
         # Jobs sent ahead never started: the worker starts one only after it
         # has answered the one before, and every answer has been read.
         self._unsend_all()
@@ -716,9 +682,7 @@ class Service:
             return
         if job.state is not JobState.RUNNING:
             return  # settled already: killed for its cancellation or time limit
-        if not self.sent or (
-            not self.sure_started and worker.task_bytes_read() < job.end
-        ):
+        if not self.pipeline.current_started(worker.task_bytes_read()):
             # The worker died before it read the whole task, so the task never
             # started: like a task handed to a worker that died, it runs on
             # another worker (API.md).

@@ -347,7 +347,7 @@ class Slots:
         task meanwhile, and the slots start their replacements now.
         """
         for service in self._services:
-            if service.current is None and service.worker.known_dead:
+            if service.pipeline.current is None and service.worker.known_dead:
                 if service in self._jobs.idle:
                     self._jobs.idle.remove(service)
                 if service.read_scope is not None:
