@@ -183,7 +183,7 @@ def test_abandoning_by_state() -> None:
     assert link.skipped == [sent]
     assert sent.state is JobState.SENT
     jobs.cancelled_ahead(sent)
-    assert sent.state is JobState.CANCELLED
+    assert state_of(sent) is JobState.CANCELLED
     assert counters_add_up(jobs)
     assert jobs.counts == [0, 0, 0, 0, 3]
 
