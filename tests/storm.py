@@ -5,9 +5,9 @@ guarantee checked as it runs.
 Used small by ``tests/test_storm.py`` and large by ``nox -s stress``
 (``python -m tests.storm --minutes N``).
 
-Every task carries a nonce; the worker echoes it with its pid. A test hook
-(a wrapper around ``Pool._send``, installed only here) records which worker
-each task was written to. A result that carries another task's nonce, or the
+Every task carries a nonce; the worker echoes it with its pid. The pool's
+trace hook (``triopool._hooks``) records which worker each task was written
+to, tasks written ahead included. A result that carries another task's nonce, or the
 pid of a worker the task was not sent to, is cross-talk: what a mixed-up fd
 would produce.
 
@@ -38,7 +38,7 @@ import trio
 import triopool
 from tests import workerfuncs as wf
 from tests.conftest import is_running, open_fds
-from triopool import _pool, _protocol, _worker
+from triopool import _hooks, _protocol
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -186,31 +186,28 @@ def watch_log(watch: LogWatch) -> Iterator[LogWatch]:
 @contextlib.contextmanager
 def record_sends(
     sent: dict[str, list[int]],
-    pid_of: Callable[[_worker.Worker], int] = lambda worker: worker.pid,
+    pid_of: Callable[[int], int] = lambda pid: pid,
 ) -> Iterator[None]:
     """Record, per task nonce, the pids of the workers the task was written to.
 
-    A test hook: it wraps ``Pool._send`` (which writes a job to a worker) for
-    the duration of the block, so the pool itself carries no tracing code.
-    ``pid_of`` lets the storm's self-test record a wrong pid, to show that the
-    pid checks can fail.
+    Through the pool's trace hook (``triopool._hooks``), which sees every task
+    frame written, ahead ones included, for the pools opened in the block.
+    ``pid_of`` lets the storm's self-test record a wrong pid, to show that
+    the pid checks can fail.
     """
-    original = _pool.Pool._send
 
-    async def send(self: _pool.Pool, link: Any, job: Any) -> None:
+    def trace(event: _hooks.Trace) -> None:
+        if event.kind not in ("written", "written ahead"):
+            return
         decoder = _protocol.Decoder()
-        decoder.receive_data(b"".join(bytes(piece) for piece in job.pieces))
+        decoder.receive_data(b"".join(bytes(piece) for piece in event.pieces))
         frame = decoder.next_frame()
         assert isinstance(frame, _protocol.Frame)
         _fn, args, _soft = _protocol.loads(frame.payload, frame.buffers)
-        sent.setdefault(args[0], []).append(pid_of(link.worker))
-        await original(self, link, job)
+        sent.setdefault(args[0], []).append(pid_of(event.worker_pid))
 
-    _pool.Pool._send = send  # type: ignore[method-assign]
-    try:
+    with _hooks.installed(trace=trace):
         yield
-    finally:
-        _pool.Pool._send = original  # type: ignore[method-assign]
 
 
 @dataclass

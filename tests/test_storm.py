@@ -100,7 +100,7 @@ async def test_storm_detects_answers_from_a_worker_the_task_was_not_sent_to(
     monkeypatch.setattr(
         storm,
         "record_sends",
-        functools.partial(record_sends, pid_of=lambda worker: -worker.pid),
+        functools.partial(record_sends, pid_of=lambda pid: -pid),
     )
     # A fifth of the tasks end their worker: forty make a BrokenWorkerError
     # all but certain, whatever the seed.
