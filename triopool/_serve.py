@@ -474,7 +474,12 @@ class Service:
                 self.fatal_frame = frame
                 return Ended.FATAL
             if job is None or not self.pipeline.sent:
-                _log.error("idle worker %d sent %r; killing it", worker.pid, frame)
+                _log.error(
+                    "idle worker %d sent %r; killing it",
+                    worker.pid,
+                    frame,
+                    extra={"event": "protocol_error", "worker_pid": worker.pid},
+                )
                 return End.LOST
             now = trio.current_time()
             self.pipeline.answered(now)
@@ -500,18 +505,27 @@ class Service:
             flags = frame.flags
             if flags & _protocol.OVER_MEMORY:
                 # The worker starts nothing more; _ended puts back what it holds.
-                _log.info("worker %d retired over max_memory_per_child", worker.pid)
+                _log.info(
+                    "worker %d retired over max_memory_per_child",
+                    worker.pid,
+                    extra={"event": "retired", "worker_pid": worker.pid},
+                )
                 return End.RETIRED
             if self.pipeline.ahead:
                 self._start_ahead(now, sure=bool(flags & _protocol.AHEAD))
             elif flags & _protocol.AHEAD:
                 _log.error(
-                    "worker %d started a task it was not sent; killing it", worker.pid
+                    "worker %d started a task it was not sent; killing it",
+                    worker.pid,
+                    extra={"event": "protocol_error", "worker_pid": worker.pid},
                 )
                 return End.LOST
             if limit is not None and self.tasks_done >= limit:
                 _log.info(
-                    "worker %d retired after %d tasks", worker.pid, self.tasks_done
+                    "worker %d retired after %d tasks",
+                    worker.pid,
+                    self.tasks_done,
+                    extra={"event": "retired", "worker_pid": worker.pid},
                 )
                 return End.RETIRED
             if self.killed:
@@ -602,6 +616,7 @@ class Service:
             "worker %d dropped task %d it was not asked to; killing it",
             self.worker.pid,
             number,
+            extra={"event": "protocol_error", "worker_pid": self.worker.pid},
         )
         return False
 
@@ -632,13 +647,18 @@ class Service:
         """The job's caller gave up on it, or its time limit expired: the
         worker is killed (when its owner's block ends)."""
         if job.state is JobState.CANCELLED:
-            _log.info("worker %d killed: its task was cancelled", worker.pid)
+            _log.info(
+                "worker %d killed: its task was cancelled",
+                worker.pid,
+                extra={"event": "killed_for_cancel", "worker_pid": worker.pid},
+            )
             return
         assert job.time_limit is not None
         _log.warning(
             "worker %d killed: task exceeded its time limit of %g s",
             worker.pid,
             job.time_limit,
+            extra={"event": "killed_for_time_limit", "worker_pid": worker.pid},
         )
         job.error = TimeLimitExceeded(
             f"the task exceeded its time limit of {job.time_limit:g} s; "
@@ -673,11 +693,17 @@ class Service:
                 # Killed for a task of its own (cancelled, or over its time
                 # limit), whose answers were read to the end: on purpose.
                 _log.info(
-                    "worker %d killed (%s)", worker.pid, exit_text(worker, exitcode)
+                    "worker %d killed (%s)",
+                    worker.pid,
+                    exit_text(worker, exitcode),
+                    extra={"event": "killed", "worker_pid": worker.pid},
                 )
             else:
                 _log.warning(
-                    "idle worker %d died (%s)", worker.pid, exit_text(worker, exitcode)
+                    "idle worker %d died (%s)",
+                    worker.pid,
+                    exit_text(worker, exitcode),
+                    extra={"event": "lost", "worker_pid": worker.pid},
                 )
             return
         if job.state is not JobState.RUNNING:
@@ -691,6 +717,7 @@ class Service:
                 "to another worker",
                 worker.pid,
                 exit_text(worker, exitcode),
+                extra={"event": "lost", "worker_pid": worker.pid},
             )
             self._jobs.put_back(job)
             return
@@ -698,6 +725,7 @@ class Service:
             "worker %d died running a task (%s)",
             worker.pid,
             exit_text(worker, exitcode),
+            extra={"event": "lost", "worker_pid": worker.pid},
         )
         job.error = BrokenWorkerError(
             f"worker {worker.pid} died while running the task "
@@ -716,7 +744,13 @@ async def parent_fault(
     fault = plan.due(stage, task)
     if fault is None:
         return
-    _log.debug("fault injected at %s: %r (worker %d)", stage, fault, worker.pid)
+    _log.debug(
+        "fault injected at %s: %r (worker %d)",
+        stage,
+        fault,
+        worker.pid,
+        extra={"event": "fault_injected", "worker_pid": worker.pid},
+    )
     if fault.action == "sleep":
         await trio.sleep(fault.argument)
     else:

@@ -168,7 +168,12 @@ class Slots:
         permit = True  # taken by the slot for this start (see _start_permit)
         try:
             async with open_worker(launch) as worker:
-                _log.debug("worker %d started (slot %d)", worker.pid, slot.number)
+                _log.debug(
+                    "worker %d started (slot %d)",
+                    worker.pid,
+                    slot.number,
+                    extra={"event": "started", "worker_pid": worker.pid},
+                )
                 up = await self._start(slot, worker)
                 permit = False
                 self._start_permits.release()
@@ -247,7 +252,9 @@ class Slots:
                 f"worker {worker.pid} sent {frame!r} instead of reporting up"
             )
         self._consecutive_start_failures = 0
-        _log.debug("worker %d up", worker.pid)
+        _log.debug(
+            "worker %d up", worker.pid, extra={"event": "up", "worker_pid": worker.pid}
+        )
         return True
 
     def closing_idle(self) -> bool:
@@ -257,14 +264,19 @@ class Slots:
         self.counters.start_failures += 1
         self._consecutive_start_failures += 1
         count = self._consecutive_start_failures
-        _log.warning("worker failed to start (%d in a row): %s", count, error)
+        _log.warning(
+            "worker failed to start (%d in a row): %s",
+            count,
+            error,
+            extra={"event": "start_failed"},
+        )
         if count >= self._config.max_start_failures and self._jobs.broken is None:
             broken = BrokenPoolError(
                 f"{count} worker starts failed in a row; the last: {error}"
             )
             broken.__cause__ = error
             self._jobs.broken = broken
-            _log.error("pool broken: %s", broken)
+            _log.error("pool broken: %s", broken, extra={"event": "broken"})
             self.fail_waiting(self._jobs.broken_error)
             self.wake_idle()
             self._forkserver_changed.set()
@@ -304,7 +316,11 @@ class Slots:
                 async with open_forkserver(
                     config.forkserver_preload, config.start_timeout
                 ) as server:
-                    _log.debug("fork server %d up", server.pid)
+                    _log.debug(
+                        "fork server %d up",
+                        server.pid,
+                        extra={"event": "forkserver_up", "worker_pid": server.pid},
+                    )
                     self._set_forkserver(server)
                     try:
                         stopped = await server.serve(self._slots_done)
@@ -317,6 +333,7 @@ class Slots:
                     "fork server %d died (%s); starting a new one",
                     server.pid,
                     describe_exit(exitcode),
+                    extra={"event": "forkserver_died", "worker_pid": server.pid},
                 )
                 self._drop_dead_idle()
                 if not server.forks:

@@ -319,11 +319,16 @@ class Worker:
             "worker %d did not exit within %g s of its shutdown; sending SIGTERM",
             self.pid,
             timeout,
+            extra={"event": "shutdown_sigterm", "worker_pid": self.pid},
         )
         self.process.signal(signal.SIGTERM)
         with trio.move_on_after(_TERM_GRACE):
             return await self.process.wait()
-        _log.warning("worker %d ignored SIGTERM; killing it", self.pid)
+        _log.warning(
+            "worker %d ignored SIGTERM; killing it",
+            self.pid,
+            extra={"event": "shutdown_sigkill", "worker_pid": self.pid},
+        )
         self.kill()
         return await self.process.wait()
 
