@@ -17,9 +17,9 @@ import trio
 import trio.lowlevel
 
 import triopool
+from triopool import Pool, PoolStatistics
 from triopool._backend import Capabilities, Outcome, with_remote_traceback
 from triopool._backend_pool import BackendPool
-from triopool._pool import Pool, PoolStatistics
 
 from . import workerfuncs
 from .storm import check_counters

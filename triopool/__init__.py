@@ -22,8 +22,8 @@ from ._errors import WorkerStartError as WorkerStartError
 from ._pool import POOL_DEFAULT as POOL_DEFAULT
 from ._pool import Pool as Pool
 from ._pool import PoolDefault as PoolDefault
-from ._pool import PoolStatistics as PoolStatistics
 from ._pool import open_pool as open_pool
+from ._stats import PoolStatistics as PoolStatistics
 
 if TYPE_CHECKING:
     from ._dask import DaskBackend as DaskBackend

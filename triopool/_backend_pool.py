@@ -42,9 +42,9 @@ from ._pool import (
     POOL_DEFAULT,
     PoolConfig,
     PoolDefault,
-    PoolStatistics,
     _check_limits,
 )
+from ._stats import PoolStatistics
 
 if TYPE_CHECKING:
     from collections.abc import (

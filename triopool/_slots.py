@@ -28,6 +28,7 @@ from ._errors import BrokenPoolError, RemoteTraceback, WorkerStartError
 from ._forkserver import ForkServer, open_forkserver
 from ._serve import End, Service, exit_text, parent_fault
 from ._spawn import WorkerProcess, describe_exit
+from ._stats import WorkerCounters
 from ._worker import Process, Worker, open_worker
 
 if TYPE_CHECKING:
@@ -55,18 +56,6 @@ class Turn:
     # Set once the worker serves no more (it may still be exiting).
     served: trio.Event = attrs.field(factory=trio.Event)
     start_failed: bool = False
-
-
-@attrs.define(eq=False)
-class WorkerCounters:
-    """The worker counters of ``statistics()``."""
-
-    alive: int = 0
-    started: int = 0
-    recycled: int = 0
-    lost: int = 0
-    start_failures: int = 0
-    stopped: int = 0
 
 
 class Slots:
