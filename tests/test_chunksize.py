@@ -100,7 +100,7 @@ def test_a_slow_input_keeps_chunks_small() -> None:
 
 
 def test_zero_times_are_fine() -> None:
-    # A coarse clock may measure nothing: growth is then only by doubling.
+    # A coarse clock may measure nothing: growth is then bounded by GROWTH alone.
     planner = ChunkPlanner(workers=1, max_size=64)
     planner.observe_run(3, 0.0)
     planner.observe_input(3, 0.0)
