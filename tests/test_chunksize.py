@@ -100,7 +100,7 @@ def test_a_slow_input_keeps_chunks_small() -> None:
 
 
 def test_zero_times_are_fine() -> None:
-    # A coarse clock may measure nothing: growth is then only by doubling.
+    # A coarse clock may measure nothing: growth is then bounded by GROWTH alone.
     planner = ChunkPlanner(workers=1, max_size=64)
     planner.observe_run(3, 0.0)
     planner.observe_input(3, 0.0)
@@ -120,6 +120,25 @@ def test_zero_times_are_fine() -> None:
 def test_bad_arguments(options: dict[str, int], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         ChunkPlanner(**options)
+
+
+def test_a_failed_chunk_sends_chunks_back_to_one_item() -> None:
+    planner = ChunkPlanner(workers=2, max_size=4096)
+    for _ in range(10):  # instant items: up to the cap
+        planner.observe_run(planner.next_size(), 0.0)
+    assert planner.next_size() == 4096
+    planner.observe_input(100, 0.5)  # an item every 5 ms
+    assert planner.next_size() == 4
+    planner.observe_failure()
+    assert [planner.next_size() for _ in range(3)] == [1] * 3
+    # It grows again from what it observes next, fourfold at most, and the
+    # input's pace still bounds it (the failure says nothing of the input).
+    planner.observe_run(1, 1e-6)
+    assert planner.next_size() == 4
+    planner.observe_run(4, 4e-6)
+    assert planner.next_size() == 4
+    planner.observe_input(1_000_000, 0.0)
+    assert planner.next_size() == 16
 
 
 def test_default_max_in_flight_holds_two_largest_chunks_per_worker() -> None:

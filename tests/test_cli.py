@@ -18,8 +18,8 @@ import trio
 
 import triopool
 from triopool import _cli_worker, _demo
+from triopool._chunksize import MAX_AUTO_CHUNK
 from triopool._cli.demo import busy_note
-from triopool._cli.map import ChunkSizer
 
 from . import workerfuncs
 
@@ -258,7 +258,56 @@ async def test_map_auto_chunks_grow_for_fast_items(workdir: Path) -> None:
     last = result.stderr.splitlines()[-1]
     match = re.search(r"  chunk (\d+)  ", last)
     assert match, last
-    assert 1 < int(match[1]) <= ChunkSizer.LIMIT, last
+    assert 1 < int(match[1]) <= MAX_AUTO_CHUNK, last
+
+
+def last_progress_line(stderr: str) -> str:
+    return [line for line in stderr.splitlines() if line.startswith("map  ")][-1]
+
+
+async def test_map_auto_chunks_hold_one_item_with_timeout(workdir: Path) -> None:
+    # Fast items would grow auto chunks (see above); a limit per item keeps
+    # them at one item, so it holds for each item exactly.
+    result = await triopool_cli(
+        "map",
+        "builtins:len",
+        "-j",
+        "1",
+        "--timeout",
+        "60",
+        "--progress",
+        stdin=b"x\n" * 300,
+        cwd=workdir,
+    )
+    assert result.returncode == 0, result
+    assert len(result.records()) == 300
+    assert "  chunk 1  " in last_progress_line(result.stderr), result
+
+
+async def test_map_auto_chunks_go_back_to_one_item_after_a_crash(
+    workdir: Path,
+) -> None:
+    # Many fast items grow the chunks; the last item kills its worker, which
+    # fails its whole chunk: the next chunks would hold one item. One worker
+    # runs the chunks in order, so the crash is the last thing observed.
+    count = 3000
+    result = await triopool_cli(
+        "map",
+        "--json",
+        "mapfuncs:die_on_3",
+        "--keep-going",
+        "-j",
+        "1",
+        "--progress",
+        stdin=lines(*[1] * count, 3),
+        cwd=workdir,
+    )
+    assert result.returncode == 1, result
+    records = result.records()
+    assert len(records) == count + 1
+    assert records[-1]["error"]["type"] == "triopool.BrokenWorkerError"
+    assert records[0] == {"input": 1, "output": 1}
+    assert "  chunk 1  " in last_progress_line(result.stderr), result
 
 
 async def test_map_fixed_chunksize_and_bad_values(workdir: Path) -> None:
@@ -320,42 +369,6 @@ async def test_cli_modules_import_on_their_own(module: str) -> None:
             env=cli_env(),
         )
     assert completed.returncode == 0, completed.stderr.decode()
-
-
-def test_chunk_sizer_starts_small_grows_by_doubling_and_shrinks_at_once() -> None:
-    sizer = ChunkSizer()
-    assert sizer.size == 1
-    # Fast items (10 us): the ideal is 2000 items; growth is at most double
-    # the chunk measured.
-    sizer.record(1, 10e-6)
-    assert sizer.size == 2
-    sizer.record(2, 20e-6)
-    assert sizer.size == 4
-    # A small chunk (the input's tail) measured later does not shrink it.
-    sizer.record(1, 10e-6)
-    assert sizer.size == 4
-    for _ in range(20):
-        sizer.record(sizer.size, sizer.size * 10e-6)
-    assert abs(sizer.size - ChunkSizer.TARGET / 10e-6) <= 1
-    # Items turn slow (5 ms): at once about TARGET seconds per chunk.
-    sizer.record(100, 0.5)
-    assert abs(sizer.size - ChunkSizer.TARGET / 5e-3) <= 1
-    # Slower than TARGET: one item.
-    sizer.record(4, 4.0)
-    assert sizer.size == 1
-    # Instant items: capped at LIMIT.
-    for _ in range(20):
-        sizer.record(sizer.size, 0.0)
-    assert sizer.size == ChunkSizer.LIMIT
-    sizer.failed()
-    assert sizer.size == 1
-
-
-def test_fixed_chunk_size_stays() -> None:
-    sizer = ChunkSizer(fixed=500)
-    sizer.record(500, 100.0)
-    sizer.failed()
-    assert sizer.size == 500
 
 
 # map

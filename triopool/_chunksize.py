@@ -31,6 +31,9 @@ The rules, each for a reason:
   trips of smaller chunks cost. When the number is unknown, the target caps
   a chunk's expected time instead.
 - Never more than ``max_size`` (the caller derives it from ``max_in_flight``).
+- After a chunk failed as a whole (its worker died, or it hit a time limit),
+  chunks hold one item again, as at the start: the failure may come from
+  one item, and the next chunks should risk only their own.
 
 Invariant: ``1 <= next_size(...) <= max_size``.
 
@@ -132,6 +135,15 @@ class ChunkPlanner:
         """Pulling ``items`` from the input took ``seconds``."""
         if items > 0:
             self._input.add(items, seconds)
+
+    def observe_failure(self) -> None:
+        """A chunk failed as a whole: plan from one item again.
+
+        The observed worker times are forgotten, the input's are kept (the
+        failure says nothing of the input).
+        """
+        self._run = _Rate()
+        self._largest_run = 0
 
     def next_size(self, remaining: int | None = None) -> int:
         """The size of the next chunk; ``remaining``: items left, if known."""

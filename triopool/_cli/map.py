@@ -13,8 +13,10 @@ Invariants:
   holds its token from the moment it is read until its lines are written.
 - In input order, lines are written in order; a chunk's outcomes are written
   together, and the count of failures covers exactly the lines written.
-- ``--chunksize auto`` (:class:`ChunkSizer`) never waits for input to fill a
-  chunk: it takes what has been read, so a slow producer is not held back.
+- ``--chunksize auto`` sizes chunks with the ``ChunkPlanner`` of
+  ``pool.map``, without a length (the input streams), and never waits for
+  input to fill a chunk: it takes what has been read, so a slow producer is
+  not held back.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import IO, TYPE_CHECKING, Any
 import trio
 
 from .. import BrokenPoolError, TriopoolError, _cli_worker, open_pool
+from .._chunksize import MAX_AUTO_CHUNK, ChunkPlanner
 from .parser import AUTO, PROG, UsageError
 from .terminal import (
     READ_SIZE,
@@ -46,45 +49,6 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from .. import Pool
-
-
-class ChunkSizer:
-    """How many items the next chunk gets, from the times items took.
-
-    Starts at one item, so a short input spreads over every worker. After
-    each chunk it aims for chunks of about :attr:`TARGET` seconds of work in
-    the worker, which makes the fixed cost of a round trip small against the
-    work: while items are fast it at most doubles (a few odd items must not
-    make one giant chunk), and when they turn slow it shrinks at once. A
-    chunk that failed as a whole (its worker died, or it hit the time limit)
-    sends it back to one item. ``fixed`` pins the size.
-    """
-
-    #: Seconds of work a chunk aims for.
-    TARGET = 0.02
-    #: The largest chunk, whatever the items cost.
-    LIMIT = 4096
-
-    def __init__(self, fixed: int | None = None) -> None:
-        self.fixed = fixed
-        self.size = 1 if fixed is None else fixed
-
-    def record(self, items: int, seconds: float) -> None:
-        """Take the time a chunk of ``items`` items took in the worker."""
-        if self.fixed is not None or items < 1:
-            return
-        ideal = self.LIMIT if seconds <= 0 else self.TARGET * items / seconds
-        if ideal >= self.size:
-            # Grow from what was measured: a small chunk (the input's tail)
-            # says little about bigger ones.
-            self.size = max(self.size, min(int(ideal), 2 * items, self.LIMIT))
-        else:
-            self.size = max(1, int(ideal))
-
-    def failed(self) -> None:
-        """A chunk failed as a whole: risk one item at a time again."""
-        if self.fixed is None:
-            self.size = 1
 
 
 def _load_target(target: str) -> Callable[[Any], Any]:
@@ -207,13 +171,18 @@ class _MapRun:
         self.ordered = not args.unordered
         self.keep_going: bool = args.keep_going
         self.timeout: float | None = args.timeout
+        #: The size of every chunk, or None for ``auto``: then :attr:`planner`
+        #: sizes them.
+        self.fixed_size: int | None
         if args.chunksize != AUTO:
-            self.sizer = ChunkSizer(fixed=args.chunksize)
+            self.fixed_size = args.chunksize
         elif self.timeout is not None:
             # A limit per item holds exactly only for chunks of one item.
-            self.sizer = ChunkSizer(fixed=1)
+            self.fixed_size = 1
         else:
-            self.sizer = ChunkSizer()
+            self.fixed_size = None
+        #: Made by :meth:`run`, which knows how many workers there are.
+        self.planner: ChunkPlanner | None = None
         self.items_read = 0
         self.done = 0
         self.failed = 0
@@ -232,23 +201,35 @@ class _MapRun:
         self._next_to_write = 0
         self._work: trio.Nursery | None = None
 
+    def chunk_size(self) -> int:
+        """The size of the next chunk."""
+        if self.planner is None:
+            assert self.fixed_size is not None
+            return self.fixed_size
+        # No length: the input streams. No input observations either: auto
+        # chunks never wait for input, so a slow one delays no result.
+        return self.planner.next_size()
+
     async def run(self, pool: Pool) -> None:
         start = trio.current_time()
         progress = self.progress
+        workers = pool.statistics().workers
+        if self.fixed_size is None:
+            self.planner = ChunkPlanner(workers=workers, max_size=MAX_AUTO_CHUNK)
 
         def render() -> str:
             total = f"{self.items_read}" + ("" if self.reader.eof else "+")
             elapsed = trio.current_time() - start
             return (
                 f"map  {self.done}/{total}  failed {self.failed}"
-                f"  {rate(self.done, elapsed)}  chunk {self.sizer.size}"
+                f"  {rate(self.done, elapsed)}  chunk {self.chunk_size()}"
                 f"  {pool_status(pool)}"
             )
 
         # Each chunk holds a token from reading until it is written, so at
         # most this many chunks are in memory, even in order.
-        tokens = trio.Semaphore(2 * pool.statistics().workers)
-        wait = self.sizer.fixed is not None
+        tokens = trio.Semaphore(2 * workers)
+        wait = self.fixed_size is not None
         async with trio.open_nursery() as nursery:
             if progress.enabled:
                 nursery.start_soon(progress.run, render)
@@ -257,7 +238,7 @@ class _MapRun:
                 index = 0
                 while not self.stopped:
                     await tokens.acquire()
-                    chunk = await self.reader.next_chunk(self.sizer.size, wait=wait)
+                    chunk = await self.reader.next_chunk(self.chunk_size(), wait=wait)
                     if not chunk:
                         break
                     self.items_read += len(chunk)
@@ -301,7 +282,8 @@ class _MapRun:
         except TriopoolError as exc:
             # The worker died, hit the time limit, or something could not be
             # pickled: every item of the chunk fails with that error.
-            self.sizer.failed()
+            if self.planner is not None:
+                self.planner.observe_failure()
             type_name = _cli_worker.error_type_name(exc)
             outcomes = [
                 (
@@ -313,7 +295,8 @@ class _MapRun:
                 for line in lines
             ]
         else:
-            self.sizer.record(len(lines), seconds)
+            if self.planner is not None:
+                self.planner.observe_run(len(lines), seconds)
         if not self.ordered:
             self._write(chunk, outcomes)
             tokens.release()
