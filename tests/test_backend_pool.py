@@ -19,13 +19,15 @@ import trio.lowlevel
 import triopool
 from triopool._backend import Capabilities, Outcome, with_remote_traceback
 from triopool._backend_pool import BackendPool
-from triopool._pool import Pool, PoolStatistics
+from triopool._pool import Pool
 
 from . import workerfuncs
 from .storm import check_counters
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
+
+    from triopool._stats import PoolStatistics
 
 
 class Killed(Exception):
