@@ -27,6 +27,8 @@ from .storm import check_counters
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
 
+    from triopool._stats import PoolStatistics
+
 
 class Killed(Exception):
     pass

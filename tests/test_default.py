@@ -139,7 +139,7 @@ async def test_configure_after_start_raises_and_keeps_the_pool() -> None:
 
     assert await in_new_run(main) == 1
     # The configuration in force is still the one the pool started with.
-    assert _default._options["workers"] == 1
+    assert _default._options.workers == 1
 
 
 async def test_configure_from_a_thread_of_the_run_raises_too() -> None:
@@ -158,7 +158,7 @@ async def test_configure_from_a_thread_of_the_run_raises_too() -> None:
         return default_pool().statistics().workers
 
     assert await in_new_run(main) == 2
-    assert _default._options["workers"] == 2
+    assert _default._options.workers == 2
 
 
 @pytest.mark.parametrize(
@@ -181,7 +181,7 @@ async def test_configure_validates_like_open_pool(
     options: dict[str, Any], error: type[Exception], message: str
 ) -> None:
     triopool.configure_default_pool(workers=3)
-    before = dict(_default._options)
+    before = _default._options
     with pytest.raises(error, match=message):
         triopool.configure_default_pool(**options)
     assert _default._options == before
@@ -190,8 +190,8 @@ async def test_configure_validates_like_open_pool(
 async def test_configure_without_arguments_restores_the_defaults() -> None:
     triopool.configure_default_pool(workers=1, max_tasks_per_child=3)
     triopool.configure_default_pool()
-    assert _default._options["workers"] is None
-    assert _default._options["max_tasks_per_child"] is None
+    assert _default._options.workers is None
+    assert _default._options.max_tasks_per_child is None
 
 
 async def test_errors_and_options_pass_through() -> None:
@@ -261,7 +261,7 @@ async def test_configure_with_a_backend() -> None:
 
 
 async def test_configure_checks_options_against_the_backend() -> None:
-    before = dict(_default._options)
+    before = _default._options
     with pytest.raises(ValueError, match="max_memory_per_child"):
         triopool.configure_default_pool(
             backend=ThreadBackend(), max_memory_per_child=10**9

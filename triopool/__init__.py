@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ._config import POOL_DEFAULT as POOL_DEFAULT
+from ._config import PoolDefault as PoolDefault
 from ._default import configure_default_pool as configure_default_pool
 from ._default import run_sync as run_sync
 from ._errors import BrokenPoolError as BrokenPoolError
@@ -19,9 +21,7 @@ from ._errors import SoftTimeLimitExceeded as SoftTimeLimitExceeded
 from ._errors import TimeLimitExceeded as TimeLimitExceeded
 from ._errors import TriopoolError as TriopoolError
 from ._errors import WorkerStartError as WorkerStartError
-from ._pool import POOL_DEFAULT as POOL_DEFAULT
 from ._pool import Pool as Pool
-from ._pool import PoolDefault as PoolDefault
 from ._pool import open_pool as open_pool
 from ._stats import PoolStatistics as PoolStatistics
 

@@ -37,13 +37,8 @@ import trio
 
 from . import _context, _map
 from ._backend import Backend, Outcome, TrioBridge
+from ._config import DEFAULTS, POOL_DEFAULT, PoolConfig, PoolDefault, _check_limits
 from ._errors import BrokenWorkerError, TimeLimitExceeded
-from ._pool import (
-    POOL_DEFAULT,
-    PoolConfig,
-    PoolDefault,
-    _check_limits,
-)
 from ._stats import PoolStatistics
 
 if TYPE_CHECKING:
@@ -57,6 +52,7 @@ if TYPE_CHECKING:
     from types import CoroutineType
     from typing import Literal, TypeVarTuple, Unpack
 
+    from ._config import Options
     from ._typing import AnyResultCallable, AsyncCallable, AsyncFunctionPassedToRunSync
 
     Ts = TypeVarTuple("Ts")
@@ -97,23 +93,12 @@ class _Job:
     killed: bool = False
 
 
-@functools.cache
-def _open_pool_defaults() -> dict[str, Any]:
-    from ._pool import open_pool
-
-    return {
-        name: parameter.default
-        for name, parameter in inspect.signature(open_pool).parameters.items()
-        if parameter.default is not inspect.Parameter.empty
-    }
-
-
 def _check_values(options: Mapping[str, Any]) -> None:
     """Check every option set away from its default with the local pool's own
     validators (those of :class:`PoolConfig`), so a bad value raises the same
     TypeError or ValueError whatever the pool runs on, before the backend is
     asked whether it can honour the option."""
-    defaults = _open_pool_defaults()
+    defaults = DEFAULTS.as_dict()
     fields = attrs.fields_dict(PoolConfig)
     for option, value in options.items():
         field = fields.get(option)
@@ -128,7 +113,7 @@ def _check_values(options: Mapping[str, Any]) -> None:
 
 def _check_options(backend: Backend, options: Mapping[str, Any]) -> None:
     """Refuse options the backend cannot honour, naming both."""
-    defaults = _open_pool_defaults()
+    defaults = DEFAULTS.as_dict()
     name = backend.name
     for option, value in options.items():
         default = defaults.get(option)
@@ -160,7 +145,7 @@ def _check_options(backend: Backend, options: Mapping[str, Any]) -> None:
 
 
 def open_backend_pool(
-    backend: Backend, options: Mapping[str, Any]
+    backend: Backend, options: Options
 ) -> contextlib.AbstractAsyncContextManager[BackendPool]:
     """Check ``options`` (``open_pool``'s arguments) against ``backend`` and
     return the pool's async context manager. Nothing starts until it is entered.
@@ -168,15 +153,15 @@ def open_backend_pool(
     for attribute in ("name", "capabilities", "start", "submit", "cancel", "stop"):
         if not hasattr(backend, attribute):
             raise TypeError(f"backend must be a triopool backend, got {backend!r}")
-    _check_values(options)
-    _check_options(backend, options)
-    defaults = _open_pool_defaults()
+    given = options.as_dict()
+    _check_values(given)
+    _check_options(backend, given)
     pool = BackendPool(
         backend,
-        time_limit=options.get("time_limit"),
-        kill_on_cancel=options.get("kill_on_cancel", defaults["kill_on_cancel"]),
-        max_tasks_per_child=options.get("max_tasks_per_child"),
-        shutdown_timeout=options.get("shutdown_timeout", defaults["shutdown_timeout"]),
+        time_limit=options.time_limit,
+        kill_on_cancel=options.kill_on_cancel,
+        max_tasks_per_child=options.max_tasks_per_child,
+        shutdown_timeout=options.shutdown_timeout,
     )
     return _run_backend_pool(pool)
 

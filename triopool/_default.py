@@ -15,12 +15,13 @@ once, when the pool starts.
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast, overload
 
 import trio
 
 from . import _context
-from ._pool import POOL_DEFAULT, Pool, open_pool
+from ._config import DEFAULTS, POOL_DEFAULT, Options
+from ._pool import Pool, open_with_options
 
 if TYPE_CHECKING:
     import contextlib
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
     from typing import TypeVarTuple, Unpack
 
     from ._backend import Backend
-    from ._pool import PoolDefault
+    from ._config import PoolDefault
     from ._typing import AnyResultCallable, AsyncCallable, AsyncFunctionPassedToRunSync
 
     Ts = TypeVarTuple("Ts")
@@ -76,7 +77,8 @@ _RUN_STATE: trio.lowlevel.RunVar[_DefaultPool] = trio.lowlevel.RunVar(
     "triopool_default_pool"
 )
 # The options of default pools started from now on; plain data, not a resource.
-_options: dict[str, Any] = {}
+_options: Options = DEFAULTS
+_backend: Backend | None = None
 
 
 def configure_default_pool(
@@ -122,28 +124,26 @@ def configure_default_pool(
     Raises:
         RuntimeError: This run's default pool has already started.
     """
-    options: dict[str, Any] = {
-        "workers": workers,
-        "start_method": start_method,
-        "forkserver_preload": forkserver_preload,
-        "initializer": initializer,
-        "initargs": initargs,
-        "max_tasks_per_child": max_tasks_per_child,
-        "max_memory_per_child": max_memory_per_child,
-        "start_timeout": start_timeout,
-        "max_start_failures": max_start_failures,
-        "time_limit": time_limit,
-        "soft_time_limit": soft_time_limit,
-        "kill_on_cancel": kill_on_cancel,
-        "shutdown_timeout": shutdown_timeout,
-        "backend": backend,
-    }
+    global _options, _backend
+    options = Options(
+        workers=workers,
+        start_method=start_method,
+        forkserver_preload=forkserver_preload,
+        initializer=initializer,
+        initargs=initargs,
+        max_tasks_per_child=max_tasks_per_child,
+        max_memory_per_child=max_memory_per_child,
+        start_timeout=start_timeout,
+        max_start_failures=max_start_failures,
+        time_limit=time_limit,
+        soft_time_limit=soft_time_limit,
+        kill_on_cancel=kill_on_cancel,
+        shutdown_timeout=shutdown_timeout,
+    )
     # open_pool checks every option (and pickles the initializer) before it
     # starts anything; the manager it returns is never entered. The values
     # go in as given: tuple("numpy") would pass as five module names.
-    open_pool(**options)
-    options["forkserver_preload"] = tuple(forkserver_preload)
-    options["initargs"] = tuple(initargs)
+    open_with_options(options, backend)
     try:
         state = _RUN_STATE.get()
     except LookupError:
@@ -156,8 +156,8 @@ def configure_default_pool(
             "the default pool of this trio.run has already started; call "
             "configure_default_pool() before the first triopool.run_sync()"
         )
-    _options.clear()
-    _options.update(options)
+    _options = options.frozen()
+    _backend = backend
 
 
 def _state_seen_from_thread() -> _DefaultPool | None:
@@ -184,7 +184,12 @@ async def _current_default_pool() -> Pool:
         state = _DefaultPool()
         # Built here, in the caller, so a bad configuration or an initializer
         # that cannot be pickled raises in the caller.
-        manager = open_pool(**_options)
+        # With a backend this is a BackendPool, which has Pool's public
+        # methods (one public type for both is issue 15's next step).
+        manager = cast(
+            "contextlib.AbstractAsyncContextManager[Pool]",
+            open_with_options(_options, _backend),
+        )
         _RUN_STATE.set(state)
         trio.lowlevel.spawn_system_task(
             state.hold, manager, name="triopool default pool"

@@ -46,7 +46,7 @@ import math
 import time
 from collections import deque
 from collections.abc import AsyncIterable, Iterable, Sized
-from typing import TYPE_CHECKING, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Generic, Literal, Protocol, TypeVar
 
 import attrs
 import trio
@@ -57,17 +57,42 @@ from ._chunksize import MAX_AUTO_CHUNK, ChunkPlanner, default_max_in_flight
 from ._errors import SerializationError
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+    from collections.abc import (
+        AsyncGenerator,
+        AsyncIterator,
+        Awaitable,
+        Callable,
+        Iterator,
+    )
     from contextlib import AbstractAsyncContextManager
-    from typing import Never, Self, TypeAlias
+    from typing import Never, Self, TypeVarTuple, Unpack
 
-    from ._backend_pool import BackendPool
-    from ._pool import Pool
-
-    AnyPool: TypeAlias = Pool | BackendPool
+    Ts = TypeVarTuple("Ts")
 
 ItemT = TypeVar("ItemT")
 ResultT = TypeVar("ResultT")
+T = TypeVar("T")
+
+
+class Counts(Protocol):
+    """What a map needs of a pool's statistics: how many workers it has."""
+
+    @property
+    def workers(self) -> int: ...
+
+
+class Runner(Protocol):
+    """What a map needs of a pool: it runs one call, and says how many
+    workers it has (which sizes the chunks and the items in flight). A local
+    :class:`~triopool.Pool` and a cluster backend's pool both are one; this
+    module imports neither."""
+
+    def run_sync(
+        self, fn: Callable[[Unpack[Ts]], T], /, *args: *Ts
+    ) -> Awaitable[T]: ...
+
+    def statistics(self) -> Counts: ...
+
 
 #: What ``chunksize`` may be: a number of items, or "auto".
 Chunksize = int | Literal["auto"]
@@ -162,7 +187,7 @@ class _MapCall(Generic[ItemT, ResultT]):
     It is also the async iterator over the results that ``imap`` hands out.
     """
 
-    _pool: AnyPool
+    _pool: Runner
     _fn: Callable[[ItemT], ResultT]
     _ordered: bool
     _chunksize: int  # with a planner: the largest chunk it may plan
@@ -434,7 +459,7 @@ async def _running(
 
 
 def _new_call(
-    pool: AnyPool,
+    pool: Runner,
     fn: Callable[[ItemT], ResultT],
     *,
     ordered: bool,
@@ -467,7 +492,7 @@ def _new_call(
 
 @contextlib.asynccontextmanager
 async def _open_imap(
-    pool: AnyPool,
+    pool: Runner,
     fn: Callable[[ItemT], ResultT],
     iterable: Iterable[ItemT] | AsyncIterable[ItemT],
     *,
@@ -483,7 +508,7 @@ async def _open_imap(
 
 
 def imap(
-    pool: AnyPool,
+    pool: Runner,
     fn: Callable[[ItemT], ResultT],
     iterable: Iterable[ItemT] | AsyncIterable[ItemT],
     *,
@@ -512,7 +537,7 @@ def imap(
 
 
 async def map_list(
-    pool: AnyPool,
+    pool: Runner,
     fn: Callable[[ItemT], ResultT],
     iterable: Iterable[ItemT] | AsyncIterable[ItemT],
     *,

@@ -29,20 +29,26 @@ Invariants:
 from __future__ import annotations
 
 import contextlib
-import enum
 import functools
 import inspect
 import logging
-import math
 import os
 import pickle
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
-import attrs
 import trio
 
 from . import _context, _hooks, _map, _protocol, _stats
+from ._backend_pool import open_backend_pool
+from ._config import (
+    POOL_DEFAULT,
+    Options,
+    PoolConfig,
+    PoolDefault,
+    _check_limits,
+    _no_limit_if_inf,
+    _usable_cpus,
+)
 from ._errors import (
     SerializationError,
 )
@@ -55,6 +61,7 @@ if TYPE_CHECKING:
         AsyncIterable,
         AsyncIterator,
         Callable,
+        Iterable,
         Sequence,
     )
     from types import CoroutineType
@@ -71,157 +78,6 @@ T = TypeVar("T")
 ItemT = TypeVar("ItemT")
 
 _log = logging.getLogger("triopool")
-
-# when this module was imported. Tests may replace it.
-
-
-class PoolDefault(enum.Enum):
-    """The type of :data:`POOL_DEFAULT`, which means "the pool's default".
-
-    ``POOL_DEFAULT``, its one member, is the default of ``time_limit``,
-    ``soft_time_limit`` and ``kill_on_cancel`` in :meth:`Pool.run_sync`: the
-    call uses the value given to :func:`open_pool`. Pass ``None`` instead to
-    switch a limit off for one call. So ``float | PoolDefault | None`` in a
-    signature reads "seconds, the pool's default, or no limit".
-    """
-
-    POOL_DEFAULT = enum.auto()
-
-    def __repr__(self) -> str:
-        return "POOL_DEFAULT"
-
-
-POOL_DEFAULT = PoolDefault.POOL_DEFAULT
-
-
-# Validation: every message names the parameter and the bad value.
-
-
-def _check_number(
-    name: str, value: object, *, allow_none: bool, allow_zero: bool = False
-) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a number of seconds, got {value!r}")
-    if math.isnan(value) or value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name} must be {bound}, got {value!r}")
-
-
-def _check_count(name: str, value: object, *, allow_none: bool) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value!r}")
-
-
-def _check_limits(
-    time_limit: float | None, soft_time_limit: float | None, where: str
-) -> None:
-    _check_number("time_limit", time_limit, allow_none=True)
-    _check_number("soft_time_limit", soft_time_limit, allow_none=True)
-    if (
-        time_limit is not None
-        and soft_time_limit is not None
-        and soft_time_limit >= time_limit
-    ):
-        raise ValueError(
-            f"soft_time_limit must be < time_limit{where}, got "
-            f"soft_time_limit={soft_time_limit!r} and time_limit={time_limit!r}"
-        )
-
-
-def _no_limit_if_inf(limit: float | None) -> float | None:
-    """An infinite limit is no limit."""
-    return None if limit == math.inf else limit
-
-
-def _as_tuple(name: str, value: object) -> tuple[Any, ...]:
-    # A string is iterable, but forkserver_preload="numpy" would otherwise
-    # become the modules n, u, m, p and y.
-    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
-        raise TypeError(f"{name} must be a sequence (a list or tuple), got {value!r}")
-    return tuple(value)
-
-
-def _usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
-def _parameter_check(fn: Callable[[str, object], None]) -> Any:
-    def validator(
-        instance: object, attribute: attrs.Attribute[Any], value: Any
-    ) -> None:
-        fn(attribute.name, value)
-
-    return validator
-
-
-@attrs.frozen
-class PoolConfig:
-    """The validated options of one pool (see :func:`open_pool`)."""
-
-    workers: int = attrs.field(
-        validator=_parameter_check(lambda n, v: _check_count(n, v, allow_none=False))
-    )
-    start_method: Literal["spawn", "forkserver"] = attrs.field()
-    forkserver_preload: tuple[str, ...] = attrs.field()
-    initializer: Callable[..., object] | None = attrs.field()
-    initargs: tuple[Any, ...] = attrs.field()
-    max_tasks_per_child: int | None = attrs.field(
-        validator=_parameter_check(lambda n, v: _check_count(n, v, allow_none=True))
-    )
-    max_memory_per_child: int | None = attrs.field(
-        validator=_parameter_check(lambda n, v: _check_count(n, v, allow_none=True))
-    )
-    start_timeout: float = attrs.field(
-        validator=_parameter_check(lambda n, v: _check_number(n, v, allow_none=False))
-    )
-    max_start_failures: int = attrs.field(
-        validator=_parameter_check(lambda n, v: _check_count(n, v, allow_none=False))
-    )
-    time_limit: float | None = attrs.field(converter=_no_limit_if_inf)
-    soft_time_limit: float | None = attrs.field(converter=_no_limit_if_inf)
-    kill_on_cancel: bool = attrs.field()
-    shutdown_timeout: float = attrs.field(
-        validator=_parameter_check(
-            lambda n, v: _check_number(n, v, allow_none=False, allow_zero=True)
-        )
-    )
-
-    @start_method.validator  # pyright: ignore[reportAttributeAccessIssue]
-    def _check_start_method(self, attribute: object, value: object) -> None:
-        if value not in ("spawn", "forkserver"):
-            raise ValueError(
-                f"start_method must be 'spawn' or 'forkserver', got {value!r}"
-            )
-
-    @forkserver_preload.validator  # pyright: ignore[reportAttributeAccessIssue]
-    def _check_preload(self, attribute: object, value: tuple[object, ...]) -> None:
-        for name in value:
-            if not isinstance(name, str) or not name:
-                raise TypeError(
-                    f"forkserver_preload must hold module names, got {name!r}"
-                )
-
-    @initializer.validator  # pyright: ignore[reportFunctionMemberAccess, reportOptionalMemberAccess]
-    def _check_initializer(self, attribute: object, value: object) -> None:
-        if value is not None and not callable(value):
-            raise TypeError(f"initializer must be callable or None, got {value!r}")
-
-    @kill_on_cancel.validator  # pyright: ignore[reportAttributeAccessIssue]
-    def _check_kill_on_cancel(self, attribute: object, value: object) -> None:
-        if not isinstance(value, bool):
-            raise TypeError(f"kill_on_cancel must be a bool, got {value!r}")
-
-    def __attrs_post_init__(self) -> None:
-        _check_limits(self.time_limit, self.soft_time_limit, "")
 
 
 class Pool:
@@ -817,18 +673,12 @@ def open_pool(
         async with triopool.open_pool(4) as pool:
             total = await pool.run_sync(sum, range(10))
     """
-    if backend is not None:
-        options = dict(locals())  # every option, so new ones are checked too
-        del options["backend"]
-        from ._backend_pool import open_backend_pool
-
-        return open_backend_pool(backend, options)
-    config = PoolConfig(
-        workers=_usable_cpus() if workers is None else workers,
+    options = Options(
+        workers=workers,
         start_method=start_method,
-        forkserver_preload=_as_tuple("forkserver_preload", forkserver_preload),
+        forkserver_preload=forkserver_preload,
         initializer=initializer,
-        initargs=_as_tuple("initargs", initargs),
+        initargs=initargs,
         max_tasks_per_child=max_tasks_per_child,
         max_memory_per_child=max_memory_per_child,
         start_timeout=start_timeout,
@@ -838,7 +688,19 @@ def open_pool(
         kill_on_cancel=kill_on_cancel,
         shutdown_timeout=shutdown_timeout,
     )
-    pool = Pool(config)  # pickles the initializer: fails now if it cannot
+    return open_with_options(options, backend)
+
+
+def open_with_options(
+    options: Options, backend: Backend | None
+) -> (
+    contextlib.AbstractAsyncContextManager[Pool]
+    | contextlib.AbstractAsyncContextManager[BackendPool]
+):
+    """:func:`open_pool`, given its options as one object (see ``_config``)."""
+    if backend is not None:
+        return open_backend_pool(backend, options)
+    pool = Pool(options.config())  # pickles the initializer: fails now if it cannot
     return _run_pool(pool)
 
 

@@ -43,8 +43,8 @@ from ._spawn import describe_exit
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from ._config import PoolConfig
     from ._jobs import Jobs
-    from ._pool import PoolConfig  # _config, once split out
     from ._worker import Worker
 
 _log = logging.getLogger("triopool")

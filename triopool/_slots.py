@@ -34,9 +34,9 @@ from ._worker import Process, Worker, open_worker
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from ._config import PoolConfig
     from ._hooks import Hooks
     from ._jobs import Jobs
-    from ._pool import PoolConfig  # _config, once split out
 
 _log = logging.getLogger("triopool")
 
