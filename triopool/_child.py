@@ -34,7 +34,7 @@ import pickle
 import signal
 import sys
 
-from . import _pipes, _protocol
+from . import _pipes, _protocol, _serialize
 from ._errors import SoftTimeLimitExceeded
 
 TYPE_CHECKING = False
@@ -200,7 +200,7 @@ class _Pipes:
                 view = view[os.write(self.fd_out, view) :]
 
     def send_message(self, kind: int, obj: object, flags: int = 0) -> None:
-        payload, buffers = _protocol.dumps(obj)
+        payload, buffers = _serialize.dumps(obj)
         self.send(_protocol.encode_frame(kind, payload, buffers, flags))
 
     def answer(
@@ -558,7 +558,7 @@ def main(fd_in: int, fd_out: int, parent_pid: int) -> None:
     max_memory: int | None = config["max_memory"]
     try:
         if config["initializer"] is not None:
-            initializer, initargs = _protocol.loads(
+            initializer, initargs = _serialize.loads(
                 config["initializer"], [], fixup.unpickler(config["initializer"])
             )
             initializer(*initargs)
@@ -601,13 +601,13 @@ def _serve(
             return
         flags = 0
         try:
-            fn, args, soft_time_limit = _protocol.loads(
+            fn, args, soft_time_limit = _serialize.loads(
                 frame.payload, frame.buffers, fixup.unpickler(frame.payload)
             )
         except Exception as exc:
             del frame
             message = _exception_message(exc)
-            payload, buffers = _protocol.dumps(("the task", *message))
+            payload, buffers = _serialize.dumps(("the task", *message))
             pipes.answer(_protocol.SERIAL_ERROR, payload, buffers, 0)
             continue
         del frame
@@ -633,10 +633,12 @@ def _serve(
             _fatal(pipes, exc)
         del fn, args
         try:
-            payload, buffers = _protocol.dumps_with_fallback(result)
+            payload, buffers = _serialize.dumps_with_fallback(result)
         except Exception as exc:
             kind = _protocol.SERIAL_ERROR
-            payload, buffers = _protocol.dumps(("the result", *_exception_message(exc)))
+            payload, buffers = _serialize.dumps(
+                ("the result", *_exception_message(exc))
+            )
         del result
         _flush_output()
         if max_memory is not None and _resident_memory() > max_memory:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import functools
 import inspect
 import logging
 import math
@@ -44,7 +43,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 import attrs
 import trio
 
-from . import _context, _faults, _map, _pipes, _protocol
+from . import _context, _faults, _map, _pipes, _protocol, _serialize
 from ._errors import (
     BrokenPoolError,
     BrokenWorkerError,
@@ -608,16 +607,16 @@ class Pool:
         # unpickle there: send it by value instead.
         # The function may also come as an argument (map's chunks).
         by_value = not self._main_importable and (
-            _from_main(fn) or any(_from_main(arg) for arg in args)
+            _serialize.from_main(fn) or any(_serialize.from_main(arg) for arg in args)
         )
         try:
-            payload, buffers = _protocol.dumps_with_fallback(
+            payload, buffers = _serialize.dumps_with_fallback(
                 (fn, args, soft_time_limit), by_value=by_value
             )
         except Exception as exc:
             raise SerializationError(
                 f"could not pickle the task {_describe_callable(fn)}: "
-                f"{type(exc).__name__}: {exc}{_protocol.cloudpickle_hint(exc)}"
+                f"{type(exc).__name__}: {exc}{_serialize.cloudpickle_hint(exc)}"
             ) from exc
         job = _Job(
             _protocol.encode_frame(_protocol.TASK, payload, buffers),
@@ -1063,7 +1062,7 @@ class Pool:
                 "before reporting up"
             )
         if frame.kind == _protocol.START_FAILED:
-            type_name, message, traceback_text = _protocol.loads(
+            type_name, message, traceback_text = _serialize.loads(
                 frame.payload, frame.buffers
             )
             error = WorkerStartError(
@@ -1827,17 +1826,10 @@ def _describe_callable(fn: object) -> str:
     return repr(fn)
 
 
-def _from_main(fn: object) -> bool:
-    """Whether ``fn`` (or the function of a partial) comes from ``__main__``."""
-    while isinstance(fn, functools.partial):
-        fn = fn.func
-    return getattr(fn, "__module__", None) == "__main__"
-
-
 def _exception_from(frame: _protocol.Frame) -> BaseException:
     """Rebuild a worker's exception from an ERROR or FATAL frame."""
     # A large exception pickle travels out of band, like any large bytes.
-    exc_pickle, type_name, message, traceback_text = _protocol.loads(
+    exc_pickle, type_name, message, traceback_text = _serialize.loads(
         frame.payload, frame.buffers
     )
     return _rebuild_exception(exc_pickle, type_name, message, traceback_text)
@@ -1867,7 +1859,7 @@ def _outcome(job: _Job) -> Any:
     assert frame is not None
     if frame.kind == _protocol.RESULT:
         try:
-            return _protocol.loads(frame.payload, frame.buffers)
+            return _serialize.loads(frame.payload, frame.buffers)
         except Exception as exc:
             raise SerializationError(
                 f"could not unpickle the task's result: {type(exc).__name__}: {exc}"
@@ -1880,14 +1872,14 @@ def _outcome(job: _Job) -> Any:
                 f"could not unpickle the task's exception: {type(exc).__name__}: {exc}"
             ) from exc
         raise remote
-    what, exc_pickle, type_name, message, traceback_text = _protocol.loads(
+    what, exc_pickle, type_name, message, traceback_text = _serialize.loads(
         frame.payload, frame.buffers
     )
     hint = ""
     if what == "the result" and type_name in _BY_REFERENCE_ERRORS:
         # The worker shares this process's sys.path: no cloudpickle here
         # means none there either.
-        hint = _protocol.cloudpickle_hint(pickle.PicklingError())
+        hint = _serialize.cloudpickle_hint(pickle.PicklingError())
     serialization_error = SerializationError(
         f"could not {'unpickle' if what == 'the task' else 'pickle'} {what} "
         f"in the worker: {type_name}: {message}{hint}"
