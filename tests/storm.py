@@ -38,7 +38,7 @@ import trio
 import triopool
 from tests import workerfuncs as wf
 from tests.conftest import is_running, open_fds
-from triopool import _pool, _protocol, _serialize, _worker
+from triopool import _messages, _pool, _protocol, _worker
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -202,7 +202,7 @@ def record_sends(
         decoder.receive_data(b"".join(bytes(piece) for piece in job.pieces))
         frame = decoder.next_frame()
         assert isinstance(frame, _protocol.Frame)
-        _fn, args, _soft = _serialize.loads(frame.payload, frame.buffers)
+        _fn, args, _soft = _messages.decode_task(frame, None)
         sent.setdefault(args[0], []).append(pid_of(link.worker))
         await original(self, link, job)
 

@@ -34,7 +34,6 @@ import inspect
 import logging
 import math
 import os
-import pickle
 import signal
 from collections import deque
 from collections.abc import Iterable
@@ -43,13 +42,11 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 import attrs
 import trio
 
-from . import _context, _faults, _map, _pipes, _protocol, _serialize
+from . import _context, _faults, _map, _messages, _pipes, _protocol
 from ._errors import (
     BrokenPoolError,
     BrokenWorkerError,
-    RemoteError,
     RemoteTraceback,
-    SerializationError,
     TimeLimitExceeded,
     WorkerStartError,
 )
@@ -438,8 +435,10 @@ class Pool:
 
     def __init__(self, config: PoolConfig) -> None:
         self._config = config
-        self._config_pieces = _config_frame(config)
-        self._main_importable = _main_module() != (None, None)
+        self._config_pieces = _messages.config_frame(
+            config.initializer, config.initargs, config.max_memory_per_child
+        )
+        self._main_importable = _messages.main_module() != (None, None)
         self._waiting: deque[_Job] = deque()
         self._idle: list[_Link] = []
         self._links: set[_Link] = set()
@@ -602,28 +601,13 @@ class Pool:
             soft_time_limit = _no_limit_if_inf(soft_time_limit)
             _check_limits(time_limit, soft_time_limit, " of run_sync()")
         self._check_usable()
-        # A function from a __main__ the workers cannot run again (a REPL, a
-        # notebook, python -c) pickles by reference here and then fails to
-        # unpickle there: send it by value instead.
-        # The function may also come as an argument (map's chunks).
-        by_value = not self._main_importable and (
-            _serialize.from_main(fn) or any(_serialize.from_main(arg) for arg in args)
-        )
-        try:
-            payload, buffers = _serialize.dumps_with_fallback(
-                (fn, args, soft_time_limit), by_value=by_value
-            )
-        except Exception as exc:
-            raise SerializationError(
-                f"could not pickle the task {_describe_callable(fn)}: "
-                f"{type(exc).__name__}: {exc}{_serialize.cloudpickle_hint(exc)}"
-            ) from exc
         job = _Job(
-            _protocol.encode_frame(_protocol.TASK, payload, buffers),
+            _messages.task_frame(
+                fn, args, soft_time_limit, main_importable=self._main_importable
+            ),
             time_limit,
             kill_on_cancel,
         )
-        del payload, buffers
         job.caller = trio.lowlevel.current_task()
         self._submit(job)
 
@@ -1062,13 +1046,12 @@ class Pool:
                 "before reporting up"
             )
         if frame.kind == _protocol.START_FAILED:
-            type_name, message, traceback_text = _serialize.loads(
-                frame.payload, frame.buffers
-            )
+            failure = _messages.decode_start_failed(frame)
             error = WorkerStartError(
-                f"the initializer raised in worker {worker.pid}: {type_name}: {message}"
+                f"the initializer raised in worker {worker.pid}: "
+                f"{failure.type_name}: {failure.message}"
             )
-            error.__cause__ = RemoteTraceback(traceback_text)
+            error.__cause__ = RemoteTraceback(failure.traceback)
             raise error
         if frame.kind != _protocol.UP:
             raise WorkerStartError(
@@ -1689,7 +1672,7 @@ class Pool:
         """A task raised a BaseException that ends its worker: keep it as
         the job's error's cause and wait for the worker to exit."""
         try:
-            job.fatal_cause = _exception_from(frame)
+            job.fatal_cause = _messages.decode_remote_exception(frame).rebuild()
         except Exception as exc:
             # Not what a FATAL frame holds; the worker is ending (or gets
             # killed below) all the same.
@@ -1818,153 +1801,11 @@ def _ended(worker: Worker, exitcode: int | None) -> str:
     return describe_exit(exitcode)
 
 
-def _describe_callable(fn: object) -> str:
-    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
-    module = getattr(fn, "__module__", None)
-    if name and module:
-        return f"{module}.{name}"
-    return repr(fn)
-
-
-def _exception_from(frame: _protocol.Frame) -> BaseException:
-    """Rebuild a worker's exception from an ERROR or FATAL frame."""
-    # A large exception pickle travels out of band, like any large bytes.
-    exc_pickle, type_name, message, traceback_text = _serialize.loads(
-        frame.payload, frame.buffers
-    )
-    return _rebuild_exception(exc_pickle, type_name, message, traceback_text)
-
-
-def _rebuild_exception(
-    exc_pickle: bytes | None, type_name: str, message: str, traceback_text: str
-) -> BaseException:
-    """The worker's exception, or a RemoteError if it does not unpickle here;
-    its ``__cause__`` carries the worker's traceback."""
-    exc: BaseException | None = None
-    if exc_pickle is not None:
-        try:
-            exc = pickle.loads(exc_pickle)
-        except Exception:
-            exc = None
-    if not isinstance(exc, BaseException):
-        exc = RemoteError(type_name, message, traceback_text)
-    exc.__cause__ = RemoteTraceback(traceback_text)
-    return exc
-
-
 def _outcome(job: _Job) -> Any:
     if job.error is not None:
         raise job.error
-    frame = job.frame
-    assert frame is not None
-    if frame.kind == _protocol.RESULT:
-        try:
-            return _serialize.loads(frame.payload, frame.buffers)
-        except Exception as exc:
-            raise SerializationError(
-                f"could not unpickle the task's result: {type(exc).__name__}: {exc}"
-            ) from exc
-    if frame.kind == _protocol.ERROR:
-        try:
-            remote = _exception_from(frame)
-        except Exception as exc:
-            raise SerializationError(
-                f"could not unpickle the task's exception: {type(exc).__name__}: {exc}"
-            ) from exc
-        raise remote
-    what, exc_pickle, type_name, message, traceback_text = _serialize.loads(
-        frame.payload, frame.buffers
-    )
-    hint = ""
-    if what == "the result" and type_name in _BY_REFERENCE_ERRORS:
-        # The worker shares this process's sys.path: no cloudpickle here
-        # means none there either.
-        hint = _serialize.cloudpickle_hint(pickle.PicklingError())
-    serialization_error = SerializationError(
-        f"could not {'unpickle' if what == 'the task' else 'pickle'} {what} "
-        f"in the worker: {type_name}: {message}{hint}"
-    )
-    # The pickling error itself, as API.md promises, with the worker's
-    # traceback as its own cause.
-    serialization_error.__cause__ = _rebuild_exception(
-        exc_pickle, type_name, message, traceback_text
-    )
-    raise serialization_error
-
-
-# The errors plain pickle raises when it cannot send a function or class by
-# reference, as the worker names them.
-_BY_REFERENCE_ERRORS = frozenset(
-    {"_pickle.PicklingError", "pickle.PicklingError", "builtins.AttributeError"}
-)
-
-
-def _main_module() -> tuple[str | None, str | None]:
-    """Where the workers find the parent's ``__main__``: (path, module name)."""
-    import sys
-
-    main = sys.modules.get("__main__")
-    spec = getattr(main, "__spec__", None)
-    name = getattr(spec, "name", None)
-    if name is not None and name != "__main__":
-        if name.endswith(".__main__"):
-            # A package's __main__ (python -m pkg) is a command line: running it
-            # again would run the command. Like multiprocessing, skip it.
-            return None, None
-        return None, name
-    path = getattr(main, "__file__", None)
-    if isinstance(path, str) and path.endswith(".py") and os.path.exists(path):
-        return os.path.abspath(path), None
-    return None, None
-
-
-def _config_frame(config: PoolConfig) -> list[bytes | memoryview]:
-    import sys
-
-    initializer = None
-    if config.initializer is not None:
-        try:
-            initializer = pickle.dumps((config.initializer, config.initargs), 5)
-        except Exception as exc:
-            raise TypeError(
-                f"initializer and initargs must be picklable: {type(exc).__name__}: {exc}"
-            ) from exc
-    main_path, main_name = _main_module()
-    if main_path is not None or main_name is not None:
-        # Workers run the main script as __mp_main__, so objects whose classes
-        # it defines come back under that name; make it resolve here too, as
-        # multiprocessing does.
-        sys.modules.setdefault("__mp_main__", sys.modules["__main__"])
-    payload = pickle.dumps(
-        {
-            "sys_path": list(sys.path),
-            # The main script may read sys.argv at import, as it does when it
-            # is run again in the worker (multiprocessing passes it on too).
-            "sys_argv": list(sys.argv),
-            "main_path": main_path,
-            "main_name": main_name,
-            "initializer": initializer,
-            "max_memory": config.max_memory_per_child,
-            "authkey": _multiprocessing_authkey(),
-        },
-        5,
-    )
-    return _protocol.encode_frame(_protocol.CONFIG, payload)
-
-
-def _multiprocessing_authkey() -> bytes:
-    """This process's ``multiprocessing`` authkey, for the workers.
-
-    A ``multiprocessing.Manager()`` proxy sent as an argument connects back to
-    its manager with the key of the process it is in; the workers need the
-    parent's. They set it only if a task imports ``multiprocessing`` (see
-    ``_child._ParentAuthkey``), so the key costs them nothing otherwise. Here
-    the import costs a few milliseconds, once, and covers a program that
-    imports ``multiprocessing`` after its pool opened.
-    """
-    import multiprocessing.process
-
-    return bytes(multiprocessing.process.current_process().authkey)
+    assert job.frame is not None
+    return _messages.outcome(job.frame)
 
 
 # The overloads tell type checkers what each kind of pool is: a local Pool, or
