@@ -135,10 +135,15 @@ def encode_frame(
     Small pieces are joined; buffers are returned as views of their own memory
     so that writing them copies nothing in this process.
     """
+    if not buffers:
+        # Most frames: no comprehension to run (each costs a call).
+        head = _HEADER.pack(kind, flags, 0, len(payload))
+        if len(payload) < _LARGE_SEGMENT:
+            return [head + payload]
+        return [head, memoryview(payload)]
     raws = [buf.raw() for buf in buffers]
     head = _HEADER.pack(kind, flags, len(raws), len(payload))
-    if raws:
-        head += b"".join([_LENGTH.pack(_buffer_length(raw)) for raw in raws])
+    head += b"".join([_LENGTH.pack(_buffer_length(raw)) for raw in raws])
     if len(payload) < _LARGE_SEGMENT:
         pieces: list[bytes | memoryview] = [head + payload]
     else:
