@@ -38,7 +38,7 @@ import trio
 import triopool
 from tests import workerfuncs as wf
 from tests.conftest import is_running, open_fds
-from triopool import _hooks, _protocol
+from triopool import _hooks, _messages, _protocol
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -203,7 +203,7 @@ def record_sends(
         decoder.receive_data(b"".join(bytes(piece) for piece in event.pieces))
         frame = decoder.next_frame()
         assert isinstance(frame, _protocol.Frame)
-        _fn, args, _soft = _protocol.loads(frame.payload, frame.buffers)
+        _fn, args, _soft = _messages.decode_task(frame, None)
         sent.setdefault(args[0], []).append(pid_of(event.worker_pid))
 
     with _hooks.installed(trace=trace):

@@ -1,20 +1,23 @@
-"""The wire protocol, tested synchronously: no processes, no I/O."""
+"""The framing of the wire protocol, tested synchronously: no processes, no I/O.
+
+Payloads are made with ``_serialize`` (tested in test_serialize.py), so these
+tests also cover large bytes received into the objects themselves.
+"""
 
 from __future__ import annotations
 
 import mmap
-import pickle
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from triopool import _protocol
+from triopool import _protocol, _serialize
 from triopool._protocol import EOF, NEED_DATA, Decoder, Frame, ProtocolError
 
 
 def encode(kind: int, obj: object, flags: int = 0) -> bytes:
-    payload, buffers = _protocol.dumps(obj)
+    payload, buffers = _serialize.dumps(obj)
     return b"".join(
         bytes(piece) for piece in _protocol.encode_frame(kind, payload, buffers, flags)
     )
@@ -40,7 +43,7 @@ def decode_chunks(chunks: list[bytes]) -> list[tuple[int, int, object]]:
     frames.extend(drain(decoder))
     assert decoder.next_frame() is EOF
     return [
-        (frame.kind, frame.flags, _protocol.loads(frame.payload, frame.buffers))
+        (frame.kind, frame.flags, _serialize.loads(frame.payload, frame.buffers))
         for frame in frames
     ]
 
@@ -58,7 +61,7 @@ MESSAGES: list[tuple[int, int, object]] = [
     (_protocol.TASK, 0, (len, ("abc",), None)),
     (_protocol.RESULT, _protocol.OVER_MEMORY, 42),
     (_protocol.UP, 0, None),
-    (_protocol.RESULT, 0, b"x" * (_protocol.OUT_OF_BAND_THRESHOLD + 3)),
+    (_protocol.RESULT, 0, b"x" * (_serialize.OUT_OF_BAND_THRESHOLD + 3)),
     (_protocol.RESULT, 0, [bytearray(b"y" * 70_000), b"z" * 100_000, "s"]),
     (_protocol.ERROR, 0, ("text" * 20_000, 1.5)),
 ]
@@ -145,10 +148,13 @@ def test_unknown_kind_is_an_error() -> None:
         decoder.next_frame()
 
 
-def receive_in_pieces(stream: bytes) -> tuple[Frame, int]:
+def receive_in_pieces(
+    stream: bytes, decoder: Decoder | None = None
+) -> tuple[Frame, int]:
     """Decode one frame fed in odd pieces, reading large segments straight
     into :meth:`Decoder.read_target`; also return how many bytes went there."""
-    decoder = Decoder()
+    if decoder is None:
+        decoder = Decoder()
     decoder.receive_data(stream[:100])
     assert decoder.next_frame() is NEED_DATA
     position = 100
@@ -177,7 +183,7 @@ def test_large_bytes_are_received_into_the_object_itself(
     data = kind(bytes(range(256)) * 1000)  # 256,000 bytes: out of band
     frame, filled_by_target = receive_in_pieces(encode(_protocol.RESULT, data))
     assert filled_by_target > 200_000
-    value = _protocol.loads(frame.payload, frame.buffers)
+    value = _serialize.loads(frame.payload, frame.buffers)
     assert type(value) is kind
     assert value == data
     # The object the decoder received into *is* the result: no copy (a bytes
@@ -185,16 +191,15 @@ def test_large_bytes_are_received_into_the_object_itself(
     assert value is frame.buffers[0].obj
 
 
-def test_bytes_received_without_building_them_in_place(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_bytes_received_without_building_them_in_place() -> None:
     # Where bytes cannot be built in place (not CPython), the buffer is
     # received into a bytearray and copied once into the bytes.
-    monkeypatch.setattr(_protocol, "_bytes_builder", lambda: None)
     data = bytes(range(256)) * 1000
-    frame, _ = receive_in_pieces(encode(_protocol.RESULT, data))
+    frame, _ = receive_in_pieces(
+        encode(_protocol.RESULT, data), Decoder(bytes_in_place=False)
+    )
     assert type(frame.buffers[0].obj) is bytearray
-    value = _protocol.loads(frame.payload, frame.buffers)
+    value = _serialize.loads(frame.payload, frame.buffers)
     assert type(value) is bytes
     assert value == data
 
@@ -212,7 +217,7 @@ def test_bytes_built_in_place_whatever_others_set_on_ctypes_pythonapi(
     monkeypatch.setattr(api.PyBytes_AsString, "restype", ctypes.c_char_p)
     monkeypatch.setattr(api.PyMemoryView_FromMemory, "restype", ctypes.c_void_p)
     frame, _ = receive_in_pieces(encode(_protocol.RESULT, data))
-    value = _protocol.loads(frame.payload, frame.buffers)
+    value = _serialize.loads(frame.payload, frame.buffers)
     assert value == data
     assert value is frame.buffers[0].obj
 
@@ -223,7 +228,7 @@ def test_only_whole_bytes_objects_are_received_as_bytes() -> None:
     frame, _ = receive_in_pieces(encode(_protocol.RESULT, sent))
     owners = [type(buffer.obj) for buffer in frame.buffers]
     assert owners == [bytes, bytearray, bytearray, bytearray]
-    whole, array, part, view = _protocol.loads(frame.payload, frame.buffers)
+    whole, array, part, view = _serialize.loads(frame.payload, frame.buffers)
     assert (type(whole), type(array)) == (bytes, bytearray)
     assert whole == data
     assert array == data
@@ -241,50 +246,10 @@ def test_commit_beyond_the_target_is_an_error() -> None:
         decoder.commit(1)
 
 
-def test_large_bytes_travel_out_of_band() -> None:
-    big = b"b" * (1 << 20)
-    payload, buffers = _protocol.dumps({"big": big, "small": b"s"})
-    assert len(payload) < 1000
-    assert [buffer.raw().nbytes for buffer in buffers] == [1 << 20]
-    # The buffer is the object's own memory, not a copy of it.
-    assert buffers[0].raw().obj is big
-
-
-@pytest.mark.parametrize("size", [10, 1 << 17])
-def test_memoryviews_keep_format_shape_and_readonly(size: int) -> None:
-    data = bytearray(size * 8)
-    view = memoryview(data).cast("d", (size // 2, 2))
-    view[1, 1] = 2.5
-    for original in (view, view.toreadonly()):
-        payload, buffers = _protocol.dumps(original)
-        copy = _protocol.loads(
-            payload, [memoryview(bytearray(b.raw())) for b in buffers]
-        )
-        assert isinstance(copy, memoryview)
-        assert (copy.format, copy.shape, copy.readonly) == (
-            "d",
-            (size // 2, 2),
-            original.readonly,
-        )
-        assert copy[1, 1] == 2.5
-        assert copy.tobytes() == original.tobytes()
-
-
-def test_non_contiguous_memoryview_pickles_by_copy() -> None:
-    view = memoryview(bytes(range(200)))[::2]
-    payload, buffers = _protocol.dumps(view)
-    assert buffers == []
-    assert _protocol.loads(payload, []).tobytes() == bytes(range(0, 200, 2))
-
-
 def test_small_frames_are_one_piece() -> None:
-    payload, buffers = _protocol.dumps((print, (1,), None))
+    payload, buffers = _serialize.dumps((print, (1,), None))
     pieces = _protocol.encode_frame(_protocol.TASK, payload, buffers)
     assert len(pieces) == 1
-
-
-def test_plain_pickles_still_load() -> None:
-    assert _protocol.loads(pickle.dumps([1, "a"], 5), []) == [1, "a"]
 
 
 @pytest.mark.slow
@@ -294,7 +259,7 @@ def test_a_frame_larger_than_4_gib() -> None:
     source = mmap.mmap(-1, size)
     source[size - 1] = 7
     source[(4 << 30) + 1] = 9
-    payload, buffers = _protocol.dumps(memoryview(source))
+    payload, buffers = _serialize.dumps(memoryview(source))
     pieces = _protocol.encode_frame(_protocol.RESULT, payload, buffers)
     del payload, buffers
     decoder = Decoder()
@@ -309,7 +274,7 @@ def test_a_frame_larger_than_4_gib() -> None:
         view.release()
     assert isinstance(frame, Frame)
     assert [b.nbytes for b in frame.buffers] == [size]
-    value = _protocol.loads(frame.payload, frame.buffers)
+    value = _serialize.loads(frame.payload, frame.buffers)
     assert len(value) == size
     assert value[size - 1] == 7
     assert value[(4 << 30) + 1] == 9

@@ -8,14 +8,13 @@ import pickle
 import sys
 import textwrap
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 import trio
 
 import triopool
 from tests import taskfuncs, workerfuncs
-from triopool import _protocol
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -157,27 +156,6 @@ async def test_unpicklable_even_with_cloudpickle() -> None:
             with pytest.raises(triopool.SerializationError, match="lock"):
                 await pool.run_sync(lambda: lock)
             assert await pool.run_sync(workerfuncs.add, 2, 2) == 4
-
-
-async def test_plain_pickle_stays_the_fast_path(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    def no_cloudpickle() -> Any:
-        raise AssertionError("cloudpickle was asked for a picklable task")
-
-    monkeypatch.setattr(_protocol, "_cloudpickle", no_cloudpickle)
-    payload, buffers = _protocol.dumps_with_fallback((workerfuncs.add, (1, 2), None))
-    assert b"cloudpickle" not in payload
-    fn, args, _ = pickle.loads(payload, buffers=buffers)
-    assert fn(*args) == 3
-
-
-async def test_cloudpickle_output_loads_with_plain_pickle() -> None:
-    pytest.importorskip("cloudpickle")
-    payload, buffers = _protocol.dumps_with_fallback(lambda x: x * 3)
-    assert pickle.loads(payload, buffers=buffers)(3) == 9
-    payload, buffers = _protocol.dumps_with_fallback(workerfuncs.add, by_value=True)
-    assert pickle.loads(payload, buffers=buffers)(2, 3) == 5
 
 
 SCRIPT = textwrap.dedent(

@@ -15,7 +15,7 @@ import triopool
 from tests import storm
 from tests import workerfuncs as wf
 from tests.storm import LogWatch, StormConfig, record_sends, run_storm
-from triopool import _pool, _protocol, _worker
+from triopool import _pool, _protocol, _serialize, _worker
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -117,7 +117,7 @@ async def test_storm_detects_answers_from_a_worker_the_task_was_not_sent_to(
 
 def fake_frame() -> _protocol.Frame:
     """A well-formed RESULT frame that no task asked for."""
-    payload, _ = _protocol.dumps(("nonce of nobody", 0))
+    payload, _ = _serialize.dumps(("nonce of nobody", 0))
     return _protocol.Frame(_protocol.RESULT, 0, payload, [])
 
 

@@ -34,7 +34,7 @@ import pickle
 import signal
 import sys
 
-from . import _pipes, _protocol
+from . import _messages, _pipes, _protocol, _serialize
 from ._errors import SoftTimeLimitExceeded
 
 TYPE_CHECKING = False
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     import types
     from collections.abc import Callable
     from types import FrameType
-    from typing import Any
+    from typing import Any, NoReturn
 
     from ._faults import Plan
 
@@ -198,10 +198,6 @@ class _Pipes:
             view = memoryview(piece)
             while view:
                 view = view[os.write(self.fd_out, view) :]
-
-    def send_message(self, kind: int, obj: object, flags: int = 0) -> None:
-        payload, buffers = _protocol.dumps(obj)
-        self.send(_protocol.encode_frame(kind, payload, buffers, flags))
 
     def answer(
         self,
@@ -433,35 +429,6 @@ def _resident_memory() -> int:
         return peak if sys.platform == "darwin" else peak * 1024
 
 
-def _describe(exc: BaseException) -> tuple[str, str, str]:
-    """The exception's type name, message and traceback text, whatever its
-    ``__str__`` does (a task's exception must never end the worker)."""
-    import traceback
-
-    cls = type(exc)
-    type_name = f"{cls.__module__}.{cls.__qualname__}"
-    try:
-        message = str(exc)
-    except BaseException as str_error:
-        message = f"<str() of the exception raised {type(str_error).__name__}>"
-    try:
-        text = "".join(traceback.format_exception(exc))
-    except BaseException as format_error:
-        text = (
-            f"{type_name}: {message}\n(its traceback could not be formatted: "
-            f"{type(format_error).__name__})\n"
-        )
-    return type_name, message, text
-
-
-def _exception_message(exc: BaseException) -> tuple[bytes | None, str, str, str]:
-    try:
-        exc_pickle: bytes | None = pickle.dumps(exc, 5)
-    except Exception:
-        exc_pickle = None
-    return (exc_pickle, *_describe(exc))
-
-
 def _die_with_parent(parent_pid: int) -> None:
     if sys.platform == "linux":
         import ctypes
@@ -550,21 +517,21 @@ def main(fd_in: int, fd_out: int, parent_pid: int) -> None:
     frame = pipes.receive()
     if frame is None:
         return
-    config = pickle.loads(frame.payload)
-    sys.path[:] = config["sys_path"]
-    sys.argv[:] = config["sys_argv"]
-    _ParentAuthkey.install(config["authkey"])
-    fixup = _MainFixup(config["main_path"], config["main_name"])
-    max_memory: int | None = config["max_memory"]
+    config = _messages.decode_config(frame)
+    sys.path[:] = config.sys_path
+    sys.argv[:] = config.sys_argv
+    _ParentAuthkey.install(config.authkey)
+    fixup = _MainFixup(config.main_path, config.main_name)
+    max_memory = config.max_memory
     try:
-        if config["initializer"] is not None:
-            initializer, initargs = _protocol.loads(
-                config["initializer"], [], fixup.unpickler(config["initializer"])
+        if config.initializer is not None:
+            initializer, initargs = _serialize.loads(
+                config.initializer, [], fixup.unpickler(config.initializer)
             )
             initializer(*initargs)
     except BaseException as exc:
         _leave_if_forked(worker_pid, exc)
-        pipes.send_message(_protocol.START_FAILED, _describe(exc))
+        pipes.send(_messages.start_failed_frame(exc))
         os._exit(1)
     _leave_if_forked(worker_pid, None)
     del frame, config
@@ -601,17 +568,19 @@ def _serve(
             return
         flags = 0
         try:
-            fn, args, soft_time_limit = _protocol.loads(
-                frame.payload, frame.buffers, fixup.unpickler(frame.payload)
+            fn, args, soft_time_limit = _messages.decode_task(
+                frame, fixup.unpickler(frame.payload)
             )
         except Exception as exc:
             del frame
-            message = _exception_message(exc)
-            payload, buffers = _protocol.dumps(("the task", *message))
-            pipes.answer(_protocol.SERIAL_ERROR, payload, buffers, 0)
+            pipes.answer(
+                *_messages.serialization_failure_answer(
+                    _messages.Step.UNPICKLE_TASK, exc
+                ),
+                0,
+            )
             continue
         del frame
-        kind = _protocol.RESULT
         try:
             if soft_time_limit is not None:
                 soft_limit.arm(soft_time_limit)
@@ -627,17 +596,22 @@ def _serve(
                     soft_limit.disarm()
             _leave_if_forked(worker_pid, None)
         except Exception as exc:
-            kind = _protocol.ERROR
-            result = _exception_message(exc)
+            del fn, args
+            kind, payload, buffers = _messages.error_answer(exc)
         except BaseException as exc:
             _fatal(pipes, exc)
-        del fn, args
-        try:
-            payload, buffers = _protocol.dumps_with_fallback(result)
-        except Exception as exc:
-            kind = _protocol.SERIAL_ERROR
-            payload, buffers = _protocol.dumps(("the result", *_exception_message(exc)))
-        del result
+        else:
+            del fn, args
+            # A RESULT frame holds the value itself (see _messages): pickled
+            # here, without a detour through a message, on every task.
+            kind = _protocol.RESULT
+            try:
+                payload, buffers = _serialize.dumps_with_fallback(result)
+            except Exception as exc:
+                kind, payload, buffers = _messages.serialization_failure_answer(
+                    _messages.Step.PICKLE_RESULT, exc
+                )
+            del result
         _flush_output()
         if max_memory is not None and _resident_memory() > max_memory:
             flags = _protocol.OVER_MEMORY
@@ -682,10 +656,10 @@ def _flush_output() -> None:
             pass
 
 
-def _fatal(pipes: _Pipes, exc: BaseException) -> None:
+def _fatal(pipes: _Pipes, exc: BaseException) -> NoReturn:
     code = _exit_code(exc)
     try:
-        pipes.send_message(_protocol.FATAL, _exception_message(exc))
+        pipes.send(_messages.fatal_frame(exc))
     finally:
         _flush_output()
         os._exit(code)

@@ -42,7 +42,7 @@ import socket
 import struct
 import sys
 
-from . import _child
+from . import _child, _messages
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -101,8 +101,11 @@ def main(sock_fd: int, parent_pid: int) -> None:
         for name in config["preload"]:
             importlib.import_module(name)
     except BaseException as exc:
-        type_name, text, _ = _child._describe(exc)
-        sock.send(START_FAILED + f"{type_name}: {text}".encode(errors="replace"))
+        error = _messages.ExceptionText.of(exc)
+        sock.send(
+            START_FAILED
+            + f"{error.type_name}: {error.message}".encode(errors="replace")
+        )
         os._exit(1)
     _Server(sock).serve()
 

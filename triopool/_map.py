@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Generic, Literal, Protocol, TypeVar
 import attrs
 import trio
 
-from . import _protocol
+from . import _serialize
 from ._chunk import run_chunk, run_timed_chunk
 from ._chunksize import MAX_AUTO_CHUNK, ChunkPlanner, default_max_in_flight
 from ._errors import SerializationError
@@ -144,11 +144,11 @@ def _check_picklable(fn: object) -> None:
     # message naming fn rather than the chunk runner. The same fallback as
     # run_sync's: what cloudpickle can send (lambdas, closures) passes.
     try:
-        _protocol.dumps_with_fallback(fn)
+        _serialize.dumps_with_fallback(fn)
     except Exception as exc:
         raise SerializationError(
             f"could not pickle the function {fn!r}: {type(exc).__name__}: {exc}"
-            f"{_protocol.cloudpickle_hint(exc)}"
+            f"{_serialize.cloudpickle_hint(exc)}"
         ) from exc
 
 

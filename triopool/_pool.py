@@ -29,16 +29,13 @@ Invariants:
 from __future__ import annotations
 
 import contextlib
-import functools
 import inspect
 import logging
-import os
-import pickle
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 import trio
 
-from . import _context, _hooks, _map, _protocol, _stats
+from . import _context, _hooks, _map, _messages, _stats
 from ._backend_pool import open_backend_pool
 from ._config import (
     POOL_DEFAULT,
@@ -49,11 +46,7 @@ from ._config import (
     _no_limit_if_inf,
     _usable_cpus,
 )
-from ._errors import (
-    SerializationError,
-)
 from ._jobs import Job, Jobs, JobState
-from ._messages import exception_from, rebuild_exception
 from ._slots import Slots
 
 if TYPE_CHECKING:
@@ -89,13 +82,19 @@ class Pool:
 
     def __init__(self, config: PoolConfig) -> None:
         self._config = config
-        self._main_importable = _main_module() != (None, None)
+        self._main_importable = _messages.main_module() != (None, None)
         self._closed = False
         self._nursery: trio.Nursery | None = None
         self._thread: int | None = None  # of the run that opened it (see _open)
         self._jobs = Jobs()
         self._slots = Slots(
-            config, _config_frame(config), self._jobs, _usable_cpus(), _hooks.current()
+            config,
+            _messages.config_frame(
+                config.initializer, config.initargs, config.max_memory_per_child
+            ),
+            self._jobs,
+            _usable_cpus(),
+            _hooks.current(),
         )
 
     def __repr__(self) -> str:
@@ -213,28 +212,13 @@ class Pool:
             soft_time_limit = _no_limit_if_inf(soft_time_limit)
             _check_limits(time_limit, soft_time_limit, " of run_sync()")
         self._check_usable()
-        # A function from a __main__ the workers cannot run again (a REPL, a
-        # notebook, python -c) pickles by reference here and then fails to
-        # unpickle there: send it by value instead.
-        # The function may also come as an argument (map's chunks).
-        by_value = not self._main_importable and (
-            _from_main(fn) or any(_from_main(arg) for arg in args)
-        )
-        try:
-            payload, buffers = _protocol.dumps_with_fallback(
-                (fn, args, soft_time_limit), by_value=by_value
-            )
-        except Exception as exc:
-            raise SerializationError(
-                f"could not pickle the task {_describe_callable(fn)}: "
-                f"{type(exc).__name__}: {exc}{_protocol.cloudpickle_hint(exc)}"
-            ) from exc
         job = Job(
-            _protocol.encode_frame(_protocol.TASK, payload, buffers),
+            _messages.task_frame(
+                fn, args, soft_time_limit, main_importable=self._main_importable
+            ),
             time_limit,
             kill_on_cancel,
         )
-        del payload, buffers
         job.caller = trio.lowlevel.current_task()
         self._jobs.submit(job)
 
@@ -431,134 +415,11 @@ class Pool:
         self._slots.fail_waiting(lambda: trio.ClosedResourceError("the pool closed"))
 
 
-def _describe_callable(fn: object) -> str:
-    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
-    module = getattr(fn, "__module__", None)
-    if name and module:
-        return f"{module}.{name}"
-    return repr(fn)
-
-
-def _from_main(fn: object) -> bool:
-    """Whether ``fn`` (or the function of a partial) comes from ``__main__``."""
-    while isinstance(fn, functools.partial):
-        fn = fn.func
-    return getattr(fn, "__module__", None) == "__main__"
-
-
 def _outcome(job: Job) -> Any:
     if job.error is not None:
         raise job.error
-    frame = job.frame
-    assert frame is not None
-    if frame.kind == _protocol.RESULT:
-        try:
-            return _protocol.loads(frame.payload, frame.buffers)
-        except Exception as exc:
-            raise SerializationError(
-                f"could not unpickle the task's result: {type(exc).__name__}: {exc}"
-            ) from exc
-    if frame.kind == _protocol.ERROR:
-        try:
-            remote = exception_from(frame)
-        except Exception as exc:
-            raise SerializationError(
-                f"could not unpickle the task's exception: {type(exc).__name__}: {exc}"
-            ) from exc
-        raise remote
-    what, exc_pickle, type_name, message, traceback_text = _protocol.loads(
-        frame.payload, frame.buffers
-    )
-    hint = ""
-    if what == "the result" and type_name in _BY_REFERENCE_ERRORS:
-        # The worker shares this process's sys.path: no cloudpickle here
-        # means none there either.
-        hint = _protocol.cloudpickle_hint(pickle.PicklingError())
-    serialization_error = SerializationError(
-        f"could not {'unpickle' if what == 'the task' else 'pickle'} {what} "
-        f"in the worker: {type_name}: {message}{hint}"
-    )
-    # The pickling error itself, as API.md promises, with the worker's
-    # traceback as its own cause.
-    serialization_error.__cause__ = rebuild_exception(
-        exc_pickle, type_name, message, traceback_text
-    )
-    raise serialization_error
-
-
-# The errors plain pickle raises when it cannot send a function or class by
-# reference, as the worker names them.
-_BY_REFERENCE_ERRORS = frozenset(
-    {"_pickle.PicklingError", "pickle.PicklingError", "builtins.AttributeError"}
-)
-
-
-def _main_module() -> tuple[str | None, str | None]:
-    """Where the workers find the parent's ``__main__``: (path, module name)."""
-    import sys
-
-    main = sys.modules.get("__main__")
-    spec = getattr(main, "__spec__", None)
-    name = getattr(spec, "name", None)
-    if name is not None and name != "__main__":
-        if name.endswith(".__main__"):
-            # A package's __main__ (python -m pkg) is a command line: running it
-            # again would run the command. Like multiprocessing, skip it.
-            return None, None
-        return None, name
-    path = getattr(main, "__file__", None)
-    if isinstance(path, str) and path.endswith(".py") and os.path.exists(path):
-        return os.path.abspath(path), None
-    return None, None
-
-
-def _config_frame(config: PoolConfig) -> list[bytes | memoryview]:
-    import sys
-
-    initializer = None
-    if config.initializer is not None:
-        try:
-            initializer = pickle.dumps((config.initializer, config.initargs), 5)
-        except Exception as exc:
-            raise TypeError(
-                f"initializer and initargs must be picklable: {type(exc).__name__}: {exc}"
-            ) from exc
-    main_path, main_name = _main_module()
-    if main_path is not None or main_name is not None:
-        # Workers run the main script as __mp_main__, so objects whose classes
-        # it defines come back under that name; make it resolve here too, as
-        # multiprocessing does.
-        sys.modules.setdefault("__mp_main__", sys.modules["__main__"])
-    payload = pickle.dumps(
-        {
-            "sys_path": list(sys.path),
-            # The main script may read sys.argv at import, as it does when it
-            # is run again in the worker (multiprocessing passes it on too).
-            "sys_argv": list(sys.argv),
-            "main_path": main_path,
-            "main_name": main_name,
-            "initializer": initializer,
-            "max_memory": config.max_memory_per_child,
-            "authkey": _multiprocessing_authkey(),
-        },
-        5,
-    )
-    return _protocol.encode_frame(_protocol.CONFIG, payload)
-
-
-def _multiprocessing_authkey() -> bytes:
-    """This process's ``multiprocessing`` authkey, for the workers.
-
-    A ``multiprocessing.Manager()`` proxy sent as an argument connects back to
-    its manager with the key of the process it is in; the workers need the
-    parent's. They set it only if a task imports ``multiprocessing`` (see
-    ``_child._ParentAuthkey``), so the key costs them nothing otherwise. Here
-    the import costs a few milliseconds, once, and covers a program that
-    imports ``multiprocessing`` after its pool opened.
-    """
-    import multiprocessing.process
-
-    return bytes(multiprocessing.process.current_process().authkey)
+    assert job.frame is not None
+    return _messages.outcome(job.frame)
 
 
 # The overloads tell type checkers what each kind of pool is: a local Pool, or

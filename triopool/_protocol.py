@@ -9,12 +9,12 @@ out-of-band buffers, a main payload and those buffers::
     buffer bytes, one after the other
 
 Every length is 63 bits, so a frame, or one buffer in it, may exceed 4 GiB.
-Payloads are pickles (protocol 5); large ``bytes``, ``bytearray`` and
-``memoryview`` objects inside them travel out of band, as buffers that are
-written straight from the object's memory and read straight into the memory
-that becomes the object on the other side: a ``bytearray`` for most buffers
-and, on CPython, a new ``bytes`` object for a ``bytes`` object's buffer (see
-``_bytes_builder``).
+This module frames bytes and nothing else: what a payload holds is
+``_messages``' concern, how objects become payload and buffers ``_serialize``'s.
+Buffers are written straight from the memory they come from and read straight
+into memory of their own, which becomes the object on the other side: a
+``bytearray`` for most buffers and, on CPython, a new ``bytes`` object for a
+buffer that holds a whole ``bytes`` object (see ``_bytes_builder``).
 
 :class:`Decoder` is fed whatever chunks the stream delivers (``b""`` is EOF)
 and hands out whole :class:`Frame` objects, :data:`NEED_DATA` or :data:`EOF`.
@@ -28,27 +28,25 @@ This module imports only the standard library: the worker imports it.
 from __future__ import annotations
 
 import functools
-import io
-import pickle
 import struct
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import pickle
     from collections.abc import Callable
-    from typing import Any, Final
-
-    Buffer = bytes | bytearray | memoryview | pickle.PickleBuffer
+    from typing import Final
 
 # Frame kinds. Parent -> worker:
-CONFIG: Final = 1  # first frame: plain-data dict (sys.path, main module, initializer)
-TASK: Final = 2  # pickle of (fn, args, soft_time_limit)
+# (What each payload holds: see _messages.)
+CONFIG: Final = 1  # first frame: the worker's configuration
+TASK: Final = 2  # a task: function, arguments, soft time limit
 # Worker -> parent:
 UP: Final = 3  # the initializer ran; the worker takes tasks
-START_FAILED: Final = 4  # pickle of (type name, message, traceback text)
-RESULT: Final = 5  # pickle of the task's return value
-ERROR: Final = 6  # pickle of (exception pickle or None, type name, message, traceback)
-FATAL: Final = 7  # like ERROR, for a BaseException that ends the worker
-SERIAL_ERROR: Final = 8  # pickle of ("the task" or "the result", *what ERROR holds)
+START_FAILED: Final = 4  # the initializer raised
+RESULT: Final = 5  # the task's return value
+ERROR: Final = 6  # the task raised an Exception
+FATAL: Final = 7  # the task raised a BaseException that ends the worker
+SERIAL_ERROR: Final = 8  # the task did not unpickle, or its result did not pickle
 # Pipelining (see Pool._send_ahead). Parent -> worker:
 SKIP: Final = 9  # u64 task number: do not run that task if it has not started
 # Worker -> parent, always before the answer of the task it was running:
@@ -71,8 +69,6 @@ _LENGTH: Final = struct.Struct("<Q")
 # received into a new bytes object when it is large (see _bytes_builder).
 _BYTES_BUFFER: Final = 1 << 63
 
-#: Objects at least this large travel out of band.
-OUT_OF_BAND_THRESHOLD: Final = 1 << 16
 # A segment at least this large that has not fully arrived is received into
 # memory of its own (see Decoder.read_target) instead of being accumulated.
 _LARGE_SEGMENT: Final = 1 << 16
@@ -139,10 +135,15 @@ def encode_frame(
     Small pieces are joined; buffers are returned as views of their own memory
     so that writing them copies nothing in this process.
     """
+    if not buffers:
+        # Most frames: no comprehension to run (each costs a call).
+        head = _HEADER.pack(kind, flags, 0, len(payload))
+        if len(payload) < _LARGE_SEGMENT:
+            return [head + payload]
+        return [head, memoryview(payload)]
     raws = [buf.raw() for buf in buffers]
     head = _HEADER.pack(kind, flags, len(raws), len(payload))
-    if raws:
-        head += b"".join([_LENGTH.pack(_buffer_length(raw)) for raw in raws])
+    head += b"".join([_LENGTH.pack(_buffer_length(raw)) for raw in raws])
     if len(payload) < _LARGE_SEGMENT:
         pieces: list[bytes | memoryview] = [head + payload]
     else:
@@ -166,7 +167,7 @@ def _bytes_builder() -> Callable[[int], tuple[bytes, memoryview]] | None:
     contents are left for its creator to fill in before anyone else sees it;
     this is how C code builds one without a copy. A writable view of that
     memory (``PyMemoryView_FromMemory``) is what the pipe is read into, and
-    the object is unpickled as is (see ``_rebuild_bytes``): that saves
+    the object is unpickled as is (see ``_serialize._rebuild_bytes``): that saves
     zeroing a ``bytearray`` and copying it into a ``bytes``. Elsewhere a
     bytes object's buffer is received into a bytearray like any other.
     """
@@ -200,9 +201,15 @@ def _bytes_builder() -> Callable[[int], tuple[bytes, memoryview]] | None:
 
 
 class Decoder:
-    """Turns a byte stream into frames; see the module docstring."""
+    """Turns a byte stream into frames; see the module docstring.
+
+    With ``bytes_in_place=False`` a buffer holding a whole ``bytes`` object
+    is received into a ``bytearray`` like any other, as it is on interpreters
+    where bytes cannot be built in place (tests use this to cover them).
+    """
 
     __slots__ = (
+        "_bytes_in_place",
         "_data",
         "_eof",
         "_filled",
@@ -216,7 +223,8 @@ class Decoder:
         "_view",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, *, bytes_in_place: bool = True) -> None:
+        self._bytes_in_place = bytes_in_place
         self._data = bytearray()
         self._pos = 0
         self._eof = False
@@ -309,7 +317,9 @@ class Decoder:
                 segments.append(memoryview(data[self._pos : self._pos + length]))
                 self._pos += length
             elif length >= _LARGE_SEGMENT:
-                new_bytes = _bytes_builder() if whole_bytes else None
+                new_bytes = (
+                    _bytes_builder() if whole_bytes and self._bytes_in_place else None
+                )
                 if new_bytes is not None:
                     target, view = new_bytes(length)
                 else:
@@ -339,217 +349,3 @@ class Decoder:
         if self._kind or self._pos < len(self._data):
             raise ProtocolError("the stream ended in the middle of a frame")
         return EOF
-
-
-# Pickling with out-of-band buffers.
-
-
-def _rebuild_bytes(buffer: memoryview | bytes) -> bytes:
-    # A large one was received into a bytes object of its own (see
-    # Decoder.next_frame): when this view covers all of it, it is the object.
-    if type(buffer) is memoryview:
-        owner = buffer.obj
-        if type(owner) is bytes and buffer.nbytes == len(owner):
-            return owner
-    return bytes(buffer)
-
-
-def _rebuild_bytearray(buffer: memoryview | bytearray) -> bytearray:
-    # The decoder receives each large buffer into a bytearray of its own; when
-    # this view covers all of one, that bytearray *is* the object: no copy.
-    if isinstance(buffer, memoryview):
-        owner = buffer.obj
-        if type(owner) is bytearray and buffer.nbytes == len(owner):
-            return owner
-    return bytearray(buffer)
-
-
-def _rebuild_memoryview(
-    buffer: memoryview | bytes, fmt: str, shape: tuple[int, ...], readonly: bool
-) -> memoryview:
-    view = memoryview(buffer)
-    if view.readonly and not readonly:
-        view = memoryview(bytearray(view))
-    if view.format != "B" or view.ndim != 1:
-        view = view.cast("B")
-    if fmt != "B" or len(shape) != 1:
-        view = view.cast(fmt, shape)  # type: ignore[call-overload]
-    return view.toreadonly() if readonly else view
-
-
-class _OutOfBand:
-    """Stands in for a large bytes or bytearray while it is pickled."""
-
-    __slots__ = ("value",)
-
-    def __init__(self, value: bytes | bytearray) -> None:
-        self.value = value
-
-
-# The C pickler handles bytes and bytearray itself, before it would ask
-# reducer_override, so large ones are swapped for _OutOfBand stand-ins first.
-# Only the top of the object is searched (a task's arguments and what they
-# directly hold, a result and what it directly holds) and only small containers,
-# so the search costs next to nothing; deeper data travels in band, by copy.
-_SEARCH_DEPTH: Final = 3
-_SEARCH_WIDTH: Final = 32
-
-
-# Types that never hold a large bytes object: skipped without a call.
-_ATOMIC: Final = frozenset({int, float, str, bool, type(None)})
-
-
-def _swap_large(obj: Any, depth: int) -> Any:
-    cls = type(obj)
-    if cls is bytes or cls is bytearray:
-        return _OutOfBand(obj) if len(obj) >= OUT_OF_BAND_THRESHOLD else obj
-    if not depth:
-        return obj
-    if cls is tuple or cls is list:
-        if len(obj) > _SEARCH_WIDTH:
-            return obj
-        # Copied only once something in it was swapped (rarely): a task's
-        # (fn, args, limit) tuple is searched on every call.
-        items: list[Any] | None = None
-        for index, item in enumerate(obj):
-            if type(item) in _ATOMIC:
-                continue
-            new = _swap_large(item, depth - 1)
-            if new is not item:
-                if items is None:
-                    items = list(obj)
-                items[index] = new
-        if items is None:
-            return obj
-        return tuple(items) if cls is tuple else items
-    if cls is dict:
-        if len(obj) > _SEARCH_WIDTH:
-            return obj
-        changed = {}
-        for key, value in obj.items():
-            new = _swap_large(value, depth - 1)
-            if new is not value:
-                changed[key] = new
-        return {**obj, **changed} if changed else obj
-    return obj
-
-
-class _Pickler(pickle.Pickler):
-    def reducer_override(self, obj: object) -> Any:
-        cls = type(obj)
-        if cls is _OutOfBand:
-            value = obj.value  # type: ignore[attr-defined]
-            rebuild = _rebuild_bytes if type(value) is bytes else _rebuild_bytearray
-            return rebuild, (pickle.PickleBuffer(value),)
-        if cls is memoryview:
-            view: memoryview = obj  # type: ignore[assignment]
-            args = (view.format, view.shape, view.readonly)
-            if view.nbytes >= OUT_OF_BAND_THRESHOLD and view.c_contiguous:
-                return _rebuild_memoryview, (pickle.PickleBuffer(view), *args)
-            return _rebuild_memoryview, (view.tobytes(), *args)
-        return NotImplemented
-
-
-def dumps(obj: object) -> tuple[bytes, list[pickle.PickleBuffer]]:
-    """Pickle ``obj``; large bytes-like objects become out-of-band buffers.
-
-    Large ``bytes`` and ``bytearray`` objects are found near the top of
-    ``obj`` (see ``_swap_large``); ``memoryview`` objects and objects that
-    offer pickle buffers themselves (NumPy arrays) anywhere.
-    """
-    buffers: list[pickle.PickleBuffer] = []
-    swapped = _swap_large(obj, _SEARCH_DEPTH)
-    if swapped is obj:
-        # Nothing to swap: the plain C pickler is three times faster than a
-        # subclass with reducer_override. It refuses memoryview objects, which
-        # only _Pickler sends; anything else it refuses, _Pickler refuses too.
-        try:
-            return pickle.dumps(obj, 5, buffer_callback=buffers.append), buffers
-        except TypeError:
-            buffers.clear()
-    out = io.BytesIO()
-    _Pickler(out, 5, buffer_callback=buffers.append).dump(swapped)
-    return out.getvalue(), buffers
-
-
-def dumps_with_fallback(
-    obj: object, *, by_value: bool = False
-) -> tuple[bytes, list[pickle.PickleBuffer]]:
-    """:func:`dumps`, or cloudpickle for what plain pickle cannot send.
-
-    Plain pickle is tried first, so what it can send costs what it always did.
-    If it fails, or with ``by_value`` (for functions of a ``__main__`` the
-    worker cannot import, such as a REPL's), cloudpickle is used when it is
-    installed: it sends lambdas, closures and such functions by value. Its
-    output unpickles with plain :func:`pickle.loads` wherever cloudpickle is
-    importable.
-    """
-    if not by_value:
-        try:
-            return dumps(obj)
-        except Exception as exc:
-            cloudpickle = _cloudpickle()
-            if cloudpickle is None:
-                raise
-            error: Exception = exc
-    else:
-        cloudpickle = _cloudpickle()
-        if cloudpickle is None:
-            raise pickle.PicklingError(
-                "the function comes from a __main__ module the workers cannot "
-                "import (a REPL, a notebook or python -c)"
-            )
-    buffers: list[pickle.PickleBuffer] = []
-    try:
-        payload: bytes = cloudpickle.dumps(
-            obj, protocol=5, buffer_callback=buffers.append
-        )
-    except Exception as exc:
-        if not by_value:
-            exc.__context__ = error
-        raise
-    return payload, buffers
-
-
-def _cloudpickle() -> Any:
-    """The cloudpickle module, or ``None`` if it is not installed."""
-    import importlib
-
-    try:
-        return importlib.import_module("cloudpickle")
-    except ImportError:
-        return None
-
-
-#: Appended to pickling errors that cloudpickle would have avoided.
-CLOUDPICKLE_HINT: Final = (
-    "; to send lambdas, closures and functions defined in a REPL or notebook, "
-    "install cloudpickle: pip install cloudpickle"
-)
-
-
-def cloudpickle_hint(exc: BaseException) -> str:
-    """:data:`CLOUDPICKLE_HINT` if cloudpickle is missing and could have helped.
-
-    Plain pickle sends functions and classes by reference (module and name);
-    when that lookup fails it raises :class:`pickle.PicklingError` or
-    :class:`AttributeError` ("Can't pickle local object"). Other errors, such
-    as a lock in the arguments, cloudpickle cannot fix either.
-    """
-    if (
-        isinstance(exc, pickle.PicklingError | AttributeError)
-        and _cloudpickle() is None
-    ):
-        return CLOUDPICKLE_HINT
-    return ""
-
-
-def loads(
-    payload: bytes | bytearray | memoryview,
-    buffers: list[memoryview],
-    unpickler: Callable[..., pickle.Unpickler] | None = None,
-) -> Any:
-    """Unpickle what :func:`dumps` produced, given the frame's buffers."""
-    if unpickler is None:
-        return pickle.loads(payload, buffers=buffers)
-    return unpickler(io.BytesIO(payload), buffers=buffers).load()

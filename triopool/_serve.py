@@ -31,12 +31,11 @@ from typing import TYPE_CHECKING, Final
 import attrs
 import trio
 
-from . import _faults, _pipes, _protocol
+from . import _faults, _messages, _pipes, _protocol
 from ._errors import BrokenWorkerError, TimeLimitExceeded
 from ._hooks import Hooks, Trace, TraceKind
 from ._hooks import current as current_hooks
 from ._jobs import Job, JobState, Move, wake
-from ._messages import exception_from
 from ._pipeline import Pipeline
 from ._spawn import describe_exit
 
@@ -671,7 +670,7 @@ class Service:
         """A task raised a BaseException that ends its worker: keep it as
         the job's error's cause and wait for the worker to exit."""
         try:
-            job.fatal_cause = exception_from(frame)
+            job.fatal_cause = _messages.decode_remote_exception(frame).rebuild()
         except Exception as exc:
             # Not what a FATAL frame holds; the worker is ending (or gets
             # killed below) all the same.

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import attrs
 import trio
 
-from . import _protocol
+from . import _messages, _protocol
 from ._errors import BrokenPoolError, RemoteTraceback, WorkerStartError
 from ._forkserver import ForkServer, open_forkserver
 from ._serve import End, Service, exit_text, parent_fault
@@ -228,13 +228,12 @@ class Slots:
                 "before reporting up"
             )
         if frame.kind == _protocol.START_FAILED:
-            type_name, message, traceback_text = _protocol.loads(
-                frame.payload, frame.buffers
-            )
+            failure = _messages.decode_start_failed(frame)
             error = WorkerStartError(
-                f"the initializer raised in worker {worker.pid}: {type_name}: {message}"
+                f"the initializer raised in worker {worker.pid}: "
+                f"{failure.type_name}: {failure.message}"
             )
-            error.__cause__ = RemoteTraceback(traceback_text)
+            error.__cause__ = RemoteTraceback(failure.traceback)
             raise error
         if frame.kind != _protocol.UP:
             raise WorkerStartError(
