@@ -5,6 +5,30 @@ guarantee checked as it runs.
 Used small by ``tests/test_storm.py`` and large by ``nox -s stress``
 (``python -m tests.storm --minutes N``).
 
+A fifth of the storm's tasks are hostile (``tests/hostilefuncs.py``): they
+fork and let the copy come back into the worker loop (returning a value that
+is not the caller's, raising, or calling ``sys.exit``), leave a ``sleep``
+grandchild holding the worker's pipes and then exit or return, or ``dup2``
+/dev/null over their result pipe. Their callers must get their own echo, or
+a ``BrokenWorkerError`` that the pool reported while the grandchild still ran
+(not once it let go of the pipes), or that the pool caused by killing the
+worker that broke its pipe (not the exit code the worker leaves with by
+itself much later). The grandchildren join a process group of the storm's,
+killed at the end (:class:`Grandchildren`).
+
+Profiles (``--profile``):
+
+- ``recycle`` (the default): the recycling storm above, for ``--minutes``.
+- ``cancel``: cancellation storms (:func:`run_cancel_storm`), ``burst`` and
+  ``mixed`` taking turns, one Trio run each, until ``--minutes`` (or
+  ``--rounds``) are up or one fails; ``cancel-burst`` and ``cancel-mixed``
+  run one kind; ``cancel-small`` is what the default suite runs (``burst``,
+  then ``mixed`` cut to 4,000 callers). Thousands of trivial callers, most
+  giving up within a millisecond, against a pool that writes tasks ahead:
+  every caller must get its own echo or ``Cancelled``, Trio must not crash
+  (``TrioInternalError``), the pool must close within a generous bound, and
+  afterwards the statistics identities hold and no fd or process is left.
+
 Every task carries a nonce; the worker echoes it with its pid. A test hook
 (a wrapper around ``Pool._send``, installed only here) records which worker
 each task was written to. A result that carries another task's nonce, or the
