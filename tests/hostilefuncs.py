@@ -83,19 +83,14 @@ def leave_grandchild(
     echo ``nonce`` (``then="return"``).
 
     The grandchild joins the process group ``group`` (the storm's, which
-    kills it at the end) and its pid and start time go to ``pid_dir/nonce``
-    before the worker exits, so that the storm can check that the pool
+    kills it at the end) and its pid and start time go to
+    ``pid_dir/grandchild-nonce`` before the worker exits, so that the storm can check that the pool
     answered the caller while the grandchild still held the pipes.
     """
     child = subprocess.Popen(
         ["sleep", str(GRANDCHILD_SECONDS)], close_fds=False, process_group=group
     )
-    with open(f"/proc/{child.pid}/stat") as stat:
-        started = stat.read().rpartition(")")[2].split()[19]
-    path = os.path.join(pid_dir, nonce)
-    with open(path + ".tmp", "w") as f:
-        f.write(f"{child.pid} {started}")
-    os.rename(path + ".tmp", path)  # whole or not at all
+    _write_pid(pid_dir, f"grandchild-{nonce}", child.pid)
     if then == "exit":
         os._exit(GRANDCHILD_EXIT)
     return nonce, os.getpid()
@@ -120,11 +115,15 @@ def result_pipes() -> list[int]:
     return found
 
 
-def break_result_pipe(nonce: str) -> tuple[str, int]:
+def break_result_pipe(nonce: str, pid_dir: str) -> tuple[str, int]:
     """``dup2`` /dev/null over the result pipe, then live on for a while and
     exit with BROKE_PIPE_EXIT: the pool hears EOF but the worker does not
     die by itself. A pool that waits for its exit answers the caller with
-    that exit code; one that kills it at once, with SIGKILL."""
+    that exit code; one that kills it at once, with SIGKILL.
+
+    First this worker's pid goes to ``pid_dir/worker-nonce``, so that the
+    storms can tell the pool's report of a broken pipe from a mix-up."""
+    _write_pid(pid_dir, f"worker-{nonce}", os.getpid())
     pipes = result_pipes()
     if not pipes:
         raise RuntimeError(f"task {nonce} found no result pipe to break")
@@ -134,3 +133,14 @@ def break_result_pipe(nonce: str) -> tuple[str, int]:
     os.close(null)
     time.sleep(BROKEN_PIPE_SECONDS)
     os._exit(BROKE_PIPE_EXIT)
+
+
+def _write_pid(pid_dir: str, name: str, pid: int) -> None:
+    """Write ``pid`` and its start time to ``pid_dir/name``, whole or not at
+    all (the start time tells the process from a later one of that pid)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        started = stat.read().rpartition(")")[2].split()[19]
+    path = os.path.join(pid_dir, name)
+    with open(path + ".tmp", "w") as f:
+        f.write(f"{pid} {started}")
+    os.rename(path + ".tmp", path)

@@ -154,7 +154,8 @@ class PoolModel(RuleBasedStateMachine):
         self.log = LogWatch(
             self.start_method,
             allow=lambda record: (
-                self.killed and record.getMessage().startswith("pool broken")
+                (self.killed and record.getMessage().startswith("pool broken"))
+                or self.grandchildren.broke_pipe(record)
             ),
         )
         self.ready = threading.Event()
@@ -206,7 +207,7 @@ class PoolModel(RuleBasedStateMachine):
             group, pid_dir = self.grandchildren.group, self.grandchildren.pid_dir
             fn, args = hf.leave_grandchild, (task.nonce, then, group, pid_dir)
         elif task.kind == "dup2":
-            fn, args = hf.break_result_pipe, (task.nonce,)
+            fn, args = hf.break_result_pipe, (task.nonce, self.grandchildren.pid_dir)
         else:
             action = "exit" if task.kind == "exit" else "echo"
             argument = {"exit": float(EXIT_CODE), "slow": 0.2}.get(task.kind, 0.0)
