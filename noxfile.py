@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import glob
+import os
+import shutil
+import subprocess
+
 import nox
 
 nox.needs_version = ">=2024.4.15"
@@ -10,6 +15,8 @@ nox.options.default_venv_backend = "venv"
 nox.options.reuse_existing_virtualenvs = True
 
 PYTHON = "3.11"
+# The other supported versions: ``nox -s tests-3.12 tests-3.13`` (``.ci/run`` runs them).
+OTHER_PYTHONS = ("3.12", "3.13")
 
 
 def install(session: nox.Session, *groups: str, editable: bool = True) -> None:
@@ -27,6 +34,82 @@ def tests(session: nox.Session) -> None:
     """Run the test suite (pass pytest options after --)."""
     install(session, "test")
     session.run("pytest", *session.posargs)
+
+
+def pyenv_root() -> str | None:
+    """Where pyenv keeps its interpreters, if pyenv is installed."""
+    if root := os.environ.get("PYENV_ROOT"):
+        return root
+    if pyenv := shutil.which("pyenv"):
+        done = subprocess.run([pyenv, "root"], capture_output=True, text=True)
+        if done.returncode == 0:
+            return done.stdout.strip() or None
+    return None
+
+
+def runs_as(executable: str, version: str) -> bool:
+    """Whether *executable* starts and is Python *version* (a pyenv shim may not be)."""
+    try:
+        done = subprocess.run(
+            [executable, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0 and done.stdout.strip() == version
+
+
+def find_python(version: str) -> str | None:
+    """A Python *version* interpreter: ``pythonX.Y`` on PATH, else the newest under pyenv."""
+    candidates = []
+    if on_path := shutil.which(f"python{version}"):
+        candidates.append(on_path)
+    if root := pyenv_root():
+        installed = glob.glob(os.path.join(root, "versions", f"{version}.*", "bin"))
+        # Newest patch release first; "3.12.10" sorts after "3.12.9".
+        installed.sort(key=lambda bin_dir: micro(bin_dir, version), reverse=True)
+        candidates += [
+            os.path.join(bin_dir, f"python{version}") for bin_dir in installed
+        ]
+    return next((exe for exe in candidates if runs_as(exe, version)), None)
+
+
+def micro(bin_dir: str, version: str) -> int:
+    """The patch number of a pyenv version directory (``.../3.12.1/bin`` -> 1), or -1."""
+    tail = os.path.basename(os.path.dirname(bin_dir))[len(version) + 1 :]
+    return int(tail) if tail.isdigit() else -1
+
+
+def tests_on(version: str) -> None:
+    """Define the session ``tests-X.Y``: the test suite on that Python."""
+    # Looked up here rather than by nox, which finds neither a pyenv version
+    # that is not active nor one behind a failing shim, and would then try to
+    # download an interpreter instead of saying what is missing.
+    executable = find_python(version)
+
+    def run_tests(session: nox.Session) -> None:
+        if executable is None:
+            session.error(
+                f"Python {version} was not found: neither python{version} on PATH"
+                f" nor a {version}.x under `pyenv root`/versions. Install it (for"
+                f" example `pyenv install {version}`, or your system's python{version}"
+                " package) and run this session again"
+            )
+        install(session, "test")
+        session.run("pytest", *session.posargs)
+
+    run_tests.__doc__ = (
+        f"Run the test suite on Python {version} (pytest options after --)."
+    )
+    # Without an interpreter, no virtualenv (python=False): the session runs
+    # only to fail with the message above.
+    nox.session(name=f"tests-{version}", python=executable or False)(run_tests)
+
+
+for _version in OTHER_PYTHONS:
+    tests_on(_version)
 
 
 # Cluster engines stay on this machine and send no usage reports.
@@ -60,9 +143,11 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def typecheck(session: nox.Session) -> None:
-    """Type-check the package and the tests with mypy --strict."""
+    """Type-check with mypy --strict and pyright, and check both catch the mistakes in tests/typecheck/."""
     install(session, "typecheck")
     session.run("mypy")
+    session.run("pyright")
+    session.run("python", "-m", "tests.typecheck.check")
 
 
 @nox.session(python=PYTHON)
@@ -84,7 +169,7 @@ def docs(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def demo(session: nox.Session) -> None:
-    """Run the demo: a CPU-bound job, sequentially and through the pool."""
+    """Run the demo: a CPU-bound job sequentially and through the pool, beside a Trio heartbeat."""
     install(session, editable=False)
     session.run("python", "-m", "triopool", "demo", *session.posargs)
 
@@ -105,7 +190,7 @@ def bench_recycling(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def bench_map(session: nox.Session) -> None:
-    """Benchmark map/imap against multiprocessing.Pool.imap (100,000 items)."""
+    """Benchmark map/imap against multiprocessing.Pool (defaults, equal chunk sizes)."""
     install(session, "bench", editable=False)
     session.run("python", "bench/map_vs_multiprocessing.py", *session.posargs)
 

@@ -21,10 +21,7 @@ from typing import TYPE_CHECKING
 import triopool
 
 if TYPE_CHECKING:
-    from docutils.nodes import Element
-    from sphinx.addnodes import pending_xref
     from sphinx.application import Sphinx
-    from sphinx.environment import BuildEnvironment
 
 project = "triopool"
 author = "the triopool developers"
@@ -55,6 +52,9 @@ nitpick_ignore = [
     # The backend protocol is internal (see docs/cluster.rst); its two
     # implementations, RayBackend and DaskBackend, are in the reference.
     ("py:class", "Backend"),
+    # What open_pool(backend=...) returns: a pool with Pool's public methods,
+    # whose class is internal too.
+    ("py:class", "BackendPool"),
 ]
 
 # autodoc and napoleon: Google-style docstrings, types in the descriptions so
@@ -137,6 +137,8 @@ _TRIO_OBJECTS = [
     ("trio.open_nursery", "py:function", "reference-core.html#$"),
     ("trio.run", "py:function", "reference-core.html#$"),
     ("trio.to_thread.run_sync", "py:function", "reference-core.html#$"),
+    ("trio.from_thread.run", "py:function", "reference-core.html#$"),
+    ("trio.lowlevel.start_guest_run", "py:function", "reference-lowlevel.html#$"),
     ("trio.lowlevel.FdStream", "py:class", "reference-lowlevel.html#$"),
     ("trio.lowlevel.notify_closing", "py:function", "reference-lowlevel.html#$"),
     ("trio.lowlevel.TrioToken", "py:class", "reference-lowlevel.html#$"),
@@ -174,26 +176,6 @@ intersphinx_mapping = {
 }
 
 
-# -- The POOL_DEFAULT sentinel -------------------------------------------------
-
-
-def _link_pool_default(
-    app: Sphinx, env: BuildEnvironment, node: pending_xref, contnode: Element
-) -> Element | None:
-    """Show the private type of the ``POOL_DEFAULT`` sentinel as the public
-    name users pass, linked to its entry in the reference."""
-    if node.get("refdomain") != "py" or node.get("reftarget") != "_Default":
-        return None
-    from docutils import nodes
-
-    node["reftarget"] = "triopool.POOL_DEFAULT"
-    domain = env.domains["py"]
-    text = nodes.literal("POOL_DEFAULT", "POOL_DEFAULT")
-    return domain.resolve_xref(  # type: ignore[no-any-return]
-        env, node["refdoc"], app.builder, "data", "triopool.POOL_DEFAULT", node, text
-    )
-
-
 def _record_function_typehints(
     app: Sphinx, what: str, name: str, obj: object, options: object, lines: list[str]
 ) -> None:
@@ -211,6 +193,24 @@ def _record_function_typehints(
         record_typehints(app, what, name, obj, options, "", "")  # type: ignore[arg-type]
 
 
+def _hide_overloads(app: Sphinx) -> None:
+    """Show the implementation's signature of overloaded methods.
+
+    ``Pool.run_sync`` has overloads for type checkers only: they make passing
+    an async function a type error (see ``triopool/_typing.py``). Readers call
+    it one way, so the page shows the one signature with its defaults, as for
+    the module-level functions (documented from ``triopool``, whose source has
+    no overloads). autodoc caches one analyzer per module; emptying its
+    overloads here, before any page is read, makes autodoc fall back to the
+    implementation.
+    """
+    from sphinx.pycode import ModuleAnalyzer
+
+    analyzer = ModuleAnalyzer.for_module("triopool._pool")
+    analyzer.analyze()
+    analyzer.overloads.clear()
+
+
 def setup(app: Sphinx) -> None:
-    app.connect("missing-reference", _link_pool_default)
+    app.connect("builder-inited", _hide_overloads)
     app.connect("autodoc-process-docstring", _record_function_typehints)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import pytest
 
@@ -26,6 +26,36 @@ def open_fds() -> set[int]:
             continue  # the scandir fd, closed by now
         fds.add(fd)
     return fds
+
+
+def fd_target(fd: int) -> str | None:
+    """What an fd of this process points at (``pipe:[1234]``, a path, ...)."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return None
+
+
+def worker_channels(fds: dict[int, tuple[str, bool]]) -> set[str]:
+    """The pipes and sockets among a worker's fds (``workerfuncs.fd_targets``)
+    besides 0, 1 and 2, after checking that everything else it holds is a
+    file opened read-only.
+
+    That is API.md's promise: a worker holds its own pipe ends and no other
+    pipe or socket, while a file a library opens read-only in the worker
+    itself is the worker's business (a newer libffi maps its own library
+    file when ``ctypes`` is imported; the fd listing itself is one too).
+    """
+    channels = set()
+    for fd, (target, read_only) in fds.items():
+        if fd <= 2:
+            continue
+        if target.startswith(("pipe:", "socket:", "anon_inode:")):
+            channels.add(target)
+        else:
+            assert target.startswith("/"), (fd, target, fds)
+            assert read_only, (fd, target, fds)
+    return channels
 
 
 def child_processes() -> set[int]:
@@ -98,17 +128,20 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
     assert not leftover, f"child processes left: {sorted(leftover)}"
 
 
+StartMethod: TypeAlias = Literal["spawn", "forkserver"]
+
+
 @pytest.fixture(params=["spawn", "forkserver"])
 def start_method(
     request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
-) -> str:
+) -> StartMethod:
     """Run the test once per start method: ``triopool.open_pool`` defaults to it.
 
     Use it with ``pytestmark = pytest.mark.usefixtures("start_method")`` so
     that every pool a test module opens is parametrized, tests added later
     included; a call that names a start method keeps its own.
     """
-    method: str = request.param
+    method: StartMethod = request.param
     original = triopool.open_pool
 
     @functools.wraps(original)

@@ -62,3 +62,9 @@ def fail_when_started(job: tuple[str, str]) -> str:
     while not os.path.exists(path) and time.monotonic() < deadline:
         time.sleep(0.01)
     raise ValueError(kind)
+
+
+def sleep_with_pid(seconds: float) -> int:
+    """Sleep that long (no CPU used); return the worker's pid."""
+    time.sleep(seconds)
+    return os.getpid()

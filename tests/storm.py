@@ -75,6 +75,8 @@ from triopool import _pool, _protocol, _worker
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
+    from tests.conftest import StartMethod
+
 START_METHODS = ("spawn", "forkserver")
 
 
@@ -267,7 +269,7 @@ class LogWatch(logging.Handler):
 
     def __init__(
         self,
-        start_method: str = "spawn",
+        start_method: StartMethod = "spawn",
         allow: Callable[[logging.LogRecord], bool] | None = None,
     ) -> None:
         super().__init__(logging.DEBUG)
@@ -369,7 +371,7 @@ class StormConfig:
     tasks: int = 200  # total tasks (ignored if duration is set)
     duration: float | None = None  # seconds of submitting, instead of a count
     in_flight: int = 200  # tasks waiting or running at once, at most
-    start_method: str = "spawn"
+    start_method: StartMethod = "spawn"
     start_timeout: float = 1.0
     quick_start: float = 0.9  # share of workers that report up at once
     kill_interval: float = 1.0  # mean seconds between external SIGKILLs
@@ -383,7 +385,7 @@ class StormReport:
     """What happened, and every invariant that did not hold."""
 
     seed: int
-    start_method: str = "spawn"
+    start_method: StartMethod = "spawn"
     violations: list[str] = field(default_factory=list)
     outcomes: Counter[str] = field(default_factory=Counter)
     kills: int = 0
@@ -732,7 +734,7 @@ class CancelStormConfig:
     cancel_share: float = 0.7  # callers with a deadline
     deadline: float = 0.0005  # the longest deadline (uniform from 0), seconds
     kill_share: float = 0.0  # callers with kill_on_cancel=True (others False)
-    start_method: str = "spawn"
+    start_method: StartMethod = "spawn"
     seed: int | None = None
     # The callers and the pool's exit together must end within this: some
     # ten times what they take on a busy 2-core machine.
@@ -776,7 +778,7 @@ class CancelStormReport:
 
     profile: str
     seed: int
-    start_method: str
+    start_method: StartMethod
     violations: list[str] = field(default_factory=list)
     outcomes: Counter[str] = field(default_factory=Counter)
     elapsed: float = 0.0
@@ -903,7 +905,7 @@ async def run_cancel_storm(
 
 
 def cancel_storm_round(
-    profile: str, start_method: str, seed: int | None = None
+    profile: str, start_method: StartMethod, seed: int | None = None
 ) -> CancelStormReport:
     """One cancellation storm of ``profile`` in a Trio run of its own.
 

@@ -430,9 +430,9 @@ def test_wrong_types_are_type_errors_on_the_cluster_backends(backend: str) -> No
     # A wrong type is a TypeError before the backend says what it supports.
     make = getattr(triopool, backend)
     with pytest.raises(TypeError, match="max_tasks_per_child must be an int, got '3'"):
-        triopool.open_pool(
+        triopool.open_pool(  # type: ignore[call-overload]
             backend=make(),
-            max_tasks_per_child="3",  # type: ignore[arg-type]
+            max_tasks_per_child="3",
             kill_on_cancel=False,
         )
     with pytest.raises(ValueError, match=r"shutdown_timeout must be >= 0, got -0\.5"):

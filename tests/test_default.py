@@ -142,6 +142,25 @@ async def test_configure_after_start_raises_and_keeps_the_pool() -> None:
     assert _default._options["workers"] == 1
 
 
+async def test_configure_from_a_thread_of_the_run_raises_too() -> None:
+    # A trio.to_thread thread is part of the run: its default pool is up.
+    triopool.configure_default_pool(workers=1)
+    reconfigure = functools.partial(triopool.configure_default_pool, workers=2)
+
+    async def main() -> int:
+        # Before the pool starts, configuring from a thread is fine.
+        await trio.to_thread.run_sync(reconfigure)
+        await triopool.run_sync(os.getpid)
+        with pytest.raises(RuntimeError, match="already started"):
+            await trio.to_thread.run_sync(
+                functools.partial(triopool.configure_default_pool, workers=3)
+            )
+        return default_pool().statistics().workers
+
+    assert await in_new_run(main) == 2
+    assert _default._options["workers"] == 2
+
+
 @pytest.mark.parametrize(
     ("options", "error", "message"),
     [

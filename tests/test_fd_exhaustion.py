@@ -28,6 +28,8 @@ from tests.storm import LogWatch, check_counters, watch_log
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
+    from tests.conftest import StartMethod
+
 pytestmark = pytest.mark.usefixtures("start_method")
 
 TIMEOUT = 60
@@ -99,7 +101,7 @@ def fork_server_fds(fds: set[int]) -> bool:
 # cannot be made; 4: the server runs, a worker's pipes cannot be made.
 @pytest.mark.parametrize("headroom", [0, 2, 4])
 async def test_starts_fail_without_fds_and_the_pool_recovers(
-    headroom: int, start_method: str, caplog: pytest.LogCaptureFixture
+    headroom: int, start_method: StartMethod, caplog: pytest.LogCaptureFixture
 ) -> None:
     watch = LogWatch(start_method)
     with trio.fail_after(TIMEOUT), fd_headroom(headroom) as restore:

@@ -18,7 +18,7 @@ import trio
 
 import triopool
 from tests import workerfuncs as wf
-from tests.conftest import is_running
+from tests.conftest import is_running, worker_channels
 from triopool import _pool
 
 if TYPE_CHECKING:
@@ -66,10 +66,10 @@ async def test_workers_are_children_of_one_server_holding_only_its_socket() -> N
             ], extra
             # A worker holds its two pipes and not the server's socket.
             _, worker_fds = await pool.run_sync(wf.pid_and_fd_targets)
-            own = [t for fd, t in worker_fds.items() if fd > 2 and "/proc/" not in t]
+            own = worker_channels(worker_fds)
             assert len(own) == 2
             assert all(t.startswith("pipe:") for t in own), worker_fds
-            assert not set(own) & set(extra.values())
+            assert not own & set(extra.values())
 
 
 async def test_killed_server_fails_running_tasks_and_is_replaced() -> None:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import functools
 import gc
+import itertools
 import threading
 import traceback
 import warnings
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import pytest
 import trio
@@ -149,10 +150,11 @@ async def test_async_iterable_that_is_not_a_generator(pool: triopool.Pool) -> No
 
 
 @pytest.mark.parametrize(
-    ("max_in_flight", "chunksize"), [(3, 1), (8, 4), (5, 2), (2, 4)]
+    ("max_in_flight", "chunksize"),
+    [(3, 1), (8, 4), (5, 2), (2, 4), (3, "auto"), (50, "auto")],
 )
 async def test_unbounded_input_is_pulled_lazily(
-    pool: triopool.Pool, max_in_flight: int, chunksize: int
+    pool: triopool.Pool, max_in_flight: int, chunksize: int | Literal["auto"]
 ) -> None:
     source = CountingIterable()
     received = 0
@@ -265,6 +267,139 @@ async def test_chunks_run_as_one_task_in_one_worker(pool: triopool.Pool) -> None
     for first in range(0, 12, 4):
         pids = {pid for _square, pid in results[first : first + 4]}
         assert len(pids) == 1
+
+
+# chunksize="auto" (the default): chunk sizes are seen through
+# tasks_submitted (one task per chunk) and the pids that ran the items.
+
+
+async def wait_until_every_worker_is_up(pool: triopool.Pool) -> None:
+    # The pool offers no event for it; its statistics are cheap to poll.
+    while pool.statistics().workers_idle < pool.statistics().workers:  # noqa: ASYNC110
+        await trio.sleep(0.01)
+
+
+async def test_auto_spreads_a_short_input_over_every_worker(
+    pool: triopool.Pool,
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        await wait_until_every_worker_is_up(pool)
+        pids = await pool.map(mapfuncs.sleep_with_pid, [0.3, 0.3, 0.3])
+    assert pool.statistics().tasks_submitted == 3  # one item per chunk
+    assert len(set(pids)) == 2
+
+
+async def test_auto_chunks_grow_on_a_long_input(pool: triopool.Pool) -> None:
+    with trio.fail_after(TIMEOUT):
+        results = await pool.map(mapfuncs.square, range(20_000))
+    assert results == [i * i for i in range(20_000)]
+    # Quick items: chunks of hundreds or thousands of items, not 20,000 tasks.
+    assert 4 < pool.statistics().tasks_submitted <= 500
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+async def test_auto_on_an_unbounded_input(pool: triopool.Pool, ordered: bool) -> None:
+    received: list[int] = []
+    with trio.fail_after(TIMEOUT):
+        async with pool.imap(
+            mapfuncs.square, itertools.count(), ordered=ordered
+        ) as results:
+            async for value in results:
+                received.append(value)
+                if len(received) == 20_000:
+                    break
+        await assert_healthy(pool)
+    if ordered:
+        assert received == [i * i for i in range(20_000)]
+    else:
+        assert len(set(received)) == 20_000
+    assert pool.statistics().tasks_submitted <= 500
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+async def test_auto_on_an_async_input(pool: triopool.Pool, ordered: bool) -> None:
+    with trio.fail_after(TIMEOUT):
+        assert await pool.map(mapfuncs.square, arange(3000)) == [
+            i * i for i in range(3000)
+        ]
+        async with pool.imap(mapfuncs.square, arange(3000), ordered=ordered) as results:
+            received = [value async for value in results]
+    if ordered:
+        assert received == [i * i for i in range(3000)]
+    else:
+        assert sorted(received) == [i * i for i in range(3000)]
+    assert pool.statistics().tasks_submitted <= 2 * 3000 // 10
+
+
+async def test_auto_does_not_batch_a_slow_input(pool: triopool.Pool) -> None:
+    # An item every 50 ms: waiting for a second item would hold back the
+    # first one's result, so every chunk holds one item.
+    async def trickle() -> AsyncIterator[int]:
+        for i in range(10):
+            await trio.sleep(0.05)
+            yield i
+
+    with trio.fail_after(TIMEOUT):
+        assert await pool.map(mapfuncs.square, trickle()) == [i * i for i in range(10)]
+    assert pool.statistics().tasks_submitted == 10
+
+
+def slow_items_per_worker(delays: list[float], pids: list[int]) -> dict[int, int]:
+    counts: dict[int, int] = {}
+    for delay, pid in zip(delays, pids, strict=True):
+        if delay > 0.01:
+            counts[pid] = counts.get(pid, 0) + 1
+    return counts
+
+
+@pytest.mark.parametrize("known_length", [True, False])
+async def test_auto_shares_slow_items_at_the_end(
+    pool: triopool.Pool, known_length: bool
+) -> None:
+    # 5% of the items are 100 times slower than the rest (sleeps: no CPU).
+    # If one chunk held most of the slow items, one worker would run them
+    # while the other idled: each must run a fair share.
+    if known_length:
+        # The hard case: all bunched at the end, which only a known length
+        # lets the planner see coming.
+        delays = [0.0002] * 1900 + [0.02] * 100
+    else:
+        delays = [0.02 if i % 20 == 19 else 0.0002 for i in range(2000)]
+    items: list[float] | Iterator[float] = delays if known_length else iter(delays)
+    with trio.fail_after(TIMEOUT):
+        await wait_until_every_worker_is_up(pool)
+        pids = await pool.map(mapfuncs.sleep_with_pid, items)
+    counts = slow_items_per_worker(delays, pids)
+    assert sum(counts.values()) == 100
+    assert len(counts) == 2
+    # 50 each at best; a worker left with a long chunk of slow items at the
+    # end (no tail splitting) ran about 35 of them in trials.
+    assert min(counts.values()) >= 40, counts
+
+
+async def test_auto_default_max_in_flight_bounds_an_endless_input(
+    pool: triopool.Pool,
+) -> None:
+    # The documented bound with chunksize="auto": 8192 items per worker.
+    bound = 8192 * 2
+    source = CountingIterable()
+    received = 0
+    ahead = []
+    with trio.fail_after(TIMEOUT):
+        async with pool.imap(mapfuncs.square, source) as results:
+            async for value in results:
+                assert value == received * received
+                received += 1
+                ahead.append(source.pulled - received)
+                if received % 2000 == 0:
+                    # A slow consumer: the producer fills the window, no more.
+                    await trio.sleep(0.05)
+                    ahead.append(source.pulled - received)
+                if received == 40_000:
+                    break
+    assert max(ahead) <= bound
+    # The window is used (it fills up in trials): chunks grew large.
+    assert max(ahead) > bound // 4
 
 
 # Errors
@@ -568,8 +703,22 @@ async def test_concurrent_calls_share_the_pool(pool: triopool.Pool) -> None:
     ("options", "error", "message"),
     [
         ({"chunksize": 0}, ValueError, "chunksize must be >= 1, got 0"),
-        ({"chunksize": 1.5}, TypeError, "chunksize must be an int, got 1.5"),
-        ({"chunksize": True}, TypeError, "chunksize must be an int, got True"),
+        (
+            {"chunksize": "Auto"},
+            ValueError,
+            "chunksize must be 'auto' or an int >= 1, got 'Auto'",
+        ),
+        (
+            {"chunksize": None},
+            TypeError,
+            "chunksize must be 'auto' or an int, got None",
+        ),
+        ({"chunksize": 1.5}, TypeError, "chunksize must be .auto. or an int, got 1.5"),
+        (
+            {"chunksize": True},
+            TypeError,
+            "chunksize must be .auto. or an int, got True",
+        ),
         ({"max_in_flight": 0}, ValueError, "max_in_flight must be >= 1, got 0"),
         ({"max_in_flight": "2"}, TypeError, "max_in_flight must be an int"),
         ({"ordered": 1}, TypeError, "ordered must be a bool, got 1"),

@@ -52,6 +52,9 @@ from tests.storm import (
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+if TYPE_CHECKING:
+    from tests.conftest import StartMethod
+
 WORKERS = 2
 EXIT_CODE = 3
 TIMEOUT = 60
@@ -134,7 +137,7 @@ SETTINGS = settings(
 
 
 class PoolModel(RuleBasedStateMachine):
-    start_method: ClassVar[str] = "spawn"
+    start_method: ClassVar[StartMethod] = "spawn"
     # Over all examples of a run: the test checks that every kind ran.
     kinds_submitted: ClassVar[Counter[str]] = Counter()
 
@@ -390,7 +393,7 @@ class PoolModel(RuleBasedStateMachine):
         assert descendants() == self.processes_before
 
 
-def test_pool_model(start_method: str) -> None:
+def test_pool_model(start_method: StartMethod) -> None:
     kinds: Counter[str] = Counter()
     model = type(
         f"PoolModel_{start_method}",

@@ -21,7 +21,7 @@ import trio
 import trio.testing
 
 import triopool
-from tests import workerfuncs
+from tests import hostile_tasks, workerfuncs
 from triopool import _pool, _worker
 
 if TYPE_CHECKING:
@@ -133,6 +133,40 @@ async def test_a_cancelled_job_ahead_never_runs_and_returns_promptly(
     assert stats.workers_lost == 0
     assert stats.tasks_cancelled == 1
     assert stats.tasks_completed == 3
+
+
+async def test_a_job_ahead_of_a_task_blocked_in_a_system_call_is_dropped_promptly(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # SIGURG interrupts the system call (here waitpid, through subprocess):
+    # the worker drops the job at once, and the call goes on where it was.
+    spy = Spy(monkeypatch)
+    marker = tmp_path / "ran"
+    with trio.fail_after(30):
+        async with triopool.open_pool(1) as pool:
+            await pool.run_sync(workerfuncs.add, 0, 0)
+            async with trio.open_nursery() as nursery:
+                outcomes, _, ahead_scope = await job_ahead_of(
+                    pool,
+                    nursery,
+                    spy,
+                    lambda: pool.run_sync(hostile_tasks.block_in_waitpid, 5.0),
+                    lambda: pool.run_sync(workerfuncs.touch, str(marker)),
+                )
+                # Let the running task get into its system call first.
+                await trio.sleep(1.0)
+                cancelled_at = trio.current_time()
+                ahead_scope.cancel()
+                await outcomes["events"]["ahead"].wait()
+                assert outcomes["ahead returned at"] - cancelled_at < 2.5
+                assert not outcomes["events"]["running"].is_set()
+            assert isinstance(outcomes["ahead"], trio.Cancelled)
+            # The interrupted waitpid went on: sleep's own exit status.
+            assert outcomes["running"] == 0
+            stats = pool.statistics()
+    assert not marker.exists()
+    assert spy.skipped == 1
+    assert stats.workers_lost == 0
 
 
 async def test_a_worker_deaf_to_sigurg_drops_the_job_before_its_next_answer(

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 TIMEOUT = 60
-INSTALL_HINT = "pip install triopool[cloudpickle]"
+INSTALL_HINT = "pip install cloudpickle"
 
 
 @pytest.fixture

@@ -23,10 +23,12 @@ from triopool import _pool, _protocol, _worker
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from tests.conftest import StartMethod
+
 
 @pytest.mark.slow
 async def test_recycling_storm_keeps_every_invariant(
-    start_method: str, record_property: Callable[[str, object], None]
+    start_method: StartMethod, record_property: Callable[[str, object], None]
 ) -> None:
     with trio.fail_after(600):
         report = await run_storm(StormConfig(start_method=start_method))
@@ -64,7 +66,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 @pytest.mark.slow
 async def test_cancellation_storm_delivers_every_outcome_to_its_caller(
-    start_method: str,
+    start_method: StartMethod,
 ) -> None:
     # The "cancel-small" profile: thousands of trivial callers, most giving
     # up within a millisecond, against pools that write tasks ahead (see
@@ -178,12 +180,19 @@ def fake_frame() -> _protocol.Frame:
 @contextlib.contextmanager
 def fake_first_frame(when: Callable[[int, int], bool]) -> Any:
     """Make the first ``receive`` of any worker for which ``when(sends,
-    receives)`` holds return :func:`fake_frame`: what a frame from another
+    answers)`` holds return :func:`fake_frame`: what a frame from another
     worker's pipe would look like to the pool. Returns the list of pids it
-    fired for."""
-    # Every frame's first write goes through write_now (the storm's frames
-    # are small: each is written whole by that one call).
+    fired for.
+
+    ``sends`` counts the frames written to the worker by either write path
+    (whole, or ahead of time); ``answers`` the frames received from it (a
+    receive that was cancelled, as when the pool notices an exit, counts
+    for nothing).
+    """
+    # Every frame's first write goes through write_now or write_whole (the
+    # storm's frames are small: each is written whole by that one call).
     real_write = _worker.Worker.write_now
+    real_write_whole = _worker.Worker.write_whole
     real_receive = _worker.Worker.receive
     counts: dict[int, list[int]] = {}
     fired: list[int] = []
@@ -194,26 +203,36 @@ def fake_first_frame(when: Callable[[int, int], bool]) -> Any:
         counts.setdefault(id(self), [0, 0])[0] += 1
         return real_write(self, pieces)
 
+    def write_whole(self: _worker.Worker, data: bytes) -> bool:
+        written = real_write_whole(self, data)
+        if written:
+            counts.setdefault(id(self), [0, 0])[0] += 1
+        return written
+
     async def receive(
         self: _worker.Worker, *, wait_first: bool = False
     ) -> _protocol.Frame | None:
-        sends, receives = counts.setdefault(id(self), [0, 0])
-        counts[id(self)][1] += 1
-        if not fired and when(sends, receives):
+        sends, answers = counts.setdefault(id(self), [0, 0])
+        if not fired and when(sends, answers):
             fired.append(self.pid)
-            if receives == 0:
+            if answers == 0:
                 await real_receive(self)  # its real UP, replaced below
+            counts[id(self)][1] += 1
             # Not cancellable: the fake must reach the pool once it fired.
             await trio.lowlevel.cancel_shielded_checkpoint()
             return fake_frame()
-        return await real_receive(self, wait_first=wait_first)
+        frame = await real_receive(self, wait_first=wait_first)
+        counts[id(self)][1] += 1
+        return frame
 
     _worker.Worker.write_now = write_now  # type: ignore[method-assign]
+    _worker.Worker.write_whole = write_whole  # type: ignore[method-assign]
     _worker.Worker.receive = receive  # type: ignore[method-assign]
     try:
         yield fired
     finally:
         _worker.Worker.write_now = real_write  # type: ignore[method-assign]
+        _worker.Worker.write_whole = real_write_whole  # type: ignore[method-assign]
         _worker.Worker.receive = real_receive  # type: ignore[method-assign]
 
 

@@ -67,14 +67,19 @@ def open_fds() -> list[int]:
     return sorted(int(name) for name in os.listdir("/proc/self/fd"))
 
 
-def fd_targets() -> dict[int, str]:
-    """The worker's open fds and what each points at."""
+def fd_targets() -> dict[int, tuple[str, bool]]:
+    """The worker's open fds: what each points at, and whether it is read-only."""
+    import fcntl
+
     result = {}
     for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
         try:
-            result[int(name)] = os.readlink(f"/proc/self/fd/{name}")
+            target = os.readlink(f"/proc/self/fd/{name}")
+            read_only = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY
         except OSError:
-            continue
+            continue  # the listing's own fd, closed by now
+        result[fd] = (target, read_only)
     return result
 
 
@@ -126,13 +131,21 @@ def initialized() -> list[Any]:
     return list(_initialized)
 
 
+def spin_until(deadline: float) -> None:
+    """Burn CPU in pure Python until ``time.monotonic()`` reaches *deadline*."""
+    while time.monotonic() < deadline:
+        pass
+
+
 def busy_loop(seconds: float) -> str:
     from triopool import SoftTimeLimitExceeded
 
-    deadline = time.monotonic() + seconds
     try:
-        while time.monotonic() < deadline:
-            pass
+        # The loop is a call, not written inside the `try`: on Python 3.13 a
+        # signal handler's exception can escape a `try` around a tight loop
+        # (CPython issues 108214 and 130279; see docs/limits.rst). From a
+        # call it is raised at the call, which the `try` always covers.
+        spin_until(time.monotonic() + seconds)
     except SoftTimeLimitExceeded:
         return "cleaned up"
     return "finished"
@@ -197,7 +210,16 @@ def public_name_in_worker() -> str:
     return triopool.open_pool.__name__
 
 
-def pid_and_fd_targets() -> tuple[int, dict[int, str]]:
+_held_open: list[int] = []
+
+
+def hold_open_read_only(path: str) -> None:
+    """Keep a file open read-only for the worker's life, as a newer libffi
+    does with its own library file once ``ctypes`` is imported."""
+    _held_open.append(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
+
+
+def pid_and_fd_targets() -> tuple[int, dict[int, tuple[str, bool]]]:
     time.sleep(0.05)  # so that concurrent calls spread over the workers
     return os.getpid(), fd_targets()
 
@@ -329,3 +351,9 @@ def outlive_parent(seconds: float) -> tuple[int, int]:
     if libc.prctl(1, 0, 0, 0, 0) != 0:  # PR_SET_PDEATHSIG, no signal
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
     return os.getpid(), os.getppid()
+
+
+def multiprocessing_authkey() -> bytes:
+    import multiprocessing
+
+    return bytes(multiprocessing.current_process().authkey)

@@ -21,6 +21,7 @@ from ._errors import TriopoolError as TriopoolError
 from ._errors import WorkerStartError as WorkerStartError
 from ._pool import POOL_DEFAULT as POOL_DEFAULT
 from ._pool import Pool as Pool
+from ._pool import PoolDefault as PoolDefault
 from ._pool import PoolStatistics as PoolStatistics
 from ._pool import open_pool as open_pool
 
@@ -52,6 +53,7 @@ __all__ = [
     "BrokenWorkerError",
     "DaskBackend",
     "Pool",
+    "PoolDefault",
     "PoolStatistics",
     "RayBackend",
     "RemoteError",
@@ -66,6 +68,13 @@ __all__ = [
     "run_sync",
 ]
 
-for _obj in (Pool, PoolStatistics, configure_default_pool, open_pool, run_sync):
+for _obj in (
+    Pool,
+    PoolDefault,
+    PoolStatistics,
+    configure_default_pool,
+    open_pool,
+    run_sync,
+):
     _obj.__module__ = "triopool"
 del _obj

@@ -76,6 +76,7 @@ class Backend(Protocol):
     def start(self, max_tasks_per_child: int | None) -> int:
         """Start or connect to the engine; return how many calls may be in
         flight at once (the pool keeps the rest in its own queue)."""
+        ...
 
     def submit(
         self,

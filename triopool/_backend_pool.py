@@ -30,20 +30,20 @@ import enum
 import functools
 import inspect
 from collections import deque
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import attrs
 import trio
 
-from . import _map
+from . import _context, _map
 from ._backend import Backend, Outcome, TrioBridge
 from ._errors import BrokenWorkerError, TimeLimitExceeded
 from ._pool import (
     POOL_DEFAULT,
     PoolConfig,
+    PoolDefault,
     PoolStatistics,
     _check_limits,
-    _Default,
 )
 
 if TYPE_CHECKING:
@@ -54,7 +54,10 @@ if TYPE_CHECKING:
         Iterable,
         Mapping,
     )
-    from typing import TypeVarTuple, Unpack
+    from types import CoroutineType
+    from typing import Literal, TypeVarTuple, Unpack
+
+    from ._typing import AnyResultCallable, AsyncCallable, AsyncFunctionPassedToRunSync
 
     Ts = TypeVarTuple("Ts")
 
@@ -276,13 +279,41 @@ class BackendPool:
             workers_stopped=self._workers_stopped,
         )
 
-    async def run_sync(
+    # For type checkers (see _typing): an async function is an error.
+    @overload
+    def run_sync(  # type: ignore[overload-overlap]
+        self,
+        fn: AnyResultCallable,
+        *args: object,
+        time_limit: float | PoolDefault | None = POOL_DEFAULT,
+        soft_time_limit: float | PoolDefault | None = POOL_DEFAULT,
+        kill_on_cancel: bool | PoolDefault = POOL_DEFAULT,
+    ) -> CoroutineType[Any, Any, Any]: ...
+    @overload
+    def run_sync(  # type: ignore[overload-overlap]
+        self,
+        fn: AsyncCallable,
+        *args: object,
+        time_limit: float | PoolDefault | None = POOL_DEFAULT,
+        soft_time_limit: float | PoolDefault | None = POOL_DEFAULT,
+        kill_on_cancel: bool | PoolDefault = POOL_DEFAULT,
+    ) -> AsyncFunctionPassedToRunSync: ...
+    @overload
+    def run_sync(
         self,
         fn: Callable[[Unpack[Ts]], T],
         *args: *Ts,
-        time_limit: float | _Default | None = POOL_DEFAULT,
-        soft_time_limit: float | _Default | None = POOL_DEFAULT,
-        kill_on_cancel: bool | _Default = POOL_DEFAULT,
+        time_limit: float | PoolDefault | None = POOL_DEFAULT,
+        soft_time_limit: float | PoolDefault | None = POOL_DEFAULT,
+        kill_on_cancel: bool | PoolDefault = POOL_DEFAULT,
+    ) -> CoroutineType[Any, Any, T]: ...
+    async def run_sync(  # type: ignore[misc]
+        self,
+        fn: Callable[[Unpack[Ts]], T],
+        *args: *Ts,
+        time_limit: float | PoolDefault | None = POOL_DEFAULT,
+        soft_time_limit: float | PoolDefault | None = POOL_DEFAULT,
+        kill_on_cancel: bool | PoolDefault = POOL_DEFAULT,
     ) -> T:
         """Run ``fn(*args)`` on the engine and return its result.
 
@@ -290,7 +321,10 @@ class BackendPool:
         :meth:`triopool.Pool.run_sync`, as far as the backend can honour them:
         an option it cannot honour raises :class:`ValueError` naming both.
         """
-        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            await trio.lowlevel.checkpoint_if_cancelled()
+        except RuntimeError:
+            raise _context.not_in_trio("Pool.run_sync()") from None
         if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
             raise TypeError(
                 f"run_sync() needs a regular function, got the async function {fn!r}"
@@ -360,7 +394,7 @@ class BackendPool:
         fn: Callable[[Any], R],
         iterable: Iterable[Any] | AsyncIterable[Any],
         *,
-        chunksize: int = 1,
+        chunksize: int | Literal["auto"] = "auto",
     ) -> list[R]:
         """Run ``fn`` on every item; return the results in input order.
 
@@ -376,12 +410,12 @@ class BackendPool:
         iterable: Iterable[Any] | AsyncIterable[Any],
         *,
         ordered: bool = True,
-        chunksize: int = 1,
+        chunksize: int | Literal["auto"] = "auto",
         max_in_flight: int | None = None,
     ) -> contextlib.AbstractAsyncContextManager[AsyncIterator[R]]:
         """Run ``fn`` on every item, at most ``max_in_flight`` (default two
-        chunks per slot of the engine) ahead of the consumer; iterate the
-        results.
+        chunks of the largest size per slot of the engine) ahead of the
+        consumer; iterate the results.
 
         The same as :meth:`triopool.Pool.imap`, built on :meth:`run_sync`.
         """
@@ -501,6 +535,7 @@ class BackendPool:
 
 @contextlib.asynccontextmanager
 async def _run_backend_pool(pool: BackendPool) -> AsyncIterator[BackendPool]:
+    _context.check_start("triopool.open_pool()")
     backend = pool._backend
     pool._bridge = TrioBridge(trio.lowlevel.current_trio_token())
     started = False

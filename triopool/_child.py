@@ -19,6 +19,11 @@ Invariants:
   (``PR_SET_PDEATHSIG``); EOF on the task pipe ends it normally.
 - A task raising a ``BaseException`` that is not an ``Exception`` ends the
   worker: the exception is sent as FATAL, then the process exits.
+- Only the process the pool started ever touches the pipes. Its pipe fds are
+  not inheritable, so programs a task starts never hold them; a copy a task
+  makes with ``os.fork()`` that comes back into this loop (it returned or
+  raised instead of calling ``os._exit``) exits at once, before it could
+  read a task or answer one.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ from ._errors import SoftTimeLimitExceeded
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import importlib.machinery
+    import types
     from collections.abc import Callable
     from types import FrameType
     from typing import Any
@@ -42,6 +49,9 @@ if TYPE_CHECKING:
 
 _PR_SET_PDEATHSIG = 1
 _READ_SIZE = 1 << 16
+# Soft limits this long (about 31 years) or longer are never armed:
+# setitimer() cannot hold much more (OverflowError past about 292 years).
+_LONGEST_TIMER = 1e9
 
 
 class _Pipes:
@@ -244,6 +254,11 @@ class _FaultyPipes(_Pipes):
         super().send([data[half:]])
 
 
+# The parent's main script while this worker runs it (see _MainFixup):
+# triopool._context reads it to refuse to start a pool meanwhile.
+importing_main: str | None = None
+
+
 class _MainFixup:
     """Makes functions defined in the parent's main script unpicklable here.
 
@@ -257,6 +272,7 @@ class _MainFixup:
         self.path = path
         self.name = name
         self.done = path is None and name is None
+        self.error: str | None = None
         self._unpickler: Callable[..., pickle.Unpickler] | None = None
 
     def run(self) -> None:
@@ -271,6 +287,29 @@ class _MainFixup:
         elif self.path is not None:
             module.__dict__.update(runpy.run_path(self.path, run_name="__mp_main__"))
         sys.modules["__main__"] = sys.modules["__mp_main__"] = module
+
+    def run_once(self) -> None:
+        """Run the script; if it fails, say which file and why, now and for
+        every later task that needs it (a script that failed may have done
+        half of what it does at import: it is not run twice)."""
+        global importing_main
+        if self.error is None:
+            importing_main = self.path or self.name
+            try:
+                self.run()
+                return
+            except BaseException as exc:
+                self.error = (
+                    f"the worker could not import the main script {importing_main} "
+                    "to find a function or class defined there: "
+                    f"{type(exc).__name__}: {exc}"
+                )
+                # Not done: later tasks that need the script get this error.
+                self.done = False
+                raise RuntimeError(self.error) from exc
+            finally:
+                importing_main = None
+        raise RuntimeError(self.error)
 
     def unpickler(
         self, payload: bytes | bytearray | memoryview
@@ -287,11 +326,56 @@ class _MainFixup:
             class Unpickler(pickle.Unpickler):
                 def find_class(self, module_name: str, name: str) -> Any:
                     if module_name == "__main__" and not fixup.done:
-                        fixup.run()
+                        fixup.run_once()
                     return super().find_class(module_name, name)
 
             self._unpickler = Unpickler
         return self._unpickler
+
+
+class _ParentAuthkey:
+    """Gives ``multiprocessing`` here the parent's authkey, once a task imports it.
+
+    A ``multiprocessing.Manager()`` proxy a task receives connects to its
+    manager with ``current_process().authkey``; with the worker's own random
+    key the manager rejects it. The key is set as ``multiprocessing.process``
+    is imported, so a worker whose tasks never use ``multiprocessing`` never
+    imports it.
+    """
+
+    def __init__(self, key: bytes) -> None:
+        self.key = key
+
+    @classmethod
+    def install(cls, key: bytes) -> None:
+        process = sys.modules.get("multiprocessing.process")
+        if process is not None:  # imported already (a fork server's preload)
+            process.current_process().authkey = key
+        else:
+            sys.meta_path.insert(0, cls(key))
+
+    def find_spec(
+        self, name: str, path: Any = None, target: Any = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if name != "multiprocessing.process":
+            return None
+        sys.meta_path.remove(self)
+        from importlib.machinery import PathFinder
+
+        spec = PathFinder.find_spec(name, path, target)
+        loader = None if spec is None else spec.loader
+        if loader is not None:
+            exec_module = loader.exec_module
+            key = self.key
+
+            def exec_then_set_key(module: types.ModuleType) -> None:
+                exec_module(module)
+                module.current_process().authkey = key
+
+            # The loader is this import's own instance: patching it touches
+            # nothing else.
+            setattr(loader, "exec_module", exec_then_set_key)  # noqa: B010
+        return spec
 
 
 class _SoftLimit:
@@ -310,6 +394,8 @@ class _SoftLimit:
             )
 
     def arm(self, seconds: float) -> None:
+        if seconds >= _LONGEST_TIMER:
+            return  # longer than any timer holds: no limit in practice
         if not self.installed:
             signal.signal(signal.SIGALRM, self._handler)
             self.installed = True
@@ -348,14 +434,24 @@ def _resident_memory() -> int:
 
 
 def _describe(exc: BaseException) -> tuple[str, str, str]:
+    """The exception's type name, message and traceback text, whatever its
+    ``__str__`` does (a task's exception must never end the worker)."""
     import traceback
 
     cls = type(exc)
-    return (
-        f"{cls.__module__}.{cls.__qualname__}",
-        str(exc),
-        "".join(traceback.format_exception(exc)),
-    )
+    type_name = f"{cls.__module__}.{cls.__qualname__}"
+    try:
+        message = str(exc)
+    except BaseException as str_error:
+        message = f"<str() of the exception raised {type(str_error).__name__}>"
+    try:
+        text = "".join(traceback.format_exception(exc))
+    except BaseException as format_error:
+        text = (
+            f"{type_name}: {message}\n(its traceback could not be formatted: "
+            f"{type(format_error).__name__})\n"
+        )
+    return type_name, message, text
 
 
 def _exception_message(exc: BaseException) -> tuple[bytes | None, str, str, str]:
@@ -396,6 +492,9 @@ def _exit_code(exc: BaseException) -> int:
 
 
 def _ignore_stop_signals() -> None:
+    # A program that ignores SIGCHLD passes that on across exec: tasks would
+    # then never learn the exit status of the programs they run.
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _on_sigterm)
     # Restart interrupted system calls, as if the signal were ignored, so
@@ -410,9 +509,37 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     pass
 
 
+def _leave_if_forked(worker_pid: int, exc: BaseException | None) -> None:
+    """End a copy of the worker that a task forked and that came back here.
+
+    A task that forks and lets the child return or raise (instead of calling
+    ``os._exit``) would otherwise have two processes read the same tasks and
+    answer on the same pipe. The copy leaves without touching the pipes,
+    without flushing buffers it shares with the worker, and without running
+    ``atexit`` handlers it inherited.
+    """
+    if os.getpid() == worker_pid:
+        return
+    code = _exit_code(exc) if exc is not None else 0
+    try:
+        os.write(
+            2,
+            f"triopool: process {os.getpid()}, forked by a task in worker "
+            f"{worker_pid}, came back into the worker loop; it exits now with "
+            f"code {code} (a forked child should end with os._exit())\n".encode(),
+        )
+    finally:
+        os._exit(code)
+
+
 def main(fd_in: int, fd_out: int, parent_pid: int) -> None:
     """Run the worker until its task pipe reaches EOF."""
     _ignore_stop_signals()
+    # Programs a task starts (os.system, subprocess with close_fds=False)
+    # must not hold the pipes: the pool would wait for them to close.
+    os.set_inheritable(fd_in, False)
+    os.set_inheritable(fd_out, False)
+    worker_pid = os.getpid()
     _die_with_parent(parent_pid)
     plan: Plan | None = None
     if os.environ.get("TRIOPOOL_FAULTS"):
@@ -426,6 +553,7 @@ def main(fd_in: int, fd_out: int, parent_pid: int) -> None:
     config = pickle.loads(frame.payload)
     sys.path[:] = config["sys_path"]
     sys.argv[:] = config["sys_argv"]
+    _ParentAuthkey.install(config["authkey"])
     fixup = _MainFixup(config["main_path"], config["main_name"])
     max_memory: int | None = config["max_memory"]
     try:
@@ -435,8 +563,10 @@ def main(fd_in: int, fd_out: int, parent_pid: int) -> None:
             )
             initializer(*initargs)
     except BaseException as exc:
+        _leave_if_forked(worker_pid, exc)
         pipes.send_message(_protocol.START_FAILED, _describe(exc))
         os._exit(1)
+    _leave_if_forked(worker_pid, None)
     del frame, config
     _line_buffered_output()
     if plan is not None:
@@ -447,7 +577,7 @@ def main(fd_in: int, fd_out: int, parent_pid: int) -> None:
         if plan.has("after_receive", "mid_result"):
             pipes = _FaultyPipes(pipes, plan)
     soft_limit = _SoftLimit()
-    _serve(pipes, fixup, soft_limit, max_memory)
+    _serve(pipes, fixup, soft_limit, max_memory, worker_pid)
     # The pool closed the task pipe: the worker is on its way out, and what
     # remains (atexit handlers, non-daemon threads a task left behind) may
     # take the parent's SIGTERM, which it sends once shutdown_timeout is up.
@@ -455,10 +585,16 @@ def main(fd_in: int, fd_out: int, parent_pid: int) -> None:
 
 
 def _serve(
-    pipes: _Pipes, fixup: _MainFixup, soft_limit: _SoftLimit, max_memory: int | None
+    pipes: _Pipes,
+    fixup: _MainFixup,
+    soft_limit: _SoftLimit,
+    max_memory: int | None,
+    worker_pid: int,
 ) -> None:
     signal.signal(signal.SIGURG, pipes.on_signal)
-    signal.siginterrupt(signal.SIGURG, False)
+    # Interrupt system calls, so that a SKIP reaches a task blocked in one
+    # (waitpid, a read) at once; Python retries them after the handler ran.
+    signal.siginterrupt(signal.SIGURG, True)
     while True:
         frame = pipes.next_task()
         if frame is None:
@@ -482,10 +618,14 @@ def _serve(
             pipes.run_task()
             try:
                 result: Any = fn(*args)
+            except BaseException as exc:
+                _leave_if_forked(worker_pid, exc)
+                raise
             finally:
                 pipes.busy = True
                 if soft_time_limit is not None:
                     soft_limit.disarm()
+            _leave_if_forked(worker_pid, None)
         except Exception as exc:
             kind = _protocol.ERROR
             result = _exception_message(exc)
@@ -524,7 +664,9 @@ def _line_buffered_output() -> None:
     for stream in (sys.stdout, sys.stderr):
         if stream is not None and hasattr(stream, "reconfigure"):
             try:
-                stream.reconfigure(line_buffering=True, write_through=False)
+                stream.reconfigure(  # pyright: ignore[reportAttributeAccessIssue]
+                    line_buffering=True, write_through=False
+                )
             except Exception:
                 pass
 

@@ -1,8 +1,8 @@
 """Worker-side helpers of ``triopool map``.
 
-The worker does all the per-item work: it parses the input line, calls the
-function and encodes the output line, so the parent only splits, batches and
-writes lines. Imports only the standard library (never trio or attrs), so
+The worker does all the per-item work: it decodes the input line (a str by
+default, a JSON value with ``--json``), calls the function and encodes the
+output line, so the parent only splits, batches and writes lines. Imports only the standard library (never trio or attrs), so
 workers running it start fast.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -45,12 +46,16 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def parse_line(line: bytes) -> Any:
-    """The JSON value of an input line; ValueError if it is not strict JSON.
+def parse_line(line: bytes, as_json: bool) -> Any:
+    """The value of an input line: the line as a str, or with ``as_json`` its
+    JSON value. ValueError if it is not UTF-8, or not strict JSON.
 
-    ``NaN``, ``Infinity`` and ``-Infinity``, which :func:`json.loads` accepts
-    by default, are refused: no output line could echo them as valid JSON.
+    A str loses a trailing carriage return (a CRLF line ending). ``NaN``,
+    ``Infinity`` and ``-Infinity``, which :func:`json.loads` accepts by
+    default, are refused: no output line could echo them as valid JSON.
     """
+    if not as_json:
+        return line.removesuffix(b"\r").decode()
     return json.loads(line, parse_constant=_no_constant)
 
 
@@ -65,24 +70,33 @@ def error_record(value: Any, type_name: str, message: str) -> str:
     return _dumps({"input": value, "error": {"type": type_name, "message": message}})
 
 
-def call_lines(fn: Callable[[Any], Any], lines: list[bytes]) -> list[tuple[int, str]]:
-    """Parse each line as JSON, call ``fn`` on it and encode the outcome.
+def call_lines(
+    fn: Callable[[Any], Any], lines: list[bytes], as_json: bool
+) -> tuple[list[tuple[int, str]], float]:
+    """Decode each line, call ``fn`` on it and encode the outcome.
 
     Returns one ``(kind, text)`` per line: ``(OK, output line)``, ``(FAILED,
     output line with the error)`` or ``(BAD_INPUT, what is wrong with the
-    line)``. An exception fails only its own item; the rest still run.
+    line)``, and the seconds it all took here, from which the parent sizes
+    chunks. An exception fails only its own item; the rest still run.
     """
+    start = time.perf_counter()
     outcomes: list[tuple[int, str]] = []
     for line in lines:
         try:
-            value = parse_line(line)
+            value = parse_line(line, as_json)
         except json.JSONDecodeError as exc:
             # Each line is a document of its own: only the column helps.
             outcomes.append(
                 (BAD_INPUT, f"invalid JSON: {exc.msg} (column {exc.colno})")
             )
             continue
-        except ValueError as exc:  # UnicodeDecodeError, NaN
+        except UnicodeDecodeError as exc:
+            outcomes.append(
+                (BAD_INPUT, f"not UTF-8: {exc.reason} (column {exc.start + 1})")
+            )
+            continue
+        except ValueError as exc:  # NaN
             outcomes.append((BAD_INPUT, f"invalid JSON: {exc}"))
             continue
         try:
@@ -102,4 +116,4 @@ def call_lines(fn: Callable[[Any], Any], lines: list[bytes]) -> list[tuple[int, 
             outcomes.append((FAILED, text))
             continue
         outcomes.append((OK, text))
-    return outcomes
+    return outcomes, time.perf_counter() - start

@@ -1,4 +1,4 @@
-"""Run a pool's tasks on a Dask cluster (``pip install triopool[dask]``).
+"""Run a pool's tasks on a Dask cluster (the ``dask`` extra).
 
 Dask is imported when the pool opens, never by ``import triopool``. The
 backend uses a synchronous ``distributed.Client`` (its own event-loop thread):
@@ -82,9 +82,9 @@ class DaskBackend:
     def start(self, max_tasks_per_child: int | None) -> int:
         """Connect to (or start) the cluster; return its total thread count."""
         assert max_tasks_per_child is None  # refused by the pool
-        import dask
-        import distributed
-        from distributed.scheduler import KilledWorker
+        import dask  # pyright: ignore[reportMissingImports]  # an optional extra
+        import distributed  # pyright: ignore[reportMissingImports]  # an optional extra
+        from distributed.scheduler import KilledWorker  # pyright: ignore[reportMissingImports]  # an optional extra
 
         self._killed_worker = KilledWorker
         if self.address is None:

@@ -15,19 +15,22 @@ once, when the pool starts.
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 import trio
 
+from . import _context
 from ._pool import POOL_DEFAULT, Pool, open_pool
 
 if TYPE_CHECKING:
     import contextlib
     from collections.abc import Callable, Sequence
+    from types import CoroutineType
     from typing import TypeVarTuple, Unpack
 
     from ._backend import Backend
-    from ._pool import _Default
+    from ._pool import PoolDefault
+    from ._typing import AnyResultCallable, AsyncCallable, AsyncFunctionPassedToRunSync
 
     Ts = TypeVarTuple("Ts")
 
@@ -79,7 +82,7 @@ _options: dict[str, Any] = {}
 def configure_default_pool(
     workers: int | None = None,
     *,
-    start_method: str = "spawn",
+    start_method: Literal["spawn", "forkserver"] = "spawn",
     forkserver_preload: Sequence[str] = (),
     initializer: Callable[..., object] | None = None,
     initargs: Sequence[Any] = (),
@@ -143,8 +146,11 @@ def configure_default_pool(
     options["initargs"] = tuple(initargs)
     try:
         state = _RUN_STATE.get()
-    except (LookupError, RuntimeError):
-        state = None  # outside trio.run, or no default pool in this run yet
+    except LookupError:
+        state = None  # no default pool in this run yet
+    except RuntimeError:
+        # Outside trio.run; maybe in a thread of one (trio.to_thread).
+        state = _state_seen_from_thread()
     if state is not None and state.state is not _State.CLOSED:
         raise RuntimeError(
             "the default pool of this trio.run has already started; call "
@@ -154,10 +160,27 @@ def configure_default_pool(
     _options.update(options)
 
 
+def _state_seen_from_thread() -> _DefaultPool | None:
+    """The default pool of the run whose ``trio.to_thread`` thread this is;
+    None in a thread that no run started."""
+
+    def get() -> _DefaultPool | None:
+        try:
+            return _RUN_STATE.get()
+        except LookupError:
+            return None
+
+    try:
+        return trio.from_thread.run_sync(get)
+    except RuntimeError:  # not a Trio thread, or its run has finished
+        return None
+
+
 async def _current_default_pool() -> Pool:
     try:
         state = _RUN_STATE.get()
     except LookupError:
+        _context.check_start("triopool.run_sync()")
         state = _DefaultPool()
         # Built here, in the caller, so a bad configuration or an initializer
         # that cannot be pickled raises in the caller.
@@ -179,12 +202,37 @@ async def _current_default_pool() -> Pool:
     raise trio.ClosedResourceError("the default pool closed: the run is ending")
 
 
-async def run_sync(
+# For type checkers (see _typing): an async function is an error.
+@overload
+def run_sync(  # type: ignore[overload-overlap]
+    fn: AnyResultCallable,
+    *args: object,
+    time_limit: float | PoolDefault | None = POOL_DEFAULT,
+    soft_time_limit: float | PoolDefault | None = POOL_DEFAULT,
+    kill_on_cancel: bool | PoolDefault = POOL_DEFAULT,
+) -> CoroutineType[Any, Any, Any]: ...
+@overload
+def run_sync(  # type: ignore[overload-overlap]
+    fn: AsyncCallable,
+    *args: object,
+    time_limit: float | PoolDefault | None = POOL_DEFAULT,
+    soft_time_limit: float | PoolDefault | None = POOL_DEFAULT,
+    kill_on_cancel: bool | PoolDefault = POOL_DEFAULT,
+) -> AsyncFunctionPassedToRunSync: ...
+@overload
+def run_sync(
     fn: Callable[[Unpack[Ts]], T],
     *args: *Ts,
-    time_limit: float | _Default | None = POOL_DEFAULT,
-    soft_time_limit: float | _Default | None = POOL_DEFAULT,
-    kill_on_cancel: bool | _Default = POOL_DEFAULT,
+    time_limit: float | PoolDefault | None = POOL_DEFAULT,
+    soft_time_limit: float | PoolDefault | None = POOL_DEFAULT,
+    kill_on_cancel: bool | PoolDefault = POOL_DEFAULT,
+) -> CoroutineType[Any, Any, T]: ...
+async def run_sync(  # type: ignore[misc]
+    fn: Callable[[Unpack[Ts]], T],
+    *args: *Ts,
+    time_limit: float | PoolDefault | None = POOL_DEFAULT,
+    soft_time_limit: float | PoolDefault | None = POOL_DEFAULT,
+    kill_on_cancel: bool | PoolDefault = POOL_DEFAULT,
 ) -> T:
     """Run ``fn(*args)`` in this run's default pool and return its result.
 
@@ -200,10 +248,15 @@ async def run_sync(
     Raises:
         trio.ClosedResourceError: The default pool could not be opened (the
             reason is the ``__cause__``) or the run is ending.
+        RuntimeError: Called outside ``trio.run`` (from asyncio, say), or in
+            a worker process importing the main script.
 
     And everything :meth:`Pool.run_sync` raises.
     """
-    await trio.lowlevel.checkpoint_if_cancelled()
+    try:
+        await trio.lowlevel.checkpoint_if_cancelled()
+    except RuntimeError:
+        raise _context.not_in_trio("triopool.run_sync()") from None
     pool = await _current_default_pool()
     return await pool.run_sync(
         fn,

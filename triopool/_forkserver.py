@@ -57,6 +57,7 @@ class ForkedProcess:
         self._request = request
         self._pid = 0
         self._returncode: int | None = None
+        self._orphaned = False
         self._error: str | None = None
         self._forked = trio.Event()
         self._exited = trio.Event()
@@ -70,6 +71,21 @@ class ForkedProcess:
         return self._pid
 
     @property
+    def exited(self) -> bool:
+        """Whether the server reaped the process (or could not fork it)."""
+        return self._exited.is_set() and not self._orphaned
+
+    @property
+    def orphaned(self) -> bool:
+        """Whether the server died before it reported the process's exit.
+
+        The process is then taken as killed with it (``PR_SET_PDEATHSIG``):
+        :meth:`wait` returns ``-SIGKILL``. Nothing confirms it, though, so
+        its pipes still have the last word on when it is gone.
+        """
+        return self._orphaned
+
+    @property
     def returncode(self) -> int | None:
         """The exit status once reaped (negative: killed by that signal).
 
@@ -79,7 +95,7 @@ class ForkedProcess:
 
     def signal(self, signum: int) -> None:
         """Have the server send ``signum``, unless the process was reaped."""
-        if self._returncode is None:
+        if not self._exited.is_set():
             self._server._send_signal(self._request, signum)
 
     async def started(self) -> None:
@@ -94,10 +110,9 @@ class ForkedProcess:
                 f"the fork server did not fork a worker: {self._error}"
             )
 
-    async def wait(self) -> int:
+    async def wait(self) -> int | None:
         """Wait for the server to reap the process; return its exit status."""
         await self._exited.wait()
-        assert self._returncode is not None
         return self._returncode
 
     # Called by the fork server's task as reports arrive.
@@ -110,6 +125,10 @@ class ForkedProcess:
         self._returncode = returncode
         self._forked.set()
         self._exited.set()
+
+    def _on_orphaned(self) -> None:
+        self._orphaned = True
+        self._on_exited(-signal.SIGKILL)
 
     def _on_failed(self, error: str) -> None:
         self._error = error
@@ -278,7 +297,7 @@ class ForkServer:
         for process in processes:
             if process.pid:
                 # Killed with the server (PR_SET_PDEATHSIG).
-                process._on_exited(-signal.SIGKILL)
+                process._on_orphaned()
             else:
                 process._on_failed("the fork server exited")
 

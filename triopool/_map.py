@@ -4,7 +4,9 @@ One call is a :class:`_MapCall`. Inside the ``async with`` that runs it, a
 *producer* task pulls items from the input (a sync or an async iterable),
 groups them into chunks and starts one task per chunk in its own *work*
 nursery; each chunk task submits its chunk through :meth:`Pool.run_sync` and
-stores the results. The consumer takes results one at a time, in input order
+stores the results. With ``chunksize="auto"`` a :class:`ChunkPlanner` sizes
+each chunk from the worker times of the chunks before it and from how fast
+the input comes. The consumer takes results one at a time, in input order
 or in completion order. No async generator is involved: the consumer's
 ``async for`` runs in the caller's task, outside any nursery of ours.
 
@@ -14,6 +16,9 @@ Invariants:
   ``pulled`` counts items taken from the input and ``received`` counts results
   the consumer has taken. A chunk is started only when there is room for a
   whole chunk, so chunks stay full while the consumer keeps up.
+- With ``chunksize="auto"``, also at most ``2 * workers`` chunks run at once:
+  enough for each worker to find the next chunk waiting, few enough that a
+  chunk is planned with fresh observations.
 - The first error (from a task, or from the input itself) is kept and the
   work nursery is cancelled (queued tasks never run; running ones follow the
   pool's ``kill_on_cancel``). Once that nursery has ended, the consumer's next
@@ -38,15 +43,17 @@ import contextlib
 import inspect
 import itertools
 import math
+import time
 from collections import deque
-from collections.abc import AsyncIterable, Iterable
-from typing import TYPE_CHECKING, Generic, TypeVar
+from collections.abc import AsyncIterable, Iterable, Sized
+from typing import TYPE_CHECKING, Generic, Literal, TypeVar
 
 import attrs
 import trio
 
 from . import _protocol
-from ._chunk import run_chunk
+from ._chunk import run_chunk, run_timed_chunk
+from ._chunksize import MAX_AUTO_CHUNK, ChunkPlanner, default_max_in_flight
 from ._errors import SerializationError
 
 if TYPE_CHECKING:
@@ -61,6 +68,9 @@ if TYPE_CHECKING:
 
 ItemT = TypeVar("ItemT")
 ResultT = TypeVar("ResultT")
+
+#: What ``chunksize`` may be: a number of items, or "auto".
+Chunksize = int | Literal["auto"]
 
 
 _NEVER = math.inf
@@ -88,13 +98,20 @@ def check_arguments(
         )
     if not isinstance(ordered, bool):
         raise TypeError(f"ordered must be a bool, got {ordered!r}")
-    for name, value in (("chunksize", chunksize), ("max_in_flight", max_in_flight)):
-        if value is None and name == "max_in_flight":
-            continue
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{name} must be an int, got {value!r}")
-        if value < 1:
-            raise ValueError(f"{name} must be >= 1, got {value!r}")
+    if chunksize != "auto":
+        if isinstance(chunksize, str):
+            raise ValueError(
+                f"chunksize must be 'auto' or an int >= 1, got {chunksize!r}"
+            )
+        if isinstance(chunksize, bool) or not isinstance(chunksize, int):
+            raise TypeError(f"chunksize must be 'auto' or an int, got {chunksize!r}")
+        if chunksize < 1:
+            raise ValueError(f"chunksize must be >= 1, got {chunksize!r}")
+    if max_in_flight is not None:
+        if isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int):
+            raise TypeError(f"max_in_flight must be an int, got {max_in_flight!r}")
+        if max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight!r}")
 
 
 def _check_picklable(fn: object) -> None:
@@ -148,8 +165,13 @@ class _MapCall(Generic[ItemT, ResultT]):
     _pool: AnyPool
     _fn: Callable[[ItemT], ResultT]
     _ordered: bool
-    _chunksize: int
+    _chunksize: int  # with a planner: the largest chunk it may plan
     _max_in_flight: int
+    # chunksize="auto": plans each chunk; None: every chunk has _chunksize.
+    _planner: ChunkPlanner | None = attrs.field(default=None, alias="planner")
+    # Chunks running at once.
+    _max_chunks: int | float = attrs.field(default=math.inf, alias="max_chunks")
+    _total: int | None = None  # the input's length, when it has one
     _pulled: int = 0
     _received: int = 0
     _chunks_running: int = 0
@@ -267,6 +289,10 @@ class _MapCall(Generic[ItemT, ResultT]):
         self, work: trio.Nursery, source: Iterable[ItemT] | AsyncIterable[ItemT]
     ) -> None:
         size = min(self._chunksize, self._max_in_flight)
+        if self._planner is not None and isinstance(source, Sized):
+            # A known length lets the last chunks shrink (see _chunksize).
+            with contextlib.suppress(Exception):
+                self._total = len(source)
         sync_items: Iterator[ItemT] | None = None
         async_items: AsyncIterator[ItemT] | None = None
         if isinstance(source, AsyncIterable):
@@ -288,11 +314,16 @@ class _MapCall(Generic[ItemT, ResultT]):
         async_items: AsyncIterator[ItemT] | None,
     ) -> None:
         start = 0
+        planner = self._planner
         while True:
-            while self._pulled - self._received + size > self._max_in_flight:
-                self._resume_at = self._pulled + size - self._max_in_flight
-                await self._room_made.park()
-            self._resume_at = _NEVER
+            if planner is not None:
+                size = await self._room_for_a_planned_chunk(planner)
+                pull_started = time.perf_counter()
+            else:
+                while self._pulled - self._received + size > self._max_in_flight:
+                    self._resume_at = self._pulled + size - self._max_in_flight
+                    await self._room_made.park()
+                self._resume_at = _NEVER
             if sync_items is not None:
                 items = list(itertools.islice(sync_items, size))
                 self._pulled += len(items)
@@ -306,6 +337,8 @@ class _MapCall(Generic[ItemT, ResultT]):
                         break
                     items.append(item)
                     self._pulled += 1
+            if planner is not None:
+                planner.observe_input(len(items), time.perf_counter() - pull_started)
             if items:
                 self._chunks_running += 1
                 work.start_soon(self._run_chunk, start, items)
@@ -316,9 +349,33 @@ class _MapCall(Generic[ItemT, ResultT]):
         self._exhausted = True
         self._results_changed.unpark_all()
 
+    async def _room_for_a_planned_chunk(self, planner: ChunkPlanner) -> int:
+        """Wait until the next chunk may start; return its size, planned then."""
+        while True:
+            if self._chunks_running < self._max_chunks:
+                remaining = None
+                if self._total is not None:
+                    remaining = max(self._total - self._pulled, 1)
+                size = planner.next_size(remaining)
+                if self._pulled - self._received + size <= self._max_in_flight:
+                    self._resume_at = _NEVER
+                    return size
+                self._resume_at = self._pulled + size - self._max_in_flight
+            else:
+                # Woken when a chunk ends (see _run_chunk).
+                self._resume_at = _NEVER
+            await self._room_made.park()
+
     async def _run_chunk(self, start: int, items: list[ItemT]) -> None:
         try:
-            if len(items) == 1:
+            if self._planner is not None:
+                values, seconds = await self._pool.run_sync(
+                    run_timed_chunk, self._fn, items
+                )
+                self._planner.observe_run(len(items), seconds)
+                if self._chunks_running >= self._max_chunks:
+                    self._room_made.unpark_all()
+            elif len(items) == 1:
                 values = [await self._pool.run_sync(self._fn, items[0])]
             else:
                 values = await self._pool.run_sync(run_chunk, self._fn, items)
@@ -381,12 +438,31 @@ def _new_call(
     fn: Callable[[ItemT], ResultT],
     *,
     ordered: bool,
-    chunksize: int,
+    chunksize: Chunksize,
     max_in_flight: int | None,
 ) -> _MapCall[ItemT, ResultT]:
+    # At least one, so the defaults leave room for a chunk even if an engine
+    # reported no worker slots when the pool opened.
+    workers = max(1, pool.statistics().workers)
+    if chunksize != "auto":
+        if max_in_flight is None:
+            max_in_flight = 2 * workers * chunksize
+        return _MapCall(pool, fn, ordered, chunksize, max_in_flight)
     if max_in_flight is None:
-        max_in_flight = 2 * pool.statistics().workers * chunksize
-    return _MapCall(pool, fn, ordered, chunksize, max_in_flight)
+        max_in_flight = default_max_in_flight(workers)
+    # Room for two of the largest chunks per worker within max_in_flight, so
+    # that waiting for room for a whole chunk never starves a worker.
+    largest = max(1, min(MAX_AUTO_CHUNK, max_in_flight // (2 * workers)))
+    planner = ChunkPlanner(workers=workers, max_size=largest)
+    return _MapCall(
+        pool,
+        fn,
+        ordered,
+        planner.max_size,
+        max_in_flight,
+        planner=planner,
+        max_chunks=2 * workers,
+    )
 
 
 @contextlib.asynccontextmanager
@@ -396,7 +472,7 @@ async def _open_imap(
     iterable: Iterable[ItemT] | AsyncIterable[ItemT],
     *,
     ordered: bool,
-    chunksize: int,
+    chunksize: Chunksize,
     max_in_flight: int | None,
 ) -> AsyncIterator[AsyncIterator[ResultT]]:
     call = _new_call(
@@ -412,7 +488,7 @@ def imap(
     iterable: Iterable[ItemT] | AsyncIterable[ItemT],
     *,
     ordered: bool,
-    chunksize: int,
+    chunksize: Chunksize,
     max_in_flight: int | None,
 ) -> AbstractAsyncContextManager[AsyncIterator[ResultT]]:
     """Check the arguments now; see :meth:`triopool.Pool.imap`."""
@@ -440,7 +516,7 @@ async def map_list(
     fn: Callable[[ItemT], ResultT],
     iterable: Iterable[ItemT] | AsyncIterable[ItemT],
     *,
-    chunksize: int,
+    chunksize: Chunksize,
 ) -> list[ResultT]:
     """See :meth:`triopool.Pool.map`."""
     check_arguments(fn, iterable, chunksize=chunksize, where="map")

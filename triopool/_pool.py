@@ -39,12 +39,12 @@ import pickle
 import signal
 from collections import deque
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 import attrs
 import trio
 
-from . import _faults, _map, _pipes, _protocol
+from . import _context, _faults, _map, _pipes, _protocol
 from ._errors import (
     BrokenPoolError,
     BrokenWorkerError,
@@ -65,9 +65,12 @@ if TYPE_CHECKING:
         Callable,
         Sequence,
     )
-    from typing import Final, TypeVarTuple, Unpack
+    from types import CoroutineType
+    from typing import Final, Literal, TypeVarTuple, Unpack
 
     from ._backend import Backend
+    from ._backend_pool import BackendPool
+    from ._typing import AnyResultCallable, AsyncCallable, AsyncFunctionPassedToRunSync
 
     Ts = TypeVarTuple("Ts")
 
@@ -81,12 +84,14 @@ _log = logging.getLogger("triopool")
 _PARENT_FAULTS: _faults.Plan | None = _faults.from_environment(_faults.PARENT_STAGES)
 
 
-class _Default(enum.Enum):
-    """Marks an option of :meth:`Pool.run_sync` left to the pool's default.
+class PoolDefault(enum.Enum):
+    """The type of :data:`POOL_DEFAULT`, which means "the pool's default".
 
-    ``POOL_DEFAULT`` is the default of ``time_limit``, ``soft_time_limit`` and
-    ``kill_on_cancel``: the call uses the value given to :func:`open_pool`.
-    Pass ``None`` instead to switch a limit off for one call.
+    ``POOL_DEFAULT``, its one member, is the default of ``time_limit``,
+    ``soft_time_limit`` and ``kill_on_cancel`` in :meth:`Pool.run_sync`: the
+    call uses the value given to :func:`open_pool`. Pass ``None`` instead to
+    switch a limit off for one call. So ``float | PoolDefault | None`` in a
+    signature reads "seconds, the pool's default, or no limit".
     """
 
     POOL_DEFAULT = enum.auto()
@@ -95,7 +100,7 @@ class _Default(enum.Enum):
         return "POOL_DEFAULT"
 
 
-POOL_DEFAULT = _Default.POOL_DEFAULT
+POOL_DEFAULT = PoolDefault.POOL_DEFAULT
 
 
 # Validation: every message names the parameter and the bad value.
@@ -138,6 +143,11 @@ def _check_limits(
         )
 
 
+def _no_limit_if_inf(limit: float | None) -> float | None:
+    """An infinite limit is no limit."""
+    return None if limit == math.inf else limit
+
+
 def _as_tuple(name: str, value: object) -> tuple[Any, ...]:
     # A string is iterable, but forkserver_preload="numpy" would otherwise
     # become the modules n, u, m, p and y.
@@ -169,7 +179,7 @@ class PoolConfig:
     workers: int = attrs.field(
         validator=_parameter_check(lambda n, v: _check_count(n, v, allow_none=False))
     )
-    start_method: str = attrs.field()
+    start_method: Literal["spawn", "forkserver"] = attrs.field()
     forkserver_preload: tuple[str, ...] = attrs.field()
     initializer: Callable[..., object] | None = attrs.field()
     initargs: tuple[Any, ...] = attrs.field()
@@ -185,8 +195,8 @@ class PoolConfig:
     max_start_failures: int = attrs.field(
         validator=_parameter_check(lambda n, v: _check_count(n, v, allow_none=False))
     )
-    time_limit: float | None = attrs.field()
-    soft_time_limit: float | None = attrs.field()
+    time_limit: float | None = attrs.field(converter=_no_limit_if_inf)
+    soft_time_limit: float | None = attrs.field(converter=_no_limit_if_inf)
     kill_on_cancel: bool = attrs.field()
     shutdown_timeout: float = attrs.field(
         validator=_parameter_check(
@@ -194,14 +204,14 @@ class PoolConfig:
         )
     )
 
-    @start_method.validator
+    @start_method.validator  # pyright: ignore[reportAttributeAccessIssue]
     def _check_start_method(self, attribute: object, value: object) -> None:
         if value not in ("spawn", "forkserver"):
             raise ValueError(
                 f"start_method must be 'spawn' or 'forkserver', got {value!r}"
             )
 
-    @forkserver_preload.validator
+    @forkserver_preload.validator  # pyright: ignore[reportAttributeAccessIssue]
     def _check_preload(self, attribute: object, value: tuple[object, ...]) -> None:
         for name in value:
             if not isinstance(name, str) or not name:
@@ -209,12 +219,12 @@ class PoolConfig:
                     f"forkserver_preload must hold module names, got {name!r}"
                 )
 
-    @initializer.validator
+    @initializer.validator  # pyright: ignore[reportFunctionMemberAccess, reportOptionalMemberAccess]
     def _check_initializer(self, attribute: object, value: object) -> None:
         if value is not None and not callable(value):
             raise TypeError(f"initializer must be callable or None, got {value!r}")
 
-    @kill_on_cancel.validator
+    @kill_on_cancel.validator  # pyright: ignore[reportAttributeAccessIssue]
     def _check_kill_on_cancel(self, attribute: object, value: object) -> None:
         if not isinstance(value, bool):
             raise TypeError(f"kill_on_cancel must be a bool, got {value!r}")
@@ -330,11 +340,13 @@ class _Link:
     caller hands to the idle worker)."""
 
     worker: Worker
-    # The feeder task. It is parked while the worker is idle (the link is in
-    # Pool._idle exactly then); a caller wakes it with a job in ``handed``
-    # (None: wake up to notice that the pool closes). A link, not its slot,
-    # holds these: a retiring worker's link may outlive the start of its
-    # replacement's.
+    # The feeder task. It parks whenever it has nothing to do: no SKIP to
+    # write, no job ``handed`` to it, no ``recheck``. Whoever gives it work
+    # sets one of these and wakes it with Pool._wake_feeder, which reschedules
+    # it only if it is parked: a wake-up never happens twice. The link is in
+    # Pool._idle while its worker idles with nothing handed. A link, not its
+    # slot, holds these: a retiring worker's link may outlive the start of
+    # its replacement's.
     feeder: trio.lowlevel.Task | None = None
     handed: _Job | None = None
     current: _Job | None = None
@@ -354,7 +366,7 @@ class _Link:
     last_duration: float = math.inf
     # Task numbers to send SKIP frames for (the feeder writes them).
     skips: list[int] = attrs.field(factory=list)
-    # The feeder is parked (idle, or with nothing to write).
+    # The feeder is parked and nobody has woken it yet.
     parked: bool = False
     # The feeder is in the middle of a frame: nothing else may be written.
     writing: bool = False
@@ -363,6 +375,17 @@ class _Link:
     killed: bool = False
     # The scope of the reader's wait for a frame.
     read_scope: trio.CancelScope | None = None
+    # The scope of a write that waits for room in the pipe (reader or feeder).
+    write_scope: trio.CancelScope | None = None
+    # The feeder must take the next queued job or stop: the pool closed or
+    # broke while the worker idled (see Pool._wake_idle).
+    recheck: bool = False
+    # The running job was cancelled, or ran out of time, while bytes from the
+    # worker were waiting: they are read first, for they may be its answer
+    # (and the worker busy with the next job, which a kill would hit). Set
+    # once per job (``heard``), for at most _HEAR_FIRST seconds.
+    hear_first: bool = False
+    heard: _Job | None = None
     stop_requested: bool = False
     # A FATAL frame from the running job, until the worker's exit is seen.
     fatal_frame: _protocol.Frame | None = None
@@ -384,6 +407,9 @@ class _Turn:
 # busy worker, and only behind a job that took at most this long (seconds).
 _AHEAD: Final = 8
 _AHEAD_AFTER: Final = 0.002
+# How long the rest of an answer that had begun to arrive may take before a
+# cancellation or a deadline is acted on after all (see _Link.hear_first).
+_HEAR_FIRST: Final = 1.0
 
 # The frames that answer a task.
 _ANSWERS = frozenset({_protocol.RESULT, _protocol.ERROR, _protocol.SERIAL_ERROR})
@@ -426,6 +452,8 @@ class Pool:
         self._nursery: trio.Nursery | None = None
         self._slots_left = 0
         self._slots_done = trio.Event()
+        self._start_permits = trio.Semaphore(_usable_cpus())
+        self._thread: int | None = None  # of the run that opened it (see _open)
         # start_method="forkserver": the running server, and an event set (and
         # replaced) whenever it changes or the pool breaks.
         self._forkserver: ForkServer | None = None
@@ -470,13 +498,41 @@ class Pool:
             workers_stopped=self._workers_stopped,
         )
 
-    async def run_sync(
+    # For type checkers (see _typing): an async function is an error.
+    @overload
+    def run_sync(  # type: ignore[overload-overlap]
+        self,
+        fn: AnyResultCallable,
+        *args: object,
+        time_limit: float | PoolDefault | None = POOL_DEFAULT,
+        soft_time_limit: float | PoolDefault | None = POOL_DEFAULT,
+        kill_on_cancel: bool | PoolDefault = POOL_DEFAULT,
+    ) -> CoroutineType[Any, Any, Any]: ...
+    @overload
+    def run_sync(  # type: ignore[overload-overlap]
+        self,
+        fn: AsyncCallable,
+        *args: object,
+        time_limit: float | PoolDefault | None = POOL_DEFAULT,
+        soft_time_limit: float | PoolDefault | None = POOL_DEFAULT,
+        kill_on_cancel: bool | PoolDefault = POOL_DEFAULT,
+    ) -> AsyncFunctionPassedToRunSync: ...
+    @overload
+    def run_sync(
         self,
         fn: Callable[[Unpack[Ts]], T],
         *args: *Ts,
-        time_limit: float | _Default | None = POOL_DEFAULT,
-        soft_time_limit: float | _Default | None = POOL_DEFAULT,
-        kill_on_cancel: bool | _Default = POOL_DEFAULT,
+        time_limit: float | PoolDefault | None = POOL_DEFAULT,
+        soft_time_limit: float | PoolDefault | None = POOL_DEFAULT,
+        kill_on_cancel: bool | PoolDefault = POOL_DEFAULT,
+    ) -> CoroutineType[Any, Any, T]: ...
+    async def run_sync(  # type: ignore[misc]
+        self,
+        fn: Callable[[Unpack[Ts]], T],
+        *args: *Ts,
+        time_limit: float | PoolDefault | None = POOL_DEFAULT,
+        soft_time_limit: float | PoolDefault | None = POOL_DEFAULT,
+        kill_on_cancel: bool | PoolDefault = POOL_DEFAULT,
     ) -> T:
         """Run ``fn(*args)`` in a worker process and return its result.
 
@@ -512,13 +568,18 @@ class Pool:
             TimeLimitExceeded: The hard time limit expired.
             BrokenPoolError: Workers keep failing to start.
             trio.ClosedResourceError: The pool's block has exited.
+            RuntimeError: Called from outside the ``trio.run`` that opened
+                the pool: from asyncio, or from another thread's run.
 
         Example::
 
             checksum = await pool.run_sync(zlib.crc32, data)
             parsed = await pool.run_sync(functools.partial(int, base=16), "ff")
         """
-        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            await trio.lowlevel.checkpoint_if_cancelled()
+        except RuntimeError:
+            raise _context.not_in_trio("Pool.run_sync()") from None
         if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
             raise TypeError(
                 f"run_sync() needs a regular function, got the async function {fn!r}"
@@ -538,6 +599,8 @@ class Pool:
         elif not isinstance(kill_on_cancel, bool):
             raise TypeError(f"kill_on_cancel must be a bool, got {kill_on_cancel!r}")
         if explicit_limits:
+            time_limit = _no_limit_if_inf(time_limit)
+            soft_time_limit = _no_limit_if_inf(soft_time_limit)
             _check_limits(time_limit, soft_time_limit, " of run_sync()")
         self._check_usable()
         # A function from a __main__ the workers cannot run again (a REPL, a
@@ -571,6 +634,7 @@ class Pool:
             # its outcome, like trio.to_thread.run_sync: the cancellation
             # takes effect at the next checkpoint.
             if self._abandon(job, kill=job.kill_on_cancel):
+                job.caller = None  # Trio wakes it: nothing here may
                 return trio.lowlevel.Abort.SUCCEEDED
             return trio.lowlevel.Abort.FAILED
 
@@ -587,14 +651,15 @@ class Pool:
         fn: Callable[[ItemT], T],
         iterable: Iterable[ItemT] | AsyncIterable[ItemT],
         *,
-        chunksize: int = 1,
+        chunksize: int | Literal["auto"] = "auto",
     ) -> list[T]:
         """Run ``fn(item)`` in the workers for every item; return the results.
 
         The results are in input order. Items are pulled from ``iterable`` as
-        workers need them (at most ``2 * workers * chunksize`` ahead), and a
-        slow item does not hold back the ones after it. For results as they
-        come, or for input without end, use :meth:`imap`.
+        workers need them (at most as many ahead as :meth:`imap`'s default
+        ``max_in_flight``), and a slow item does not hold back the ones after
+        it. For results as they come, or for input without end, use
+        :meth:`imap`.
 
         The first exception raised by a task (or by ``iterable``) is raised
         here as itself, with the worker's traceback as for :meth:`run_sync`;
@@ -607,18 +672,22 @@ class Pool:
                 can unpickle.
             iterable: The items: a regular or an async iterable. Each item
                 travels to a worker by pickle.
-            chunksize: Send this many items per task, to save round trips when
-                ``fn`` is quick. The results still come back one per item; a
-                chunk that fails raises the exception of its first failing
-                item.
+            chunksize: How many items to send per task. ``"auto"`` (the
+                default) sizes each chunk from the measured time of the items
+                before it: one item at first, then growing while items are
+                quick, towards about 20 ms of worker time per chunk, and
+                shrinking towards the end of an input of known length. An
+                int sends that many items per task. The results still come
+                back one per item; a chunk that fails raises the exception of
+                its first failing item.
 
         Returns:
             ``[fn(item) for item in iterable]``, computed in the workers.
 
         Raises:
             TypeError: ``fn`` is async or not callable, ``iterable`` is not
-                iterable, or ``chunksize`` is not an int.
-            ValueError: ``chunksize`` is less than 1.
+                iterable, or ``chunksize`` is neither ``"auto"`` nor an int.
+            ValueError: ``chunksize`` is another string, or less than 1.
             SerializationError: ``fn`` cannot be pickled, or an item, a
                 result or an exception could not cross to the other side.
             BrokenWorkerError: A worker died while running a task.
@@ -629,7 +698,8 @@ class Pool:
         Example::
 
             checksums = await pool.map(zlib.crc32, [data, data[:100], data[100:]])
-            lengths = await pool.map(len, data.split(b" "), chunksize=256)
+            # Quick items travel in chunks sized from their measured time.
+            lengths = await pool.map(len, data.split(b" "))
         """
         self._check_usable()
         return await _map.map_list(self, fn, iterable, chunksize=chunksize)
@@ -640,7 +710,7 @@ class Pool:
         iterable: Iterable[ItemT] | AsyncIterable[ItemT],
         *,
         ordered: bool = True,
-        chunksize: int = 1,
+        chunksize: int | Literal["auto"] = "auto",
         max_in_flight: int | None = None,
     ) -> contextlib.AbstractAsyncContextManager[AsyncIterator[T]]:
         """Stream ``fn(item)`` for every item, computed in the workers.
@@ -668,16 +738,23 @@ class Pool:
                 without end. Each item travels to a worker by pickle.
             ordered: ``True``: results in input order. ``False``: results as
                 tasks finish.
-            chunksize: Send this many items per task, to save round trips when
-                ``fn`` is quick. Results still come one per item; a chunk is
-                sent when it is full or the input ends, so with a slow input,
-                results wait for their chunk to fill. A chunk that fails
-                raises the exception of its first failing item; time limits
-                apply to the chunk as a whole.
+            chunksize: How many items to send per task. ``"auto"`` (the
+                default) sizes each chunk from the measured time of the items
+                before it and from how fast ``iterable`` yields them (see
+                :meth:`map`). An int sends that many items per task; a chunk
+                is sent when it is full or the input ends, so with a slow
+                input, results wait for their chunk to fill. Results still
+                come one per item. A chunk that fails raises the exception of
+                its first failing item; time limits apply to the chunk as a
+                whole.
             max_in_flight: How many items may be taken from ``iterable`` ahead
-                of the results received. ``None``: ``2 * workers * chunksize``
-                (two chunks per worker). If less than ``chunksize``, chunks
-                hold ``max_in_flight`` items.
+                of the results received. ``None``: with ``"auto"``,
+                ``8192 * workers`` (two chunks of the largest automatic size,
+                4096, per worker); with an int ``chunksize``,
+                ``2 * workers * chunksize`` (two chunks per worker). If less
+                than ``chunksize``, chunks hold ``max_in_flight`` items; with
+                ``"auto"``, chunks hold at most ``max_in_flight // (2 *
+                workers)`` items (at least one).
 
         Returns:
             An async context manager whose value is an async iterator of the
@@ -687,7 +764,8 @@ class Pool:
         Raises:
             TypeError: ``fn`` is async or not callable, ``iterable`` is not
                 iterable, or an option has the wrong type.
-            ValueError: ``chunksize`` or ``max_in_flight`` is less than 1.
+            ValueError: ``chunksize`` is a string other than ``"auto"``, or
+                ``chunksize`` or ``max_in_flight`` is less than 1.
             SerializationError: ``fn`` cannot be pickled.
             trio.ClosedResourceError: The pool's block has exited.
 
@@ -717,6 +795,8 @@ class Pool:
             raise trio.ClosedResourceError("the pool is closed")
         if self._broken is not None:
             raise self._broken_error()
+        if _context.current_thread() != self._thread:
+            raise _context.other_run("the pool")
 
     def _broken_error(self) -> BrokenPoolError:
         # A fresh instance per raise: one exception object raised in several
@@ -737,8 +817,7 @@ class Pool:
         if self._idle:
             link = self._idle.pop()
             link.handed = job
-            assert link.feeder is not None
-            trio.lowlevel.reschedule(link.feeder)
+            _wake_feeder(link)
         elif first:
             self._waiting.appendleft(job)
         else:
@@ -776,9 +855,7 @@ class Pool:
                 link = job.link
                 assert link is not None
                 link.skips.append(job.number)
-                if link.parked and link.feeder is not None:
-                    link.parked = False  # woken once, however many ask
-                    trio.lowlevel.reschedule(link.feeder)
+                _wake_feeder(link)
             return False
         if job.state is _JobState.WAITING:
             job.state = _JobState.CANCELLED
@@ -885,6 +962,8 @@ class Pool:
                     if server is None:
                         return
                     launch = server.launch
+                if not await self._start_permit(slot):
+                    continue  # the pool closed meanwhile, with no work left
                 self._workers_alive += 1
                 self._workers_started += 1
                 turn = _Turn()
@@ -897,16 +976,37 @@ class Pool:
                         min(0.01 * 2**self._consecutive_start_failures, 0.5)
                     )
 
+    async def _start_permit(self, slot: _Slot) -> bool:
+        """Wait until fewer workers start than there are CPUs; take a permit.
+
+        Starting more workers at once than the machine has CPUs makes none of
+        them report up sooner, only each of them later: with costly imports
+        or initializers they would all miss ``start_timeout`` together, and a
+        busy machine would pass for a crash loop. Returns False if the pool
+        closed meanwhile with no work left (no permit taken).
+        """
+        taken = False
+        with trio.CancelScope() as scope:
+            slot.start_scope = scope
+            await self._start_permits.acquire()
+            taken = True
+        slot.start_scope = None
+        return taken
+
     async def _run_worker(
         self, slot: _Slot, launch: Callable[[int, int], Process], turn: _Turn
     ) -> None:
         """One worker's life in its slot: start, serve, retire or die, reap."""
         # Torn down by the pool's cancellation unless we learn otherwise.
         end: _End | None = _End.CLOSED
+        permit = True  # taken by the slot for this start (see _start_permit)
         try:
             async with open_worker(launch) as worker:
                 _log.debug("worker %d started (slot %d)", worker.pid, slot.number)
-                if await self._start(slot, worker):
+                up = await self._start(slot, worker)
+                permit = False
+                self._start_permits.release()
+                if up:
                     end = await self._serve(worker, turn.served.set)
         except WorkerStartError as exc:
             end = None
@@ -918,6 +1018,8 @@ class Pool:
             error.__cause__ = exc
             self._start_failed(error)
         finally:
+            if permit:
+                self._start_permits.release()
             self._workers_alive -= 1
             if end is _End.RETIRED:
                 self._workers_recycled += 1
@@ -955,7 +1057,7 @@ class Pool:
                 f"worker {worker.pid} did not report up within {timeout:g} s"
             )
         if frame is None:
-            exitcode = await worker.process.wait()
+            exitcode = await worker.reap_after_eof()
             raise WorkerStartError(
                 f"worker {worker.pid} exited ({_ended(worker, exitcode)}) "
                 "before reporting up"
@@ -1074,7 +1176,7 @@ class Pool:
         task meanwhile, and the slots start their replacements now.
         """
         for link in self._links:
-            if link.current is None and link.worker.process.returncode is not None:
+            if link.current is None and link.worker.known_dead:
                 if link in self._idle:
                     self._idle.remove(link)
                 if link.read_scope is not None:
@@ -1084,8 +1186,8 @@ class Pool:
         idle = self._idle
         self._idle = []
         for link in idle:
-            assert link.feeder is not None
-            trio.lowlevel.reschedule(link.feeder)
+            link.recheck = True
+            _wake_feeder(link)
         for slot in self._slots:
             if slot.start_scope is not None and self._closing_idle():
                 slot.start_scope.cancel()
@@ -1107,6 +1209,7 @@ class Pool:
         self._links.add(link)
         async with trio.open_nursery() as nursery:
             await nursery.start(self._feed, link)
+            nursery.start_soon(self._watch, link)
             try:
                 return await self._read(link, retiring)
             finally:
@@ -1124,6 +1227,23 @@ class Pool:
                 nursery.cancel_scope.cancel()  # the feeder, parked or sending
         raise AssertionError("unreachable")  # pragma: no cover
 
+    async def _watch(self, link: _Link) -> None:
+        """Notice the worker's exit even while its pipes stay open.
+
+        A process that a task started (or forked) may hold the worker's pipe
+        ends after the worker died, so EOF may come late or never. Once the
+        process has exited, the worker's pipes give what it wrote and then
+        EOF without waiting (see ``Worker.receive``); the waits under way are
+        cancelled here, so the reader settles the worker at once.
+        """
+        process = link.worker.process
+        await process.wait()
+        if not process.exited:
+            return  # orphaned: its pipes say when it is gone (see ForkedProcess)
+        for scope in (link.read_scope, link.write_scope):
+            if scope is not None:
+                scope.cancel()
+
     async def _feed(
         self,
         link: _Link,
@@ -1134,6 +1254,7 @@ class Pool:
         and the SKIP frames callers that gave up on jobs sent ahead ask for."""
 
         def abort(_: object) -> trio.lowlevel.Abort:
+            link.parked = False
             if link in self._idle:
                 self._idle.remove(link)
             return trio.lowlevel.Abort.SUCCEEDED
@@ -1141,18 +1262,18 @@ class Pool:
         link.feeder = trio.lowlevel.current_task()
         task_status.started()
         try:
-            while True:
-                # In Pool._idle (the reader put it there) or not, parked here.
-                link.parked = True
-                await trio.lowlevel.wait_task_rescheduled(abort)
-                link.parked = False
-                if link.finished:
-                    return
+            while not link.finished:
                 if link.skips:
                     await self._send_skips(link)
                     continue
+                if link.handed is None and not link.recheck:
+                    # Nothing to do: park until _wake_feeder.
+                    link.parked = True
+                    await trio.lowlevel.wait_task_rescheduled(abort)
+                    continue
                 job = link.handed
                 link.handed = None
+                link.recheck = False
                 if job is None or job.state is not _JobState.WAITING:
                     # Woken for the pool's close, or the caller was cancelled
                     # before this task woke.
@@ -1182,7 +1303,9 @@ class Pool:
             rest = worker.write_now([data])
             if rest:
                 with trio.CancelScope() as scope:
+                    link.write_scope = scope
                     await worker.send(rest)
+                link.write_scope = None
                 if scope.cancelled_caught:
                     worker.kill()  # out of sync: the reader sees EOF
                     return
@@ -1215,7 +1338,7 @@ class Pool:
         settles the job.
         """
         worker = link.worker
-        if worker.process.returncode is not None:
+        if worker.known_dead:
             # Known dead before its pipe says so: a forked worker whose fork
             # server died is settled as killed at once (PR_SET_PDEATHSIG), but
             # may still read a task before the signal lands. The job goes to
@@ -1244,9 +1367,9 @@ class Pool:
                 # The pipe is full (a large task): the caller may give up
                 # while the rest is written.
                 with trio.CancelScope() as scope:
-                    job.scope = scope
+                    job.scope = link.write_scope = scope
                     await worker.send(rest)
-                job.scope = None
+                job.scope = link.write_scope = None
                 if scope.cancelled_caught:
                     worker.kill()
                     return
@@ -1288,13 +1411,16 @@ class Pool:
                     link.read_scope = scope
                     job = link.current
                     if job is None:
-                        if worker.process.returncode is not None:
+                        if worker.known_dead:
                             scope.cancel()  # known dead: see below
-                    elif link.sent and not link.killed:
+                    elif link.sent and not link.killed and not worker.process.exited:
                         job.scope = scope
-                        scope.deadline = job.deadline
-                        if job.state is _JobState.CANCELLED:
-                            scope.cancel()
+                        if link.hear_first:
+                            scope.deadline = trio.current_time() + _HEAR_FIRST
+                        else:
+                            scope.deadline = job.deadline
+                            if job.state is _JobState.CANCELLED:
+                                scope.cancel()
                     end = await self._answers(link)
                 link.read_scope = None
                 job = link.current
@@ -1303,14 +1429,18 @@ class Pool:
                 if end is not None:
                     return await self._ended(link, end, retiring)
                 # The scope was cancelled: find out why.
-                if link.killed:
+                link.hear_first = False
+                if link.killed or worker.process.exited:
+                    # Read its answers to the end. Once it has exited, EOF
+                    # comes at once, even if a process it started holds its
+                    # pipe.
                     continue
                 if job is None:
                     if link.stop_requested:
                         return await self._ended(link, _End.CLOSED, retiring)
-                    if worker.process.returncode is not None:
-                        # Settled as killed with its fork server: lost, even
-                        # if its pipe has not said so yet (see _send).
+                    if worker.known_dead:
+                        # Went with its fork server: lost, even if its pipe
+                        # has not said so yet (see _send).
                         return await self._ended(link, _Ended.EOF, retiring)
                     continue  # a stray cancellation: the worker idles on
                 if not link.sent:
@@ -1322,6 +1452,10 @@ class Pool:
                     job.state is _JobState.CANCELLED
                     or trio.current_time() >= job.deadline
                 ):
+                    if link.heard is not job and worker.answer_waiting():
+                        link.heard = job
+                        link.hear_first = True
+                        continue
                     self._stop_job(worker, job)
                     if not link.ahead:
                         return _End.LOST  # killed as its block ends
@@ -1360,6 +1494,8 @@ class Pool:
             if kind == _protocol.SKIPPED:
                 if not self._skipped(link, frame):
                     return _End.LOST
+                if link.hear_first and not worker.answer_waiting():
+                    return None  # no answer came: act on the cancellation now
                 continue
             job = link.current
             if job is not None and kind == _protocol.FATAL:
@@ -1371,8 +1507,9 @@ class Pool:
             link.current = None
             job.scope = None
             scope = link.read_scope
-            if job.deadline != math.inf and scope is not None:
+            if scope is not None and scope.deadline != math.inf:
                 scope.deadline = math.inf
+            link.hear_first = False
             if kind not in _ANSWERS:
                 job.error = BrokenWorkerError(
                     f"worker {worker.pid} broke the protocol: it sent {frame!r}",
@@ -1458,7 +1595,7 @@ class Pool:
             or job.state is not _JobState.RUNNING
             or link.writing
             or link.last_duration > _AHEAD_AFTER
-            or link.worker.process.returncode is not None  # see _send
+            or link.worker.known_dead  # see _send
         ):
             return
         room = _AHEAD - len(link.ahead)
@@ -1563,16 +1700,22 @@ class Pool:
                 worker.kill()
 
     async def _lost(self, worker: Worker, link: _Link) -> None:
-        """The worker's pipe is at EOF: it died, or was killed. Settle its jobs."""
-        exitcode = await worker.process.wait()
+        """The worker's pipe is at EOF (or it exited): it died, was killed,
+        or broke its pipe (then it is killed now). Settle its jobs."""
+        exitcode = await worker.reap_after_eof()
         job = link.current
         # Jobs sent ahead never started: the worker starts one only after it
         # has answered the one before, and every answer has been read.
         self._unsend_all(link)
         if job is None:
-            _log.warning(
-                "idle worker %d died (%s)", worker.pid, _ended(worker, exitcode)
-            )
+            if link.killed:
+                # Killed for a task of its own (cancelled, or over its time
+                # limit), whose answers were read to the end: on purpose.
+                _log.info("worker %d killed (%s)", worker.pid, _ended(worker, exitcode))
+            else:
+                _log.warning(
+                    "idle worker %d died (%s)", worker.pid, _ended(worker, exitcode)
+                )
             return
         if job.state is not _JobState.RUNNING:
             return  # settled already: killed for its cancellation or time limit
@@ -1606,6 +1749,7 @@ class Pool:
 
     def _open(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
+        self._thread = _context.current_thread()
         self._slots_left = len(self._slots)
         if self._config.start_method == "forkserver":
             nursery.start_soon(self._run_forkserver, name="triopool fork server")
@@ -1650,6 +1794,16 @@ def _number(link: _Link, job: _Job) -> None:
     job.end = link.worker.bytes_written
 
 
+def _wake_feeder(link: _Link) -> None:
+    """Wake the link's feeder if it is parked (see _Link.feeder): whoever
+    sets work for it calls this, and a feeder already awake finds the work
+    before it parks again."""
+    if link.parked:
+        link.parked = False
+        assert link.feeder is not None
+        trio.lowlevel.reschedule(link.feeder)
+
+
 def _wake(job: _Job) -> None:
     """Wake the job's parked caller (see run_sync), once."""
     caller = job.caller
@@ -1658,7 +1812,7 @@ def _wake(job: _Job) -> None:
         trio.lowlevel.reschedule(caller)
 
 
-def _ended(worker: Worker, exitcode: int) -> str:
+def _ended(worker: Worker, exitcode: int | None) -> str:
     """How a worker's process ended, for messages."""
     if worker.protocol_error is not None:
         return f"killed for breaking the protocol: {worker.protocol_error}"
@@ -1799,16 +1953,70 @@ def _config_frame(config: PoolConfig) -> list[bytes | memoryview]:
             "main_name": main_name,
             "initializer": initializer,
             "max_memory": config.max_memory_per_child,
+            "authkey": _multiprocessing_authkey(),
         },
         5,
     )
     return _protocol.encode_frame(_protocol.CONFIG, payload)
 
 
+def _multiprocessing_authkey() -> bytes:
+    """This process's ``multiprocessing`` authkey, for the workers.
+
+    A ``multiprocessing.Manager()`` proxy sent as an argument connects back to
+    its manager with the key of the process it is in; the workers need the
+    parent's. They set it only if a task imports ``multiprocessing`` (see
+    ``_child._ParentAuthkey``), so the key costs them nothing otherwise. Here
+    the import costs a few milliseconds, once, and covers a program that
+    imports ``multiprocessing`` after its pool opened.
+    """
+    import multiprocessing.process
+
+    return bytes(multiprocessing.process.current_process().authkey)
+
+
+# The overloads tell type checkers what each kind of pool is: a local Pool, or
+# with a backend, a BackendPool (which has Pool's public methods).
+@overload
 def open_pool(
     workers: int | None = None,
     *,
-    start_method: str = "spawn",
+    start_method: Literal["spawn", "forkserver"] = "spawn",
+    forkserver_preload: Sequence[str] = (),
+    initializer: Callable[..., object] | None = None,
+    initargs: Sequence[Any] = (),
+    max_tasks_per_child: int | None = None,
+    max_memory_per_child: int | None = None,
+    start_timeout: float = 4.0,
+    max_start_failures: int = 5,
+    time_limit: float | None = None,
+    soft_time_limit: float | None = None,
+    kill_on_cancel: bool = True,
+    shutdown_timeout: float = 5.0,
+    backend: None = None,
+) -> contextlib.AbstractAsyncContextManager[Pool]: ...
+@overload
+def open_pool(
+    workers: int | None = None,
+    *,
+    start_method: Literal["spawn", "forkserver"] = "spawn",
+    forkserver_preload: Sequence[str] = (),
+    initializer: Callable[..., object] | None = None,
+    initargs: Sequence[Any] = (),
+    max_tasks_per_child: int | None = None,
+    max_memory_per_child: int | None = None,
+    start_timeout: float = 4.0,
+    max_start_failures: int = 5,
+    time_limit: float | None = None,
+    soft_time_limit: float | None = None,
+    kill_on_cancel: bool = True,
+    shutdown_timeout: float = 5.0,
+    backend: Backend,
+) -> contextlib.AbstractAsyncContextManager[BackendPool]: ...
+def open_pool(
+    workers: int | None = None,
+    *,
+    start_method: Literal["spawn", "forkserver"] = "spawn",
     forkserver_preload: Sequence[str] = (),
     initializer: Callable[..., object] | None = None,
     initargs: Sequence[Any] = (),
@@ -1821,7 +2029,10 @@ def open_pool(
     kill_on_cancel: bool = True,
     shutdown_timeout: float = 5.0,
     backend: Backend | None = None,
-) -> contextlib.AbstractAsyncContextManager[Pool]:
+) -> (
+    contextlib.AbstractAsyncContextManager[Pool]
+    | contextlib.AbstractAsyncContextManager[BackendPool]
+):
     """Open a pool of worker processes for the duration of an ``async with``.
 
     Arguments are checked at once: a bad one raises :class:`ValueError` or
@@ -1867,6 +2078,10 @@ def open_pool(
         TypeError: An argument has the wrong type, or ``initializer`` and
             ``initargs`` cannot be pickled.
 
+    Entering the block raises :class:`RuntimeError` outside ``trio.run`` (from
+    asyncio, say), or in a worker process that is importing the main script
+    (the script lacks ``if __name__ == "__main__":``).
+
     Example::
 
         async with triopool.open_pool(4) as pool:
@@ -1877,8 +2092,7 @@ def open_pool(
         del options["backend"]
         from ._backend_pool import open_backend_pool
 
-        # Same public surface as Pool (run_sync, map, imap, statistics).
-        return open_backend_pool(backend, options)  # type: ignore[return-value]
+        return open_backend_pool(backend, options)
     config = PoolConfig(
         workers=_usable_cpus() if workers is None else workers,
         start_method=start_method,
@@ -1900,6 +2114,7 @@ def open_pool(
 
 @contextlib.asynccontextmanager
 async def _run_pool(pool: Pool) -> AsyncIterator[Pool]:
+    _context.check_start("triopool.open_pool()")
     body_error: BaseException | None = None
     try:
         async with trio.open_nursery() as nursery:

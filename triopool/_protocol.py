@@ -524,7 +524,7 @@ def _cloudpickle() -> Any:
 #: Appended to pickling errors that cloudpickle would have avoided.
 CLOUDPICKLE_HINT: Final = (
     "; to send lambdas, closures and functions defined in a REPL or notebook, "
-    "install cloudpickle: pip install triopool[cloudpickle]"
+    "install cloudpickle: pip install cloudpickle"
 )
 
 

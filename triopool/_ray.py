@@ -1,4 +1,4 @@
-"""Run a pool's tasks on a Ray cluster (``pip install triopool[ray]``).
+"""Run a pool's tasks on a Ray cluster (the ``ray`` extra).
 
 Ray is imported when the pool opens, never by ``import triopool``. Ray's
 driver connection is process-wide: the backend calls ``ray.init`` only if
@@ -76,7 +76,7 @@ class RayBackend:
         # Keep a local cluster on this machine and quiet: no usage reports.
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-        import ray
+        import ray  # pyright: ignore[reportMissingImports]  # an optional extra
 
         self._ray = ray
         if not ray.is_initialized():

@@ -78,6 +78,14 @@ class SpawnedProcess:
     (``triopool._child`` for a worker, ``triopool._forkserver_main`` for a
     fork server). The process inherits ``fds`` and no other fd besides 0, 1
     and 2.
+
+    On Linux the process is tracked through a pidfd opened as it starts: its
+    exit is noticed however its pipes fare, it is signalled through the pidfd
+    (which names this process and no other, even after a reaper elsewhere in
+    the program took its status), and a status that this process could not
+    collect (``SIGCHLD`` ignored, or reaped by other code) reads as unknown
+    (``None``), never as success. The pidfd is closed when the process is
+    reaped, by :meth:`wait`, which its owner always awaits.
     """
 
     def __init__(self, entry: str, fds: tuple[int, ...]) -> None:
@@ -108,27 +116,96 @@ class SpawnedProcess:
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         self.pid = self._popen.pid
+        self._returncode: int | None = None
+        self._exited = False
+        # Set (and replaced) whenever a wait on the pidfd ends: see wait().
+        self._waiter_left = trio.Event()
+        self._waiting = False
+        self._pidfd: int | None = None
+        if hasattr(os, "pidfd_open"):
+            try:
+                # The interpreter it runs takes milliseconds to start: the
+                # process is still there, unreaped, a microsecond later.
+                self._pidfd = os.pidfd_open(self.pid)
+            except OSError:
+                # No fd left (or a kernel without pidfd): tracked through
+                # Popen instead, which reads a lost status as 0.
+                self._pidfd = None
 
     async def started(self) -> None:
         """Return once :attr:`pid` is known: at once, Popen knows it."""
 
     @property
+    def exited(self) -> bool:
+        """Whether the process has exited and been reaped."""
+        return self._exited
+
+    @property
+    def orphaned(self) -> bool:
+        """Never: this process's parent is this program (see ForkedProcess)."""
+        return False
+
+    @property
     def returncode(self) -> int | None:
-        """The exit status once reaped (negative: killed by that signal)."""
-        return self._popen.returncode
+        """The exit status once reaped (negative: killed by that signal);
+        ``None`` while it runs, or if its status could not be collected."""
+        return self._returncode
 
     def signal(self, signum: int) -> None:
         """Send ``signum`` unless the process has already been reaped."""
-        # Popen.send_signal polls first and never signals a reaped pid.
-        self._popen.send_signal(signum)
+        if self._exited:
+            return
+        if self._pidfd is not None:
+            try:
+                signal.pidfd_send_signal(self._pidfd, signum)
+            except ProcessLookupError:
+                pass  # exited, not reaped yet
+        else:  # pragma: no cover - kernels without pidfd
+            # Popen.send_signal polls first and never signals a reaped pid.
+            self._popen.send_signal(signum)
 
-    async def wait(self) -> int:
-        """Wait for the process to exit, reap it and return its exit status."""
-        if self._popen.returncode is not None:
-            return self._popen.returncode
-        if self._popen.poll() is None:
-            await _wait_for_exit(self.pid)
-        return self._popen.wait()
+    async def wait(self) -> int | None:
+        """Wait for the process to exit, reap it and return its exit status
+        (``None`` if the status was taken by someone else).
+
+        Any number of tasks may wait at once: one waits on the process, the
+        others for that one to finish (or to give up, when one of them takes
+        over).
+        """
+        while not self._exited:
+            if self._waiting:
+                await self._waiter_left.wait()
+                continue
+            self._waiting = True
+            try:
+                if self._pidfd is not None:
+                    await trio.lowlevel.wait_readable(self._pidfd)
+                else:  # pragma: no cover - kernels without pidfd
+                    await _poll_for_exit(self.pid)
+                self._reap()
+            finally:
+                self._waiting = False
+                self._waiter_left.set()
+                self._waiter_left = trio.Event()
+        return self._returncode
+
+    def _reap(self) -> None:
+        """Collect the exited process's status and close its pidfd."""
+        try:
+            _, status = os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            # SIGCHLD is ignored in this program, or other code reaped it.
+            returncode = None
+        else:
+            returncode = os.waitstatus_to_exitcode(status)
+        self._returncode = returncode
+        self._exited = True
+        # Popen must not try to reap it again, or warn that it still runs.
+        self._popen.returncode = returncode if returncode is not None else 0
+        if self._pidfd is not None:
+            trio.lowlevel.notify_closing(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = None
 
 
 class WorkerProcess(SpawnedProcess):
@@ -138,31 +215,14 @@ class WorkerProcess(SpawnedProcess):
         super().__init__("triopool._child", (fd_in, fd_out))
 
 
-if hasattr(os, "pidfd_open"):
-
-    async def _wait_for_exit(pid: int) -> None:
-        try:
-            pidfd = os.pidfd_open(pid)
-        except OSError:  # pragma: no cover - kernels without pidfd
-            await _poll_for_exit(pid)
-            return
-        try:
-            await trio.lowlevel.wait_readable(pidfd)
-        finally:
-            trio.lowlevel.notify_closing(pidfd)
-            os.close(pidfd)
-
-else:  # pragma: no cover - exercised on other systems only
-
-    async def _wait_for_exit(pid: int) -> None:
-        await _poll_for_exit(pid)
-
-
 async def _poll_for_exit(pid: int) -> None:  # pragma: no cover
     delay = 0.001
     while True:
-        # WNOWAIT leaves the zombie for Popen.wait to reap.
-        result = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)  # noqa: ASYNC222 - WNOHANG never blocks
+        # WNOWAIT leaves the zombie for wait() to reap.
+        try:
+            result = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)  # noqa: ASYNC222 - WNOHANG never blocks
+        except ChildProcessError:
+            return  # reaped elsewhere: wait() reads its status as unknown
         if result is not None:
             return
         await trio.sleep(delay)

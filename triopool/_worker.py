@@ -41,17 +41,33 @@ _log = logging.getLogger("triopool")
 _READ_SIZE = 1 << 16
 # After SIGTERM, how long a worker gets before SIGKILL.
 _TERM_GRACE = 1.0
+# After EOF on its result pipe, how long a worker gets to be reaped before it
+# is taken for one that broke its pipe and killed. A dying process is reaped
+# in milliseconds; this leaves room for a busy machine (the status a kill
+# finds is the one the process was exiting with anyway).
+_EOF_GRACE = 0.5
 
 
 class Process(Protocol):
     """A worker process as its slot sees it, however it was started.
 
     ``pid`` is valid once ``started()`` returned; ``signal`` never reaches a
-    process that was reaped (so never one that reused its pid).
+    process that was reaped (so never one that reused its pid). ``exited``
+    turns true once the process has exited and been reaped; ``returncode``
+    is then its status, or ``None`` if the status could not be learned.
+    ``orphaned``: a forked worker whose fork server died first; it is taken
+    as killed with the server and ``wait()`` returns, but only its pipes can
+    confirm it. Any number of tasks may ``wait()`` at once.
     """
 
     @property
     def pid(self) -> int: ...
+
+    @property
+    def exited(self) -> bool: ...
+
+    @property
+    def orphaned(self) -> bool: ...
 
     @property
     def returncode(self) -> int | None: ...
@@ -60,7 +76,7 @@ class Process(Protocol):
 
     async def started(self) -> None: ...
 
-    async def wait(self) -> int: ...
+    async def wait(self) -> int | None: ...
 
 
 @attrs.define(eq=False)
@@ -75,16 +91,24 @@ class Worker:
     # The pipes' capacity as created. A frame of at least _pipes.LARGE_FRAME
     # widens the pipe it crosses (_wide: one of ours did); both go back to
     # this capacity at the next answer.
-    _capacity: int | None = None
+    _capacity: int | None = attrs.field(default=None, alias="capacity")
     _wide: bool = False
     #: How many bytes were written to the worker's task pipe so far.
     bytes_written: int = 0
-    #: Set if the worker sent bytes that are not frames; it was killed then.
+    #: Set if the worker broke the protocol (sent bytes that are not frames,
+    #: or closed its result pipe and lived on); it was killed then.
     protocol_error: _protocol.ProtocolError | None = None
 
     @property
     def pid(self) -> int:
         return self.process.pid
+
+    @property
+    def known_dead(self) -> bool:
+        """Whether the process exited, or went with its fork server: no task
+        may be written to it any more."""
+        process = self.process
+        return process.exited or process.orphaned
 
     def write_now(self, pieces: list[bytes | memoryview]) -> list[bytes | memoryview]:
         """Write as much of a frame as the pipe takes at once; return the rest.
@@ -154,6 +178,10 @@ class Worker:
     async def send(self, pieces: list[bytes | memoryview]) -> None:
         """Write (the rest of) one encoded frame to the worker."""
         while pieces := self.write_now(pieces):
+            if self.process.exited:
+                # A process it started may hold the pipe's read end: no one
+                # will ever read the rest.
+                raise trio.BrokenResourceError(f"worker {self.pid} exited")
             await trio.lowlevel.wait_writable(self._send_stream.fileno())
 
     async def receive(self, *, wait_first: bool = False) -> _protocol.Frame | None:
@@ -162,14 +190,17 @@ class Worker:
         EOF means the process died or exited: only it holds the write end. A
         stream cut in the middle of a frame (death while writing) is EOF too,
         and so is a stream that breaks the protocol: the worker is killed, and
-        :attr:`protocol_error` says why.
+        :attr:`protocol_error` says why. Once the process has exited, what it
+        wrote is read and then EOF comes without waiting, even if a process it
+        started still holds the pipe: whoever notices the exit wakes a
+        pending receive by cancelling it, and the next one ends at once.
 
         ``wait_first``: wait until the pipe is readable before the first
         read (when nothing can be there yet, as right after sending a task),
         which saves a read that would fail.
         """
         decoder = self._decoder
-        if wait_first and not decoder.buffered():
+        if wait_first and not decoder.buffered() and not self.process.exited:
             await trio.lowlevel.wait_readable(self._receive_stream.fileno())
         while True:
             try:
@@ -211,6 +242,8 @@ class Worker:
             try:
                 return os.read(fd, size)
             except BlockingIOError:
+                if self.process.exited:
+                    return b""  # all it wrote is read
                 await trio.lowlevel.wait_readable(fd)
 
     async def _read_into(self, target: memoryview) -> int:
@@ -221,7 +254,20 @@ class Worker:
             try:
                 return os.readv(fd, [target])
             except BlockingIOError:
+                if self.process.exited:
+                    return 0  # all it wrote is read
                 await trio.lowlevel.wait_readable(fd)
+
+    def answer_waiting(self) -> bool:
+        """Whether bytes from the worker wait to be decoded or read."""
+        if self._decoder.buffered():
+            return True
+        count = array.array("i", [0])
+        try:
+            fcntl.ioctl(self._receive_stream.fileno(), termios.FIONREAD, count, True)
+        except OSError:  # pragma: no cover - systems without FIONREAD on pipes
+            return False
+        return count[0] > 0
 
     def unread_task_bytes(self) -> int:
         """How many bytes sent to the worker it has not read (0 if unknown).
@@ -241,7 +287,24 @@ class Worker:
         """SIGKILL the process (unless it was reaped already)."""
         self.process.signal(signal.SIGKILL)
 
-    async def stop(self, timeout: float) -> int:  # noqa: ASYNC109 - a grace period, not a deadline
+    async def reap_after_eof(self) -> int | None:
+        """Reap the worker once its result pipe reached EOF; return its status.
+
+        EOF means it died, unless it closed its result pipe (or ``dup2``-ed
+        over it) and lives on: a dying process is reaped within moments, one
+        still there after :data:`_EOF_GRACE` broke its pipe and is killed,
+        so a caller, a time limit or the pool never wait on it.
+        """
+        with trio.move_on_after(_EOF_GRACE):
+            return await self.process.wait()
+        if self.protocol_error is None:
+            self.protocol_error = _protocol.ProtocolError(
+                "it closed its result pipe and lived on"
+            )
+        self.kill()
+        return await self.process.wait()
+
+    async def stop(self, timeout: float) -> int | None:  # noqa: ASYNC109 - a grace period, not a deadline
         """Ask the worker to exit (EOF on its task pipe) and reap it.
 
         It gets ``timeout`` seconds, then SIGTERM and a short grace, then
@@ -299,7 +362,7 @@ async def open_worker(
             yield Worker(process, send_stream, receive_stream, capacity=capacity)
         finally:
             with trio.CancelScope(shield=True):
-                if process.returncode is None:
+                if not process.exited:
                     process.signal(signal.SIGKILL)
                     await process.wait()
     finally:

@@ -1,4 +1,4 @@
-"""The pool API on a Dask cluster (pip install "triopool[dask]")."""
+"""The pool API on a Dask cluster (the ``dask`` extra, see docs/cluster.rst)."""
 
 from __future__ import annotations
 

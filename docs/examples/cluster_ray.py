@@ -1,4 +1,4 @@
-"""The pool API on a Ray cluster (pip install "triopool[ray]")."""
+"""The pool API on a Ray cluster (the ``ray`` extra, see docs/cluster.rst)."""
 
 from __future__ import annotations
 

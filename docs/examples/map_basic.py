@@ -22,10 +22,11 @@ async def main() -> None:
     async with triopool.open_pool() as pool:
         # One result per item, in input order.
         counts = await pool.map(count_primes, limits)
-        # For many quick items, send them in chunks: one round trip per chunk.
-        # The results still come back one per item.
+        # Many quick items travel in chunks, one round trip per chunk, sized
+        # from the measured item times (chunksize="auto", the default). The
+        # results still come back one per item.
         words = [f"word{n}" for n in range(100_000)]
-        lengths = await pool.map(len, words, chunksize=1_000)
+        lengths = await pool.map(len, words)
     for limit, count in zip(limits[:3], counts[:3], strict=False):
         print(f"{count} primes below {limit}")
     print(f"... and {counts[-1]} primes below {limits[-1]}")

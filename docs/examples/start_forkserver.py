@@ -25,7 +25,9 @@ async def main() -> None:
         # A fresh worker per task costs a fork, not an interpreter start.
         max_tasks_per_child=1,
     ) as pool:
-        results = await pool.map(harmonic, range(1, 9))
+        # chunksize=1: one item per task, so each item gets a fresh worker
+        # (by default, map sends quick items in chunks, a chunk per task).
+        results = await pool.map(harmonic, range(1, 9), chunksize=1)
     print("H(8) =", results[-1][1])
     print("worker processes for 8 tasks:", len({pid for pid, _ in results}))
 

@@ -1,0 +1,122 @@
+"""Tasks that do to their own worker process what a pool must survive: fork
+and come back, leave processes holding the pipes, break the result pipe.
+Standard library only: a worker importing this never imports trio."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+
+def fork_and_come_back(value: Any, how: str) -> tuple[Any, int | None]:
+    """Fork; the child does not call ``os._exit`` but returns, raises or
+    calls ``sys.exit(5)``: it comes back into the worker loop. The parent
+    returns ``value`` and the child's exit code."""
+    pid = os.fork()
+    if pid == 0:
+        if how == "return":
+            return "the child's value", None
+        if how == "raise":
+            raise ValueError("the child's exception")
+        sys.exit(5)
+    _, status = os.waitpid(pid, 0)
+    return value, os.waitstatus_to_exitcode(status)
+
+
+def inheritable_pipes() -> list[int]:
+    """The fds of this process that are pipes and would pass to a program it
+    starts (``subprocess`` with ``close_fds=False``, ``os.system``)."""
+    found = []
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue  # the listing's own fd
+        if target.startswith("pipe:") and fd > 2 and os.get_inheritable(fd):
+            found.append(fd)
+    return found
+
+
+def start_then_exit(pid_file: str, how: str, code: int) -> None:
+    """Leave a process behind that may hold the worker's pipes, then exit with
+    ``code``. ``how``: "popen" (``subprocess.Popen(close_fds=False)``) or
+    "fork" (a forked child, which holds every fd, close-on-exec or not)."""
+    if how == "popen":
+        child = subprocess.Popen(["sleep", "60"], close_fds=False)
+        pid = child.pid
+    else:
+        pid = os.fork()
+        if pid == 0:
+            time.sleep(60)
+            os._exit(0)
+    with open(pid_file, "w") as f:
+        f.write(str(pid))
+    os._exit(code)
+
+
+def leave_forked_sleeper(pid_file: str) -> int:
+    """Leave a forked child holding every fd of the worker; return at once."""
+    pid = os.fork()
+    if pid == 0:
+        time.sleep(60)
+        os._exit(0)
+    with open(pid_file, "w") as f:
+        f.write(str(pid))
+    return os.getpid()
+
+
+def _result_pipe() -> int:
+    """The worker's result pipe: its one pipe fd open for writing only."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if (
+            fd > 2
+            and target.startswith("pipe:")
+            and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_WRONLY
+        ):
+            return fd
+    raise RuntimeError("no result pipe found")
+
+
+def break_result_pipe(how: str, seconds: float) -> None:
+    """``dup2`` /dev/null over the result pipe, or close every fd, then
+    sleep: the worker lives on, but the pool hears nothing from it."""
+    if how == "dup2":
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, _result_pipe())
+        os.close(null)
+    else:
+        os.closerange(3, 1 << 16)
+    time.sleep(seconds)
+
+
+class StrRaises(Exception):
+    """An exception whose ``str()`` raises."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("this exception cannot be turned into a string")
+
+
+def raise_str_raises(tag: str) -> None:
+    raise StrRaises(tag)
+
+
+def block_in_waitpid(seconds: float) -> int:
+    """Block in a system call (waitpid, via subprocess) for ``seconds``."""
+    return subprocess.run(["sleep", str(seconds)], check=False).returncode
+
+
+def initializer_burns_cpu(seconds: float) -> None:
+    """An initializer that costs ``seconds`` of CPU time."""
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        pass

@@ -1,0 +1,1 @@
+"""What the type checkers must accept and refuse (see ``check.py``)."""
