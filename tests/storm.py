@@ -991,7 +991,12 @@ def cancel_main(args: argparse.Namespace) -> int:
         # exit) would hang the soak: print every thread's stack and exit.
         faulthandler.dump_traceback_later(2 * config.time_bound + 30, exit=True)
         try:
-            report = cancel_storm_round(kind, args.start_method, rng.randrange(2**32))
+            # The first storm takes --seed itself, so that a storm's printed
+            # seed replays it (with --profile naming its kind).
+            seed = rng.randrange(2**32)
+            if round_number == 0 and args.seed is not None:
+                seed = args.seed
+            report = cancel_storm_round(kind, args.start_method, seed)
         finally:
             faulthandler.cancel_dump_traceback_later()
         reports.append(report)
