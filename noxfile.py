@@ -203,7 +203,8 @@ def stress(session: nox.Session) -> None:
     in; ``cancel`` alternates the two cancellation storms (``burst``: one
     worker, 3,000 callers in 1.5 s, 70 % giving up within 0.5 ms;
     ``mixed``: two workers, 10,000 callers, cancellations with
-    kill_on_cancel both ways), one Trio run each, until the time is up.
+    kill_on_cancel both ways), one Trio run each, until the time is up;
+    ``cancel-burst`` and ``cancel-mixed`` run one kind. See tests/storm.py.
     """
     install(session, "test")
     session.run("python", "-m", "tests.storm", *session.posargs)
