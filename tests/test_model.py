@@ -19,6 +19,7 @@ import logging
 import os
 import signal
 import threading
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -35,9 +36,21 @@ from hypothesis.stateful import (
 )
 
 import triopool
+from tests import hostilefuncs as hf
 from tests import workerfuncs as wf
 from tests.conftest import open_fds
-from tests.storm import LogWatch, check_counters, descendants, fd_bound, watch_log
+from tests.storm import (
+    Grandchildren,
+    LogWatch,
+    check_counters,
+    descendants,
+    fd_bound,
+    pool_processes,
+    watch_log,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 if TYPE_CHECKING:
     from tests.conftest import StartMethod
@@ -45,6 +58,14 @@ if TYPE_CHECKING:
 WORKERS = 2
 EXIT_CODE = 3
 TIMEOUT = 60
+# What a task may be: a plain echo, a slow one, one that exits with
+# EXIT_CODE, and the hostile ones (tests/hostilefuncs.py, see
+# tests.storm.HOSTILE_ACTIONS): fork and let the copy come back into the
+# worker, leave a grandchild holding the worker's pipes and exit or return,
+# dup2 /dev/null over the result pipe.
+KINDS = ("echo", "slow", "exit", "fork", "grandchild-exit", "grandchild-return", "dup2")
+HOSTILE_KINDS = ("fork", "grandchild-exit", "grandchild-return", "dup2")
+ECHOING_KINDS = ("echo", "slow", "fork", "grandchild-return")
 
 
 @dataclass
@@ -52,7 +73,7 @@ class ModelTask:
     """One submitted task and what the model allows it to end as."""
 
     nonce: str
-    kind: str  # "echo", "slow" or "exit"
+    kind: str  # one of KINDS
     kill_on_cancel: bool
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     finished: trio.Event = field(default_factory=trio.Event)
@@ -79,7 +100,7 @@ class ModelTask:
             return None
         if error is None:
             self.outcome = "result"
-            if self.kind == "exit":
+            if self.kind not in ECHOING_KINDS:
                 return f"{where} returned {result!r}"
             if result[0] != self.nonce:
                 return f"cross-talk: {where} got the result of {result[0]}"
@@ -93,6 +114,12 @@ class ModelTask:
             allowed = {-signal.SIGKILL} if self.may_break else set()
             if self.kind == "exit":
                 allowed.add(EXIT_CODE)
+            if self.kind == "grandchild-exit":
+                allowed.add(hf.GRANDCHILD_EXIT)
+            if self.kind == "dup2":
+                # The pool kills a worker that broke its result pipe; it
+                # exits by itself with BROKE_PIPE_EXIT only if left alone.
+                allowed.add(-signal.SIGKILL)
             if error.exitcode not in allowed:
                 return f"{where}: {error!r} (exitcode {error.exitcode})"
             return None
@@ -111,9 +138,14 @@ SETTINGS = settings(
 
 class PoolModel(RuleBasedStateMachine):
     start_method: ClassVar[StartMethod] = "spawn"
+    # Over all examples of a run: the test checks that every kind ran.
+    kinds_submitted: ClassVar[Counter[str]] = Counter()
 
     def __init__(self) -> None:
         super().__init__()
+        # Before the baselines: its leader and our pipe to it stay until the
+        # end of the example.
+        self.grandchildren = Grandchildren()
         self.fds_before = open_fds()
         self.processes_before = descendants()
         self.tasks: list[ModelTask] = []
@@ -125,7 +157,8 @@ class PoolModel(RuleBasedStateMachine):
         self.log = LogWatch(
             self.start_method,
             allow=lambda record: (
-                self.killed and record.getMessage().startswith("pool broken")
+                (self.killed and record.getMessage().startswith("pool broken"))
+                or self.grandchildren.broke_pipe(record)
             ),
         )
         self.ready = threading.Event()
@@ -166,26 +199,45 @@ class PoolModel(RuleBasedStateMachine):
             await self.stop.wait()
 
     async def _run_task(self, task: ModelTask) -> None:
-        action = "exit" if task.kind == "exit" else "echo"
-        argument = float(EXIT_CODE) if task.kind == "exit" else 0.0
-        if task.kind == "slow":
-            argument = 0.2
+        fn: Callable[..., object]
+        args: tuple[object, ...]
+        if task.kind == "fork":
+            # What the forked copy does, by the task's number.
+            child_does = ("return", "raise", "exit")[len(self.tasks) % 3]
+            fn, args = hf.fork_and_return, (task.nonce, child_does)
+        elif task.kind.startswith("grandchild-"):
+            then = task.kind.removeprefix("grandchild-")
+            group, pid_dir = self.grandchildren.group, self.grandchildren.pid_dir
+            fn, args = hf.leave_grandchild, (task.nonce, then, group, pid_dir)
+        elif task.kind == "dup2":
+            fn, args = hf.break_result_pipe, (task.nonce, self.grandchildren.pid_dir)
+        else:
+            action = "exit" if task.kind == "exit" else "echo"
+            argument = {"exit": float(EXIT_CODE), "slow": 0.2}.get(task.kind, 0.0)
+            fn, args = wf.storm_task, (task.nonce, action, argument)
         result: Any = None
         error: BaseException | None = None
         with task.scope:
             try:
                 result = await self.pool.run_sync(
-                    wf.storm_task,
-                    task.nonce,
-                    action,
-                    argument,
-                    kill_on_cancel=task.kill_on_cancel,
+                    fn, *args, kill_on_cancel=task.kill_on_cancel
                 )
             except Exception as exc:
                 error = exc
         problem = task.check(result, error)
         if problem is not None:
             self.violations.append(problem)
+        if (
+            task.kind == "grandchild-exit"
+            and isinstance(error, triopool.BrokenWorkerError)
+            and error.exitcode == hf.GRANDCHILD_EXIT
+            and not self.grandchildren.running(task.nonce)
+        ):
+            self.violations.append(
+                f"{task.kind} task {task.nonce}: the caller heard of its worker's "
+                "exit only once the grandchild holding the worker's pipes had "
+                f"ended ({error!r})"
+            )
         task.finished.set()
 
     async def _submit(self, task: ModelTask) -> None:
@@ -211,10 +263,11 @@ class PoolModel(RuleBasedStateMachine):
     # Rules.
 
     @rule(
-        kind=st.sampled_from(["echo", "echo", "slow", "exit"]),
+        kind=st.sampled_from(["echo", "echo", "slow", "exit", *HOSTILE_KINDS]),
         kill_on_cancel=st.booleans(),
     )
     def submit(self, kind: str, kill_on_cancel: bool) -> None:
+        self.kinds_submitted[kind] += 1
         task = ModelTask(f"m{len(self.tasks)}", kind, kill_on_cancel)
         task.may_find_broken = self.killed
         self.tasks.append(task)
@@ -236,8 +289,8 @@ class PoolModel(RuleBasedStateMachine):
     @rule(which=st.integers(min_value=0, max_value=63))
     def kill_worker(self, which: int) -> None:
         # A worker, or with forkserver possibly the server (and so its
-        # workers): the pool's processes are our only descendants.
-        pids = sorted(descendants() - self.processes_before)
+        # workers); not a process a task started.
+        pids = sorted(pool_processes(self.start_method) - self.processes_before)
         if not pids:
             return
         self.killed = True
@@ -307,6 +360,14 @@ class PoolModel(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         try:
+            self._teardown()
+        finally:
+            # Whatever failed: nothing a task started outlives the example.
+            problems = self.grandchildren.close()
+        assert not problems, problems
+
+    def _teardown(self) -> None:
+        try:
             if self.failure is None and self.thread.is_alive():
                 self._call(self._settle)
                 self._call_sync(self.stop.set)
@@ -333,10 +394,15 @@ class PoolModel(RuleBasedStateMachine):
 
 
 def test_pool_model(start_method: StartMethod) -> None:
+    kinds: Counter[str] = Counter()
     model = type(
-        f"PoolModel_{start_method}", (PoolModel,), {"start_method": start_method}
+        f"PoolModel_{start_method}",
+        (PoolModel,),
+        {"start_method": start_method, "kinds_submitted": kinds},
     )
     run_state_machine_as_test(model, settings=SETTINGS)
+    # The examples are derandomized: every kind of task is among them.
+    assert set(kinds) == set(KINDS), kinds
 
 
 def test_model_fails_on_an_error_the_pool_only_logs() -> None:

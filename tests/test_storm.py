@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
+import pathlib
+import sys
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -48,9 +51,57 @@ async def test_recycling_storm_keeps_every_invariant(
     assert stats.start_failures > 0
     assert stats.workers_recycled > 0
     assert report.peak_fds > report.baseline_fds
+    # Every kind of hostile task was among the 200 (each is a twentieth of
+    # them: none of a kind is about as likely as 1 in 30,000).
+    assert all(report.actions[kind] > 0 for kind in storm.HOSTILE_ACTIONS), (
+        report.actions
+    )
     # The log watch was attached and saw the storm's deliberate faults (all
     # WARNING records of expected causes, none a violation).
     assert report.log_counts["WARNING"] > 0
+
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+async def test_cancellation_storm_delivers_every_outcome_to_its_caller(
+    start_method: StartMethod,
+) -> None:
+    # The "cancel-small" profile: thousands of trivial callers, most giving
+    # up within a millisecond, against pools that write tasks ahead (see
+    # tests/storm.py). In a process of its own: a pool that crashes Trio
+    # itself (TrioInternalError) or hangs where no cancellation reaches must
+    # fail this test, not end the test run.
+    command = [
+        sys.executable,
+        "-m",
+        "tests.storm",
+        "--profile",
+        "cancel-small",
+        "--rounds",
+        "2",
+        "--start-method",
+        start_method,
+        "--json",
+    ]
+    with trio.fail_after(300):
+        process = await trio.run_process(
+            command, cwd=ROOT, capture_stdout=True, capture_stderr=True, check=False
+        )
+    out = process.stdout.decode()
+    err = process.stderr.decode()[-5000:]
+    print(out)
+    last = out.splitlines()[-1] if out.strip() else ""
+    assert last.startswith("["), f"no report (exit {process.returncode}):\n{out}{err}"
+    reports = json.loads(last)
+    assert [report["profile"] for report in reports] == ["burst", "mixed-small"], out
+    for report in reports:
+        assert report["violations"] == [], out
+        # The storm did storm: callers got results, and callers gave up.
+        assert report["outcomes"].get("result", 0) > 0, out
+        assert report["outcomes"].get("cancelled", 0) > 0, out
+    assert process.returncode == 0, err
 
 
 async def test_send_hook_records_the_worker_each_task_went_to() -> None:
@@ -66,7 +117,10 @@ async def test_send_hook_records_the_worker_each_task_went_to() -> None:
 
 # The detectors: each self-test simulates one symptom of an fd mix-up and
 # expects the storm to report it. A small, calm storm suffices.
-CALM = StormConfig(workers=2, tasks=20, kill_interval=1000.0, quick_start=1.0)
+# No hostile tasks: each simulates one symptom, and must be its only cause.
+CALM = StormConfig(
+    workers=2, tasks=20, kill_interval=1000.0, quick_start=1.0, hostile=0.0
+)
 
 
 async def test_storm_detects_results_delivered_to_the_wrong_caller(
@@ -104,7 +158,9 @@ async def test_storm_detects_answers_from_a_worker_the_task_was_not_sent_to(
     )
     # A fifth of the tasks end their worker: forty make a BrokenWorkerError
     # all but certain, whatever the seed.
-    config = StormConfig(workers=2, tasks=40, kill_interval=1000.0, quick_start=1.0)
+    config = StormConfig(
+        workers=2, tasks=40, kill_interval=1000.0, quick_start=1.0, hostile=0.0
+    )
     with trio.fail_after(120):
         report = await run_storm(config)
     assert report.outcomes["result"] > 0, report.summary()
@@ -189,7 +245,12 @@ async def test_storm_detects_a_frame_from_an_idle_worker() -> None:
     # task never idles), which fails to happen in 10 tasks about once in 15
     # runs here: 40 tasks make a miss about as likely as 1 in 30,000.
     config = StormConfig(
-        workers=2, tasks=40, in_flight=1, kill_interval=1000.0, quick_start=1.0
+        workers=2,
+        tasks=40,
+        in_flight=1,
+        kill_interval=1000.0,
+        quick_start=1.0,
+        hostile=0.0,
     )
     with trio.fail_after(120), fake_first_frame(lambda s, r: r > 0 and s == r) as fired:
         report = await run_storm(config)
