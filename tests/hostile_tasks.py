@@ -4,12 +4,13 @@ Standard library only: a worker importing this never imports trio."""
 
 from __future__ import annotations
 
-import fcntl
 import os
 import subprocess
 import sys
 import time
 from typing import Any
+
+from tests import hostilefuncs
 
 
 def fork_and_come_back(value: Any, how: str) -> tuple[Any, int | None]:
@@ -47,44 +48,37 @@ def start_then_exit(pid_file: str, how: str, code: int) -> None:
     ``code``. ``how``: "popen" (``subprocess.Popen(close_fds=False)``) or
     "fork" (a forked child, which holds every fd, close-on-exec or not)."""
     if how == "popen":
-        child = subprocess.Popen(["sleep", "60"], close_fds=False)
-        pid = child.pid
+        pid = subprocess.Popen(["sleep", "60"], close_fds=False).pid
+        _write_pid(pid_file, pid)
     else:
-        pid = os.fork()
-        if pid == 0:
-            time.sleep(60)
-            os._exit(0)
-    with open(pid_file, "w") as f:
-        f.write(str(pid))
+        _forked_sleeper(pid_file)
     os._exit(code)
 
 
 def leave_forked_sleeper(pid_file: str) -> int:
     """Leave a forked child holding every fd of the worker; return at once."""
+    _forked_sleeper(pid_file)
+    return os.getpid()
+
+
+def _forked_sleeper(pid_file: str) -> None:
+    """Fork a child that sleeps a minute (holding every fd); write its pid."""
     pid = os.fork()
     if pid == 0:
         time.sleep(60)
         os._exit(0)
+    _write_pid(pid_file, pid)
+
+
+def _write_pid(pid_file: str, pid: int) -> None:
     with open(pid_file, "w") as f:
         f.write(str(pid))
-    return os.getpid()
 
 
 def _result_pipe() -> int:
     """The worker's result pipe: its one pipe fd open for writing only."""
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue
-        if (
-            fd > 2
-            and target.startswith("pipe:")
-            and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_WRONLY
-        ):
-            return fd
-    raise RuntimeError("no result pipe found")
+    (fd,) = hostilefuncs.result_pipes()
+    return fd
 
 
 def break_result_pipe(how: str, seconds: float) -> None:

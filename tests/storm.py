@@ -72,6 +72,7 @@ from tests import hostilefuncs as hf
 from tests import workerfuncs as wf
 from tests.conftest import is_running, open_fds
 from triopool import _hooks, _messages, _protocol
+from triopool._stats import identity_problems
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -430,23 +431,10 @@ class StormReport:
 
 
 def check_counters(stats: triopool.PoolStatistics, *, settled: bool) -> list[str]:
-    """The identities PoolStatistics documents; ``settled``: nothing in flight."""
-    problems = []
-    workers = (
-        stats.workers_alive
-        + stats.workers_recycled
-        + stats.workers_lost
-        + stats.start_failures
-        + stats.workers_stopped
-    )
-    if stats.workers_started != workers:
-        problems.append(f"worker counters do not add up: {stats}")
+    """The identities PoolStatistics documents (``triopool._stats``), and
+    what the storm adds; ``settled``: nothing in flight."""
+    problems = identity_problems(stats)
     in_flight = stats.tasks_waiting + stats.tasks_running
-    ended = stats.tasks_completed + stats.tasks_failed + stats.tasks_cancelled
-    if stats.tasks_submitted != ended + in_flight:
-        problems.append(f"task counters do not add up: {stats}")
-    if min(stats.tasks_waiting, stats.tasks_running, stats.workers_alive) < 0:
-        problems.append(f"negative counter: {stats}")
     # A slot starts a retiring worker's replacement while the old process
     # exits: at most two processes per slot, the one serving and one leaving.
     if stats.workers_alive > 2 * stats.workers:
