@@ -49,6 +49,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import errno
 import faulthandler
 import json
 import logging
@@ -63,7 +64,7 @@ import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import trio
 
@@ -75,9 +76,12 @@ from triopool import _hooks, _messages, _protocol
 from triopool._stats import identity_problems
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Awaitable, Callable, Iterator
 
     from tests.conftest import StartMethod
+
+    #: How the storm calls a pool: ``run(pool, fn, *args, **options)``.
+    Run = Callable[..., Awaitable[object]]
 
 START_METHODS = ("spawn", "forkserver")
 
@@ -201,18 +205,18 @@ class Grandchildren:
 
     def broke_pipe(self, record: logging.LogRecord) -> bool:
         """Whether ``record`` is about a worker that broke its own result pipe
-        (:func:`tests.hostilefuncs.break_result_pipe`), known by its pid among
-        the record's arguments, not by the record's text. Such a worker did
-        break the protocol: a report of that (below ERROR) is no mix-up."""
-        if record.levelno >= logging.ERROR or not isinstance(record.args, tuple):
+        (:func:`tests.hostilefuncs.break_result_pipe`), known by its
+        ``record.worker_pid``. Such a worker did break the protocol: a report
+        of that (below ERROR) is no mix-up."""
+        if record.levelno >= logging.ERROR:
             return False
-        pids = {
-            found[0]
+        pid = getattr(record, "worker_pid", None)
+        return pid is not None and any(
+            found[0] == pid
             for name in os.listdir(self.pid_dir)
             if name.startswith("worker-") and not name.endswith(".tmp")
             if (found := self._read(name)) is not None
-        }
-        return any(type(arg) is int and arg in pids for arg in record.args)
+        )
 
     def members(self) -> list[int]:
         """The processes of the group that still run (zombies that init has
@@ -247,13 +251,26 @@ class Grandchildren:
         return problems
 
 
-# A start failure the storm causes: a start timeout or a SIGKILL. With a fork
-# server, killing it takes its workers along, and a fork request may meet the
-# dying server (EPIPE on its socket).
-_EXPECTED_START_FAILURES = {
-    "spawn": ("did not report up within", "SIGKILL"),
-    "forkserver": ("did not report up within", "SIGKILL", "fork server", "Broken pipe"),
-}
+def expected_start_failure(
+    record: logging.LogRecord, start_method: StartMethod
+) -> bool:
+    """Whether a start-failure record (``record.reason``) has a cause the
+    storm injects: a start timeout or a SIGKILL. With a fork server, killing
+    it takes its workers along, and a fork request may meet the dying server
+    (EPIPE on its socket)."""
+    reason = getattr(record, "reason", None)
+    if reason == "timeout":
+        return True
+    if reason == "exited":
+        return getattr(record, "exitcode", None) == -signal.SIGKILL and not getattr(
+            record, "broke_protocol", True
+        )
+    if start_method == "forkserver":
+        if reason == "forkserver":
+            return True
+        if reason == "no_process":
+            return getattr(record, "errno", None) == errno.EPIPE
+    return False
 
 
 class LogWatch(logging.Handler):
@@ -275,7 +292,7 @@ class LogWatch(logging.Handler):
         allow: Callable[[logging.LogRecord], bool] | None = None,
     ) -> None:
         super().__init__(logging.DEBUG)
-        self.expected_start_failures = _EXPECTED_START_FAILURES[start_method]
+        self.start_method = start_method
         self.allow = allow
         self.violations: list[str] = []
         self.counts: Counter[str] = Counter()
@@ -287,17 +304,24 @@ class LogWatch(logging.Handler):
             self.violations.append(problem)
 
     def problem(self, record: logging.LogRecord) -> str | None:
-        """What is wrong with a ``"triopool"`` log record, if anything."""
-        message = record.getMessage()
-        where = f"logged {record.levelname}: {message}"
+        """What is wrong with a ``"triopool"`` log record, if anything: judged
+        by its structured fields (``record.event`` and the like), never its
+        text, which is only quoted."""
+        event = getattr(record, "event", None)
+        where = (
+            f"{event} (worker {getattr(record, 'worker_pid', None)}) logged "
+            f"{record.levelname}: {record.getMessage()}"
+        )
         if record.levelno >= logging.ERROR:
             return where
-        if "protocol" in message or "instead of reporting up" in message:
-            return f"protocol violation {where}"
-        if message.startswith("worker failed to start") and not any(
-            cause in message for cause in self.expected_start_failures
+        if event == "protocol_error" or getattr(record, "broke_protocol", False):
+            return f"protocol violation: {where}"
+        if event == "start_failed" and not expected_start_failure(
+            record, self.start_method
         ):
-            return f"unexpected start failure {where}"
+            return (
+                f"unexpected start failure ({getattr(record, 'reason', None)}): {where}"
+            )
         return None
 
 
@@ -444,8 +468,19 @@ def check_counters(stats: triopool.PoolStatistics, *, settled: bool) -> list[str
     return problems
 
 
-async def run_storm(config: StormConfig) -> StormReport:
-    """Run one storm and report; never raises for a violated invariant."""
+async def run_sync(
+    pool: triopool.Pool, fn: Callable[..., object], *args: object, **options: Any
+) -> object:
+    """How the storm calls the pool (see :func:`run_storm`)."""
+    return await pool.run_sync(fn, *args, **options)
+
+
+async def run_storm(config: StormConfig, run: Run = run_sync) -> StormReport:
+    """Run one storm and report; never raises for a violated invariant.
+
+    ``run(pool, fn, *args, **options)`` makes each of the storm's calls: a
+    self-test passes another, that simulates a symptom the storm must catch.
+    """
     seed = config.seed if config.seed is not None else random.randrange(2**32)
     rng = random.Random(seed)
     report = StormReport(seed=seed, start_method=config.start_method)
@@ -570,8 +605,12 @@ async def run_storm(config: StormConfig) -> StormReport:
                 if cancel_after is not None:
                     cancel_scope.deadline = trio.current_time() + cancel_after
                 try:
-                    outcome = await pool.run_sync(
-                        fn, *args, kill_on_cancel=kill_on_cancel, time_limit=time_limit
+                    outcome = await run(
+                        pool,
+                        fn,
+                        *args,
+                        kill_on_cancel=kill_on_cancel,
+                        time_limit=time_limit,
                     )
                 except Exception as exc:
                     error = exc

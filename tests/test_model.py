@@ -157,7 +157,7 @@ class PoolModel(RuleBasedStateMachine):
         self.log = LogWatch(
             self.start_method,
             allow=lambda record: (
-                (self.killed and record.getMessage().startswith("pool broken"))
+                (self.killed and getattr(record, "event", None) == "broken")
                 or self.grandchildren.broke_pipe(record)
             ),
         )

@@ -4,10 +4,12 @@ can fail (see ``tests/storm.py``; ``nox -s stress`` runs it for minutes)."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import logging
 import pathlib
+import signal
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -18,10 +20,10 @@ import triopool
 from tests import storm
 from tests import workerfuncs as wf
 from tests.storm import LogWatch, StormConfig, record_sends, run_storm
-from triopool import _pool, _protocol, _serialize, _worker
+from triopool import _hooks, _protocol, _serialize
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
     from tests.conftest import StartMethod
 
@@ -123,25 +125,26 @@ CALM = StormConfig(
 )
 
 
-async def test_storm_detects_results_delivered_to_the_wrong_caller(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # Simulate the bug the storm hunts: swap the results of two callers.
-    real_outcome = _pool._outcome
-    held: list[Any] = []
+async def test_storm_detects_results_delivered_to_the_wrong_caller() -> None:
+    # Simulate the bug the storm hunts: swap the results of two callers, in
+    # the storm's own calls (its ``run`` seam).
+    held: list[object] = []
 
-    def swapping_outcome(job: Any) -> Any:
-        value = real_outcome(job)
+    async def swapping_run(
+        pool: triopool.Pool, fn: Callable[..., object], *args: object, **options: Any
+    ) -> object:
+        value = await storm.run_sync(pool, fn, *args, **options)
         if isinstance(value, tuple):
             held.append(value)
             if len(held) > 1:
                 return held.pop(0)
         return value
 
-    monkeypatch.setattr(_pool, "_outcome", swapping_outcome)
     with trio.fail_after(120):
-        report = await run_storm(CALM)
-    assert any("cross-talk" in v for v in report.violations), report.summary()
+        report = await run_storm(CALM, run=swapping_run)
+    assert any(
+        "cross-talk" in v and "got the result of" in v for v in report.violations
+    ), report.summary()
 
 
 async def test_storm_detects_answers_from_a_worker_the_task_was_not_sent_to(
@@ -178,72 +181,30 @@ def fake_frame() -> _protocol.Frame:
 
 
 @contextlib.contextmanager
-def fake_first_frame(when: Callable[[int, int], bool]) -> Any:
-    """Make the first ``receive`` of any worker for which ``when(sends,
-    answers)`` holds return :func:`fake_frame`: what a frame from another
-    worker's pipe would look like to the pool. Returns the list of pids it
-    fired for.
-
-    ``sends`` counts the frames written to the worker by either write path
-    (whole, or ahead of time); ``answers`` the frames received from it (a
-    receive that was cancelled, as when the pool notices an exit, counts
-    for nothing).
-    """
-    # Every frame's first write goes through write_now or write_whole (the
-    # storm's frames are small: each is written whole by that one call).
-    real_write = _worker.Worker.write_now
-    real_write_whole = _worker.Worker.write_whole
-    real_receive = _worker.Worker.receive
-    counts: dict[int, list[int]] = {}
+def stray_frame(at: _hooks.StrayPoint) -> Iterator[list[int]]:
+    """Hand the pool :func:`fake_frame` once, at the point ``at`` of the
+    first worker to reach it (through the pool's stray-frame hook): what a
+    frame from another worker's pipe would look like to the pool. Yields the
+    list of pids it fired for."""
     fired: list[int] = []
 
-    def write_now(
-        self: _worker.Worker, pieces: list[bytes | memoryview]
-    ) -> list[bytes | memoryview]:
-        counts.setdefault(id(self), [0, 0])[0] += 1
-        return real_write(self, pieces)
+    def stray(worker_pid: int, point: _hooks.StrayPoint) -> _protocol.Frame | None:
+        if point != at or fired:
+            return None
+        fired.append(worker_pid)
+        return fake_frame()
 
-    def write_whole(self: _worker.Worker, data: bytes) -> bool:
-        written = real_write_whole(self, data)
-        if written:
-            counts.setdefault(id(self), [0, 0])[0] += 1
-        return written
-
-    async def receive(
-        self: _worker.Worker, *, wait_first: bool = False
-    ) -> _protocol.Frame | None:
-        sends, answers = counts.setdefault(id(self), [0, 0])
-        if not fired and when(sends, answers):
-            fired.append(self.pid)
-            if answers == 0:
-                await real_receive(self)  # its real UP, replaced below
-            counts[id(self)][1] += 1
-            # Not cancellable: the fake must reach the pool once it fired.
-            await trio.lowlevel.cancel_shielded_checkpoint()
-            return fake_frame()
-        frame = await real_receive(self, wait_first=wait_first)
-        counts[id(self)][1] += 1
-        return frame
-
-    _worker.Worker.write_now = write_now  # type: ignore[method-assign]
-    _worker.Worker.write_whole = write_whole  # type: ignore[method-assign]
-    _worker.Worker.receive = receive  # type: ignore[method-assign]
-    try:
+    with _hooks.installed(stray_frame=stray):
         yield fired
-    finally:
-        _worker.Worker.write_now = real_write  # type: ignore[method-assign]
-        _worker.Worker.write_whole = real_write_whole  # type: ignore[method-assign]
-        _worker.Worker.receive = real_receive  # type: ignore[method-assign]
 
 
 async def test_storm_detects_a_frame_from_an_idle_worker() -> None:
     # A frame on an idle worker's pipe costs the pool only that worker (one
-    # more "lost"), and no caller sees it: only the log shows it. Every send
-    # answered means the worker is idle. One task at a time, so that the
-    # second worker idles; whether it does depends on when it reports up
-    # (each worker serves one task, and a worker that comes up to a waiting
-    # task never idles), which fails to happen in 10 tasks about once in 15
-    # runs here: 40 tasks make a miss about as likely as 1 in 30,000.
+    # more "lost"), and no caller sees it: only the log shows it. The storm's
+    # workers serve one task each, so a worker idles only if it comes up
+    # while no task waits. One task at a time, so that the second worker
+    # idles; that fails to happen in 10 tasks about once in 15 runs here: 40
+    # tasks make a miss about as likely as 1 in 30,000.
     config = StormConfig(
         workers=2,
         tasks=40,
@@ -252,11 +213,15 @@ async def test_storm_detects_a_frame_from_an_idle_worker() -> None:
         quick_start=1.0,
         hostile=0.0,
     )
-    with trio.fail_after(120), fake_first_frame(lambda s, r: r > 0 and s == r) as fired:
+    with trio.fail_after(120), stray_frame("idle") as fired:
         report = await run_storm(config)
-    assert fired, "no worker was idle"
-    problems = [v for v in report.violations if "idle worker" in v]
-    assert problems, report.summary()
+    assert len(fired) == 1, "no worker was idle"
+    problems = [
+        v
+        for v in report.violations
+        if v.startswith("protocol_error") and str(fired[0]) in v
+    ]
+    assert len(problems) == 1, report.summary()
     # Nothing else noticed: without the log watch the storm would pass.
     assert len(problems) == len(report.violations), report.summary()
 
@@ -264,73 +229,135 @@ async def test_storm_detects_a_frame_from_an_idle_worker() -> None:
 async def test_storm_detects_a_bad_handshake_frame() -> None:
     # A frame other than UP in the handshake is one more start failure, which
     # the storm causes on purpose: only the watch tells this one apart.
-    with trio.fail_after(120), fake_first_frame(lambda s, r: r == 0) as fired:
+    with trio.fail_after(120), stray_frame("handshake") as fired:
         report = await run_storm(CALM)
-    assert fired
-    problems = [v for v in report.violations if "instead of reporting up" in v]
-    assert problems, report.summary()
+    assert len(fired) == 1
+    problems = [
+        v
+        for v in report.violations
+        if v.startswith("unexpected start failure (bad_frame)")
+    ]
+    assert len(problems) == 1, report.summary()
     assert len(problems) == len(report.violations), report.summary()
 
 
-def record(level: int, message: str, *args: object) -> logging.LogRecord:
-    return logging.LogRecord("triopool", level, __file__, 0, message, args, None)
+def record(
+    level: int, message: str = "text no check reads", **fields: object
+) -> logging.LogRecord:
+    made = logging.LogRecord("triopool", level, __file__, 0, message, (), None)
+    made.__dict__.update(fields)
+    return made
+
+
+KILLED = -signal.SIGKILL
 
 
 @pytest.mark.parametrize(
-    ("level", "message", "args", "violation"),
+    ("start_method", "level", "fields", "violation"),
     [
-        (logging.ERROR, "pool broken: %s", ("5 starts failed",), True),
-        (logging.ERROR, "idle worker %d sent %r; killing it", (7, "<Frame>"), True),
-        (logging.CRITICAL, "anything", (), True),
+        ("spawn", logging.ERROR, {"event": "broken"}, True),
+        ("spawn", logging.ERROR, {"event": "protocol_error", "worker_pid": 7}, True),
+        ("spawn", logging.CRITICAL, {}, True),
+        # Killed for bytes that are not frames.
+        ("spawn", logging.WARNING, {"event": "lost", "broke_protocol": True}, True),
         (
+            "spawn",
             logging.WARNING,
-            "idle worker %d died (%s)",
-            (7, "killed for breaking the protocol: bad magic"),
+            {"event": "start_failed", "reason": "bad_frame"},
             True,
         ),
         (
+            "spawn",
             logging.WARNING,
-            "worker failed to start (%d in a row): %s",
-            (1, "worker 7 sent <Frame kind=3> instead of reporting up"),
+            {"event": "start_failed", "reason": "initializer"},
             True,
         ),
         (
+            "spawn",
             logging.WARNING,
-            "worker failed to start (%d in a row): %s",
-            (1, "the initializer raised in worker 7: ValueError: x"),
+            {"event": "start_failed", "reason": "exited", "exitcode": 3},
             True,
         ),
+        (
+            "spawn",
+            logging.WARNING,
+            {
+                "event": "start_failed",
+                "reason": "exited",
+                "exitcode": KILLED,
+                "broke_protocol": True,
+            },
+            True,
+        ),
+        (
+            "spawn",
+            logging.WARNING,
+            {"event": "start_failed", "reason": "forkserver"},
+            True,
+        ),
+        (
+            "spawn",
+            logging.WARNING,
+            {"event": "start_failed", "reason": "no_process", "errno": errno.EPIPE},
+            True,
+        ),
+        ("spawn", logging.WARNING, {"event": "start_failed"}, True),
         # What the storm does on purpose.
         (
+            "spawn",
             logging.WARNING,
-            "worker failed to start (%d in a row): %s",
-            (1, "worker 7 did not report up within 1 s"),
+            {"event": "start_failed", "reason": "timeout"},
             False,
         ),
         (
+            "spawn",
             logging.WARNING,
-            "worker failed to start (%d in a row): %s",
-            (2, "worker 7 exited (signal SIGKILL) before reporting up"),
+            {
+                "event": "start_failed",
+                "reason": "exited",
+                "exitcode": KILLED,
+                "broke_protocol": False,
+            },
             False,
         ),
-        (logging.WARNING, "idle worker %d died (%s)", (7, "signal SIGKILL"), False),
-        (logging.WARNING, "worker %d died running a task (%s)", (7, "exit 3"), False),
-        (logging.INFO, "worker %d retired %s", (7, "after 1 tasks"), False),
+        (
+            "forkserver",
+            logging.WARNING,
+            {"event": "start_failed", "reason": "forkserver"},
+            False,
+        ),
+        (
+            "forkserver",
+            logging.WARNING,
+            {"event": "start_failed", "reason": "no_process", "errno": errno.EPIPE},
+            False,
+        ),
+        (
+            "forkserver",
+            logging.WARNING,
+            {"event": "start_failed", "reason": "no_process", "errno": errno.EMFILE},
+            True,
+        ),
+        ("spawn", logging.WARNING, {"event": "lost", "broke_protocol": False}, False),
+        ("spawn", logging.INFO, {"event": "retired", "worker_pid": 7}, False),
+        # The text does not count, only the fields.
+        ("spawn", logging.WARNING, {"event": "lost"}, False),
     ],
 )
 def test_log_watch_flags_errors_and_protocol_violations(
-    level: int, message: str, args: tuple[object, ...], violation: bool
+    start_method: StartMethod, level: int, fields: dict[str, object], violation: bool
 ) -> None:
-    watch = LogWatch()
-    watch.handle(record(level, message, *args))
+    watch = LogWatch(start_method)
+    message = "worker failed to start: protocol instead of reporting up"
+    watch.handle(record(level, message, **fields))
     assert bool(watch.violations) == violation, watch.violations
 
 
 def test_log_watch_excuses_what_the_test_allows() -> None:
-    watch = LogWatch(allow=lambda r: r.getMessage().startswith("pool broken"))
-    watch.handle(record(logging.ERROR, "pool broken: %s", "5 starts failed"))
+    watch = LogWatch(allow=lambda r: getattr(r, "event", None) == "broken")
+    watch.handle(record(logging.ERROR, event="broken"))
     assert not watch.violations
-    watch.handle(record(logging.ERROR, "idle worker %d sent %r", 7, "<Frame>"))
+    watch.handle(record(logging.ERROR, event="protocol_error", worker_pid=7))
     assert len(watch.violations) == 1
 
 

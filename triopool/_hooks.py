@@ -3,7 +3,8 @@
 Tests never patch private names of triopool; they install hooks here, with
 :func:`installed`, for the pools they open meanwhile (a pool reads the hooks
 once, as it opens). With none installed, a pool pays one attribute check per
-task frame for the trace hook, and nothing else.
+task frame for the trace hook, one per worker going idle for the stray-frame
+hook, and nothing else.
 """
 
 from __future__ import annotations
@@ -18,9 +19,14 @@ from . import _faults
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
+    from ._protocol import Frame
     from ._worker import Process
 
 TraceKind = Literal["written", "written ahead", "received", "write cut"]
+#: Where the stray-frame hook is asked: "handshake", once a worker's UP
+#: came; "idle", as a worker goes idle once up or after an answer (it
+#: was sent nothing, or answered all it was sent).
+StrayPoint = Literal["handshake", "idle"]
 
 
 @attrs.frozen
@@ -52,6 +58,11 @@ class Hooks:
     trace: Callable[[Trace], None] | None = None
     #: Starts a spawned worker, ``launch(fd_in, fd_out)``; None: the real one.
     launch: Callable[[int, int], Process] | None = None
+    #: ``stray_frame(worker_pid, point)``: a frame returned is taken as if
+    #: the worker had sent it at that point (see :data:`StrayPoint`), in
+    #: place of its UP, or while it idles: what a frame read from another
+    #: worker's pipe would look like. None (returned or installed): nothing.
+    stray_frame: Callable[[int, StrayPoint], Frame | None] | None = None
     #: Tasks are written ahead only behind one that took at most this long.
     ahead_after: float = 0.002
 

@@ -238,7 +238,10 @@ class Pool:
             # Given up while sent ahead, and woken once the worker dropped
             # it (or was killed for it): the cancellation is still pending.
             await trio.lowlevel.checkpoint()
-        return _outcome(job)  # type: ignore[no-any-return]
+        if job.error is not None:
+            raise job.error
+        assert job.frame is not None
+        return _messages.outcome(job.frame)  # type: ignore[no-any-return]
 
     async def map(
         self,
@@ -413,13 +416,6 @@ class Pool:
 
     def _fail_waiting(self) -> None:
         self._slots.fail_waiting(lambda: trio.ClosedResourceError("the pool closed"))
-
-
-def _outcome(job: Job) -> Any:
-    if job.error is not None:
-        raise job.error
-    assert job.frame is not None
-    return _messages.outcome(job.frame)
 
 
 # The overloads tell type checkers what each kind of pool is: a local Pool, or

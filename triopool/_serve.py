@@ -368,6 +368,11 @@ class Service:
         worker = self.worker
         if not await self._next_or_idle():
             return await self._ended(End.CLOSED, retiring)
+        stray = self._hooks.stray_frame
+        if stray is not None and self.pipeline.current is None:
+            frame = stray(worker.pid, "idle")
+            if frame is not None:
+                return await self._ended(self._idle_frame(frame), retiring)
         try:
             while True:
                 end: End | Ended | None = None
@@ -473,13 +478,7 @@ class Service:
                 self.fatal_frame = frame
                 return Ended.FATAL
             if job is None or not self.pipeline.sent:
-                _log.error(
-                    "idle worker %d sent %r; killing it",
-                    worker.pid,
-                    frame,
-                    extra={"event": "protocol_error", "worker_pid": worker.pid},
-                )
-                return End.LOST
+                return self._idle_frame(frame)
             now = trio.current_time()
             self.pipeline.answered(now)
             job.scope = None
@@ -539,6 +538,11 @@ class Service:
                     self._jobs.idle.append(
                         self
                     )  # the feeder is parked: callers wake it
+                    stray = self._hooks.stray_frame
+                    if stray is not None:
+                        frame = stray(worker.pid, "idle")
+                        if frame is not None:
+                            return self._idle_frame(frame)
                     continue
             if self._jobs.waiting:
                 self._send_ahead()
@@ -603,6 +607,17 @@ class Service:
             if self._hooks.trace is not None:
                 self._trace("written ahead", job)
             room -= 1
+
+    def _idle_frame(self, frame: _protocol.Frame) -> End:
+        """A frame from a worker that was sent nothing to answer."""
+        pid = self.worker.pid
+        _log.error(
+            "idle worker %d sent %r; killing it",
+            pid,
+            frame,
+            extra={"event": "protocol_error", "worker_pid": pid},
+        )
+        return End.LOST
 
     def _skipped(self, frame: _protocol.Frame) -> bool:
         """The worker dropped a job sent ahead, as its caller asked."""
@@ -702,7 +717,11 @@ class Service:
                     "idle worker %d died (%s)",
                     worker.pid,
                     exit_text(worker, exitcode),
-                    extra={"event": "lost", "worker_pid": worker.pid},
+                    extra={
+                        "event": "lost",
+                        "worker_pid": worker.pid,
+                        "broke_protocol": worker.protocol_error is not None,
+                    },
                 )
             return
         if job.state is not JobState.RUNNING:
@@ -716,7 +735,11 @@ class Service:
                 "to another worker",
                 worker.pid,
                 exit_text(worker, exitcode),
-                extra={"event": "lost", "worker_pid": worker.pid},
+                extra={
+                    "event": "lost",
+                    "worker_pid": worker.pid,
+                    "broke_protocol": worker.protocol_error is not None,
+                },
             )
             self._jobs.put_back(job)
             return
@@ -724,7 +747,11 @@ class Service:
             "worker %d died running a task (%s)",
             worker.pid,
             exit_text(worker, exitcode),
-            extra={"event": "lost", "worker_pid": worker.pid},
+            extra={
+                "event": "lost",
+                "worker_pid": worker.pid,
+                "broke_protocol": worker.protocol_error is not None,
+            },
         )
         job.error = BrokenWorkerError(
             f"worker {worker.pid} died while running the task "

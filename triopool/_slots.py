@@ -18,7 +18,7 @@ never by the worker on its own.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import attrs
 import trio
@@ -39,6 +39,25 @@ if TYPE_CHECKING:
     from ._jobs import Jobs
 
 _log = logging.getLogger("triopool")
+
+#: Why a worker failed to start, as start-failure log records say
+#: (``record.reason``): no report in time; exited first; the initializer
+#: raised; a frame other than UP; no pipes or process; the fork server's fault.
+StartFailure = Literal[
+    "timeout", "exited", "initializer", "bad_frame", "no_process", "forkserver"
+]
+
+
+class StartFailed(Exception):
+    """A worker failed to start: the error, and why, for the log."""
+
+    def __init__(
+        self, reason: StartFailure, error: WorkerStartError, **fields: object
+    ) -> None:
+        super().__init__(reason, error)
+        self.reason: StartFailure = reason
+        self.error = error
+        self.fields = fields
 
 
 @attrs.define(eq=False)
@@ -155,8 +174,10 @@ class Slots:
         # Torn down by the pool's cancellation unless we learn otherwise.
         end: End | None = End.CLOSED
         permit = True  # taken by the slot for this start (see _start_permit)
+        pid: int | None = None
         try:
             async with open_worker(launch) as worker:
+                pid = worker.pid
                 _log.debug(
                     "worker %d started (slot %d)",
                     worker.pid,
@@ -173,15 +194,19 @@ class Slots:
                         end = await service.run(turn.served.set)
                     finally:
                         self._services.discard(service)
-        except WorkerStartError as exc:
+        except StartFailed as exc:
             end = None
-            self._start_failed(exc)
+            self._start_failed(exc.error, exc.reason, worker_pid=pid, **exc.fields)
+        except WorkerStartError as exc:
+            # Only the fork server's launch raises it.
+            end = None
+            self._start_failed(exc, "forkserver")
         except OSError as exc:
             # No pipes or no process: the same as a worker failing to start.
             end = None
             error = WorkerStartError(f"could not start a worker process: {exc}")
             error.__cause__ = exc
-            self._start_failed(error)
+            self._start_failed(error, "no_process", errno=exc.errno)
         finally:
             if permit:
                 self._start_permits.release()
@@ -214,18 +239,29 @@ class Slots:
                     pass  # it died already: reported below as an early exit
                 else:
                     frame = await worker.receive()
+                    stray = self._hooks.stray_frame
+                    if stray is not None and frame is not None:
+                        frame = stray(worker.pid, "handshake") or frame
         slot.start_scope = None
         if start_scope.cancelled_caught:
             return False  # the pool closed and has no work for this worker
         if timer.cancelled_caught:
-            raise WorkerStartError(
-                f"worker {worker.pid} did not report up within {timeout:g} s"
+            raise StartFailed(
+                "timeout",
+                WorkerStartError(
+                    f"worker {worker.pid} did not report up within {timeout:g} s"
+                ),
             )
         if frame is None:
             exitcode = await worker.reap_after_eof()
-            raise WorkerStartError(
-                f"worker {worker.pid} exited ({exit_text(worker, exitcode)}) "
-                "before reporting up"
+            raise StartFailed(
+                "exited",
+                WorkerStartError(
+                    f"worker {worker.pid} exited ({exit_text(worker, exitcode)}) "
+                    "before reporting up"
+                ),
+                exitcode=exitcode,
+                broke_protocol=worker.protocol_error is not None,
             )
         if frame.kind == _protocol.START_FAILED:
             failure = _messages.decode_start_failed(frame)
@@ -234,10 +270,13 @@ class Slots:
                 f"{failure.type_name}: {failure.message}"
             )
             error.__cause__ = RemoteTraceback(failure.traceback)
-            raise error
+            raise StartFailed("initializer", error)
         if frame.kind != _protocol.UP:
-            raise WorkerStartError(
-                f"worker {worker.pid} sent {frame!r} instead of reporting up"
+            raise StartFailed(
+                "bad_frame",
+                WorkerStartError(
+                    f"worker {worker.pid} sent {frame!r} instead of reporting up"
+                ),
             )
         self._consecutive_start_failures = 0
         _log.debug(
@@ -248,7 +287,12 @@ class Slots:
     def closing_idle(self) -> bool:
         return self._jobs.closing and not self._jobs.waiting
 
-    def _start_failed(self, error: WorkerStartError) -> None:
+    def _start_failed(
+        self, error: WorkerStartError, reason: StartFailure, **fields: object
+    ) -> None:
+        """Count a start failure and log it (``record.reason`` says why, with
+        ``exitcode`` for "exited", ``errno`` for "no_process"); enough of
+        them in a row break the pool."""
         self.counters.start_failures += 1
         self._consecutive_start_failures += 1
         count = self._consecutive_start_failures
@@ -256,7 +300,7 @@ class Slots:
             "worker failed to start (%d in a row): %s",
             count,
             error,
-            extra={"event": "start_failed"},
+            extra={"event": "start_failed", "reason": reason, **fields},
         )
         if count >= self._config.max_start_failures and self._jobs.broken is None:
             broken = BrokenPoolError(
@@ -339,7 +383,7 @@ class Slots:
                 continue
             # A start failure, counted as a start too (see PoolStatistics).
             self.counters.started += 1
-            self._start_failed(error)
+            self._start_failed(error, "forkserver")
             failures += 1
             with trio.move_on_after(min(0.01 * 2**failures, 0.5)):
                 await self._slots_done.wait()
