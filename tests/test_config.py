@@ -27,6 +27,13 @@ PACKAGE = Path(triopool.__file__).parent
 FIELDS = [field.name for field in attrs.fields(Options)]
 
 
+def _value(node: ast.expr) -> Any:
+    """A default as written in the source: a literal, or names of triopool's
+    (``retry_on=(BrokenWorkerError,)``)."""
+    expression = ast.Expression(node)
+    return eval(compile(expression, "<default>", "eval"), vars(triopool))
+
+
 def _signature_defaults(
     function: ast.FunctionDef | ast.AsyncFunctionDef,
 ) -> dict[str, Any]:
@@ -36,7 +43,7 @@ def _signature_defaults(
     found = dict(
         zip(
             [a.arg for a in positional[len(positional) - len(arguments.defaults) :]],
-            [ast.literal_eval(d) for d in arguments.defaults],
+            [_value(d) for d in arguments.defaults],
             strict=True,
         )
     )
@@ -44,7 +51,7 @@ def _signature_defaults(
         arguments.kwonlyargs, arguments.kw_defaults, strict=True
     ):
         # No default: open_pool's overload for a backend requires one.
-        found[argument.arg] = None if default is None else ast.literal_eval(default)
+        found[argument.arg] = None if default is None else _value(default)
     return found
 
 
@@ -131,13 +138,20 @@ def test_configure_default_pool_keeps_every_option() -> None:
         "soft_time_limit": 6.0,
         "kill_on_cancel": False,
         "shutdown_timeout": 1.0,
+        "retries": 2,
+        "retry_on": [triopool.TimeLimitExceeded, KeyError],
     }
     assert list(given) == FIELDS
     assert all(given[name] != getattr(DEFAULTS, name) for name in FIELDS)
     triopool.configure_default_pool(**given)
     # Kept as values: a list changed afterwards changes nothing.
     assert _default._options == Options(
-        **given | {"forkserver_preload": ("json",), "initargs": ("up",)}
+        **given
+        | {
+            "forkserver_preload": ("json",),
+            "initargs": ("up",),
+            "retry_on": (triopool.TimeLimitExceeded, KeyError),
+        }
     )
     given["initargs"].append("changed")
     assert _default._options.initargs == ("up",)
@@ -149,3 +163,64 @@ def test_options_check_like_open_pool() -> None:
     with pytest.raises(TypeError, match=r"^initargs must be a sequence"):
         Options(initargs="ab").config()
     assert Options(workers=2, time_limit=float("inf")).config().time_limit is None
+
+
+@pytest.mark.usefixtures("default_options_restored")
+@pytest.mark.parametrize(
+    ("options", "error", "match"),
+    [
+        (
+            {"retries": -1},
+            ValueError,
+            r"^retries must be >= 0 \(0: no retry\), got -1$",
+        ),
+        ({"retries": 1.5}, TypeError, r"^retries must be an int >= 0, got 1\.5$"),
+        ({"retries": True}, TypeError, r"^retries must be an int >= 0, got True$"),
+        (
+            {"retry_on": "KeyError"},
+            TypeError,
+            r"^retry_on must be a tuple of exception classes, such as "
+            r"\(BrokenWorkerError, TimeLimitExceeded\), got 'KeyError'$",
+        ),
+        (
+            {"retry_on": (KeyError("k"),)},
+            TypeError,
+            r"^retry_on must hold exception classes, got KeyError\('k'\): name",
+        ),
+        (
+            {"retry_on": (KeyboardInterrupt,)},
+            ValueError,
+            r"^retry_on cannot name KeyboardInterrupt: .* name BrokenWorkerError "
+            r"instead$",
+        ),
+        (
+            {"retry_on": (triopool.SerializationError,)},
+            ValueError,
+            r"^retry_on cannot name SerializationError: it is never the failure",
+        ),
+        (
+            {"retry_on": (triopool.BrokenPoolError,)},
+            ValueError,
+            r"^retry_on cannot name BrokenPoolError",
+        ),
+    ],
+)
+def test_retry_options_are_checked_naming_the_fix(
+    options: dict[str, Any], error: type[Exception], match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        triopool.open_pool(2, **options)
+    with pytest.raises(error, match=match):
+        triopool.configure_default_pool(**options)
+    assert _default._options == DEFAULTS  # a refused configuration changes nothing
+
+
+def test_retry_on_takes_one_class_or_any_sequence() -> None:
+    assert Options(retry_on=KeyError).config().retry_on == (KeyError,)
+    classes = [triopool.TimeLimitExceeded, KeyError]
+    config = Options(retries=2, retry_on=classes).config()
+    assert (config.retries, config.retry_on) == (
+        2,
+        (triopool.TimeLimitExceeded, KeyError),
+    )
+    assert DEFAULTS.config().retry_on == (triopool.BrokenWorkerError,)

@@ -9,7 +9,13 @@ import itertools
 import pytest
 import trio
 
-from triopool import BrokenPoolError
+from triopool import (
+    BrokenPoolError,
+    BrokenWorkerError,
+    TimeLimitExceeded,
+    _messages,
+    _protocol,
+)
 from triopool._jobs import TRANSITIONS, Job, Jobs, JobState, Move
 
 
@@ -212,3 +218,153 @@ def test_fail_waiting_fails_queued_and_handed_jobs_only() -> None:
     assert running.state is JobState.RUNNING
     assert not jobs.waiting
     assert jobs.counts == [0, 1, 0, 2, 0]
+
+
+# Retries (see Jobs.run_failed): a RETRY is a move of the table like any other.
+
+
+def retrying_job(
+    jobs: Jobs, retries: int, retry_on: tuple[type[BaseException], ...]
+) -> Job:
+    job = job_in(jobs, JobState.RUNNING)
+    job.retries = retries
+    job.retry_on = retry_on
+    job.retry_errors = any(
+        not issubclass(cls, BrokenWorkerError | TimeLimitExceeded) for cls in retry_on
+    )
+    return job
+
+
+def died(pid: int = 123) -> BrokenWorkerError:
+    return BrokenWorkerError(f"worker {pid} died", pid, -9)
+
+
+def test_a_retried_job_goes_first_in_line_and_counts_as_waiting() -> None:
+    jobs = Jobs()
+    job = retrying_job(jobs, 1, (BrokenWorkerError,))
+    queued = job_in(jobs, JobState.WAITING)
+    assert jobs.run_failed(job, died(), 123)
+    assert job.state is JobState.WAITING
+    assert list(jobs.waiting) == [job, queued]
+    assert (job.retries, job.failed_runs, jobs.retried) == (0, 1, 1)
+    assert jobs.counts == [2, 0, 0, 0, 0]
+    assert job.error is None
+
+
+def test_a_retried_job_goes_to_an_idle_taker_at_once() -> None:
+    jobs = Jobs()
+    taker = Taker()
+    job = retrying_job(jobs, 2, (BrokenWorkerError,))
+    jobs.idle.append(taker)
+    assert jobs.run_failed(job, died(), 123)
+    assert taker.taken == [job]
+    assert not jobs.waiting
+
+
+def test_the_last_failure_says_how_many_runs_were_tried() -> None:
+    jobs = Jobs()
+    job = retrying_job(jobs, 2, (BrokenWorkerError,))
+    for pid in (1, 2):
+        assert jobs.run_failed(job, died(pid), pid)
+        assert jobs.next_job() is job
+        jobs.move(job, Move.START)
+    last = died(3)
+    assert not jobs.run_failed(job, last, 3)
+    assert job.state is JobState.FAILED
+    assert job.error is last
+    assert str(last) == "worker 3 died (3 runs tried)"
+    assert (last.runs, last.pid, last.exitcode) == (3, 3, -9)
+    assert jobs.retried == 2
+    assert jobs.counts == [0, 0, 0, 1, 0]
+
+
+def test_a_failure_not_named_in_retry_on_ends_the_job_after_one_run() -> None:
+    jobs = Jobs()
+    job = retrying_job(jobs, 3, (BrokenWorkerError,))
+    error = TimeLimitExceeded("over its 1 s", 1.0)
+    assert not jobs.run_failed(job, error, 123)
+    assert job.state is JobState.FAILED
+    # One run: nothing to say about runs.
+    assert (str(error), error.runs, jobs.retried) == ("over its 1 s", 1, 0)
+
+
+def test_a_task_error_is_retried_when_named_and_marked_with_a_note() -> None:
+    jobs = Jobs()
+    job = retrying_job(jobs, 1, (KeyError,))
+    assert jobs.run_failed(job, KeyError("first"), 1)
+    assert jobs.next_job() is job
+    jobs.move(job, Move.START)
+    last = KeyError("second")
+    assert not jobs.run_failed(job, last, 1)
+    assert job.error is last
+    assert last.args == ("second",)  # the task's own message is left alone
+    assert last.__notes__ == ["triopool: 2 runs tried"]
+
+
+def test_a_job_its_caller_cancelled_is_not_retried() -> None:
+    jobs = Jobs()
+    job = retrying_job(jobs, 1, (BrokenWorkerError,))
+    assert jobs.abandon(job, kill=True)
+    assert not jobs.run_failed(job, died(), 123)
+    assert job.state is JobState.CANCELLED
+    assert jobs.retried == 0
+    assert not jobs.waiting
+
+
+def test_a_retry_fails_once_the_pool_is_broken() -> None:
+    jobs = Jobs()
+    job = retrying_job(jobs, 1, (BrokenWorkerError,))
+    jobs.broken = BrokenPoolError("5 worker starts failed in a row")
+    assert jobs.run_failed(job, died(), 123)
+    assert job.state is JobState.FAILED
+    assert isinstance(job.error, BrokenPoolError)
+    assert counters_add_up(jobs)
+
+
+def error_frame(error: BaseException) -> _protocol.Frame:
+    try:
+        raise error  # a task's exception has a traceback
+    except BaseException as exc:
+        kind, payload, buffers = _messages.error_answer(exc)
+    decoder = _protocol.Decoder()
+    pieces = _protocol.encode_frame(kind, payload, buffers)
+    decoder.receive_data(b"".join(bytes(piece) for piece in pieces))
+    frame = decoder.next_frame()
+    assert isinstance(frame, _protocol.Frame)
+    return frame
+
+
+def test_an_answer_is_decoded_for_retry_on_only_when_it_may_name_task_errors() -> None:
+    jobs = Jobs()
+    # retry_on names only the pool's errors: the frame is left for the caller.
+    plain = retrying_job(jobs, 1, (BrokenWorkerError,))
+    frame = error_frame(KeyError("k"))
+    jobs.answered(plain, frame, 1)
+    assert plain.state is JobState.FAILED
+    assert (plain.frame, plain.error) == (frame, None)
+    # A task error named: decoded here, once, and retried.
+    named = retrying_job(jobs, 1, (KeyError,))
+    jobs.answered(named, error_frame(KeyError("k")), 1)
+    assert named.state is JobState.WAITING
+    assert jobs.retried == 1
+    # Not named: decoded here all the same, and kept for the caller to raise.
+    jobs = Jobs()
+    other = retrying_job(jobs, 1, (KeyError,))
+    jobs.answered(other, error_frame(ValueError("v")), 1)
+    assert other.state is JobState.FAILED
+    assert other.frame is None
+    assert isinstance(other.error, ValueError)
+    assert other.error.args == ("v",)
+
+
+def test_a_retry_held_back_waits_unqueued_until_put_back() -> None:
+    # Killed for its time limit: queued only once its worker has exited.
+    jobs = Jobs()
+    job = retrying_job(jobs, 1, (TimeLimitExceeded,))
+    queued = job_in(jobs, JobState.WAITING)
+    assert jobs.run_failed(job, TimeLimitExceeded("over", 1.0), 1, requeue=False)
+    assert job.state is JobState.WAITING
+    assert list(jobs.waiting) == [queued]
+    assert jobs.counts[0] == 2  # it waits all the same
+    jobs.put_back(job)
+    assert list(jobs.waiting) == [job, queued]

@@ -37,7 +37,15 @@ import trio
 
 from . import _context, _map
 from ._backend import Backend, Outcome, TrioBridge
-from ._config import DEFAULTS, POOL_DEFAULT, PoolConfig, PoolDefault, _check_limits
+from ._config import (
+    DEFAULTS,
+    POOL_DEFAULT,
+    PoolConfig,
+    PoolDefault,
+    _check_limits,
+    check_retries,
+    retry_classes,
+)
 from ._errors import BrokenWorkerError, TimeLimitExceeded
 from ._stats import PoolStatistics
 
@@ -52,7 +60,7 @@ if TYPE_CHECKING:
     from types import CoroutineType
     from typing import Literal, TypeVarTuple, Unpack
 
-    from ._config import Options
+    from ._config import Options, RetryOn
     from ._typing import AnyResultCallable, AsyncCallable, AsyncFunctionPassedToRunSync
 
     Ts = TypeVarTuple("Ts")
@@ -65,7 +73,14 @@ __all__ = ["BackendPool", "open_backend_pool"]
 # The open_pool options a backend pool implements; any other option must stay
 # at its default. (A backend's own sizing replaces ``workers``.)
 _SUPPORTED = frozenset(
-    {"time_limit", "kill_on_cancel", "max_tasks_per_child", "shutdown_timeout"}
+    {
+        "time_limit",
+        "kill_on_cancel",
+        "max_tasks_per_child",
+        "shutdown_timeout",
+        "retries",
+        "retry_on",
+    }
 )
 
 
@@ -82,6 +97,8 @@ class _Job:
     args: tuple[Any, ...]
     time_limit: float | None
     kill_on_cancel: bool
+    retries: int
+    retry_on: tuple[type[BaseException], ...]
     done: trio.Event = attrs.field(factory=trio.Event)
     state: _State = _State.WAITING
     outcome: Outcome | None = None
@@ -111,6 +128,22 @@ def _check_values(options: Mapping[str, Any]) -> None:
     _check_limits(options.get("time_limit"), options.get("soft_time_limit"), "")
 
 
+def _check_retries(
+    backend: Backend, retries: int, retry_on: tuple[type[BaseException], ...]
+) -> None:
+    """Refuse retries the engine cannot run as asked (its own retry is used:
+    see the backend's ``check_retries``)."""
+    if not retries:
+        return
+    check = getattr(backend, "check_retries", None)
+    if check is None:
+        raise ValueError(
+            f"{backend.name} cannot run a task again, so retries={retries!r} "
+            "cannot be honoured: leave it at 0"
+        )
+    check(retries, retry_on)
+
+
 def _check_options(backend: Backend, options: Mapping[str, Any]) -> None:
     """Refuse options the backend cannot honour, naming both."""
     defaults = DEFAULTS.as_dict()
@@ -135,6 +168,11 @@ def _check_options(backend: Backend, options: Mapping[str, Any]) -> None:
                 f"{name} cannot stop a running task, so time_limit cannot be "
                 "enforced: leave it at None"
             )
+    _check_retries(
+        backend,
+        options.get("retries", 0),
+        retry_classes(options.get("retry_on", DEFAULTS.retry_on)),
+    )
     if not capabilities.max_tasks_per_child and (
         options.get("max_tasks_per_child") is not None
     ):
@@ -162,6 +200,8 @@ def open_backend_pool(
         kill_on_cancel=options.kill_on_cancel,
         max_tasks_per_child=options.max_tasks_per_child,
         shutdown_timeout=options.shutdown_timeout,
+        retries=options.retries,
+        retry_on=retry_classes(options.retry_on),
     )
     return _run_backend_pool(pool)
 
@@ -179,8 +219,12 @@ class BackendPool:
         kill_on_cancel: bool,
         max_tasks_per_child: int | None,
         shutdown_timeout: float,
+        retries: int = 0,
+        retry_on: tuple[type[BaseException], ...] = (BrokenWorkerError,),
     ) -> None:
         self._backend = backend
+        self._retries = retries
+        self._retry_on = retry_on
         self._time_limit = time_limit
         self._kill_on_cancel = kill_on_cancel
         self._max_tasks_per_child = max_tasks_per_child
@@ -273,6 +317,8 @@ class BackendPool:
         time_limit: float | PoolDefault | None = POOL_DEFAULT,
         soft_time_limit: float | PoolDefault | None = POOL_DEFAULT,
         kill_on_cancel: bool | PoolDefault = POOL_DEFAULT,
+        retries: int | PoolDefault = POOL_DEFAULT,
+        retry_on: RetryOn | PoolDefault = POOL_DEFAULT,
     ) -> CoroutineType[Any, Any, Any]: ...
     @overload
     def run_sync(  # type: ignore[overload-overlap]
@@ -282,6 +328,8 @@ class BackendPool:
         time_limit: float | PoolDefault | None = POOL_DEFAULT,
         soft_time_limit: float | PoolDefault | None = POOL_DEFAULT,
         kill_on_cancel: bool | PoolDefault = POOL_DEFAULT,
+        retries: int | PoolDefault = POOL_DEFAULT,
+        retry_on: RetryOn | PoolDefault = POOL_DEFAULT,
     ) -> AsyncFunctionPassedToRunSync: ...
     @overload
     def run_sync(
@@ -291,6 +339,8 @@ class BackendPool:
         time_limit: float | PoolDefault | None = POOL_DEFAULT,
         soft_time_limit: float | PoolDefault | None = POOL_DEFAULT,
         kill_on_cancel: bool | PoolDefault = POOL_DEFAULT,
+        retries: int | PoolDefault = POOL_DEFAULT,
+        retry_on: RetryOn | PoolDefault = POOL_DEFAULT,
     ) -> CoroutineType[Any, Any, T]: ...
     async def run_sync(  # type: ignore[misc]
         self,
@@ -299,6 +349,8 @@ class BackendPool:
         time_limit: float | PoolDefault | None = POOL_DEFAULT,
         soft_time_limit: float | PoolDefault | None = POOL_DEFAULT,
         kill_on_cancel: bool | PoolDefault = POOL_DEFAULT,
+        retries: int | PoolDefault = POOL_DEFAULT,
+        retry_on: RetryOn | PoolDefault = POOL_DEFAULT,
     ) -> T:
         """Run ``fn(*args)`` on the engine and return its result.
 
@@ -324,6 +376,14 @@ class BackendPool:
         elif not isinstance(kill_on_cancel, bool):
             raise TypeError(f"kill_on_cancel must be a bool, got {kill_on_cancel!r}")
         _check_limits(time_limit, None, " of run_sync()")
+        if retries is POOL_DEFAULT:
+            retries = self._retries
+        else:
+            check_retries("retries", retries)
+        classes = (
+            self._retry_on if retry_on is POOL_DEFAULT else retry_classes(retry_on)
+        )
+        _check_retries(self._backend, retries, classes)
         if not self._backend.capabilities.kill_running:
             if kill_on_cancel:
                 raise ValueError(
@@ -336,7 +396,7 @@ class BackendPool:
                 )
         if self._closing or self._closed or not self._open:
             raise trio.ClosedResourceError("the pool is closed")
-        job = _Job(fn, tuple(args), time_limit, kill_on_cancel)
+        job = _Job(fn, tuple(args), time_limit, kill_on_cancel, retries, classes)
         self._tasks_submitted += 1
         self._tasks_waiting += 1
         self._waiting.append(job)
@@ -380,6 +440,8 @@ class BackendPool:
         iterable: Iterable[Any] | AsyncIterable[Any],
         *,
         chunksize: int | Literal["auto"] = "auto",
+        retries: int | PoolDefault = POOL_DEFAULT,
+        retry_on: RetryOn | PoolDefault = POOL_DEFAULT,
     ) -> list[R]:
         """Run ``fn`` on every item; return the results in input order.
 
@@ -387,7 +449,9 @@ class BackendPool:
         """
         if self._closing or self._closed:
             raise trio.ClosedResourceError("the pool is closed")
-        return await _map.map_list(self, fn, iterable, chunksize=chunksize)
+        return await _map.map_list(
+            self, fn, iterable, chunksize=chunksize, retries=retries, retry_on=retry_on
+        )
 
     def imap(
         self,
@@ -397,6 +461,8 @@ class BackendPool:
         ordered: bool = True,
         chunksize: int | Literal["auto"] = "auto",
         max_in_flight: int | None = None,
+        retries: int | PoolDefault = POOL_DEFAULT,
+        retry_on: RetryOn | PoolDefault = POOL_DEFAULT,
     ) -> contextlib.AbstractAsyncContextManager[AsyncIterator[R]]:
         """Run ``fn`` on every item, at most ``max_in_flight`` (default two
         chunks of the largest size per slot of the engine) ahead of the
@@ -413,6 +479,8 @@ class BackendPool:
             ordered=ordered,
             chunksize=chunksize,
             max_in_flight=max_in_flight,
+            retries=retries,
+            retry_on=retry_on,
         )
 
     # The dispatcher and the engine's callbacks (all on the Trio thread)
@@ -430,7 +498,19 @@ class BackendPool:
                 self._tasks_running += 1
                 deliver = self._bridge.callback(functools.partial(self._deliver, job))
                 try:
-                    job.handle = backend.submit(job.fn, job.args, deliver)
+                    if job.retries:
+                        # The engine's own retry: only a backend with
+                        # check_retries takes these (see Backend).
+                        submit: Any = backend.submit
+                        job.handle = submit(
+                            job.fn,
+                            job.args,
+                            deliver,
+                            retries=job.retries,
+                            retry_on=job.retry_on,
+                        )
+                    else:
+                        job.handle = backend.submit(job.fn, job.args, deliver)
                 except Exception as exc:
                     self._finish(job, Outcome(error=exc))
                 else:

@@ -24,9 +24,20 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 
+from ._errors import (
+    BrokenPoolError,
+    BrokenWorkerError,
+    SerializationError,
+    TimeLimitExceeded,
+    WorkerStartError,
+)
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
-    from typing import Final
+    from typing import Final, TypeAlias
+
+    #: What ``retry_on`` may be: one exception class, or a sequence of them.
+    RetryOn: TypeAlias = type[BaseException] | Sequence[type[BaseException]]
 
 
 class PoolDefault(enum.Enum):
@@ -86,6 +97,64 @@ def _check_limits(
             f"soft_time_limit must be < time_limit{where}, got "
             f"soft_time_limit={soft_time_limit!r} and time_limit={time_limit!r}"
         )
+
+
+def check_retries(name: str, value: object) -> None:
+    """``retries``: how many more runs a failed task may have."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int >= 0, got {value!r}")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0 (0: no retry), got {value!r}")
+
+
+# What no task's failure can be: the pool raises them before or around a
+# task, never for one run of it.
+_NEVER_A_RUN = (BrokenPoolError, WorkerStartError, SerializationError)
+
+
+def retry_classes(value: object) -> tuple[type[BaseException], ...]:
+    """``retry_on`` as a tuple of exception classes (one class alone is
+    taken as a tuple of one, as ``except`` does); TypeError or ValueError
+    naming the bad entry and the fix."""
+    if isinstance(value, type):
+        value = (value,)
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        raise TypeError(
+            "retry_on must be a tuple of exception classes, such as "
+            f"(BrokenWorkerError, TimeLimitExceeded), got {value!r}"
+        )
+    classes = tuple(value)
+    for cls in classes:
+        if not isinstance(cls, type) or not issubclass(cls, BaseException):
+            raise TypeError(
+                f"retry_on must hold exception classes, got {cls!r}: name the "
+                "class itself, such as ValueError, not an instance or a name"
+            )
+        if not issubclass(cls, Exception):
+            raise ValueError(
+                f"retry_on cannot name {cls.__name__}: a task that raises it "
+                "ends its worker, and the caller gets BrokenWorkerError; name "
+                "BrokenWorkerError instead"
+            )
+        if issubclass(cls, _NEVER_A_RUN):
+            raise ValueError(
+                f"retry_on cannot name {cls.__name__}: it is never the failure "
+                "of one run of a task, so running the task again cannot help; "
+                "name BrokenWorkerError, TimeLimitExceeded or the task's own "
+                "exception types"
+            )
+    return classes
+
+
+def _check_retry_on(value: object) -> None:
+    retry_classes(value)
+
+
+def retries_task_errors(classes: tuple[type[BaseException], ...]) -> bool:
+    """Whether ``classes`` (a checked ``retry_on``) may match an exception
+    that a task raises itself, which the parent must then decode to decide."""
+    pool_errors = (BrokenWorkerError, TimeLimitExceeded)
+    return any(not issubclass(cls, pool_errors) for cls in classes)
 
 
 def _no_limit_if_inf(limit: float | None) -> float | None:
@@ -148,6 +217,10 @@ class PoolConfig:
             lambda n, v: _check_number(n, v, allow_none=False, allow_zero=True)
         )
     )
+    retries: int = attrs.field(validator=_parameter_check(check_retries))
+    retry_on: tuple[type[BaseException], ...] = attrs.field(
+        validator=_parameter_check(lambda n, v: _check_retry_on(v))
+    )
 
     @start_method.validator  # pyright: ignore[reportAttributeAccessIssue]
     def _check_start_method(self, attribute: object, value: object) -> None:
@@ -199,6 +272,8 @@ class Options:
     soft_time_limit: float | None = None
     kill_on_cancel: bool = True
     shutdown_timeout: float = 5.0
+    retries: int = 0
+    retry_on: RetryOn = (BrokenWorkerError,)
 
     def as_dict(self) -> dict[str, Any]:
         """Every option by name, in the order of the signature."""
@@ -212,6 +287,7 @@ class Options:
             self,
             forkserver_preload=tuple(self.forkserver_preload),
             initargs=tuple(self.initargs),
+            retry_on=retry_classes(self.retry_on),
         )
 
     def config(self) -> PoolConfig:
@@ -231,6 +307,8 @@ class Options:
             soft_time_limit=self.soft_time_limit,
             kill_on_cancel=self.kill_on_cancel,
             shutdown_timeout=self.shutdown_timeout,
+            retries=self.retries,
+            retry_on=retry_classes(self.retry_on),
         )
 
 

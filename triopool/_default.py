@@ -21,6 +21,7 @@ import trio
 
 from . import _context
 from ._config import DEFAULTS, POOL_DEFAULT, Options
+from ._errors import BrokenWorkerError
 from ._pool import Pool, open_with_options
 
 if TYPE_CHECKING:
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
     from typing import TypeVarTuple, Unpack
 
     from ._backend import Backend
-    from ._config import PoolDefault
+    from ._config import PoolDefault, RetryOn
     from ._typing import AnyResultCallable, AsyncCallable, AsyncFunctionPassedToRunSync
 
     Ts = TypeVarTuple("Ts")
@@ -96,6 +97,8 @@ def configure_default_pool(
     soft_time_limit: float | None = None,
     kill_on_cancel: bool = True,
     shutdown_timeout: float = 5.0,
+    retries: int = 0,
+    retry_on: RetryOn = (BrokenWorkerError,),
     backend: Backend | None = None,
 ) -> None:
     """Set the options of the default pool used by :func:`triopool.run_sync`.
@@ -139,6 +142,8 @@ def configure_default_pool(
         soft_time_limit=soft_time_limit,
         kill_on_cancel=kill_on_cancel,
         shutdown_timeout=shutdown_timeout,
+        retries=retries,
+        retry_on=retry_on,
     )
     # open_pool checks every option (and pickles the initializer) before it
     # starts anything; the manager it returns is never entered. The values
@@ -215,6 +220,8 @@ def run_sync(  # type: ignore[overload-overlap]
     time_limit: float | PoolDefault | None = POOL_DEFAULT,
     soft_time_limit: float | PoolDefault | None = POOL_DEFAULT,
     kill_on_cancel: bool | PoolDefault = POOL_DEFAULT,
+    retries: int | PoolDefault = POOL_DEFAULT,
+    retry_on: RetryOn | PoolDefault = POOL_DEFAULT,
 ) -> CoroutineType[Any, Any, Any]: ...
 @overload
 def run_sync(  # type: ignore[overload-overlap]
@@ -223,6 +230,8 @@ def run_sync(  # type: ignore[overload-overlap]
     time_limit: float | PoolDefault | None = POOL_DEFAULT,
     soft_time_limit: float | PoolDefault | None = POOL_DEFAULT,
     kill_on_cancel: bool | PoolDefault = POOL_DEFAULT,
+    retries: int | PoolDefault = POOL_DEFAULT,
+    retry_on: RetryOn | PoolDefault = POOL_DEFAULT,
 ) -> AsyncFunctionPassedToRunSync: ...
 @overload
 def run_sync(
@@ -231,6 +240,8 @@ def run_sync(
     time_limit: float | PoolDefault | None = POOL_DEFAULT,
     soft_time_limit: float | PoolDefault | None = POOL_DEFAULT,
     kill_on_cancel: bool | PoolDefault = POOL_DEFAULT,
+    retries: int | PoolDefault = POOL_DEFAULT,
+    retry_on: RetryOn | PoolDefault = POOL_DEFAULT,
 ) -> CoroutineType[Any, Any, T]: ...
 async def run_sync(  # type: ignore[misc]
     fn: Callable[[Unpack[Ts]], T],
@@ -238,6 +249,8 @@ async def run_sync(  # type: ignore[misc]
     time_limit: float | PoolDefault | None = POOL_DEFAULT,
     soft_time_limit: float | PoolDefault | None = POOL_DEFAULT,
     kill_on_cancel: bool | PoolDefault = POOL_DEFAULT,
+    retries: int | PoolDefault = POOL_DEFAULT,
+    retry_on: RetryOn | PoolDefault = POOL_DEFAULT,
 ) -> T:
     """Run ``fn(*args)`` in this run's default pool and return its result.
 
@@ -269,4 +282,6 @@ async def run_sync(  # type: ignore[misc]
         time_limit=time_limit,
         soft_time_limit=soft_time_limit,
         kill_on_cancel=kill_on_cancel,
+        retries=retries,
+        retry_on=retry_on,
     )

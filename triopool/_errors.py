@@ -32,7 +32,11 @@ class BrokenWorkerError(TriopoolError):
         pid: The process id of the worker that died.
         exitcode: Its exit status: negative when it was killed by a signal
             (``-9`` for SIGKILL), ``None`` if it could not be learned.
+        runs: How many runs of the task were tried, this last one included
+            (more than 1 only with ``retries``).
     """
+
+    runs: int = 1
 
     def __init__(self, message: str, pid: int | None, exitcode: int | None) -> None:
         super().__init__(message, pid, exitcode)
@@ -48,7 +52,11 @@ class TimeLimitExceeded(TriopoolError):
 
     Attributes:
         time_limit: The limit that was exceeded, in seconds.
+        runs: How many runs of the task were tried, this last one included
+            (more than 1 only with ``retries``).
     """
+
+    runs: int = 1
 
     def __init__(self, message: str, time_limit: float) -> None:
         super().__init__(message, time_limit)

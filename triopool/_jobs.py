@@ -16,11 +16,17 @@ Invariants:
 - Every job ends, and its caller is woken exactly once: by :meth:`Jobs.end`
   for an outcome, or by Trio for a cancellation that its abort accepted
   (which clears ``caller`` so that nothing here can wake it again).
+- A run that failed with one of the job's ``retry_on`` while it has retries
+  left does not end the job: :meth:`Jobs.run_failed` moves it back to
+  WAITING (RETRY), at the front of the queue, and its caller sleeps on. Only
+  a run that is over can fail (its worker gone, or its answer in), so a job
+  never runs twice at once.
 """
 
 from __future__ import annotations
 
 import enum
+import logging
 import math
 from collections import deque
 from typing import TYPE_CHECKING, Final, Protocol
@@ -28,10 +34,12 @@ from typing import TYPE_CHECKING, Final, Protocol
 import attrs
 import trio
 
+from . import _messages, _protocol
+from ._errors import BrokenWorkerError, TimeLimitExceeded
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
-    from . import _protocol
     from ._errors import BrokenPoolError
 
 
@@ -57,6 +65,9 @@ class Move(enum.Enum):
     PUT_BACK = "put back"
     COMPLETE = "complete"
     FAIL = "fail"
+    #: A run failed with one of its ``retry_on`` and retries are left: it
+    #: waits again, to run anew.
+    RETRY = "retry"
     CANCEL = "cancel"
 
 
@@ -70,6 +81,7 @@ TRANSITIONS: Final[dict[tuple[JobState, Move], JobState]] = {
     (R, Move.PUT_BACK): W,
     (S, Move.PUT_BACK): W,
     (R, Move.COMPLETE): JobState.COMPLETED,
+    (R, Move.RETRY): W,
     # A running job fails in its worker; a waiting or sent one when the pool
     # breaks or closes before it could run.
     (R, Move.FAIL): JobState.FAILED,
@@ -82,6 +94,8 @@ TRANSITIONS: Final[dict[tuple[JobState, Move], JobState]] = {
 
 # The counter of tasks in each state (see Jobs.counts).
 _COUNTER: Final = (0, 0, 1, 2, 3, 4)  # waiting, waiting, running, completed, ...
+
+_log = logging.getLogger("triopool")
 
 
 class Taker(Protocol):
@@ -122,6 +136,14 @@ class Job:
     #: Written ahead, then given up by its caller: a SKIP was asked for, and
     #: the caller waits for the worker's verdict (dropped, or started).
     skip: bool = False
+    #: Runs left after this one if it fails with one of ``retry_on``.
+    retries: int = 0
+    retry_on: tuple[type[BaseException], ...] = ()
+    #: ``retry_on`` may match the task's own exception: an ERROR answer is
+    #: decoded here, once, to decide (see Jobs.answered).
+    retry_errors: bool = False
+    #: Runs that failed so far.
+    failed_runs: int = 0
 
 
 @attrs.define(eq=False)
@@ -135,6 +157,8 @@ class Jobs:
     #: failed, cancelled.
     counts: list[int] = attrs.field(factory=lambda: [0, 0, 0, 0, 0])
     submitted: int = 0
+    #: Runs started again after a failure (``tasks_retried``).
+    retried: int = 0
     #: Set once the pool is broken: a job put back then fails with this.
     broken: BrokenPoolError | None = None
     #: The pool's block is over: idle workers stop once the queue is empty.
@@ -202,6 +226,73 @@ class Jobs:
             self.move(job, move)
             wake(job)
 
+    def answered(self, job: Job, frame: _protocol.Frame, worker_pid: int) -> None:
+        """The worker answered the running job with ``frame``: it completes,
+        fails, or (a task error named in its ``retry_on``) runs again."""
+        job.link = None
+        if frame.kind == _protocol.RESULT:
+            job.frame = frame
+            self.end(job, Move.COMPLETE)
+        elif job.retry_errors and frame.kind == _protocol.ERROR:
+            # Decoded here to tell its class, and kept: the caller raises it.
+            self.run_failed(job, _messages.task_exception(frame), worker_pid)
+        else:
+            job.frame = frame
+            self.end(job, Move.FAIL)
+
+    def run_failed(
+        self,
+        job: Job,
+        error: BaseException,
+        worker_pid: int,
+        *,
+        requeue: bool = True,
+    ) -> bool:
+        """A run of the job failed with ``error`` (its worker died, was
+        killed for its time limit, or the task raised). Retry it if ``error``
+        is one of its ``retry_on`` and it has retries left: to the front of
+        the queue, its caller still asleep; else end it with ``error``, whose
+        message then says how many runs were tried. Returns True if it will
+        run again.
+
+        With ``requeue`` false the job waits (RETRY) but is queued only by a
+        later :meth:`put_back`: the caller does that once the run is over for
+        certain (a killed worker has exited), so that it never runs twice at
+        once."""
+        if job.state is not JobState.RUNNING:
+            return False  # ended already: its caller cancelled it
+        job.failed_runs += 1
+        if job.retries > 0 and isinstance(error, job.retry_on):
+            job.retries -= 1
+            job.link = None
+            job.scope = None
+            job.deadline = math.inf
+            job.fatal_cause = None
+            self.move(job, Move.RETRY)
+            self.retried += 1
+            _log.info(
+                "task run %d failed (%s: %s); running it again",
+                job.failed_runs,
+                type(error).__name__,
+                error,
+                extra={
+                    "event": "retried",
+                    "worker_pid": worker_pid,
+                    "reason": type(error).__name__,
+                    "runs": job.failed_runs,
+                    "retries_left": job.retries,
+                },
+            )
+            if requeue:
+                self.put_back(job)
+            return True
+        if job.failed_runs > 1:
+            _say_runs(error, job.failed_runs)
+        job.error = error
+        self.move(job, Move.FAIL)
+        wake(job)
+        return False
+
     def fail(self, job: Job, error: BaseException) -> None:
         """End a job that has not ended with ``error``, and wake its caller."""
         if job.state in (JobState.WAITING, JobState.SENT, JobState.RUNNING):
@@ -255,6 +346,17 @@ def wake(job: Job) -> None:
     if caller is not None:
         job.caller = None
         trio.lowlevel.reschedule(caller)
+
+
+def _say_runs(error: BaseException, runs: int) -> None:
+    """Mark the last failure of a retried task with the number of runs."""
+    text = f"{runs} runs tried"
+    if isinstance(error, BrokenWorkerError | TimeLimitExceeded):
+        error.runs = runs
+        error.args = (f"{error.args[0]} ({text})", *error.args[1:])
+    else:
+        # The task's own exception: its message is its own business.
+        error.add_note(f"triopool: {text}")
 
 
 def _fresh(error: BrokenPoolError) -> BrokenPoolError:

@@ -54,6 +54,7 @@ import trio
 from . import _serialize
 from ._chunk import run_chunk, run_timed_chunk
 from ._chunksize import MAX_AUTO_CHUNK, ChunkPlanner, default_max_in_flight
+from ._config import POOL_DEFAULT, PoolDefault, check_retries, retry_classes
 from ._errors import SerializationError
 
 if TYPE_CHECKING:
@@ -66,6 +67,8 @@ if TYPE_CHECKING:
     )
     from contextlib import AbstractAsyncContextManager
     from typing import Never, Self, TypeVarTuple, Unpack
+
+    from ._config import RetryOn
 
     Ts = TypeVarTuple("Ts")
 
@@ -88,7 +91,12 @@ class Runner(Protocol):
     module imports neither."""
 
     def run_sync(
-        self, fn: Callable[[Unpack[Ts]], T], /, *args: *Ts
+        self,
+        fn: Callable[[Unpack[Ts]], T],
+        /,
+        *args: *Ts,
+        retries: int | PoolDefault = ...,
+        retry_on: RetryOn | PoolDefault = ...,
     ) -> Awaitable[T]: ...
 
     def statistics(self) -> Counts: ...
@@ -108,6 +116,8 @@ def check_arguments(
     ordered: object = True,
     chunksize: object,
     max_in_flight: object = None,
+    retries: object = POOL_DEFAULT,
+    retry_on: object = POOL_DEFAULT,
     where: str,
 ) -> None:
     """Raise TypeError/ValueError naming the first bad argument of ``where``."""
@@ -137,6 +147,10 @@ def check_arguments(
             raise TypeError(f"max_in_flight must be an int, got {max_in_flight!r}")
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight!r}")
+    if retries is not POOL_DEFAULT:
+        check_retries("retries", retries)
+    if retry_on is not POOL_DEFAULT:
+        retry_classes(retry_on)
 
 
 def _check_picklable(fn: object) -> None:
@@ -196,6 +210,11 @@ class _MapCall(Generic[ItemT, ResultT]):
     _planner: ChunkPlanner | None = attrs.field(default=None, alias="planner")
     # Chunks running at once.
     _max_chunks: int | float = attrs.field(default=math.inf, alias="max_chunks")
+    # Each chunk's run_sync options: retries apply to a chunk as a whole.
+    _retries: int | PoolDefault = attrs.field(default=POOL_DEFAULT, alias="retries")
+    _retry_on: RetryOn | PoolDefault = attrs.field(
+        default=POOL_DEFAULT, alias="retry_on"
+    )
     _total: int | None = None  # the input's length, when it has one
     _pulled: int = 0
     _received: int = 0
@@ -395,15 +414,32 @@ class _MapCall(Generic[ItemT, ResultT]):
         try:
             if self._planner is not None:
                 values, seconds = await self._pool.run_sync(
-                    run_timed_chunk, self._fn, items
+                    run_timed_chunk,
+                    self._fn,
+                    items,
+                    retries=self._retries,
+                    retry_on=self._retry_on,
                 )
                 self._planner.observe_run(len(items), seconds)
                 if self._chunks_running >= self._max_chunks:
                     self._room_made.unpark_all()
             elif len(items) == 1:
-                values = [await self._pool.run_sync(self._fn, items[0])]
+                values = [
+                    await self._pool.run_sync(
+                        self._fn,
+                        items[0],
+                        retries=self._retries,
+                        retry_on=self._retry_on,
+                    )
+                ]
             else:
-                values = await self._pool.run_sync(run_chunk, self._fn, items)
+                values = await self._pool.run_sync(
+                    run_chunk,
+                    self._fn,
+                    items,
+                    retries=self._retries,
+                    retry_on=self._retry_on,
+                )
         except Exception as exc:
             self._chunks_running -= 1
             self._fail(exc)
@@ -465,6 +501,8 @@ def _new_call(
     ordered: bool,
     chunksize: Chunksize,
     max_in_flight: int | None,
+    retries: int | PoolDefault,
+    retry_on: RetryOn | PoolDefault,
 ) -> _MapCall[ItemT, ResultT]:
     # At least one, so the defaults leave room for a chunk even if an engine
     # reported no worker slots when the pool opened.
@@ -472,7 +510,15 @@ def _new_call(
     if chunksize != "auto":
         if max_in_flight is None:
             max_in_flight = 2 * workers * chunksize
-        return _MapCall(pool, fn, ordered, chunksize, max_in_flight)
+        return _MapCall(
+            pool,
+            fn,
+            ordered,
+            chunksize,
+            max_in_flight,
+            retries=retries,
+            retry_on=retry_on,
+        )
     if max_in_flight is None:
         max_in_flight = default_max_in_flight(workers)
     # Room for two of the largest chunks per worker within max_in_flight, so
@@ -487,6 +533,8 @@ def _new_call(
         max_in_flight,
         planner=planner,
         max_chunks=2 * workers,
+        retries=retries,
+        retry_on=retry_on,
     )
 
 
@@ -499,9 +547,17 @@ async def _open_imap(
     ordered: bool,
     chunksize: Chunksize,
     max_in_flight: int | None,
+    retries: int | PoolDefault,
+    retry_on: RetryOn | PoolDefault,
 ) -> AsyncIterator[AsyncIterator[ResultT]]:
     call = _new_call(
-        pool, fn, ordered=ordered, chunksize=chunksize, max_in_flight=max_in_flight
+        pool,
+        fn,
+        ordered=ordered,
+        chunksize=chunksize,
+        max_in_flight=max_in_flight,
+        retries=retries,
+        retry_on=retry_on,
     )
     async with _running(call, iterable):
         yield call
@@ -515,6 +571,8 @@ def imap(
     ordered: bool,
     chunksize: Chunksize,
     max_in_flight: int | None,
+    retries: int | PoolDefault = POOL_DEFAULT,
+    retry_on: RetryOn | PoolDefault = POOL_DEFAULT,
 ) -> AbstractAsyncContextManager[AsyncIterator[ResultT]]:
     """Check the arguments now; see :meth:`triopool.Pool.imap`."""
     check_arguments(
@@ -523,6 +581,8 @@ def imap(
         ordered=ordered,
         chunksize=chunksize,
         max_in_flight=max_in_flight,
+        retries=retries,
+        retry_on=retry_on,
         where="imap",
     )
     _check_picklable(fn)
@@ -533,6 +593,8 @@ def imap(
         ordered=ordered,
         chunksize=chunksize,
         max_in_flight=max_in_flight,
+        retries=retries,
+        retry_on=retry_on,
     )
 
 
@@ -542,13 +604,30 @@ async def map_list(
     iterable: Iterable[ItemT] | AsyncIterable[ItemT],
     *,
     chunksize: Chunksize,
+    retries: int | PoolDefault = POOL_DEFAULT,
+    retry_on: RetryOn | PoolDefault = POOL_DEFAULT,
 ) -> list[ResultT]:
     """See :meth:`triopool.Pool.map`."""
-    check_arguments(fn, iterable, chunksize=chunksize, where="map")
+    check_arguments(
+        fn,
+        iterable,
+        chunksize=chunksize,
+        retries=retries,
+        retry_on=retry_on,
+        where="map",
+    )
     _check_picklable(fn)
     # Taken in completion order and put in place here: a slow item does not
     # hold back the pulling of the items after it.
-    call = _new_call(pool, fn, ordered=False, chunksize=chunksize, max_in_flight=None)
+    call = _new_call(
+        pool,
+        fn,
+        ordered=False,
+        chunksize=chunksize,
+        max_in_flight=None,
+        retries=retries,
+        retry_on=retry_on,
+    )
     by_start: dict[int, list[ResultT]] = {}
     async with _running(call, iterable):
         while True:

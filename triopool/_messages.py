@@ -460,11 +460,18 @@ def outcome(frame: _protocol.Frame) -> Any:
                 f"could not unpickle the task's result: {type(exc).__name__}: {exc}"
             ) from exc
     if kind == _protocol.ERROR:
-        try:
-            remote = decode_remote_exception(frame).rebuild()
-        except Exception as exc:
-            raise SerializationError(
-                f"could not unpickle the task's exception: {type(exc).__name__}: {exc}"
-            ) from exc
-        raise remote
+        raise task_exception(frame)
     raise decode_serialization_failure(frame).to_error()
+
+
+def task_exception(frame: _protocol.Frame) -> BaseException:
+    """The exception a task raised, from its ERROR frame: rebuilt with the
+    worker's traceback, or a SerializationError if it does not unpickle."""
+    try:
+        return decode_remote_exception(frame).rebuild()
+    except Exception as exc:
+        error = SerializationError(
+            f"could not unpickle the task's exception: {type(exc).__name__}: {exc}"
+        )
+        error.__cause__ = exc
+        return error

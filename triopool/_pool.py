@@ -45,7 +45,11 @@ from ._config import (
     _check_limits,
     _no_limit_if_inf,
     _usable_cpus,
+    check_retries,
+    retries_task_errors,
+    retry_classes,
 )
+from ._errors import BrokenWorkerError
 from ._jobs import Job, Jobs, JobState
 from ._slots import Slots
 
@@ -62,6 +66,7 @@ if TYPE_CHECKING:
 
     from ._backend import Backend
     from ._backend_pool import BackendPool
+    from ._config import RetryOn
     from ._stats import PoolStatistics
     from ._typing import AnyResultCallable, AsyncCallable, AsyncFunctionPassedToRunSync
 
@@ -87,6 +92,7 @@ class Pool:
         self._nursery: trio.Nursery | None = None
         self._thread: int | None = None  # of the run that opened it (see _open)
         self._jobs = Jobs()
+        self._retry_errors = retries_task_errors(config.retry_on)
         self._slots = Slots(
             config,
             _messages.config_frame(
@@ -116,6 +122,8 @@ class Pool:
         time_limit: float | PoolDefault | None = POOL_DEFAULT,
         soft_time_limit: float | PoolDefault | None = POOL_DEFAULT,
         kill_on_cancel: bool | PoolDefault = POOL_DEFAULT,
+        retries: int | PoolDefault = POOL_DEFAULT,
+        retry_on: RetryOn | PoolDefault = POOL_DEFAULT,
     ) -> CoroutineType[Any, Any, Any]: ...
     @overload
     def run_sync(  # type: ignore[overload-overlap]
@@ -125,6 +133,8 @@ class Pool:
         time_limit: float | PoolDefault | None = POOL_DEFAULT,
         soft_time_limit: float | PoolDefault | None = POOL_DEFAULT,
         kill_on_cancel: bool | PoolDefault = POOL_DEFAULT,
+        retries: int | PoolDefault = POOL_DEFAULT,
+        retry_on: RetryOn | PoolDefault = POOL_DEFAULT,
     ) -> AsyncFunctionPassedToRunSync: ...
     @overload
     def run_sync(
@@ -134,6 +144,8 @@ class Pool:
         time_limit: float | PoolDefault | None = POOL_DEFAULT,
         soft_time_limit: float | PoolDefault | None = POOL_DEFAULT,
         kill_on_cancel: bool | PoolDefault = POOL_DEFAULT,
+        retries: int | PoolDefault = POOL_DEFAULT,
+        retry_on: RetryOn | PoolDefault = POOL_DEFAULT,
     ) -> CoroutineType[Any, Any, T]: ...
     async def run_sync(  # type: ignore[misc]
         self,
@@ -142,6 +154,8 @@ class Pool:
         time_limit: float | PoolDefault | None = POOL_DEFAULT,
         soft_time_limit: float | PoolDefault | None = POOL_DEFAULT,
         kill_on_cancel: bool | PoolDefault = POOL_DEFAULT,
+        retries: int | PoolDefault = POOL_DEFAULT,
+        retry_on: RetryOn | PoolDefault = POOL_DEFAULT,
     ) -> T:
         """Run ``fn(*args)`` in a worker process and return its result.
 
@@ -165,6 +179,13 @@ class Pool:
                 once; ``False`` waits for the task like
                 :func:`trio.to_thread.run_sync` and returns (or raises) its
                 outcome, leaving the cancellation to the next checkpoint.
+            retries: How many more times to run the task after a run that
+                fails with one of ``retry_on`` (see "Recovery"). Only the
+                last failure is raised; its message says how many runs were
+                tried.
+            retry_on: The failures that are retried: exception classes
+                among :class:`BrokenWorkerError`, :class:`TimeLimitExceeded`
+                and the task's own exception types.
 
         Returns:
             What ``fn`` returned.
@@ -211,6 +232,10 @@ class Pool:
             time_limit = _no_limit_if_inf(time_limit)
             soft_time_limit = _no_limit_if_inf(soft_time_limit)
             _check_limits(time_limit, soft_time_limit, " of run_sync()")
+        if retries is POOL_DEFAULT:
+            retries = config.retries
+        else:
+            check_retries("retries", retries)
         self._check_usable()
         job = Job(
             _messages.task_frame(
@@ -219,6 +244,13 @@ class Pool:
             time_limit,
             kill_on_cancel,
         )
+        if retry_on is not POOL_DEFAULT:
+            job.retry_on = retry_classes(retry_on)
+            job.retry_errors = retries_task_errors(job.retry_on)
+        elif retries:
+            job.retry_on = config.retry_on
+            job.retry_errors = self._retry_errors
+        job.retries = retries
         job.caller = trio.lowlevel.current_task()
         self._jobs.submit(job)
 
@@ -249,6 +281,8 @@ class Pool:
         iterable: Iterable[ItemT] | AsyncIterable[ItemT],
         *,
         chunksize: int | Literal["auto"] = "auto",
+        retries: int | PoolDefault = POOL_DEFAULT,
+        retry_on: RetryOn | PoolDefault = POOL_DEFAULT,
     ) -> list[T]:
         """Run ``fn(item)`` in the workers for every item; return the results.
 
@@ -277,6 +311,10 @@ class Pool:
                 int sends that many items per task. The results still come
                 back one per item; a chunk that fails raises the exception of
                 its first failing item.
+            retries: As for :meth:`run_sync`, per task, that is, per chunk:
+                a chunk that fails is run again as a whole. Default: the
+                pool's.
+            retry_on: As for :meth:`run_sync`. Default: the pool's.
 
         Returns:
             ``[fn(item) for item in iterable]``, computed in the workers.
@@ -299,7 +337,9 @@ class Pool:
             lengths = await pool.map(len, data.split(b" "))
         """
         self._check_usable()
-        return await _map.map_list(self, fn, iterable, chunksize=chunksize)
+        return await _map.map_list(
+            self, fn, iterable, chunksize=chunksize, retries=retries, retry_on=retry_on
+        )
 
     def imap(
         self,
@@ -309,6 +349,8 @@ class Pool:
         ordered: bool = True,
         chunksize: int | Literal["auto"] = "auto",
         max_in_flight: int | None = None,
+        retries: int | PoolDefault = POOL_DEFAULT,
+        retry_on: RetryOn | PoolDefault = POOL_DEFAULT,
     ) -> contextlib.AbstractAsyncContextManager[AsyncIterator[T]]:
         """Stream ``fn(item)`` for every item, computed in the workers.
 
@@ -352,6 +394,8 @@ class Pool:
                 than ``chunksize``, chunks hold ``max_in_flight`` items; with
                 ``"auto"``, chunks hold at most ``max_in_flight // (2 *
                 workers)`` items (at least one).
+            retries: As for :meth:`map`. Default: the pool's.
+            retry_on: As for :meth:`run_sync`. Default: the pool's.
 
         Returns:
             An async context manager whose value is an async iterator of the
@@ -383,6 +427,8 @@ class Pool:
             ordered=ordered,
             chunksize=chunksize,
             max_in_flight=max_in_flight,
+            retries=retries,
+            retry_on=retry_on,
         )
 
     # Jobs
@@ -436,6 +482,8 @@ def open_pool(
     soft_time_limit: float | None = None,
     kill_on_cancel: bool = True,
     shutdown_timeout: float = 5.0,
+    retries: int = 0,
+    retry_on: RetryOn = (BrokenWorkerError,),
     backend: None = None,
 ) -> contextlib.AbstractAsyncContextManager[Pool]: ...
 @overload
@@ -454,6 +502,8 @@ def open_pool(
     soft_time_limit: float | None = None,
     kill_on_cancel: bool = True,
     shutdown_timeout: float = 5.0,
+    retries: int = 0,
+    retry_on: RetryOn = (BrokenWorkerError,),
     backend: Backend,
 ) -> contextlib.AbstractAsyncContextManager[BackendPool]: ...
 def open_pool(
@@ -471,6 +521,8 @@ def open_pool(
     soft_time_limit: float | None = None,
     kill_on_cancel: bool = True,
     shutdown_timeout: float = 5.0,
+    retries: int = 0,
+    retry_on: RetryOn = (BrokenWorkerError,),
     backend: Backend | None = None,
 ) -> (
     contextlib.AbstractAsyncContextManager[Pool]
@@ -509,6 +561,13 @@ def open_pool(
         kill_on_cancel: Default for :meth:`Pool.run_sync`.
         shutdown_timeout: On exit, seconds workers get to exit before SIGTERM,
             then SIGKILL.
+        retries: Default for :meth:`Pool.run_sync`, :meth:`Pool.map` and
+            :meth:`Pool.imap`: how many more times a task runs after a run
+            that failed with one of ``retry_on``. A task that keeps killing
+            its worker fails after ``retries + 1`` deaths.
+        retry_on: Default failures that are retried: a tuple (or one) of
+            :class:`BrokenWorkerError` (the worker died under the task),
+            :class:`TimeLimitExceeded` and the task's own exception types.
         backend: Run the tasks on a cluster engine instead
             (:class:`RayBackend`, :class:`DaskBackend`); options the backend
             cannot honour must stay at their defaults (see "Running on a
@@ -544,6 +603,8 @@ def open_pool(
         soft_time_limit=soft_time_limit,
         kill_on_cancel=kill_on_cancel,
         shutdown_timeout=shutdown_timeout,
+        retries=retries,
+        retry_on=retry_on,
     )
     return open_with_options(options, backend)
 

@@ -112,6 +112,10 @@ class Service:
     # A FATAL frame from the running job, until the worker's exit is seen.
     fatal_frame: _protocol.Frame | None = None
     tasks_done: int = 0
+    # The job this worker was killed under for its time limit, which runs
+    # again elsewhere (see Jobs.run_failed): what this worker still says of
+    # it is stale.
+    retried: Job | None = None
     # The worker serves no more: the feeder must not touch it.
     finished: bool = False
 
@@ -191,7 +195,22 @@ class Service:
                     # Handed over just as the worker went: it never started.
                     self._jobs.put_back(handed)
                 nursery.cancel_scope.cancel()  # the feeder, parked or sending
+                await self._requeue_retried()
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _requeue_retried(self) -> None:
+        """Queue the job killed here for its time limit for its next run,
+        once the worker has exited: never two runs of it at once."""
+        job = self.retried
+        if job is None:
+            return
+        self.retried = None
+        with trio.CancelScope(shield=True) as scope:
+            # It was sent SIGKILL; the bound only guards against a kernel
+            # that never lets it go.
+            scope.deadline = trio.current_time() + self._config.shutdown_timeout
+            await self.worker.process.wait()
+        self._jobs.put_back(job)
 
     async def _watch(self) -> None:
         """Notice the worker's exit even while its pipes stay open.
@@ -494,11 +513,8 @@ class Service:
                 )
                 self._jobs.end(job, Move.FAIL)
                 return End.LOST
-            job.frame = frame
-            job.link = None
-            self._jobs.end(
-                job, Move.COMPLETE if kind == _protocol.RESULT else Move.FAIL
-            )
+            if job is not self.retried:
+                self._jobs.answered(job, frame, worker.pid)
             self.tasks_done += 1
             flags = frame.flags
             if flags & _protocol.OVER_MEMORY:
@@ -674,12 +690,15 @@ class Service:
             job.time_limit,
             extra={"event": "killed_for_time_limit", "worker_pid": worker.pid},
         )
-        job.error = TimeLimitExceeded(
+        error = TimeLimitExceeded(
             f"the task exceeded its time limit of {job.time_limit:g} s; "
             f"worker {worker.pid} was killed",
             job.time_limit,
         )
-        self._jobs.end(job, Move.FAIL)
+        if self._jobs.run_failed(job, error, worker.pid, requeue=False):
+            # Queued again once the worker has exited (see _requeue_retried).
+            self.retried = job
+            worker.kill()
 
     async def _fatal(self, worker: Worker, job: Job, frame: _protocol.Frame) -> None:
         """A task raised a BaseException that ends its worker: keep it as
@@ -724,7 +743,7 @@ class Service:
                     },
                 )
             return
-        if job.state is not JobState.RUNNING:
+        if job.state is not JobState.RUNNING or job is self.retried:
             return  # settled already: killed for its cancellation or time limit
         if not self.pipeline.current_started(worker.task_bytes_read()):
             # The worker died before it read the whole task, so the task never
@@ -753,14 +772,14 @@ class Service:
                 "broke_protocol": worker.protocol_error is not None,
             },
         )
-        job.error = BrokenWorkerError(
+        error = BrokenWorkerError(
             f"worker {worker.pid} died while running the task "
             f"({exit_text(worker, exitcode)})",
             worker.pid,
             exitcode,
         )
-        job.error.__cause__ = job.fatal_cause
-        self._jobs.end(job, Move.FAIL)
+        error.__cause__ = job.fatal_cause
+        self._jobs.run_failed(job, error, worker.pid)
 
 
 async def parent_fault(

@@ -36,7 +36,9 @@ class PoolStatistics:
     The worker counters satisfy ``workers_started == workers_alive +
     workers_recycled + workers_lost + start_failures + workers_stopped``, and
     once nothing is in flight ``tasks_submitted == tasks_completed +
-    tasks_failed + tasks_cancelled``.
+    tasks_failed + tasks_cancelled``. A retried task is still one task: its
+    runs after the first are counted in ``tasks_retried`` only, and while it
+    waits to run again it counts as waiting.
 
     Attributes:
         workers: The target number of workers.
@@ -64,6 +66,10 @@ class PoolStatistics:
         start_failures: Failed starts (initializer error, early exit, start
             timeout, no process could be created).
         workers_stopped: Stopped because the pool closed or broke.
+        tasks_retried: Runs started again after a failure named in
+            ``retry_on`` (``retries``): a task that succeeded on its third run
+            counts 2 here. With a cluster backend the engine retries on its
+            own, unseen, and this stays 0.
     """
 
     workers: int
@@ -81,6 +87,7 @@ class PoolStatistics:
     workers_lost: int
     start_failures: int
     workers_stopped: int
+    tasks_retried: int = 0
 
 
 def snapshot(workers: int, jobs: Jobs, counters: WorkerCounters) -> PoolStatistics:
@@ -102,6 +109,7 @@ def snapshot(workers: int, jobs: Jobs, counters: WorkerCounters) -> PoolStatisti
         workers_lost=counters.lost,
         start_failures=counters.start_failures,
         workers_stopped=counters.stopped,
+        tasks_retried=jobs.retried,
     )
 
 
