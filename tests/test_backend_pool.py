@@ -412,6 +412,10 @@ def test_backend_pool_has_the_pool_surface() -> None:
         ({"workers": "2"}, TypeError, r"workers must be an int, got '2'"),
         ({"start_timeout": -1}, ValueError, r"start_timeout must be > 0, got -1"),
         ({"soft_time_limit": "1"}, TypeError, r"soft_time_limit .* got '1'"),
+        ({"retries": -1}, ValueError, r"retries must be >= 0 \(0: no retry\), got -1"),
+        ({"retries": 0.5}, TypeError, r"retries must be an int >= 0, got 0\.5"),
+        ({"retry_on": "KeyError"}, TypeError, r"retry_on must be a tuple of"),
+        ({"retry_on": (SystemExit,)}, ValueError, r"retry_on cannot name SystemExit"),
     ],
 )
 def test_invalid_values_raise_at_once_like_the_local_pool(
@@ -518,3 +522,110 @@ async def test_a_call_left_to_finish_loses_no_worker() -> None:
     assert stats.workers_lost == 0
     assert stats.workers_started == stats.workers_stopped == 1
     assert_identity(stats)
+
+
+class RetryingBackend(ThreadBackend):
+    """A fake engine that retries on its own, as Ray and Dask do: it says what
+    it can follow (check_retries) and records what each submit asked for."""
+
+    name = "RetryingBackend"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: list[tuple[int, tuple[type[BaseException], ...]]] = []
+
+    def check_retries(
+        self, retries: int, retry_on: tuple[type[BaseException], ...]
+    ) -> None:
+        if triopool.TimeLimitExceeded in retry_on:
+            raise ValueError("RetryingBackend cannot retry a time limit")
+
+    def submit(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        on_done: Callable[[Outcome], None],
+        *,
+        retries: int = 0,
+        retry_on: tuple[type[BaseException], ...] = (),
+    ) -> object:
+        self.asked.append((retries, retry_on))
+        return super().submit(fn, args, on_done)
+
+
+async def test_retries_go_to_the_engines_own_retry() -> None:
+    backend = RetryingBackend()
+    with trio.fail_after(10):
+        async with open_fake(backend, retries=2) as pool:
+            assert await pool.run_sync(workerfuncs.add, 1, 2) == 3
+            assert await pool.run_sync(workerfuncs.add, 1, 2, retries=0) == 3
+            await pool.run_sync(workerfuncs.add, 1, 2, retries=1, retry_on=KeyError)
+            with pytest.raises(ValueError, match="cannot retry a time limit"):
+                await pool.run_sync(
+                    workerfuncs.add, 1, 2, retry_on=(triopool.TimeLimitExceeded,)
+                )
+            assert await pool.map(workerfuncs.identity, [7], retries=1) == [7]
+    # Passed only when there is something to retry.
+    assert backend.asked == [
+        (2, (triopool.BrokenWorkerError,)),
+        (0, ()),
+        (1, (KeyError,)),
+        (1, (triopool.BrokenWorkerError,)),
+    ]
+
+
+async def test_an_engine_without_a_retry_refuses_retries() -> None:
+    with pytest.raises(
+        ValueError, match=r"^ThreadBackend cannot run a task again, so retries=1"
+    ):
+        open_fake(ThreadBackend(), retries=1)
+    with trio.fail_after(10):
+        async with open_fake(ThreadBackend()) as pool:
+            with pytest.raises(ValueError, match="ThreadBackend cannot run a task"):
+                await pool.run_sync(workerfuncs.add, 1, 2, retries=3)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (
+            {"retry_on": (KeyError,)},
+            r"^RayBackend always retries a task whose worker died .* add it",
+        ),
+        (
+            {"retry_on": (triopool.BrokenWorkerError, triopool.TimeLimitExceeded)},
+            r"^RayBackend cannot retry a task killed for its time limit",
+        ),
+        (
+            {"retry_on": (Exception,)},
+            r"^RayBackend cannot retry a task killed for its time limit",
+        ),
+    ],
+)
+def test_ray_refuses_retries_it_cannot_follow(
+    options: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        triopool.open_pool(backend=triopool.RayBackend(), retries=1, **options)
+
+
+def test_ray_and_dask_take_the_retries_their_engine_has() -> None:
+    # Nothing starts before the block is entered.
+    triopool.open_pool(backend=triopool.RayBackend(), retries=2)
+    triopool.open_pool(
+        backend=triopool.RayBackend(),
+        retries=2,
+        retry_on=(triopool.BrokenWorkerError, KeyError),
+    )
+    triopool.open_pool(
+        backend=triopool.DaskBackend(),
+        kill_on_cancel=False,
+        retries=2,
+        retry_on=(Exception,),
+    )
+    with pytest.raises(
+        ValueError, match=r"^DaskBackend retries a task that raised any exception"
+    ):
+        triopool.open_pool(
+            backend=triopool.DaskBackend(), kill_on_cancel=False, retries=1
+        )

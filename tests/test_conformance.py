@@ -26,7 +26,7 @@ import trio
 
 import triopool
 
-from . import workerfuncs
+from . import retryfuncs, workerfuncs
 from .clusters import dask_cluster
 
 if TYPE_CHECKING:
@@ -265,3 +265,22 @@ async def test_clean_exit_cancels_what_it_submitted(engine: Engine) -> None:
     with pytest.raises(trio.ClosedResourceError):
         await pool.run_sync(workerfuncs.add, 1, 1)
     assert engine.cluster_up()
+
+
+async def test_retries_on_the_engines_own_retry(engine: Engine, tmp_path: Path) -> None:
+    task = tmp_path / "task"
+    task.mkdir()
+    if engine.name == "dask":
+        # Dask's retries run again a task that raised, whatever it raised.
+        options: dict[str, Any] = {"retry_on": (Exception,)}
+        plan = retryfuncs.KEY_ERROR + retryfuncs.OK
+    else:
+        options = {}  # a worker death
+        plan = retryfuncs.CRASH + retryfuncs.OK
+    with trio.fail_after(120):
+        async with engine.open(retries=1, **options) as pool:
+            assert await pool.run_sync(retryfuncs.run, str(task), plan) == 2
+    first, second = retryfuncs.runs(str(task))
+    assert retryfuncs.overlaps(str(task)) == []
+    if engine.name != "dask":
+        assert first != second  # the worker it crashed is gone

@@ -68,6 +68,12 @@ class Backend(Protocol):
 
     ``start`` and ``stop`` are blocking and run in a worker thread (once per
     pool); ``submit`` and ``cancel`` are cheap and run on the Trio thread.
+
+    A backend whose engine can run a failed call again has a method
+    ``check_retries(retries, retry_on)`` that raises :class:`ValueError` for
+    a ``retry_on`` its engine's retry cannot follow, and its ``submit`` takes
+    the keyword arguments ``retries`` and ``retry_on`` (passed only when
+    ``retries`` is not 0). Without that method the pool refuses ``retries``.
     """
 
     name: str

@@ -46,7 +46,8 @@ class DaskBackend:
             at ``address`` to have at least one worker.
 
     The pool keeps as many calls in flight as the cluster has worker threads
-    when the pool opens.
+    when the pool opens. ``retries`` maps to Dask's own ``retries``, which runs
+    again a task that raised any exception: it needs ``retry_on=(Exception,)``.
 
     Example::
 
@@ -116,15 +117,33 @@ class DaskBackend:
         threads: int = sum(self._client.nthreads().values())
         return max(1, threads)
 
+    def check_retries(
+        self, retries: int, retry_on: tuple[type[BaseException], ...]
+    ) -> None:
+        """Dask's ``retries`` runs again a task that raised anything; it
+        cannot tell one exception type from another."""
+        if Exception not in retry_on:
+            raise ValueError(
+                "DaskBackend retries a task that raised any exception (Dask's "
+                f"retries) and cannot retry only retry_on={retry_on!r}; pass "
+                "retry_on=(Exception,) to accept that (a worker death is "
+                "retried as the cluster's distributed.scheduler.allowed-failures "
+                "says), or leave retries at 0"
+            )
+
     def submit(
         self,
         fn: Callable[..., Any],
         args: tuple[Any, ...],
         on_done: Callable[[Outcome], None],
+        *,
+        retries: int = 0,
+        retry_on: tuple[type[BaseException], ...] = (),
     ) -> object:
         """Submit one Dask future; ``on_done`` fires on Dask's callback thread."""
+        extra = {"retries": retries} if retries else {}
         try:
-            future = self._client.submit(fn, *args, pure=False)
+            future = self._client.submit(fn, *args, pure=False, **extra)
         except Exception as exc:
             raise SerializationError(
                 f"could not send the task to Dask: {type(exc).__name__}: {exc}"

@@ -13,7 +13,12 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from ._backend import Capabilities, Outcome, with_remote_traceback
-from ._errors import BrokenWorkerError, RemoteError, SerializationError
+from ._errors import (
+    BrokenWorkerError,
+    RemoteError,
+    SerializationError,
+    TimeLimitExceeded,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -31,7 +36,10 @@ class RayBackend:
     """Run tasks as Ray tasks: ``open_pool(backend=RayBackend())``.
 
     Each call is one Ray task with ``max_retries=0`` (a task runs at most
-    once, as in the local pool) and one CPU. Cancelling a running call with a
+    once, as in the local pool) and one CPU. With ``retries``, Ray retries it
+    itself: ``max_retries`` (a worker death, which Ray always retries then) and
+    ``retry_exceptions`` (the task's own exception types named in
+    ``retry_on``). Cancelling a running call with a
     kill uses ``ray.cancel(force=True)``, which kills its worker process.
     ``max_tasks_per_child`` maps to Ray's ``max_calls``.
 
@@ -99,15 +107,40 @@ class RayBackend:
         self._remote = ray.remote(**options)(_call)
         return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
+    def check_retries(
+        self, retries: int, retry_on: tuple[type[BaseException], ...]
+    ) -> None:
+        """Refuse a ``retry_on`` that Ray's own retry cannot follow."""
+        if any(issubclass(TimeLimitExceeded, cls) for cls in retry_on):
+            raise ValueError(
+                f"RayBackend cannot retry a task killed for its time limit (Ray "
+                f"never runs a cancelled task again), but retry_on={retry_on!r} "
+                "covers TimeLimitExceeded: name BrokenWorkerError and the "
+                "task's own exception types only"
+            )
+        if not any(issubclass(BrokenWorkerError, cls) for cls in retry_on):
+            raise ValueError(
+                "RayBackend always retries a task whose worker died (Ray's "
+                f"max_retries), but retry_on={retry_on!r} leaves out "
+                "BrokenWorkerError: add it to retry_on"
+            )
+
     def submit(
         self,
         fn: Callable[..., Any],
         args: tuple[Any, ...],
         on_done: Callable[[Outcome], None],
+        *,
+        retries: int = 0,
+        retry_on: tuple[type[BaseException], ...] = (),
     ) -> object:
         """Submit one Ray task; ``on_done`` fires on a Ray thread."""
+        remote = self._remote
+        if retries:
+            own = [cls for cls in retry_on if not issubclass(cls, BrokenWorkerError)]
+            remote = remote.options(max_retries=retries, retry_exceptions=own or False)
         try:
-            ref = self._remote.remote(fn, args)
+            ref = remote.remote(fn, args)
         except Exception as exc:
             raise SerializationError(
                 f"could not send the task to Ray: {type(exc).__name__}: {exc}"
