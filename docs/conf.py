@@ -55,6 +55,9 @@ nitpick_ignore = [
     # What open_pool(backend=...) returns: a pool with Pool's public methods,
     # whose class is internal too.
     ("py:class", "BackendPool"),
+    # The private alias for what retry_on takes (one exception class, or a
+    # sequence of them); the option's description says so.
+    ("py:class", "RetryOn"),
 ]
 
 # autodoc and napoleon: Google-style docstrings, types in the descriptions so

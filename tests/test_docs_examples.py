@@ -84,6 +84,12 @@ EXPECTED: dict[str, list[str]] = {
         "workers killed and replaced: 1",
     ],
     "limits_recycling.py": ["workers used: 2", "recycled: 2"],
+    "recovery_retries.py": [
+        "fragile: done on its second run",
+        "flaky: succeeded on run 3",
+        "poison: runs tried: 2",
+        "retried: 4 workers lost: 3",
+    ],
     "map_basic.py": [
         "1229 primes below 10000",
         "... and 33860 primes below 400000",
