@@ -46,7 +46,8 @@ async def test_a_task_that_crashes_its_worker_once_succeeds_with_one_retry(
     with trio.fail_after(60):
         async with triopool.open_pool(2, retries=1) as pool:
             assert await pool.run_sync(retryfuncs.run, task, "co") == 2
-            stats = pool.statistics()
+    # After the block: a lost worker is counted once it is reaped.
+    stats = pool.statistics()
     first, second = retryfuncs.runs(task)
     assert first != second  # the worker it crashed is gone
     assert (stats.tasks_retried, stats.workers_lost) == (1, 1)
@@ -63,28 +64,38 @@ async def test_a_task_that_always_crashes_fails_after_retries_plus_one_deaths(
     tmp_path: Path,
 ) -> None:
     poison = folder(tmp_path)
-    answers: list[int] = []
+    served_meanwhile = 0
+    wrong: list[tuple[int, int]] = []
+    poisoned = trio.Event()
 
     async def other_work(pool: triopool.Pool) -> None:
-        for i in range(40):
-            answers.append(await pool.run_sync(workerfuncs.add, i, 1))
+        nonlocal served_meanwhile
+        i = 0
+        while not poisoned.is_set():
+            answer = await pool.run_sync(workerfuncs.add, i, 1)
+            if answer != i + 1:
+                wrong.append((i, answer))
+            if pool.statistics().tasks_retried and not poisoned.is_set():
+                served_meanwhile += 1  # between the poison's deaths
+            i += 1
 
     with trio.fail_after(90):
-        async with triopool.open_pool(2) as pool:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(other_work, pool)
-                with pytest.raises(triopool.BrokenWorkerError) as info:
-                    await pool.run_sync(retryfuncs.run, poison, "c", retries=2)
-            stats = pool.statistics()
+        async with triopool.open_pool(2) as pool, trio.open_nursery() as nursery:
+            nursery.start_soon(other_work, pool)
+            with pytest.raises(triopool.BrokenWorkerError) as info:
+                await pool.run_sync(retryfuncs.run, poison, "c", retries=2)
+            poisoned.set()
+    stats = pool.statistics()
     # Exactly retries + 1 runs, each on a worker of its own, each its death.
     assert len(set(retryfuncs.runs(poison))) == 3
     assert info.value.runs == 3
     assert str(info.value).endswith("(3 runs tried)")
     assert info.value.exitcode == 3
     # The pool served the others all along.
-    assert answers == [i + 1 for i in range(40)]
+    assert served_meanwhile > 0
+    assert wrong == []
     assert (stats.tasks_retried, stats.workers_lost, stats.tasks_failed) == (2, 3, 1)
-    assert stats.tasks_completed == 40
+    assert stats.tasks_completed == stats.tasks_submitted - 1
     assert identity_problems(stats) == []
 
 

@@ -112,9 +112,9 @@ class Service:
     # A FATAL frame from the running job, until the worker's exit is seen.
     fatal_frame: _protocol.Frame | None = None
     tasks_done: int = 0
-    # The job this worker was killed under for its time limit, which runs
-    # again elsewhere (see Jobs.run_failed): what this worker still says of
-    # it is stale.
+    # The job this worker was killed under for its time limit, to run again:
+    # it waits (so nothing here touches it any more) and is queued once the
+    # worker has exited (see _requeue_retried).
     retried: Job | None = None
     # The worker serves no more: the feeder must not touch it.
     finished: bool = False
@@ -513,8 +513,7 @@ class Service:
                 )
                 self._jobs.end(job, Move.FAIL)
                 return End.LOST
-            if job is not self.retried:
-                self._jobs.answered(job, frame, worker.pid)
+            self._jobs.answered(job, frame, worker.pid)
             self.tasks_done += 1
             flags = frame.flags
             if flags & _protocol.OVER_MEMORY:
@@ -743,7 +742,7 @@ class Service:
                     },
                 )
             return
-        if job.state is not JobState.RUNNING or job is self.retried:
+        if job.state is not JobState.RUNNING:
             return  # settled already: killed for its cancellation or time limit
         if not self.pipeline.current_started(worker.task_bytes_read()):
             # The worker died before it read the whole task, so the task never
