@@ -26,7 +26,8 @@ import trio
 from . import _messages, _protocol
 from ._errors import BrokenPoolError, RemoteTraceback, WorkerStartError
 from ._forkserver import ForkServer, open_forkserver
-from ._serve import End, Service, exit_text, parent_fault
+from ._serve import End, Service, Why, parent_fault
+from ._settle import exit_text
 from ._spawn import WorkerProcess, describe_exit
 from ._stats import WorkerCounters
 from ._worker import Process, Worker, open_worker
@@ -399,8 +400,7 @@ class Slots:
             if service.pipeline.current is None and service.worker.known_dead:
                 if service in self._jobs.idle:
                     self._jobs.idle.remove(service)
-                if service.read_scope is not None:
-                    service.read_scope.cancel()
+                service.interrupt(Why.GONE)
 
     def wake_idle(self) -> None:
         """Have the idle workers take the next queued job or stop, and the
