@@ -721,6 +721,8 @@ class Service:
                         "event": "lost",
                         "worker_pid": worker.pid,
                         "broke_protocol": worker.protocol_error is not None,
+                        "exitcode": exitcode,
+                        "task": None,
                     },
                 )
             return
@@ -739,6 +741,8 @@ class Service:
                     "event": "lost",
                     "worker_pid": worker.pid,
                     "broke_protocol": worker.protocol_error is not None,
+                    "exitcode": exitcode,
+                    "task": "rerun",
                 },
             )
             self._jobs.put_back(job)
@@ -751,6 +755,8 @@ class Service:
                 "event": "lost",
                 "worker_pid": worker.pid,
                 "broke_protocol": worker.protocol_error is not None,
+                "exitcode": exitcode,
+                "task": "failed",
             },
         )
         job.error = BrokenWorkerError(
