@@ -423,10 +423,10 @@ class StormConfig:
 
 
 # The write-ahead storm ("ahead-kills"): workers serve 20 tasks each, so that
-# tasks are written ahead (up to 19 behind the one running, at most 8 at a
-# time) to busy workers while callers queue up; 100 callers at a time
+# tasks are written ahead (at most 8 behind the one running, and none past
+# a worker's 20th) to busy workers while callers queue up; 100 callers at a time
 # against 4 workers keep the queue long. Most tasks echo at once (a task
-# goes ahead only behind a short one); 4 % kill their own worker and 3 %
+# goes ahead only behind a short one); every 25th kills its own worker, 3 %
 # exit, a few take 20 ms; 5 % are cancelled at a random moment; and the
 # killer sends SIGKILL to a pool process every 0.3 s on average. A task
 # written ahead to a worker that dies before starting it must run elsewhere
@@ -637,10 +637,13 @@ async def run_storm(
         cancel_share = 0.15
         if config.mix == "ahead-kills":
             cancel_share = 0.05
-            if roll < 0.88:
-                action = "echo"
-            elif roll < 0.92:
+            # Every 25th task kills its worker, not a random 4 %: a short
+            # storm on a loaded machine runs only a few hundred tasks, and
+            # must have some.
+            if number % 25 == 12:
                 action = "kill"
+            elif roll < 0.92:
+                action = "echo"
             elif roll < 0.95:
                 action, argument = "exit", float(rng.randrange(1, 100))
             else:
