@@ -87,10 +87,13 @@ def lost(
     was sent (``started``: the worker had read all of it); ``killed``: it
     was killed for a task of its own, whose answers were read to the end."""
     how = exit_text(worker, exitcode)
-    fields = {
+    fields: dict[str, object] = {
         "event": "lost",
         "worker_pid": worker.pid,
         "broke_protocol": worker.protocol_error is not None,
+        "exitcode": exitcode,
+        # What became of its task: none, "rerun" elsewhere, or "failed".
+        "task": None,
     }
     if job is None:
         if killed:
@@ -116,11 +119,16 @@ def lost(
             "to another worker",
             worker.pid,
             how,
-            extra=fields,
+            extra={**fields, "task": "rerun"},
         )
         jobs.put_back(job)
         return
-    _log.warning("worker %d died running a task (%s)", worker.pid, how, extra=fields)
+    _log.warning(
+        "worker %d died running a task (%s)",
+        worker.pid,
+        how,
+        extra={**fields, "task": "failed"},
+    )
     job.error = BrokenWorkerError(
         f"worker {worker.pid} died while running the task ({how})",
         worker.pid,
