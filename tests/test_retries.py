@@ -58,6 +58,9 @@ async def test_a_task_that_crashes_its_worker_once_succeeds_with_one_retry(
     assert record.worker_pid == first  # type: ignore[attr-defined]
     assert record.reason == "BrokenWorkerError"  # type: ignore[attr-defined]
     assert record.runs == 1  # type: ignore[attr-defined]
+    # The worker's death is logged as such, saying its task runs again.
+    [lost] = [r for r in caplog.records if getattr(r, "event", None) == "lost"]
+    assert (lost.worker_pid, lost.task) == (first, "retried")  # type: ignore[attr-defined]
 
 
 async def test_a_task_that_always_crashes_fails_after_retries_plus_one_deaths(
