@@ -23,6 +23,7 @@ from tests import retryfuncs, workerfuncs
 from triopool._stats import identity_problems
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from pathlib import Path
 
 pytestmark = pytest.mark.usefixtures("start_method")
@@ -281,3 +282,20 @@ async def test_per_call_options_override_the_pool_default(tmp_path: Path) -> Non
             stats = pool.statistics()
     assert len(retryfuncs.runs(once)) == 1
     assert stats.tasks_retried == 2
+
+
+@pytest.fixture
+def default_options_restored() -> Iterator[None]:
+    yield
+    triopool.configure_default_pool()
+
+
+@pytest.mark.usefixtures("default_options_restored")
+async def test_the_default_pool_takes_retries_too(tmp_path: Path) -> None:
+    triopool.configure_default_pool(workers=1, retries=1)
+    with trio.fail_after(60):
+        assert await triopool.run_sync(retryfuncs.run, folder(tmp_path), "co") == 2
+        once = folder(tmp_path, "once")
+        with pytest.raises(triopool.BrokenWorkerError):
+            await triopool.run_sync(retryfuncs.run, once, "co", retries=0)
+    assert len(retryfuncs.runs(once)) == 1

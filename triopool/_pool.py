@@ -236,6 +236,11 @@ class Pool:
             retries = config.retries
         else:
             check_retries("retries", retries)
+        if retry_on is POOL_DEFAULT:
+            classes, retry_errors = config.retry_on, self._retry_errors
+        else:
+            classes = retry_classes(retry_on)
+            retry_errors = retries_task_errors(classes)
         self._check_usable()
         job = Job(
             _messages.task_frame(
@@ -244,13 +249,10 @@ class Pool:
             time_limit,
             kill_on_cancel,
         )
-        if retry_on is not POOL_DEFAULT:
-            job.retry_on = retry_classes(retry_on)
-            job.retry_errors = retries_task_errors(job.retry_on)
-        elif retries:
-            job.retry_on = config.retry_on
-            job.retry_errors = self._retry_errors
-        job.retries = retries
+        if retries:
+            job.retries = retries
+            job.retry_on = classes
+            job.retry_errors = retry_errors
         job.caller = trio.lowlevel.current_task()
         self._jobs.submit(job)
 
