@@ -72,6 +72,10 @@ class FakeWorker:
         self._confirmations: list[bytes] = []
         #: Whether SIGURG makes it take in SKIPs at once (as a real one does).
         self.hears_sigurg = True
+        # Reading its next task: SIGURG only notes that it came then, and
+        # is acted on once the task starts (as ``_child._Pipes`` does).
+        self._reading = False
+        self._urgent = False
         #: The signals the pool sent, in order.
         self.signals: list[int] = []
         self._signalled = trio.Event()
@@ -109,8 +113,11 @@ class FakeWorker:
         if signum == signal.SIGKILL:
             self.die(-signal.SIGKILL)
         elif signum == signal.SIGURG and self.hears_sigurg:
-            self.take_in()
-            self.confirm_skips()
+            if self._reading:
+                self._urgent = True
+            else:
+                self.take_in()
+                self.confirm_skips()
         # SIGTERM and SIGINT: a serving worker ignores them (see _child).
 
     async def started(self) -> None:
@@ -161,17 +168,26 @@ class FakeWorker:
         if self.held:
             number, frame = self.held.popleft()
         else:
-            while True:
-                received = await self.receive()
-                if received is None:
-                    return None
-                if received.kind == _protocol.TASK:
-                    self._tasks_read += 1
-                    number, frame = self._tasks_read, received
-                    break
-                assert received.kind == _protocol.SKIP, received
+            self._reading = True
+            try:
+                while True:
+                    received = await self.receive()
+                    if received is None:
+                        return None
+                    if received.kind == _protocol.TASK:
+                        self._tasks_read += 1
+                        number, frame = self._tasks_read, received
+                        break
+                    # A SKIP before a task is stale: its task was answered.
+                    assert received.kind == _protocol.SKIP, received
+            finally:
+                self._reading = False
         fn, args, _soft_limit = _messages.decode_task(frame, None)
         self.started_tasks.append(number)
+        if self._urgent:
+            self._urgent = False
+            self.take_in()
+            self.confirm_skips()
         return number, fn, args
 
     async def hold(self, count: int) -> None:
@@ -345,9 +361,8 @@ async def fake_pool(
         launcher = Launcher(nursery, list(scripts))
         try:
             with _hooks.installed(launch=launcher, ahead_after=math.inf):
-                pool_cm = triopool.open_pool(**pool_options)
-            async with pool_cm as pool:
-                yield pool, launcher
+                async with triopool.open_pool(**pool_options) as pool:
+                    yield pool, launcher
         finally:
             nursery.cancel_scope.cancel()
             launcher.close()

@@ -299,11 +299,14 @@ async def test_a_frame_from_an_idle_worker_gets_it_killed(
             no_identity_problems(pool)
 
 
+@pytest.mark.parametrize("keeps_pipes", [False, True])
 async def test_answers_written_before_a_death_reach_their_callers(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, keeps_pipes: bool
 ) -> None:
     """The worker writes two answers (the first with AHEAD) and dies before
-    the pool has read them: both callers get their results."""
+    the pool has read them: both callers get their results. Its pipes close
+    with it, or a process it started keeps them open (then only its exit
+    tells the pool, and what it wrote is read all the same)."""
     caplog.set_level(logging.INFO, logger="triopool")
     go = trio.Event()
 
@@ -319,7 +322,10 @@ async def test_answers_written_before_a_death_reach_their_callers(
         task = await worker.next_task()  # the held one
         assert task is not None
         worker.answer(task[1](*task[2]))
-        worker.die(-signal.SIGSEGV)
+        if keeps_pipes:
+            worker.exit_keeping_pipes(-signal.SIGSEGV)
+        else:
+            worker.die(-signal.SIGSEGV)
 
     with trio.fail_after(_BOUND):
         async with fake_pool(answer_twice_then_die, workers=1) as (pool, launcher):
