@@ -6,7 +6,7 @@ an import that only runs sometimes (inside a function, behind
 deliberate: a type-only or deferred import still means the importing module
 cannot be read, checked or moved without the other, so a cycle through one is
 a cycle in the design, merely hidden from the interpreter. (``_pool``, ``_map``
-and ``_backend_pool`` once imported each other this way.)
+and the cluster pool once imported each other this way.)
 
 Three checks:
 
@@ -58,8 +58,9 @@ FLOORS: dict[str, int] = {
     "_worker": 2,
     "_config": 2,
     "_backend": 2,
-    # The schedulers' parts, local and on a cluster engine, and the counters
-    # (a snapshot reads the jobs' counts).
+    # The schedulers' parts, local and on a cluster engine, the counters (a
+    # snapshot reads the jobs' counts), and the cut between the pool and its
+    # scheduler (``_scheduler``).
     "_stats": 3,
     "_hooks": 3,
     "_jobs": 3,
@@ -69,14 +70,17 @@ FLOORS: dict[str, int] = {
     "_map": 3,
     "_ray": 3,
     "_dask": 3,
-    # The public face.
-    "_pool": 4,
-    "_backend_pool": 4,
-    "_default": 5,
-    "__init__": 5,
+    "_scheduler": 3,
+    # The two schedulers: local worker processes, and a cluster engine.
+    "_local": 4,
+    "_cluster": 4,
+    # The public face, the same over either scheduler.
+    "_pool": 5,
+    "_default": 6,
+    "__init__": 6,
     # Users of the public API.
-    "_cli": 6,
-    "__main__": 7,
+    "_cli": 7,
+    "__main__": 8,
 }
 
 #: What runs in a worker process: never trio or attrs (they would slow every
