@@ -278,6 +278,22 @@ def test_no_import_goes_up_a_floor() -> None:
     assert upward == []
 
 
+def test_the_pool_reaches_its_workers_only_through_a_scheduler() -> None:
+    # The scheduler cut: the public face knows the Scheduler protocol and
+    # which scheduler to make, not the machinery behind either; and the two
+    # schedulers share nothing but what lies below them.
+    _, edges = import_graph(PACKAGE)
+    arrows = {(edge.source, edge.target) for edge in edges if edge.internal}
+    machinery = {
+        f"triopool.{name}"
+        for name in ("_jobs", "_slots", "_serve", "_pipeline", "_worker", "_messages")
+    }
+    assert {t for s, t in arrows if s == "triopool._pool"} & machinery == set()
+    assert ("triopool._local", "triopool._cluster") not in arrows
+    assert ("triopool._cluster", "triopool._local") not in arrows
+    assert ("triopool._pool", "triopool._scheduler") in arrows
+
+
 def worker_side_violations(root: Path) -> list[str]:
     """Each import of a worker-side module that reaches beyond the standard
     library and the worker side, as ``module:line imports target``."""
