@@ -100,12 +100,7 @@ async def test_a_task_held_ahead_runs_elsewhere_when_its_worker_dies(
     go = trio.Event()
 
     async def die_holding(worker: FakeWorker) -> None:
-        task = await worker.next_task()
-        assert task is not None
-        await go.wait()
-        worker.answer(task[1](*task[2]))
-        assert await worker.next_task() is not None
-        await worker.hold(1)
+        await worker.answer_first_then_hold(go)
         worker.die(3)
 
     with trio.fail_after(_BOUND):
@@ -149,13 +144,7 @@ async def test_a_task_skipped_while_held_is_cancelled_and_the_worker_serves_on(
 
     async def hold_then_answer(worker: FakeWorker) -> None:
         worker.hears_sigurg = hears_sigurg
-        task = await worker.next_task()
-        assert task is not None
-        await go.wait()
-        worker.answer(task[1](*task[2]))
-        task = await worker.next_task()
-        assert task is not None
-        await worker.hold(1)
+        task = await worker.answer_first_then_hold(go)
         holding.set()
         await release.wait()
         answers.append(worker.answer_pieces(task[1](*task[2])))
@@ -207,13 +196,7 @@ async def test_a_skip_that_comes_after_the_task_started_gets_the_worker_killed(
 
     async def start_before_the_skip(worker: FakeWorker) -> None:
         worker.hears_sigurg = False
-        task = await worker.next_task()
-        assert task is not None
-        await go.wait()
-        worker.answer(task[1](*task[2]))
-        task = await worker.next_task()
-        assert task is not None
-        await worker.hold(1)
+        task = await worker.answer_first_then_hold(go)
         holding.set()
         # The SKIP is in the pipe, unread: the answer went out before it.
         await worker.signalled(signal.SIGURG)
@@ -311,13 +294,7 @@ async def test_answers_written_before_a_death_reach_their_callers(
     go = trio.Event()
 
     async def answer_twice_then_die(worker: FakeWorker) -> None:
-        task = await worker.next_task()
-        assert task is not None
-        await go.wait()
-        worker.answer(task[1](*task[2]))
-        task = await worker.next_task()
-        assert task is not None
-        await worker.hold(1)
+        task = await worker.answer_first_then_hold(go)
         worker.answer(task[1](*task[2]))
         task = await worker.next_task()  # the held one
         assert task is not None
