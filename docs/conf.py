@@ -52,9 +52,6 @@ nitpick_ignore = [
     # The backend protocol is internal (see docs/cluster.rst); its two
     # implementations, RayBackend and DaskBackend, are in the reference.
     ("py:class", "Backend"),
-    # What open_pool(backend=...) returns: a pool with Pool's public methods,
-    # whose class is internal too.
-    ("py:class", "BackendPool"),
     # The private alias for what retry_on takes (one exception class, or a
     # sequence of them); the option's description says so.
     ("py:class", "RetryOn"),
