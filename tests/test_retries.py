@@ -299,3 +299,35 @@ async def test_the_default_pool_takes_retries_too(tmp_path: Path) -> None:
         with pytest.raises(triopool.BrokenWorkerError):
             await triopool.run_sync(retryfuncs.run, once, "co", retries=0)
     assert len(retryfuncs.runs(once)) == 1
+
+
+async def test_a_time_limit_retry_with_tasks_written_ahead(tmp_path: Path) -> None:
+    # One worker: the quick tasks queued behind the hanging one are written
+    # ahead to it; its kill puts them back, and the retry waits for its exit.
+    task = folder(tmp_path)
+    results: list[int] = []
+
+    async def add(i: int) -> None:
+        results.append(await pool.run_sync(workerfuncs.add, i, 1))
+
+    with trio.fail_after(60):
+        async with triopool.open_pool(
+            1, retries=1, retry_on=triopool.TimeLimitExceeded
+        ) as pool:
+            assert await pool.run_sync(workerfuncs.add, 0, 1) == 1  # a short one
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(
+                    functools.partial(
+                        pool.run_sync, retryfuncs.run, task, "ho", time_limit=2.0
+                    )
+                )
+                while pool.statistics().tasks_running < 1:  # noqa: ASYNC110
+                    await trio.sleep(0.01)
+                for i in range(1, 6):
+                    nursery.start_soon(add, i)
+    stats = pool.statistics()
+    assert sorted(results) == [2, 3, 4, 5, 6]
+    assert len(retryfuncs.runs(task)) == 2
+    assert retryfuncs.overlaps(task) == []
+    assert (stats.tasks_retried, stats.tasks_completed, stats.tasks_failed) == (1, 7, 0)
+    assert identity_problems(stats) == []
