@@ -50,7 +50,7 @@ if TYPE_CHECKING:
         Mapping,
     )
     from types import CoroutineType
-    from typing import Literal, TypeVarTuple, Unpack
+    from typing import Final, Literal, TypeVarTuple, Unpack
 
     from ._config import Options
     from ._typing import AnyResultCallable, AsyncCallable, AsyncFunctionPassedToRunSync
@@ -67,6 +67,17 @@ __all__ = ["BackendPool", "open_backend_pool"]
 _SUPPORTED = frozenset(
     {"time_limit", "kill_on_cancel", "max_tasks_per_child", "shutdown_timeout"}
 )
+
+
+# Why a backend pool refuses some options: the engine owns its workers.
+_WHY_NOT: Final = {
+    "workers": " (size the cluster through the backend)",
+    "min_workers": ": the cluster's workers are the engine's, which sizes them itself",
+    "idle_timeout": ": the cluster's workers are the engine's, which sizes them itself",
+    "max_lifetime_per_child": (
+        ": the cluster's workers are the engine's, which decides when they end"
+    ),
+}
 
 
 class _State(enum.IntEnum):
@@ -119,9 +130,9 @@ def _check_options(backend: Backend, options: Mapping[str, Any]) -> None:
         default = defaults.get(option)
         if option in _SUPPORTED or value == default:
             continue
-        hint = " (size the cluster through the backend)" if option == "workers" else ""
         raise ValueError(
-            f"{name} does not support {option}={value!r}: leave it at its default{hint}"
+            f"{name} does not support {option}={value!r}: leave it at its "
+            f"default{_WHY_NOT.get(option, '')}"
         )
     capabilities = backend.capabilities
     if not capabilities.kill_running:

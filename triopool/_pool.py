@@ -436,6 +436,9 @@ def open_pool(
     soft_time_limit: float | None = None,
     kill_on_cancel: bool = True,
     shutdown_timeout: float = 5.0,
+    min_workers: int | None = None,
+    idle_timeout: float | None = None,
+    max_lifetime_per_child: float | None = None,
     backend: None = None,
 ) -> contextlib.AbstractAsyncContextManager[Pool]: ...
 @overload
@@ -454,6 +457,9 @@ def open_pool(
     soft_time_limit: float | None = None,
     kill_on_cancel: bool = True,
     shutdown_timeout: float = 5.0,
+    min_workers: int | None = None,
+    idle_timeout: float | None = None,
+    max_lifetime_per_child: float | None = None,
     backend: Backend,
 ) -> contextlib.AbstractAsyncContextManager[BackendPool]: ...
 def open_pool(
@@ -471,6 +477,9 @@ def open_pool(
     soft_time_limit: float | None = None,
     kill_on_cancel: bool = True,
     shutdown_timeout: float = 5.0,
+    min_workers: int | None = None,
+    idle_timeout: float | None = None,
+    max_lifetime_per_child: float | None = None,
     backend: Backend | None = None,
 ) -> (
     contextlib.AbstractAsyncContextManager[Pool]
@@ -544,6 +553,9 @@ def open_pool(
         soft_time_limit=soft_time_limit,
         kill_on_cancel=kill_on_cancel,
         shutdown_timeout=shutdown_timeout,
+        min_workers=min_workers,
+        idle_timeout=idle_timeout,
+        max_lifetime_per_child=max_lifetime_per_child,
     )
     return open_with_options(options, backend)
 
