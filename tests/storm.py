@@ -19,6 +19,9 @@ killed at the end (:class:`Grandchildren`).
 Profiles (``--profile``):
 
 - ``recycle`` (the default): the recycling storm above, for ``--minutes``.
+- ``elastic``: the same with idle shrink on (``min_workers=1``, a tiny
+  ``idle_timeout``) and tasks in bursts with pauses, so that workers exit
+  while idle and start again for the next burst (:func:`elastic_storm`).
 - ``cancel``: cancellation storms (:func:`run_cancel_storm`), ``burst`` and
   ``mixed`` taking turns, one Trio run each, until ``--minutes`` (or
   ``--rounds``) are up or one fails; ``cancel-burst`` and ``cancel-mixed``
@@ -401,6 +404,14 @@ class StormConfig:
     seed: int | None = None
     task_timeout: float = 120.0  # a task taking longer than this "hangs"
     hostile: float = 0.2  # share of tasks of the HOSTILE_ACTIONS, evenly
+    # More open_pool options (the ``elastic`` profile's idle shrink, say);
+    # a profile that adds one, e.g. ``retries=1``, adds it here.
+    pool_options: dict[str, Any] = field(default_factory=dict)
+    # Submit in bursts of this many tasks; once a burst's tasks have ended,
+    # pause this many seconds (random, up to twice as long): long enough for
+    # idle workers to exit, so that they start again for the next burst.
+    burst: int | None = None
+    pause: float = 0.0
 
 
 @dataclass
@@ -693,6 +704,14 @@ async def run_storm(config: StormConfig, run: Run = run_sync) -> StormReport:
                 await done.acquire()
                 tasks.start_soon(one_task, pool, number, done)
                 number += 1
+                if config.burst is not None and number % config.burst == 0:
+                    # The burst's tasks end (each releases its permit),
+                    # then the workers idle.
+                    for _ in range(config.in_flight):
+                        await done.acquire()
+                    for _ in range(config.in_flight):
+                        done.release()
+                    await trio.sleep(config.pause * rng.uniform(1, 2))
                 if rng.random() < 0.3:
                     await trio.sleep(rng.uniform(0, 0.01))
 
@@ -708,6 +727,7 @@ async def run_storm(config: StormConfig, run: Run = run_sync) -> StormReport:
             # Starts time out on purpose here; the pool must not give up.
             max_start_failures=10**9,
             shutdown_timeout=5.0,
+            **config.pool_options,
         ) as pool:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(monitor, pool)
@@ -988,12 +1008,13 @@ def main(argv: list[str] | None = None) -> int:
         "--json", action="store_true", help="end with one JSON line (for the tests)"
     )
     args = parser.parse_args(argv)
-    if args.profile != "recycle":
+    if args.profile not in STORM_PROFILES:
         return cancel_main(args)
     # Nothing is printed as it happens: the storm's LogWatch takes the pool's
     # records (start failures and deaths are the point here) and reports the
     # ones that are violations with the rest.
-    config = StormConfig(
+    config = dataclasses.replace(
+        STORM_PROFILES[args.profile],
         workers=args.workers,
         duration=args.minutes * 60,
         in_flight=args.in_flight,
@@ -1005,10 +1026,27 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if report.violations else 0
 
 
-# What --profile names: the recycling storm, or cancellation storms of one
+def elastic_storm(min_workers: int = 0, **pool_options: Any) -> StormConfig:
+    """The recycling storm with idle shrink on: bursts of tasks with pauses
+    several times ``idle_timeout`` long, so that workers exit while idle and
+    start again for the next burst (``pool_options`` adds more, e.g.
+    ``retries=1``)."""
+    return StormConfig(
+        pool_options={"min_workers": min_workers, "idle_timeout": 0.05} | pool_options,
+        burst=40,
+        pause=0.3,
+    )
+
+
+# The recycling storms --profile names: ``recycle``, and ``elastic`` (idle
+# workers exit above min_workers=1 and come back).
+STORM_PROFILES = {"recycle": StormConfig(), "elastic": elastic_storm(1)}
+
+# What --profile names: the recycling storms, or cancellation storms of one
 # kind or of two kinds taking turns ("cancel-small": the default suite's).
 PROFILES = {
     "recycle": (),
+    "elastic": (),
     "cancel": ("burst", "mixed"),
     "cancel-burst": ("burst",),
     "cancel-mixed": ("mixed",),
