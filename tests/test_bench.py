@@ -65,6 +65,13 @@ async def test_quick_benchmark_reports_every_metric(tmp_path: Path) -> None:
         value = metrics[key]["pools"]["triopool"]["median"]
         assert isinstance(value, float), (key, value)
         assert value > 0 or key == "parent_per_worker", (key, value)
+    # The burst after an idle period, for both start methods.
+    burst = {row["start_method"]: row for row in data["burst"]}
+    assert set(burst) == {"spawn", "forkserver"}
+    for row in burst.values():
+        assert row["first_ms"] > 0
+        assert row["workers_stopped"] >= 2 * row["workers"]
+    assert "Burst after an idle period" in table
 
 
 @pytest.mark.slow
