@@ -204,7 +204,10 @@ def stress(session: nox.Session) -> None:
     worker, 3,000 callers in 1.5 s, 70 % giving up within 0.5 ms;
     ``mixed``: two workers, 10,000 callers, cancellations with
     kill_on_cancel both ways), one Trio run each, until the time is up;
-    ``cancel-burst`` and ``cancel-mixed`` run one kind; ``elastic`` is the
+    ``cancel-burst`` and ``cancel-mixed`` run one kind; ``ahead-kills`` is
+    the write-ahead storm: 4 workers serving 20 tasks each, short tasks
+    written ahead to busy workers while workers are killed (by SIGKILL and
+    by their tasks), and no task may start twice; ``elastic`` is the
     recycling storm with idle workers exiting between bursts of tasks
     (min_workers=1, a tiny idle_timeout). See tests/storm.py.
     """

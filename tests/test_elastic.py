@@ -136,7 +136,7 @@ async def test_lifetime_retires_only_between_tasks_with_write_ahead(
 
     with trio.fail_after(120), _hooks.installed(ahead_after=3600.0, trace=trace):
         async with triopool.open_pool(
-            2, max_tasks_per_child=1000, max_lifetime_per_child=0.2
+            2, max_tasks_per_child=10**6, max_lifetime_per_child=0.1
         ) as pool:
             # Long enough for workers to pass their age with tasks ahead.
             # Rounds of 600 short tasks from 4 callers (so that tasks queue and
