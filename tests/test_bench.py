@@ -70,7 +70,8 @@ async def test_quick_benchmark_reports_every_metric(tmp_path: Path) -> None:
     assert set(burst) == {"spawn", "forkserver"}
     for row in burst.values():
         assert row["first_ms"] > 0
-        assert row["workers_stopped"] >= 2 * row["workers"]
+        # All workers left idle before the first burst, and again one.
+        assert row["workers_stopped"] >= row["workers"] + 1
     assert "Burst after an idle period" in table
 
 
