@@ -90,6 +90,7 @@ EXPECTED: dict[str, list[str]] = {
         "poison: runs tried: 2",
         "retried: 4 workers lost: 3",
     ],
+    "limits_idle.py": ["alive after a pause: 1", "results: 328350", "target: 4"],
     "map_basic.py": [
         "1229 primes below 10000",
         "... and 33860 primes below 400000",

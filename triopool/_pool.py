@@ -399,6 +399,9 @@ def open_pool(
     shutdown_timeout: float = 5.0,
     retries: int = 0,
     retry_on: RetryOn = (BrokenWorkerError,),
+    min_workers: int | None = None,
+    idle_timeout: float | None = None,
+    max_lifetime_per_child: float | None = None,
     backend: Backend | None = None,
 ) -> contextlib.AbstractAsyncContextManager[Pool]:
     """Open a pool of worker processes for the duration of an ``async with``.
@@ -441,6 +444,15 @@ def open_pool(
         retry_on: Default failures that are retried: a tuple (or one) of
             :class:`BrokenWorkerError` (the worker died under the task),
             :class:`TimeLimitExceeded` and the task's own exception types.
+        min_workers: Workers kept while idle; ``None``: all of them (the pool
+            never shrinks). Workers above it exit after ``idle_timeout`` idle
+            seconds, and start again at once when tasks wait. Needs
+            ``idle_timeout``; at most ``workers``.
+        idle_timeout: Seconds a worker above ``min_workers`` may stay idle
+            before it exits (``math.inf``: never). Needs ``min_workers``.
+        max_lifetime_per_child: Retire and replace a worker at its first idle
+            moment once it has been up this many seconds (never in the middle
+            of a task, nor while tasks are written ahead to it).
         backend: Run the tasks on a cluster engine instead
             (:class:`RayBackend`, :class:`DaskBackend`); options the backend
             cannot honour must stay at their defaults (see "Running on a
@@ -449,7 +461,8 @@ def open_pool(
     Raises:
         ValueError: An argument is out of range: ``workers < 1``, a negative
             time-out or limit, an unknown ``start_method``,
-            ``soft_time_limit >= time_limit``, ...
+            ``soft_time_limit >= time_limit``, ``min_workers > workers``,
+            ``idle_timeout`` without ``min_workers`` (or the reverse), ...
         TypeError: An argument has the wrong type, or ``initializer`` and
             ``initargs`` cannot be pickled.
 
@@ -478,6 +491,9 @@ def open_pool(
         shutdown_timeout=shutdown_timeout,
         retries=retries,
         retry_on=retry_on,
+        min_workers=min_workers,
+        idle_timeout=idle_timeout,
+        max_lifetime_per_child=max_lifetime_per_child,
     )
     return open_with_options(options, backend)
 
