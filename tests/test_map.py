@@ -742,9 +742,9 @@ async def test_bad_arguments(pool: triopool.Pool) -> None:
     with pytest.raises(TypeError, match="async function"):
         pool.imap(coroutine_function, range(3))
     with pytest.raises(TypeError, match="iterable must be an iterable"):
-        await pool.map(mapfuncs.square, 5)  # type: ignore[arg-type]
+        await pool.map(mapfuncs.square, 5)  # type: ignore[call-overload]
     with pytest.raises(TypeError, match="needs a callable"):
-        await pool.map(5, range(3))  # type: ignore[arg-type]
+        await pool.map(5, range(3))  # type: ignore[call-overload]
     # Not even cloudpickle can send a lock (lambdas are fine with it: see
     # test_serialization.py).
     lock: Any = threading.Lock()

@@ -374,21 +374,68 @@ class BackendPool:
         assert job.outcome is not None
         return job.outcome.unwrap()  # type: ignore[no-any-return]
 
+    @overload
+    async def map(
+        self,
+        fn: Callable[[Any], R],
+        iterable: Iterable[Any] | AsyncIterable[Any],
+        *,
+        chunksize: int | Literal["auto"] = ...,
+        return_exceptions: Literal[False] = ...,
+    ) -> list[R]: ...
+    @overload
+    async def map(
+        self,
+        fn: Callable[[Any], R],
+        iterable: Iterable[Any] | AsyncIterable[Any],
+        *,
+        chunksize: int | Literal["auto"] = ...,
+        return_exceptions: bool,
+    ) -> list[R | Exception]: ...
     async def map(
         self,
         fn: Callable[[Any], R],
         iterable: Iterable[Any] | AsyncIterable[Any],
         *,
         chunksize: int | Literal["auto"] = "auto",
-    ) -> list[R]:
+        return_exceptions: bool = False,
+    ) -> list[R] | list[R | Exception]:
         """Run ``fn`` on every item; return the results in input order.
 
         The same as :meth:`triopool.Pool.map`, built on :meth:`run_sync`.
         """
         if self._closing or self._closed:
             raise trio.ClosedResourceError("the pool is closed")
-        return await _map.map_list(self, fn, iterable, chunksize=chunksize)
+        return await _map.map_list(
+            self,
+            fn,
+            iterable,
+            chunksize=chunksize,
+            return_exceptions=return_exceptions,
+        )
 
+    @overload
+    def imap(
+        self,
+        fn: Callable[[Any], R],
+        iterable: Iterable[Any] | AsyncIterable[Any],
+        *,
+        ordered: bool = ...,
+        chunksize: int | Literal["auto"] = ...,
+        max_in_flight: int | None = ...,
+        return_exceptions: Literal[False] = ...,
+    ) -> contextlib.AbstractAsyncContextManager[AsyncIterator[R]]: ...
+    @overload
+    def imap(
+        self,
+        fn: Callable[[Any], R],
+        iterable: Iterable[Any] | AsyncIterable[Any],
+        *,
+        ordered: bool = ...,
+        chunksize: int | Literal["auto"] = ...,
+        max_in_flight: int | None = ...,
+        return_exceptions: bool,
+    ) -> contextlib.AbstractAsyncContextManager[AsyncIterator[R | Exception]]: ...
     def imap(
         self,
         fn: Callable[[Any], R],
@@ -397,7 +444,11 @@ class BackendPool:
         ordered: bool = True,
         chunksize: int | Literal["auto"] = "auto",
         max_in_flight: int | None = None,
-    ) -> contextlib.AbstractAsyncContextManager[AsyncIterator[R]]:
+        return_exceptions: bool = False,
+    ) -> (
+        contextlib.AbstractAsyncContextManager[AsyncIterator[R]]
+        | contextlib.AbstractAsyncContextManager[AsyncIterator[R | Exception]]
+    ):
         """Run ``fn`` on every item, at most ``max_in_flight`` (default two
         chunks of the largest size per slot of the engine) ahead of the
         consumer; iterate the results.
@@ -413,6 +464,7 @@ class BackendPool:
             ordered=ordered,
             chunksize=chunksize,
             max_in_flight=max_in_flight,
+            return_exceptions=return_exceptions,
         )
 
     # The dispatcher and the engine's callbacks (all on the Trio thread)

@@ -46,15 +46,16 @@ import math
 import time
 from collections import deque
 from collections.abc import AsyncIterable, Iterable, Sized
-from typing import TYPE_CHECKING, Generic, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar
 
 import attrs
 import trio
 
 from . import _serialize
-from ._chunk import run_chunk, run_timed_chunk
+from ._chunk import run_chunk, run_chunk_catching, run_timed_chunk
 from ._chunksize import MAX_AUTO_CHUNK, ChunkPlanner, default_max_in_flight
-from ._errors import SerializationError
+from ._errors import BrokenPoolError, SerializationError
+from ._messages import RemoteException
 
 if TYPE_CHECKING:
     from collections.abc import (
@@ -100,6 +101,10 @@ Chunksize = int | Literal["auto"]
 
 _NEVER = math.inf
 
+#: Errors that end a call even with ``return_exceptions=True``: they say
+#: that the pool cannot run anything more, not that an item failed.
+_CALL_ERRORS = (BrokenPoolError, trio.ClosedResourceError)
+
 
 def check_arguments(
     fn: object,
@@ -108,6 +113,7 @@ def check_arguments(
     ordered: object = True,
     chunksize: object,
     max_in_flight: object = None,
+    return_exceptions: object = False,
     where: str,
 ) -> None:
     """Raise TypeError/ValueError naming the first bad argument of ``where``."""
@@ -123,6 +129,8 @@ def check_arguments(
         )
     if not isinstance(ordered, bool):
         raise TypeError(f"ordered must be a bool, got {ordered!r}")
+    if not isinstance(return_exceptions, bool):
+        raise TypeError(f"return_exceptions must be a bool, got {return_exceptions!r}")
     if chunksize != "auto":
         if isinstance(chunksize, str):
             raise ValueError(
@@ -196,6 +204,8 @@ class _MapCall(Generic[ItemT, ResultT]):
     _planner: ChunkPlanner | None = attrs.field(default=None, alias="planner")
     # Chunks running at once.
     _max_chunks: int | float = attrs.field(default=math.inf, alias="max_chunks")
+    # Failing items yield their exception in their place.
+    _return_exceptions: bool = attrs.field(default=False, alias="return_exceptions")
     _total: int | None = None  # the input's length, when it has one
     _pulled: int = 0
     _received: int = 0
@@ -393,7 +403,9 @@ class _MapCall(Generic[ItemT, ResultT]):
 
     async def _run_chunk(self, start: int, items: list[ItemT]) -> None:
         try:
-            if self._planner is not None:
+            if self._return_exceptions:
+                values = await self._outcomes(items)
+            elif self._planner is not None:
                 values, seconds = await self._pool.run_sync(
                     run_timed_chunk, self._fn, items
                 )
@@ -418,6 +430,64 @@ class _MapCall(Generic[ItemT, ResultT]):
         else:
             self._done.append(chunk)
         self._results_changed.unpark_all()
+
+    async def _outcomes(self, items: list[ItemT]) -> list[Any]:
+        """``return_exceptions=True``: each item's result or exception.
+
+        A chunk runs as one task that catches each item's exception in the
+        worker. If the chunk fails as a whole (its worker died, it hit the
+        time limit, something of it could not be pickled), its items run
+        again one task each, so that only the item at fault gets the error;
+        the items of that chunk that had finished run twice.
+        """
+        fn = self._fn
+        if len(items) > 1 or self._planner is not None:
+            try:
+                values, failures, seconds = await self._pool.run_sync(
+                    run_chunk_catching, fn, items
+                )
+            except _CALL_ERRORS:
+                raise
+            except Exception as exc:
+                if self._planner is not None:
+                    self._planner.observe_failure()
+                if len(items) == 1:
+                    return [exc]
+                return await self._outcomes_one_by_one(items)
+            if self._planner is not None:
+                self._planner.observe_run(len(items), seconds)
+                if self._chunks_running >= self._max_chunks:
+                    self._room_made.unpark_all()
+            outcomes: list[Any] = values
+            for index, wire in failures.items():
+                outcomes[index] = RemoteException.from_wire(wire).rebuild()
+            return outcomes
+        try:
+            return [await self._pool.run_sync(fn, items[0])]
+        except _CALL_ERRORS:
+            raise
+        except Exception as exc:
+            return [exc]
+
+    async def _outcomes_one_by_one(self, items: list[ItemT]) -> list[Any]:
+        values: list[Any] = [None] * len(items)
+        call_error: list[Exception] = []
+
+        async def run_one(index: int) -> None:
+            try:
+                values[index] = await self._pool.run_sync(self._fn, items[index])
+            except _CALL_ERRORS as exc:
+                call_error.append(exc)
+                nursery.cancel_scope.cancel()
+            except Exception as exc:
+                values[index] = exc
+
+        async with trio.open_nursery() as nursery:
+            for index in range(len(items)):
+                nursery.start_soon(run_one, index)
+        if call_error:
+            raise call_error[0]
+        return values
 
     def _fail(self, error: BaseException) -> None:
         if self._error is None and not self._finished:
@@ -465,6 +535,7 @@ def _new_call(
     ordered: bool,
     chunksize: Chunksize,
     max_in_flight: int | None,
+    return_exceptions: bool,
 ) -> _MapCall[ItemT, ResultT]:
     # At least one, so the defaults leave room for a chunk even if an engine
     # reported no worker slots when the pool opened.
@@ -472,7 +543,14 @@ def _new_call(
     if chunksize != "auto":
         if max_in_flight is None:
             max_in_flight = 2 * workers * chunksize
-        return _MapCall(pool, fn, ordered, chunksize, max_in_flight)
+        return _MapCall(
+            pool,
+            fn,
+            ordered,
+            chunksize,
+            max_in_flight,
+            return_exceptions=return_exceptions,
+        )
     if max_in_flight is None:
         max_in_flight = default_max_in_flight(workers)
     # Room for two of the largest chunks per worker within max_in_flight, so
@@ -487,6 +565,7 @@ def _new_call(
         max_in_flight,
         planner=planner,
         max_chunks=2 * workers,
+        return_exceptions=return_exceptions,
     )
 
 
@@ -499,9 +578,15 @@ async def _open_imap(
     ordered: bool,
     chunksize: Chunksize,
     max_in_flight: int | None,
+    return_exceptions: bool,
 ) -> AsyncIterator[AsyncIterator[ResultT]]:
     call = _new_call(
-        pool, fn, ordered=ordered, chunksize=chunksize, max_in_flight=max_in_flight
+        pool,
+        fn,
+        ordered=ordered,
+        chunksize=chunksize,
+        max_in_flight=max_in_flight,
+        return_exceptions=return_exceptions,
     )
     async with _running(call, iterable):
         yield call
@@ -515,6 +600,7 @@ def imap(
     ordered: bool,
     chunksize: Chunksize,
     max_in_flight: int | None,
+    return_exceptions: bool = False,
 ) -> AbstractAsyncContextManager[AsyncIterator[ResultT]]:
     """Check the arguments now; see :meth:`triopool.Pool.imap`."""
     check_arguments(
@@ -523,6 +609,7 @@ def imap(
         ordered=ordered,
         chunksize=chunksize,
         max_in_flight=max_in_flight,
+        return_exceptions=return_exceptions,
         where="imap",
     )
     _check_picklable(fn)
@@ -533,6 +620,7 @@ def imap(
         ordered=ordered,
         chunksize=chunksize,
         max_in_flight=max_in_flight,
+        return_exceptions=return_exceptions,
     )
 
 
@@ -542,13 +630,27 @@ async def map_list(
     iterable: Iterable[ItemT] | AsyncIterable[ItemT],
     *,
     chunksize: Chunksize,
+    return_exceptions: bool = False,
 ) -> list[ResultT]:
     """See :meth:`triopool.Pool.map`."""
-    check_arguments(fn, iterable, chunksize=chunksize, where="map")
+    check_arguments(
+        fn,
+        iterable,
+        chunksize=chunksize,
+        return_exceptions=return_exceptions,
+        where="map",
+    )
     _check_picklable(fn)
     # Taken in completion order and put in place here: a slow item does not
     # hold back the pulling of the items after it.
-    call = _new_call(pool, fn, ordered=False, chunksize=chunksize, max_in_flight=None)
+    call = _new_call(
+        pool,
+        fn,
+        ordered=False,
+        chunksize=chunksize,
+        max_in_flight=None,
+        return_exceptions=return_exceptions,
+    )
     by_start: dict[int, list[ResultT]] = {}
     async with _running(call, iterable):
         while True:

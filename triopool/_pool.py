@@ -243,13 +243,32 @@ class Pool:
         assert job.frame is not None
         return _messages.outcome(job.frame)  # type: ignore[no-any-return]
 
+    @overload
+    async def map(
+        self,
+        fn: Callable[[ItemT], T],
+        iterable: Iterable[ItemT] | AsyncIterable[ItemT],
+        *,
+        chunksize: int | Literal["auto"] = ...,
+        return_exceptions: Literal[False] = ...,
+    ) -> list[T]: ...
+    @overload
+    async def map(
+        self,
+        fn: Callable[[ItemT], T],
+        iterable: Iterable[ItemT] | AsyncIterable[ItemT],
+        *,
+        chunksize: int | Literal["auto"] = ...,
+        return_exceptions: bool,
+    ) -> list[T | Exception]: ...
     async def map(
         self,
         fn: Callable[[ItemT], T],
         iterable: Iterable[ItemT] | AsyncIterable[ItemT],
         *,
         chunksize: int | Literal["auto"] = "auto",
-    ) -> list[T]:
+        return_exceptions: bool = False,
+    ) -> list[T] | list[T | Exception]:
         """Run ``fn(item)`` in the workers for every item; return the results.
 
         The results are in input order. Items are pulled from ``iterable`` as
@@ -262,7 +281,9 @@ class Pool:
         here as itself, with the worker's traceback as for :meth:`run_sync`;
         the call's other tasks are cancelled first (running ones as the pool's
         ``kill_on_cancel`` says). The pool's time limits apply to each task,
-        that is, to each chunk as a whole.
+        that is, to each chunk as a whole. With ``return_exceptions=True``
+        a failing item yields its exception in its place instead, and the
+        call goes on.
 
         Args:
             fn: A regular (not async) callable of one argument that the worker
@@ -277,6 +298,16 @@ class Pool:
                 int sends that many items per task. The results still come
                 back one per item; a chunk that fails raises the exception of
                 its first failing item.
+            return_exceptions: ``True``: an item that fails yields its
+                exception instance in its place (its own exception,
+                :class:`BrokenWorkerError`, :class:`TimeLimitExceeded`,
+                :class:`SerializationError`, ...) and the call goes on. A
+                chunk whose worker died, that hit the time limit or that
+                could not be pickled as a whole runs again one item per
+                task, so only the item at fault gets the error (and the
+                items of that chunk that had finished run twice). Only
+                :class:`BrokenPoolError`, a closed pool and an error of
+                ``iterable`` itself still end the call.
 
         Returns:
             ``[fn(item) for item in iterable]``, computed in the workers.
@@ -299,8 +330,36 @@ class Pool:
             lengths = await pool.map(len, data.split(b" "))
         """
         self._check_usable()
-        return await _map.map_list(self, fn, iterable, chunksize=chunksize)
+        return await _map.map_list(
+            self,
+            fn,
+            iterable,
+            chunksize=chunksize,
+            return_exceptions=return_exceptions,
+        )
 
+    @overload
+    def imap(
+        self,
+        fn: Callable[[ItemT], T],
+        iterable: Iterable[ItemT] | AsyncIterable[ItemT],
+        *,
+        ordered: bool = ...,
+        chunksize: int | Literal["auto"] = ...,
+        max_in_flight: int | None = ...,
+        return_exceptions: Literal[False] = ...,
+    ) -> contextlib.AbstractAsyncContextManager[AsyncIterator[T]]: ...
+    @overload
+    def imap(
+        self,
+        fn: Callable[[ItemT], T],
+        iterable: Iterable[ItemT] | AsyncIterable[ItemT],
+        *,
+        ordered: bool = ...,
+        chunksize: int | Literal["auto"] = ...,
+        max_in_flight: int | None = ...,
+        return_exceptions: bool,
+    ) -> contextlib.AbstractAsyncContextManager[AsyncIterator[T | Exception]]: ...
     def imap(
         self,
         fn: Callable[[ItemT], T],
@@ -309,7 +368,11 @@ class Pool:
         ordered: bool = True,
         chunksize: int | Literal["auto"] = "auto",
         max_in_flight: int | None = None,
-    ) -> contextlib.AbstractAsyncContextManager[AsyncIterator[T]]:
+        return_exceptions: bool = False,
+    ) -> (
+        contextlib.AbstractAsyncContextManager[AsyncIterator[T]]
+        | contextlib.AbstractAsyncContextManager[AsyncIterator[T | Exception]]
+    ):
         """Stream ``fn(item)`` for every item, computed in the workers.
 
         Use it with ``async with``; the block owns every task of the call, and
@@ -352,6 +415,9 @@ class Pool:
                 than ``chunksize``, chunks hold ``max_in_flight`` items; with
                 ``"auto"``, chunks hold at most ``max_in_flight // (2 *
                 workers)`` items (at least one).
+            return_exceptions: ``True``: an item that fails yields its
+                exception instance in its place and the call goes on (see
+                :meth:`map`).
 
         Returns:
             An async context manager whose value is an async iterator of the
@@ -383,6 +449,7 @@ class Pool:
             ordered=ordered,
             chunksize=chunksize,
             max_in_flight=max_in_flight,
+            return_exceptions=return_exceptions,
         )
 
     # Jobs
