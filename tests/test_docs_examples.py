@@ -94,6 +94,7 @@ EXPECTED: dict[str, list[str]] = {
         "worker frame in traceback: True",
         "[5, 6]",
     ],
+    "map_progress.py": ["all 2000 done, 0 failed", "sum of squares: 2664667000"],
     "map_return_exceptions.py": [
         "1: 1",
         "three: failed with ValueError",

@@ -58,6 +58,7 @@ FLOORS: dict[str, int] = {
     "_worker": 2,
     "_config": 2,
     "_backend": 2,
+    "_progress": 2,
     # The schedulers' parts, local and on a cluster engine, and the counters
     # (a snapshot reads the jobs' counts).
     "_stats": 3,

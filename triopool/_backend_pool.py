@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from typing import Literal, TypeVarTuple, Unpack
 
     from ._config import Options
+    from ._progress import MapProgress
     from ._typing import AnyResultCallable, AsyncCallable, AsyncFunctionPassedToRunSync
 
     Ts = TypeVarTuple("Ts")
@@ -382,6 +383,7 @@ class BackendPool:
         *,
         chunksize: int | Literal["auto"] = ...,
         return_exceptions: Literal[False] = ...,
+        progress: bool | Callable[[MapProgress], object] | None = ...,
     ) -> list[R]: ...
     @overload
     async def map(
@@ -391,6 +393,7 @@ class BackendPool:
         *,
         chunksize: int | Literal["auto"] = ...,
         return_exceptions: bool,
+        progress: bool | Callable[[MapProgress], object] | None = ...,
     ) -> list[R | Exception]: ...
     async def map(
         self,
@@ -399,6 +402,7 @@ class BackendPool:
         *,
         chunksize: int | Literal["auto"] = "auto",
         return_exceptions: bool = False,
+        progress: bool | Callable[[MapProgress], object] | None = None,
     ) -> list[R] | list[R | Exception]:
         """Run ``fn`` on every item; return the results in input order.
 
@@ -412,6 +416,7 @@ class BackendPool:
             iterable,
             chunksize=chunksize,
             return_exceptions=return_exceptions,
+            progress=progress,
         )
 
     @overload
@@ -424,6 +429,7 @@ class BackendPool:
         chunksize: int | Literal["auto"] = ...,
         max_in_flight: int | None = ...,
         return_exceptions: Literal[False] = ...,
+        progress: bool | Callable[[MapProgress], object] | None = ...,
     ) -> contextlib.AbstractAsyncContextManager[AsyncIterator[R]]: ...
     @overload
     def imap(
@@ -435,6 +441,7 @@ class BackendPool:
         chunksize: int | Literal["auto"] = ...,
         max_in_flight: int | None = ...,
         return_exceptions: bool,
+        progress: bool | Callable[[MapProgress], object] | None = ...,
     ) -> contextlib.AbstractAsyncContextManager[AsyncIterator[R | Exception]]: ...
     def imap(
         self,
@@ -445,6 +452,7 @@ class BackendPool:
         chunksize: int | Literal["auto"] = "auto",
         max_in_flight: int | None = None,
         return_exceptions: bool = False,
+        progress: bool | Callable[[MapProgress], object] | None = None,
     ) -> (
         contextlib.AbstractAsyncContextManager[AsyncIterator[R]]
         | contextlib.AbstractAsyncContextManager[AsyncIterator[R | Exception]]
@@ -465,6 +473,7 @@ class BackendPool:
             chunksize=chunksize,
             max_in_flight=max_in_flight,
             return_exceptions=return_exceptions,
+            progress=progress,
         )
 
     # The dispatcher and the engine's callbacks (all on the Trio thread)

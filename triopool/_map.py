@@ -56,6 +56,7 @@ from ._chunk import run_chunk, run_chunk_catching, run_timed_chunk
 from ._chunksize import MAX_AUTO_CHUNK, ChunkPlanner, default_max_in_flight
 from ._errors import BrokenPoolError, SerializationError
 from ._messages import RemoteException
+from ._progress import Reporter, check_progress, reporter_for
 
 if TYPE_CHECKING:
     from collections.abc import (
@@ -66,9 +67,15 @@ if TYPE_CHECKING:
         Iterator,
     )
     from contextlib import AbstractAsyncContextManager
-    from typing import Never, Self, TypeVarTuple, Unpack
+    from typing import Never, Self, TypeAlias, TypeVarTuple, Unpack
+
+    from ._progress import MapProgress
 
     Ts = TypeVarTuple("Ts")
+
+    #: What ``progress`` may be: None/False (none), True (a line on stderr
+    #: when it is a terminal), or a callable that takes snapshots.
+    ProgressArg: TypeAlias = bool | Callable[[MapProgress], object] | None
 
 ItemT = TypeVar("ItemT")
 ResultT = TypeVar("ResultT")
@@ -114,6 +121,7 @@ def check_arguments(
     chunksize: object,
     max_in_flight: object = None,
     return_exceptions: object = False,
+    progress: object = None,
     where: str,
 ) -> None:
     """Raise TypeError/ValueError naming the first bad argument of ``where``."""
@@ -131,6 +139,7 @@ def check_arguments(
         raise TypeError(f"ordered must be a bool, got {ordered!r}")
     if not isinstance(return_exceptions, bool):
         raise TypeError(f"return_exceptions must be a bool, got {return_exceptions!r}")
+    check_progress(progress)
     if chunksize != "auto":
         if isinstance(chunksize, str):
             raise ValueError(
@@ -206,6 +215,8 @@ class _MapCall(Generic[ItemT, ResultT]):
     _max_chunks: int | float = attrs.field(default=math.inf, alias="max_chunks")
     # Failing items yield their exception in their place.
     _return_exceptions: bool = attrs.field(default=False, alias="return_exceptions")
+    # progress=: counts outcomes, hands out snapshots.
+    _reporter: Reporter | None = attrs.field(default=None, alias="reporter")
     _total: int | None = None  # the input's length, when it has one
     _pulled: int = 0
     _received: int = 0
@@ -324,10 +335,15 @@ class _MapCall(Generic[ItemT, ResultT]):
         self, work: trio.Nursery, source: Iterable[ItemT] | AsyncIterable[ItemT]
     ) -> None:
         size = min(self._chunksize, self._max_in_flight)
-        if self._planner is not None and isinstance(source, Sized):
-            # A known length lets the last chunks shrink (see _chunksize).
+        if (self._planner is not None or self._reporter is not None) and isinstance(
+            source, Sized
+        ):
+            # A known length lets the last chunks shrink (see _chunksize), and
+            # progress show a total.
             with contextlib.suppress(Exception):
                 self._total = len(source)
+            if self._reporter is not None:
+                self._reporter.total = self._total
         sync_items: Iterator[ItemT] | None = None
         async_items: AsyncIterator[ItemT] | None = None
         if isinstance(source, AsyncIterable):
@@ -419,11 +435,22 @@ class _MapCall(Generic[ItemT, ResultT]):
         except Exception as exc:
             self._chunks_running -= 1
             self._fail(exc)
+            if self._reporter is not None:
+                self._reporter.failed += 1
             return
         except BaseException:
             self._chunks_running -= 1
             raise
         self._chunks_running -= 1
+        if self._reporter is not None:
+            failed = 0
+            if self._return_exceptions:
+                failed = sum(isinstance(value, Exception) for value in values)
+            try:
+                self._reporter.add(len(values), failed)
+            except Exception as exc:
+                self._fail(exc)
+                return
         chunk = _Chunk(start, values)
         if self._ordered:
             self._by_start[start] = chunk
@@ -496,6 +523,12 @@ class _MapCall(Generic[ItemT, ResultT]):
             self._work_scope.cancel()
             self._results_changed.unpark_all()
 
+    def report_end(self) -> None:
+        """The final progress snapshot, once the call's tasks have ended."""
+        if self._reporter is not None:
+            reporter, self._reporter = self._reporter, None
+            reporter.finish()
+
     def close(self) -> None:
         self._closed = True
         self._by_start.clear()
@@ -524,6 +557,7 @@ async def _running(
                 nursery.cancel_scope.cancel()
     finally:
         call.close()
+        call.report_end()
     if body_error is not None:
         raise body_error
 
@@ -536,6 +570,7 @@ def _new_call(
     chunksize: Chunksize,
     max_in_flight: int | None,
     return_exceptions: bool,
+    progress: ProgressArg,
 ) -> _MapCall[ItemT, ResultT]:
     # At least one, so the defaults leave room for a chunk even if an engine
     # reported no worker slots when the pool opened.
@@ -550,6 +585,7 @@ def _new_call(
             chunksize,
             max_in_flight,
             return_exceptions=return_exceptions,
+            reporter=reporter_for(progress),
         )
     if max_in_flight is None:
         max_in_flight = default_max_in_flight(workers)
@@ -566,6 +602,7 @@ def _new_call(
         planner=planner,
         max_chunks=2 * workers,
         return_exceptions=return_exceptions,
+        reporter=reporter_for(progress),
     )
 
 
@@ -579,6 +616,7 @@ async def _open_imap(
     chunksize: Chunksize,
     max_in_flight: int | None,
     return_exceptions: bool,
+    progress: ProgressArg,
 ) -> AsyncIterator[AsyncIterator[ResultT]]:
     call = _new_call(
         pool,
@@ -587,6 +625,7 @@ async def _open_imap(
         chunksize=chunksize,
         max_in_flight=max_in_flight,
         return_exceptions=return_exceptions,
+        progress=progress,
     )
     async with _running(call, iterable):
         yield call
@@ -601,6 +640,7 @@ def imap(
     chunksize: Chunksize,
     max_in_flight: int | None,
     return_exceptions: bool = False,
+    progress: ProgressArg = None,
 ) -> AbstractAsyncContextManager[AsyncIterator[ResultT]]:
     """Check the arguments now; see :meth:`triopool.Pool.imap`."""
     check_arguments(
@@ -610,6 +650,7 @@ def imap(
         chunksize=chunksize,
         max_in_flight=max_in_flight,
         return_exceptions=return_exceptions,
+        progress=progress,
         where="imap",
     )
     _check_picklable(fn)
@@ -621,6 +662,7 @@ def imap(
         chunksize=chunksize,
         max_in_flight=max_in_flight,
         return_exceptions=return_exceptions,
+        progress=progress,
     )
 
 
@@ -631,6 +673,7 @@ async def map_list(
     *,
     chunksize: Chunksize,
     return_exceptions: bool = False,
+    progress: ProgressArg = None,
 ) -> list[ResultT]:
     """See :meth:`triopool.Pool.map`."""
     check_arguments(
@@ -638,6 +681,7 @@ async def map_list(
         iterable,
         chunksize=chunksize,
         return_exceptions=return_exceptions,
+        progress=progress,
         where="map",
     )
     _check_picklable(fn)
@@ -650,6 +694,7 @@ async def map_list(
         chunksize=chunksize,
         max_in_flight=None,
         return_exceptions=return_exceptions,
+        progress=progress,
     )
     by_start: dict[int, list[ResultT]] = {}
     async with _running(call, iterable):

@@ -62,6 +62,7 @@ if TYPE_CHECKING:
 
     from ._backend import Backend
     from ._backend_pool import BackendPool
+    from ._progress import MapProgress
     from ._stats import PoolStatistics
     from ._typing import AnyResultCallable, AsyncCallable, AsyncFunctionPassedToRunSync
 
@@ -251,6 +252,7 @@ class Pool:
         *,
         chunksize: int | Literal["auto"] = ...,
         return_exceptions: Literal[False] = ...,
+        progress: bool | Callable[[MapProgress], object] | None = ...,
     ) -> list[T]: ...
     @overload
     async def map(
@@ -260,6 +262,7 @@ class Pool:
         *,
         chunksize: int | Literal["auto"] = ...,
         return_exceptions: bool,
+        progress: bool | Callable[[MapProgress], object] | None = ...,
     ) -> list[T | Exception]: ...
     async def map(
         self,
@@ -268,6 +271,7 @@ class Pool:
         *,
         chunksize: int | Literal["auto"] = "auto",
         return_exceptions: bool = False,
+        progress: bool | Callable[[MapProgress], object] | None = None,
     ) -> list[T] | list[T | Exception]:
         """Run ``fn(item)`` in the workers for every item; return the results.
 
@@ -298,6 +302,14 @@ class Pool:
                 int sends that many items per task. The results still come
                 back one per item; a chunk that fails raises the exception of
                 its first failing item.
+            progress: ``True``: show a progress line on stderr when it is a
+                terminal (items done, the total when ``iterable`` has a
+                length, failures, rate, ETA). A callable: called with a
+                :class:`MapProgress` snapshot at most ten times a second as
+                results come in, and once when the call ends (whether it
+                ends with the results, an error or a cancellation). An
+                exception it raises ends the call like a task's. ``None``
+                (the default) or ``False``: nothing.
             return_exceptions: ``True``: an item that fails yields its
                 exception instance in its place (its own exception,
                 :class:`BrokenWorkerError`, :class:`TimeLimitExceeded`,
@@ -336,6 +348,7 @@ class Pool:
             iterable,
             chunksize=chunksize,
             return_exceptions=return_exceptions,
+            progress=progress,
         )
 
     @overload
@@ -348,6 +361,7 @@ class Pool:
         chunksize: int | Literal["auto"] = ...,
         max_in_flight: int | None = ...,
         return_exceptions: Literal[False] = ...,
+        progress: bool | Callable[[MapProgress], object] | None = ...,
     ) -> contextlib.AbstractAsyncContextManager[AsyncIterator[T]]: ...
     @overload
     def imap(
@@ -359,6 +373,7 @@ class Pool:
         chunksize: int | Literal["auto"] = ...,
         max_in_flight: int | None = ...,
         return_exceptions: bool,
+        progress: bool | Callable[[MapProgress], object] | None = ...,
     ) -> contextlib.AbstractAsyncContextManager[AsyncIterator[T | Exception]]: ...
     def imap(
         self,
@@ -369,6 +384,7 @@ class Pool:
         chunksize: int | Literal["auto"] = "auto",
         max_in_flight: int | None = None,
         return_exceptions: bool = False,
+        progress: bool | Callable[[MapProgress], object] | None = None,
     ) -> (
         contextlib.AbstractAsyncContextManager[AsyncIterator[T]]
         | contextlib.AbstractAsyncContextManager[AsyncIterator[T | Exception]]
@@ -418,6 +434,9 @@ class Pool:
             return_exceptions: ``True``: an item that fails yields its
                 exception instance in its place and the call goes on (see
                 :meth:`map`).
+            progress: Show or report how far the call has got (see
+                :meth:`map`). With ``imap`` an item counts as done when its
+                result arrives in the parent, before the consumer takes it.
 
         Returns:
             An async context manager whose value is an async iterator of the
@@ -450,6 +469,7 @@ class Pool:
             chunksize=chunksize,
             max_in_flight=max_in_flight,
             return_exceptions=return_exceptions,
+            progress=progress,
         )
 
     # Jobs
