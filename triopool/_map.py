@@ -53,7 +53,12 @@ import trio
 
 from . import _serialize
 from ._chunk import run_chunk, run_chunk_catching, run_timed_chunk
-from ._chunksize import MAX_AUTO_CHUNK, ChunkPlanner, default_max_in_flight
+from ._chunksize import (
+    MAX_AUTO_CHUNK,
+    ChunkPlanner,
+    default_fixed_max_in_flight,
+    default_max_in_flight,
+)
 from ._errors import BrokenPoolError, SerializationError
 from ._messages import RemoteException
 from ._progress import Reporter, check_progress, reporter_for
@@ -577,7 +582,7 @@ def _new_call(
     workers = max(1, pool.statistics().workers)
     if chunksize != "auto":
         if max_in_flight is None:
-            max_in_flight = 2 * workers * chunksize
+            max_in_flight = default_fixed_max_in_flight(workers, chunksize)
         return _MapCall(
             pool,
             fn,

@@ -427,7 +427,8 @@ class Pool:
                 of the results received. ``None``: with ``"auto"``,
                 ``8192 * workers`` (two chunks of the largest automatic size,
                 4096, per worker); with an int ``chunksize``,
-                ``2 * workers * chunksize`` (two chunks per worker). If less
+                ``workers * max(2 * chunksize, 64)`` (two chunks per worker,
+                and enough small chunks to keep workers busy). If less
                 than ``chunksize``, chunks hold ``max_in_flight`` items; with
                 ``"auto"``, chunks hold at most ``max_in_flight // (2 *
                 workers)`` items (at least one).
