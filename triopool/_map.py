@@ -2,9 +2,13 @@
 
 One call is a :class:`_MapCall`. Inside the ``async with`` that runs it, a
 *producer* task pulls items from the input (a sync or an async iterable),
-groups them into chunks and starts one task per chunk in its own *work*
-nursery; each chunk task submits its chunk through :meth:`Pool.run_sync` and
-stores the results. With ``chunksize="auto"`` a :class:`ChunkPlanner` sizes
+groups them into chunks and hands each chunk to the pool. A local pool
+*streams*: the chunk becomes a job of the pool's queue at once
+(``Pool._submit_nowait``), with no task of ours waiting for it; the pool
+writes jobs ahead into busy workers' pipes as it does for ``run_sync``, and
+the job's end calls :meth:`_MapCall._streamed_ended`, which stores the
+results. Other runners (a cluster backend's pool) get one task per chunk in
+the producer's *work* nursery, which awaits ``run_sync``. With ``chunksize="auto"`` a :class:`ChunkPlanner` sizes
 each chunk from the worker times of the chunks before it and from how fast
 the input comes. The consumer takes results one at a time, in input order
 or in completion order. No async generator is involved: the consumer's
@@ -25,6 +29,11 @@ Invariants:
   take raises the error, as itself: when the caller sees it, no task of the
   call runs any more. Later errors, results not yet taken and errors the
   consumer never asked for are dropped.
+- Streamed chunks are given up the way a cancelled ``run_sync`` gives its
+  task up (queued: never runs; running: killed, or waited for with
+  ``kill_on_cancel=False``; written ahead: dropped by the worker, or run):
+  the producer ends only once every streamed chunk has ended or was given
+  up, so the rules below hold for them as for chunk tasks.
 - Leaving the ``async with`` cancels whatever still runs and waits for it:
   no task of the call outlives the block. After it, a take raises
   :class:`trio.ClosedResourceError`.
@@ -40,6 +49,7 @@ item, which would cap chunked throughput.
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import itertools
 import math
@@ -105,6 +115,39 @@ class Runner(Protocol):
     ) -> Awaitable[T]: ...
 
     def statistics(self) -> Counts: ...
+
+
+class Streamer(Protocol):
+    """What streaming dispatch needs of a pool (a local Pool has it): submit
+    a task without a task of ours waiting for it; ``on_end`` gets a function
+    that returns its result or raises its error, or ``None`` if it was
+    cancelled before it ran; the returned ``cancel()`` says whether the task
+    is over (``True``) or ``on_end`` is still to come."""
+
+    def __call__(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        on_end: Callable[[Callable[[], Any] | None], None],
+    ) -> Callable[[], bool]: ...
+
+
+# What a streamed chunk's task returns (see _Streamed.kind).
+_SINGLE = 0  # fn(item)
+_PLAIN = 1  # run_chunk
+_TIMED = 2  # run_timed_chunk
+_CATCHING = 3  # run_chunk_catching
+
+
+@attrs.define(eq=False)
+class _Streamed:
+    """A chunk submitted without a task: its items, and how to give it up."""
+
+    start: int
+    items: list[Any]
+    kind: int
+    cancel: Callable[[], bool] | None = None
+    ended: bool = False
 
 
 #: What ``chunksize`` may be: a number of items, or "auto".
@@ -222,6 +265,14 @@ class _MapCall(Generic[ItemT, ResultT]):
     _return_exceptions: bool = attrs.field(default=False, alias="return_exceptions")
     # progress=: counts outcomes, hands out snapshots.
     _reporter: Reporter | None = attrs.field(default=None, alias="reporter")
+    # The pool's streaming seam, if it has one: chunks are then submitted
+    # from the producer, without a task each (see _stream_chunk).
+    _submit: Streamer | None = attrs.field(default=None, alias="submit")
+    _streamed: set[_Streamed] = attrs.field(factory=set)
+    _stream_changed: trio.lowlevel.ParkingLot = attrs.field(
+        factory=trio.lowlevel.ParkingLot
+    )
+    _work: trio.Nursery | None = None
     _total: int | None = None  # the input's length, when it has one
     _pulled: int = 0
     _received: int = 0
@@ -327,11 +378,17 @@ class _MapCall(Generic[ItemT, ResultT]):
         try:
             async with trio.open_nursery() as work:
                 self._work_scope = work.cancel_scope
+                self._work = work
                 try:
-                    await self._feed(work, source)
-                except Exception as exc:
-                    # The input itself failed: that is the call's error too.
-                    self._fail(exc)
+                    try:
+                        await self._feed(work, source)
+                    except Exception as exc:
+                        # The input itself failed: that is the call's error too.
+                        self._fail(exc)
+                    while self._streamed:
+                        await self._stream_changed.park()
+                finally:
+                    await self._settle_streamed()
         finally:
             self._work_done = True
             self._results_changed.unpark_all()
@@ -397,7 +454,10 @@ class _MapCall(Generic[ItemT, ResultT]):
                 planner.observe_input(len(items), time.perf_counter() - pull_started)
             if items:
                 self._chunks_running += 1
-                work.start_soon(self._run_chunk, start, items)
+                if self._submit is not None:
+                    self._stream_chunk(self._submit, start, items)
+                else:
+                    work.start_soon(self._run_chunk, start, items)
                 start += len(items)
             if len(items) < size:
                 break
@@ -447,6 +507,10 @@ class _MapCall(Generic[ItemT, ResultT]):
             self._chunks_running -= 1
             raise
         self._chunks_running -= 1
+        self._chunk_done(start, values)
+
+    def _chunk_done(self, start: int, values: list[Any]) -> None:
+        """A chunk's results are in: count them, and hand them to the consumer."""
         if self._reporter is not None:
             failed = 0
             if self._return_exceptions:
@@ -462,6 +526,136 @@ class _MapCall(Generic[ItemT, ResultT]):
         else:
             self._done.append(chunk)
         self._results_changed.unpark_all()
+
+    # Streaming dispatch: a chunk is a job whose end calls back, not a task.
+
+    def _stream_chunk(self, submit: Streamer, start: int, items: list[ItemT]) -> None:
+        """Submit a chunk; :meth:`_streamed_ended` takes its outcome."""
+        fn = self._fn
+        task: Callable[..., Any]
+        args: tuple[Any, ...]
+        if self._return_exceptions:
+            task, args, kind = run_chunk_catching, (fn, items), _CATCHING
+        elif self._planner is not None:
+            task, args, kind = run_timed_chunk, (fn, items), _TIMED
+        elif len(items) == 1:
+            task, args, kind = fn, (items[0],), _SINGLE
+        else:
+            task, args, kind = run_chunk, (fn, items), _PLAIN
+        entry = _Streamed(start, items, kind)
+        self._streamed.add(entry)
+        try:
+            cancel = submit(task, args, functools.partial(self._streamed_ended, entry))
+        except Exception as exc:
+            # Not submitted (an item does not pickle, the pool is closing).
+            self._streamed.discard(entry)
+            if kind == _CATCHING and not isinstance(exc, _CALL_ERRORS):
+                self._rerun_one_by_one(start, items)
+            else:
+                self._chunks_running -= 1
+                self._chunk_failed(exc)
+            return
+        if not entry.ended:
+            entry.cancel = cancel
+
+    def _streamed_ended(
+        self, entry: _Streamed, outcome: Callable[[], Any] | None
+    ) -> None:
+        """A streamed chunk ended (called by the pool, in its own task: it
+        must not raise)."""
+        if entry.ended:
+            return
+        entry.ended = True
+        self._streamed.discard(entry)
+        self._stream_changed.unpark_all()
+        try:
+            self._take_streamed(entry, outcome)
+        except BaseException as exc:  # pragma: no cover - a bug of ours
+            self._fail(exc)
+
+    def _take_streamed(
+        self, entry: _Streamed, outcome: Callable[[], Any] | None
+    ) -> None:
+        planner = self._planner
+        at_most = self._chunks_running >= self._max_chunks
+        if outcome is None:  # cancelled before it ran: the call is ending
+            self._chunks_running -= 1
+            return
+        kind = entry.kind
+        items = entry.items
+        try:
+            result = outcome()
+        except Exception as exc:
+            if kind == _CATCHING and not isinstance(exc, _CALL_ERRORS):
+                # The chunk failed as a whole: see _outcomes.
+                if planner is not None:
+                    planner.observe_failure()
+                if len(items) > 1:
+                    self._rerun_one_by_one(entry.start, items)
+                    return
+                self._chunks_running -= 1
+                self._chunk_done(entry.start, [exc])
+                return
+            self._chunks_running -= 1
+            self._chunk_failed(exc)
+            return
+        values: list[Any]
+        if kind == _SINGLE:
+            values = [result]
+        elif kind == _PLAIN:
+            values = result
+        elif kind == _TIMED:
+            values, seconds = result
+            assert planner is not None
+            planner.observe_run(len(items), seconds)
+        else:
+            values, failures, seconds = result
+            if planner is not None:
+                planner.observe_run(len(items), seconds)
+            for index, wire in failures.items():
+                values[index] = RemoteException.from_wire(wire).rebuild()
+        self._chunks_running -= 1
+        if at_most:
+            self._room_made.unpark_all()
+        self._chunk_done(entry.start, values)
+
+    def _rerun_one_by_one(self, start: int, items: list[ItemT]) -> None:
+        """Run a failed chunk's items again, a task each (``_chunks_running``
+        still counts the chunk)."""
+        assert self._work is not None
+        self._work.start_soon(self._run_one_by_one, start, items)
+
+    async def _run_one_by_one(self, start: int, items: list[ItemT]) -> None:
+        try:
+            values = await self._outcomes_one_by_one(items)
+        except Exception as exc:
+            self._chunks_running -= 1
+            self._chunk_failed(exc)
+            return
+        except BaseException:
+            self._chunks_running -= 1
+            raise
+        self._chunks_running -= 1
+        self._chunk_done(start, values)
+
+    def _chunk_failed(self, error: Exception) -> None:
+        self._fail(error)
+        if self._reporter is not None:
+            self._reporter.failed += 1
+
+    async def _settle_streamed(self) -> None:
+        """Give up the streamed chunks still out, as a cancelled ``run_sync``
+        would, and wait for those that run on (``kill_on_cancel=False``, or
+        written ahead and not yet dropped) to end."""
+        for entry in list(self._streamed):
+            if entry.cancel is not None and entry.cancel():
+                entry.ended = True
+                self._streamed.discard(entry)
+                self._chunks_running -= 1
+        if self._streamed:
+            with trio.CancelScope(shield=True):
+                while self._streamed:
+                    await self._stream_changed.park()
 
     async def _outcomes(self, items: list[ItemT]) -> list[Any]:
         """``return_exceptions=True``: each item's result or exception.
@@ -580,6 +774,9 @@ def _new_call(
     # At least one, so the defaults leave room for a chunk even if an engine
     # reported no worker slots when the pool opened.
     workers = max(1, pool.statistics().workers)
+    # A local pool streams chunks (see Pool._submit_nowait); others, such as
+    # a cluster backend's, get a task per chunk.
+    submit: Streamer | None = getattr(pool, "_submit_nowait", None)
     if chunksize != "auto":
         if max_in_flight is None:
             max_in_flight = default_fixed_max_in_flight(workers, chunksize)
@@ -591,6 +788,7 @@ def _new_call(
             max_in_flight,
             return_exceptions=return_exceptions,
             reporter=reporter_for(progress),
+            submit=submit,
         )
     if max_in_flight is None:
         max_in_flight = default_max_in_flight(workers)
@@ -608,6 +806,7 @@ def _new_call(
         max_chunks=2 * workers,
         return_exceptions=return_exceptions,
         reporter=reporter_for(progress),
+        submit=submit,
     )
 
 
