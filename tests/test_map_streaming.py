@@ -82,8 +82,9 @@ async def test_an_error_cancels_the_streamed_rest() -> None:
     items = [1, 2, 3, -1, *range(4, 200)]
     with trio.fail_after(TIMEOUT):
         async with triopool.open_pool(2) as pool:
-            with pytest.raises(ValueError):
+            with pytest.raises(ValueError, match=r"^-1$") as info:
                 await pool.map(mapfuncs.fail_on_negative, items, chunksize=1)
+            assert info.value.args == (-1,)
             stats = pool.statistics()
             assert stats.tasks_running == 0
             assert stats.tasks_waiting == 0
