@@ -172,3 +172,19 @@ async def test_return_exceptions_must_be_a_bool() -> None:
             await pool.map(mapfuncs.square, [1], return_exceptions=1)  # type: ignore[call-overload]
         with pytest.raises(TypeError, match="return_exceptions must be a bool"):
             pool.imap(mapfuncs.square, [1], return_exceptions="yes")  # type: ignore[call-overload]
+
+
+async def test_many_failing_auto_chunks_in_a_row_do_not_stall_the_producer() -> None:
+    # With "auto", chunks start at one item, and at most 2 * workers run at
+    # once: each failed one must make room for the next.
+    with trio.fail_after(TIMEOUT):
+        async with triopool.open_pool(2) as pool:
+            values = await pool.map(
+                mapfuncs.die_on_negative, [-1] * 7, return_exceptions=True
+            )
+            assert [type(value) for value in values] == [triopool.BrokenWorkerError] * 7
+            values = await pool.map(
+                mapfuncs.fail_on_negative, [-1] * 30, return_exceptions=True
+            )
+            assert [type(value) for value in values] == [ValueError] * 30
+            await assert_healthy(pool)

@@ -478,7 +478,7 @@ class _MapCall(Generic[ItemT, ResultT]):
                     return size
                 self._resume_at = self._pulled + size - self._max_in_flight
             else:
-                # Woken when a chunk ends (see _run_chunk).
+                # Woken when a chunk ends (see _chunk_ended).
                 self._resume_at = _NEVER
             await self._room_made.park()
 
@@ -491,22 +491,20 @@ class _MapCall(Generic[ItemT, ResultT]):
                     run_timed_chunk, self._fn, items
                 )
                 self._planner.observe_run(len(items), seconds)
-                if self._chunks_running >= self._max_chunks:
-                    self._room_made.unpark_all()
             elif len(items) == 1:
                 values = [await self._pool.run_sync(self._fn, items[0])]
             else:
                 values = await self._pool.run_sync(run_chunk, self._fn, items)
         except Exception as exc:
-            self._chunks_running -= 1
+            self._chunk_ended()
             self._fail(exc)
             if self._reporter is not None:
                 self._reporter.failed += 1
             return
         except BaseException:
-            self._chunks_running -= 1
+            self._chunk_ended()
             raise
-        self._chunks_running -= 1
+        self._chunk_ended()
         self._chunk_done(start, values)
 
     def _chunk_done(self, start: int, values: list[Any]) -> None:
@@ -552,7 +550,7 @@ class _MapCall(Generic[ItemT, ResultT]):
             if kind == _CATCHING and not isinstance(exc, _CALL_ERRORS):
                 self._rerun_one_by_one(start, items)
             else:
-                self._chunks_running -= 1
+                self._chunk_ended()
                 self._chunk_failed(exc)
             return
         if not entry.ended:
@@ -577,9 +575,8 @@ class _MapCall(Generic[ItemT, ResultT]):
         self, entry: _Streamed, outcome: Callable[[], Any] | None
     ) -> None:
         planner = self._planner
-        at_most = self._chunks_running >= self._max_chunks
         if outcome is None:  # cancelled before it ran: the call is ending
-            self._chunks_running -= 1
+            self._chunk_ended()
             return
         kind = entry.kind
         items = entry.items
@@ -593,10 +590,10 @@ class _MapCall(Generic[ItemT, ResultT]):
                 if len(items) > 1:
                     self._rerun_one_by_one(entry.start, items)
                     return
-                self._chunks_running -= 1
+                self._chunk_ended()
                 self._chunk_done(entry.start, [exc])
                 return
-            self._chunks_running -= 1
+            self._chunk_ended()
             self._chunk_failed(exc)
             return
         values: list[Any]
@@ -614,9 +611,7 @@ class _MapCall(Generic[ItemT, ResultT]):
                 planner.observe_run(len(items), seconds)
             for index, wire in failures.items():
                 values[index] = RemoteException.from_wire(wire).rebuild()
-        self._chunks_running -= 1
-        if at_most:
-            self._room_made.unpark_all()
+        self._chunk_ended()
         self._chunk_done(entry.start, values)
 
     def _rerun_one_by_one(self, start: int, items: list[ItemT]) -> None:
@@ -629,14 +624,21 @@ class _MapCall(Generic[ItemT, ResultT]):
         try:
             values = await self._outcomes_one_by_one(items)
         except Exception as exc:
-            self._chunks_running -= 1
+            self._chunk_ended()
             self._chunk_failed(exc)
             return
         except BaseException:
-            self._chunks_running -= 1
+            self._chunk_ended()
             raise
-        self._chunks_running -= 1
+        self._chunk_ended()
         self._chunk_done(start, values)
+
+    def _chunk_ended(self) -> None:
+        """One chunk fewer runs; wake the producer if it waited for that
+        (with "auto", at most ``max_chunks`` run at once)."""
+        if self._chunks_running >= self._max_chunks:
+            self._room_made.unpark_all()
+        self._chunks_running -= 1
 
     def _chunk_failed(self, error: Exception) -> None:
         self._fail(error)
@@ -651,7 +653,7 @@ class _MapCall(Generic[ItemT, ResultT]):
             if entry.cancel is not None and entry.cancel():
                 entry.ended = True
                 self._streamed.discard(entry)
-                self._chunks_running -= 1
+                self._chunk_ended()
         if self._streamed:
             with trio.CancelScope(shield=True):
                 while self._streamed:
@@ -682,8 +684,6 @@ class _MapCall(Generic[ItemT, ResultT]):
                 return await self._outcomes_one_by_one(items)
             if self._planner is not None:
                 self._planner.observe_run(len(items), seconds)
-                if self._chunks_running >= self._max_chunks:
-                    self._room_made.unpark_all()
             outcomes: list[Any] = values
             for index, wire in failures.items():
                 outcomes[index] = RemoteException.from_wire(wire).rebuild()
