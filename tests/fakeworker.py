@@ -190,6 +190,22 @@ class FakeWorker:
             self.confirm_skips()
         return number, fn, args
 
+    async def answer_first_then_hold(
+        self, go: trio.Event
+    ) -> tuple[int, Any, tuple[Any, ...]]:
+        """The opening most scripts share: run the first task, answer it once
+        ``go`` is set (the test has queued callers behind it, so the pool
+        writes ahead), start the next task and wait until one more is held
+        behind it. Returns the running task."""
+        task = await self.next_task()
+        assert task is not None
+        await go.wait()
+        self.answer(task[1](*task[2]))
+        task = await self.next_task()
+        assert task is not None
+        await self.hold(1)
+        return task
+
     async def hold(self, count: int) -> None:
         """Wait until it holds ``count`` tasks written ahead."""
         while len(self.held) < count:

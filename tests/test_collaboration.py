@@ -65,6 +65,14 @@ class Callers:
         self._nursery.start_soon(self._call, name, args)
         await trio.testing.wait_all_tasks_blocked()
 
+    async def queue_three(self, go: trio.Event) -> None:
+        """The callers of FakeWorker.answer_first_then_hold: "first" runs,
+        "running" and "held" queue behind it; then ``go``."""
+        await self.start("first", 1, 1)
+        await self.start("running", 2, 2)
+        await self.start("held", 3, 3)
+        go.set()
+
     async def _call(self, name: str, args: tuple[int, ...]) -> None:
         with self.scopes[name]:
             try:
@@ -100,12 +108,7 @@ async def test_a_task_held_ahead_runs_elsewhere_when_its_worker_dies(
     go = trio.Event()
 
     async def die_holding(worker: FakeWorker) -> None:
-        task = await worker.next_task()
-        assert task is not None
-        await go.wait()
-        worker.answer(task[1](*task[2]))
-        assert await worker.next_task() is not None
-        await worker.hold(1)
+        await worker.answer_first_then_hold(go)
         worker.die(3)
 
     with trio.fail_after(_BOUND):
@@ -114,10 +117,7 @@ async def test_a_task_held_ahead_runs_elsewhere_when_its_worker_dies(
         ) as (pool, launcher):
             async with trio.open_nursery() as nursery:
                 callers = Callers(pool, nursery)
-                await callers.start("first", 1, 1)
-                await callers.start("running", 2, 2)
-                await callers.start("held", 3, 3)
-                go.set()
+                await callers.queue_three(go)
             first, second = launcher.workers
             assert callers.outcomes["first"] == 2
             error = callers.outcomes["running"]
@@ -149,13 +149,7 @@ async def test_a_task_skipped_while_held_is_cancelled_and_the_worker_serves_on(
 
     async def hold_then_answer(worker: FakeWorker) -> None:
         worker.hears_sigurg = hears_sigurg
-        task = await worker.next_task()
-        assert task is not None
-        await go.wait()
-        worker.answer(task[1](*task[2]))
-        task = await worker.next_task()
-        assert task is not None
-        await worker.hold(1)
+        task = await worker.answer_first_then_hold(go)
         holding.set()
         await release.wait()
         answers.append(worker.answer_pieces(task[1](*task[2])))
@@ -165,10 +159,7 @@ async def test_a_task_skipped_while_held_is_cancelled_and_the_worker_serves_on(
         async with fake_pool(hold_then_answer, workers=1) as (pool, launcher):
             async with trio.open_nursery() as nursery:
                 callers = Callers(pool, nursery)
-                await callers.start("first", 1, 1)
-                await callers.start("running", 2, 2)
-                await callers.start("held", 3, 3)
-                go.set()
+                await callers.queue_three(go)
                 await holding.wait()
                 callers.scopes["held"].cancel()
                 await trio.testing.wait_all_tasks_blocked()
@@ -207,13 +198,7 @@ async def test_a_skip_that_comes_after_the_task_started_gets_the_worker_killed(
 
     async def start_before_the_skip(worker: FakeWorker) -> None:
         worker.hears_sigurg = False
-        task = await worker.next_task()
-        assert task is not None
-        await go.wait()
-        worker.answer(task[1](*task[2]))
-        task = await worker.next_task()
-        assert task is not None
-        await worker.hold(1)
+        task = await worker.answer_first_then_hold(go)
         holding.set()
         # The SKIP is in the pipe, unread: the answer went out before it.
         await worker.signalled(signal.SIGURG)
@@ -227,10 +212,7 @@ async def test_a_skip_that_comes_after_the_task_started_gets_the_worker_killed(
         async with fake_pool(start_before_the_skip, workers=1) as (pool, launcher):
             async with trio.open_nursery() as nursery:
                 callers = Callers(pool, nursery)
-                await callers.start("first", 1, 1)
-                await callers.start("running", 2, 2)
-                await callers.start("held", 3, 3)
-                go.set()
+                await callers.queue_three(go)
                 await holding.wait()
                 callers.scopes["held"].cancel()
             first = launcher.workers[0]
@@ -311,17 +293,11 @@ async def test_answers_written_before_a_death_reach_their_callers(
     go = trio.Event()
 
     async def answer_twice_then_die(worker: FakeWorker) -> None:
-        task = await worker.next_task()
-        assert task is not None
-        await go.wait()
-        worker.answer(task[1](*task[2]))
-        task = await worker.next_task()
-        assert task is not None
-        await worker.hold(1)
-        worker.answer(task[1](*task[2]))
-        task = await worker.next_task()  # the held one
-        assert task is not None
-        worker.answer(task[1](*task[2]))
+        running = await worker.answer_first_then_hold(go)
+        worker.answer(running[1](*running[2]))
+        held = await worker.next_task()
+        assert held is not None
+        worker.answer(held[1](*held[2]))
         if keeps_pipes:
             worker.exit_keeping_pipes(-signal.SIGSEGV)
         else:
