@@ -213,7 +213,7 @@ async def test_more_workers_than_cpus_start_a_few_at_a_time(tmp_path: Path) -> N
             start_timeout=60.0,
         ) as pool:
             results = await pool.map(workerfuncs.identity, range(2 * workers))
-            while pool.statistics().workers_idle < workers:
+            while pool.statistics().workers_idle < workers:  # noqa: ASYNC110
                 await trio.sleep(0.05)  # every worker up: its initializer ran
             stats = pool.statistics()
     assert results == list(range(2 * workers))
