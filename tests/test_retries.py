@@ -278,7 +278,7 @@ async def test_per_call_options_override_the_pool_default(tmp_path: Path) -> Non
             with pytest.raises(ValueError, match=r"^retry_on cannot name SystemExit"):
                 await pool.map(workerfuncs.identity, [1], retry_on=(SystemExit,))
             with pytest.raises(TypeError, match=r"^retries must be an int"):
-                pool.imap(workerfuncs.identity, [1], retries=1.5)  # type: ignore[arg-type]
+                pool.imap(workerfuncs.identity, [1], retries=1.5)  # type: ignore[call-overload]
             stats = pool.statistics()
     assert len(retryfuncs.runs(once)) == 1
     assert stats.tasks_retried == 2

@@ -23,6 +23,7 @@ from ._errors import TriopoolError as TriopoolError
 from ._errors import WorkerStartError as WorkerStartError
 from ._pool import Pool as Pool
 from ._pool import open_pool as open_pool
+from ._progress import MapProgress as MapProgress
 from ._stats import PoolStatistics as PoolStatistics
 
 if TYPE_CHECKING:
@@ -52,6 +53,7 @@ __all__ = [
     "BrokenPoolError",
     "BrokenWorkerError",
     "DaskBackend",
+    "MapProgress",
     "Pool",
     "PoolDefault",
     "PoolStatistics",
@@ -69,6 +71,7 @@ __all__ = [
 ]
 
 for _obj in (
+    MapProgress,
     Pool,
     PoolDefault,
     PoolStatistics,

@@ -26,19 +26,20 @@ Invariants:
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from . import _context, _hooks, _messages, _stats
-from ._config import _usable_cpus, retries_task_errors
+from ._config import POOL_DEFAULT, PoolDefault, _usable_cpus, retries_task_errors
 from ._jobs import Job, Jobs, JobState
 from ._slots import Slots
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
 
-    from ._config import PoolConfig
+    from ._config import PoolConfig, RetryOn
     from ._stats import PoolStatistics
 
 
@@ -144,10 +145,70 @@ class LocalScheduler:
             # Given up while sent ahead, and woken once the worker dropped
             # it (or was killed for it): the cancellation is still pending.
             await trio.lowlevel.checkpoint()
-        if job.error is not None:
-            raise job.error
-        assert job.frame is not None
-        return _messages.outcome(job.frame)
+        return _job_outcome(job)
+
+    def submit_nowait(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        on_end: Callable[[Callable[[], Any] | None], None],
+        *,
+        retries: int | PoolDefault = POOL_DEFAULT,
+        retry_on: RetryOn | PoolDefault = POOL_DEFAULT,
+    ) -> Callable[[], bool]:
+        """Submit ``fn(*args)`` with the pool's options, without a waiting task.
+
+        The streaming seam of map/imap (see ``_map.Streamer``): when the task
+        ends, ``on_end`` is called once, in the task that ended it, with a
+        function that returns its result or raises its error as :meth:`run`
+        would, or with ``None`` if it was cancelled before it ran. Returns
+        ``cancel()``: it gives the task up as a cancelled :meth:`run` would,
+        and returns ``True`` if the task is over then (``on_end`` will not be
+        called), ``False`` if ``on_end`` is still to come (the task runs on
+        with ``kill_on_cancel=False``, or a worker it was written ahead to
+        has yet to drop it). Raises as :meth:`run` raises before it submits.
+        ``retries`` and ``retry_on`` (checked already) override the pool's.
+        """
+        self.check_usable()
+        config = self._config
+        job = Job(
+            _messages.task_frame(
+                fn, args, config.soft_time_limit, main_importable=self._main_importable
+            ),
+            config.time_limit,
+            config.kill_on_cancel,
+        )
+        if retries is POOL_DEFAULT:
+            retries = config.retries
+        if retries:
+            classes = config.retry_on if retry_on is POOL_DEFAULT else retry_on
+            assert isinstance(classes, tuple)
+            job.retries = retries
+            job.retry_on = classes
+            job.retry_errors = (
+                self._retry_errors
+                if classes is config.retry_on
+                else retries_task_errors(classes)
+            )
+
+        def ended(job: Job) -> None:
+            if job.state is JobState.CANCELLED:
+                on_end(None)
+            else:
+                on_end(functools.partial(_job_outcome, job))
+
+        job.on_end = ended
+        self._jobs.submit(job)
+
+        def cancel() -> bool:
+            if job.on_end is None:
+                return True  # ended already, on_end was called
+            if self._jobs.abandon(job, kill=job.kill_on_cancel):
+                job.on_end = None
+                return True
+            return False
+
+        return cancel
 
     # Lifecycle
 
@@ -205,3 +266,11 @@ def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
     while isinstance(exc, BaseExceptionGroup):
         exc = exc.exceptions[0]
     return exc
+
+
+def _job_outcome(job: Job) -> Any:
+    """The result of an ended job, or raise its error."""
+    if job.error is not None:
+        raise job.error
+    assert job.frame is not None
+    return _messages.outcome(job.frame)
