@@ -60,6 +60,7 @@ FLOORS: dict[str, int] = {
     "_backend": 2,
     # The schedulers' parts, local and on a cluster engine, and the counters
     # (a snapshot reads the jobs' counts).
+    "_events": 3,
     "_stats": 3,
     "_hooks": 3,
     "_jobs": 3,

@@ -21,9 +21,13 @@ from ._errors import SoftTimeLimitExceeded as SoftTimeLimitExceeded
 from ._errors import TimeLimitExceeded as TimeLimitExceeded
 from ._errors import TriopoolError as TriopoolError
 from ._errors import WorkerStartError as WorkerStartError
+from ._events import EventStream as EventStream
+from ._events import TaskEvent as TaskEvent
+from ._events import WorkerEvent as WorkerEvent
 from ._pool import Pool as Pool
 from ._pool import open_pool as open_pool
 from ._stats import PoolStatistics as PoolStatistics
+from ._stats import WorkerInsight as WorkerInsight
 
 if TYPE_CHECKING:
     from ._dask import DaskBackend as DaskBackend
@@ -52,6 +56,7 @@ __all__ = [
     "BrokenPoolError",
     "BrokenWorkerError",
     "DaskBackend",
+    "EventStream",
     "Pool",
     "PoolDefault",
     "PoolStatistics",
@@ -60,8 +65,11 @@ __all__ = [
     "RemoteTraceback",
     "SerializationError",
     "SoftTimeLimitExceeded",
+    "TaskEvent",
     "TimeLimitExceeded",
     "TriopoolError",
+    "WorkerEvent",
+    "WorkerInsight",
     "WorkerStartError",
     "configure_default_pool",
     "open_pool",
@@ -69,9 +77,13 @@ __all__ = [
 ]
 
 for _obj in (
+    EventStream,
     Pool,
     PoolDefault,
     PoolStatistics,
+    TaskEvent,
+    WorkerEvent,
+    WorkerInsight,
     configure_default_pool,
     open_pool,
     run_sync,

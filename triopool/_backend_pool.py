@@ -39,6 +39,7 @@ from . import _context, _map
 from ._backend import Backend, Outcome, TrioBridge
 from ._config import DEFAULTS, POOL_DEFAULT, PoolConfig, PoolDefault, _check_limits
 from ._errors import BrokenWorkerError, TimeLimitExceeded
+from ._events import DEFAULT_BUFFER
 from ._stats import PoolStatistics
 
 if TYPE_CHECKING:
@@ -53,6 +54,8 @@ if TYPE_CHECKING:
     from typing import Literal, TypeVarTuple, Unpack
 
     from ._config import Options
+    from ._events import EventStream
+    from ._stats import WorkerInsight
     from ._typing import AnyResultCallable, AsyncCallable, AsyncFunctionPassedToRunSync
 
     Ts = TypeVarTuple("Ts")
@@ -262,6 +265,26 @@ class BackendPool:
             workers_lost=self._workers_lost,
             start_failures=0,
             workers_stopped=self._workers_stopped,
+        )
+
+    def insight(self) -> tuple[WorkerInsight, ...]:
+        """Return ``()``: the engine's processes are not the pool's, so there
+        is no per-worker insight on a cluster (see :meth:`Pool.insight`)."""
+        return ()
+
+    def events(
+        self, *, buffer: int = DEFAULT_BUFFER
+    ) -> contextlib.AbstractAsyncContextManager[EventStream]:
+        """Not available on a cluster backend: raises NotImplementedError.
+
+        The engine schedules and runs the calls where the pool cannot watch;
+        use :meth:`statistics` (its task counters are kept as for the local
+        pool) to follow progress.
+        """
+        raise NotImplementedError(
+            f"events() is not available with {self._backend!r}: a cluster engine "
+            "runs the tasks where the pool cannot watch them; poll statistics() "
+            "instead (its task counters work the same)"
         )
 
     # For type checkers (see _typing): an async function is an error.

@@ -16,11 +16,17 @@ Invariants:
 - Every job ends, and its caller is woken exactly once: by :meth:`Jobs.end`
   for an outcome, or by Trio for a cancellation that its abort accepted
   (which clears ``caller`` so that nothing here can wake it again).
+- Task events (``_events``) are published here and nowhere else: by
+  :meth:`Jobs.submit` and :meth:`Jobs.move`, and only while someone is
+  subscribed (``feed`` is not None); with nobody, a move pays one None check.
+  A job that ends on a worker is counted in that worker's :class:`Book` by
+  :meth:`Jobs.end`, its one way to end there.
 """
 
 from __future__ import annotations
 
 import enum
+import functools
 import math
 from collections import deque
 from typing import TYPE_CHECKING, Final, Protocol
@@ -28,11 +34,15 @@ from typing import TYPE_CHECKING, Final, Protocol
 import attrs
 import trio
 
+from ._chunk import run_chunk, run_timed_chunk
+from ._events import TaskEvent
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
     from . import _protocol
     from ._errors import BrokenPoolError
+    from ._events import Feed, TaskKind
 
 
 class JobState(enum.IntEnum):
@@ -83,6 +93,20 @@ TRANSITIONS: Final[dict[tuple[JobState, Move], JobState]] = {
 # The counter of tasks in each state (see Jobs.counts).
 _COUNTER: Final = (0, 0, 1, 2, 3, 4)  # waiting, waiting, running, completed, ...
 
+# The task event a move into each state publishes (SENT: none, the task
+# still waits).
+_KIND: Final[tuple[TaskKind | None, ...]] = (
+    "queued",
+    None,
+    "started",
+    "finished",
+    "failed",
+    "cancelled",
+)
+
+# map's chunk runners: their events name the mapped function instead.
+_CHUNK_RUNNERS: Final = (run_chunk, run_timed_chunk)
+
 
 class Taker(Protocol):
     """An idle worker's service, which a caller hands a waiting job to."""
@@ -96,6 +120,17 @@ class Link(Protocol):
     def skip(self, job: Job) -> None: ...
 
 
+class Book(Protocol):
+    """What a slot keeps of the jobs its workers ran (``_stats.SlotBook``)."""
+
+    #: The slot's serving worker, and the slot.
+    pid: int | None
+    index: int
+
+    def task_ended(self, job: Job) -> None:
+        """A job that ran on the slot's worker ended there."""
+
+
 @attrs.define(eq=False)
 class Job:
     """One task, from submission to its end."""
@@ -103,6 +138,11 @@ class Job:
     pieces: list[bytes | memoryview]
     time_limit: float | None
     kill_on_cancel: bool
+    #: What runs, for events and insight (see :meth:`function_name`).
+    fn: object = None
+    args: tuple[object, ...] = ()
+    #: Its number in the pool, from 1 (see Jobs.submit).
+    id: int = 0
     #: The caller's task, parked until the job ends (see Pool.run_sync).
     caller: trio.lowlevel.Task | None = None
     state: JobState = JobState.WAITING
@@ -122,6 +162,27 @@ class Job:
     #: Written ahead, then given up by its caller: a SKIP was asked for, and
     #: the caller waits for the worker's verdict (dropped, or started).
     skip: bool = False
+    #: The slot of the worker it was given to (set by its Pipeline).
+    book: Book | None = None
+    # Trio times. queued_at and started_at are taken only while someone
+    # watches events; sent_at (the worker has it whole) and finished_at (its
+    # answer came) by the Pipeline, from times it reads anyway.
+    queued_at: float | None = None
+    started_at: float | None = None
+    sent_at: float | None = None
+    finished_at: float | None = None
+    name: str | None = None
+
+    def function_name(self) -> str:
+        """The qualified name of what it runs (map's chunks: the function
+        mapped), worked out once."""
+        name = self.name
+        if name is None:
+            fn = self.fn
+            if fn in _CHUNK_RUNNERS and self.args:
+                fn = self.args[0]
+            name = self.name = qualified_name(fn)
+        return name
 
 
 @attrs.define(eq=False)
@@ -139,6 +200,8 @@ class Jobs:
     broken: BrokenPoolError | None = None
     #: The pool's block is over: idle workers stop once the queue is empty.
     closing: bool = False
+    #: Where task events go while someone is subscribed (see ``_events``).
+    feed: Feed | None = None
 
     def broken_error(self) -> BrokenPoolError:
         """A fresh instance of the pool's broken error, to raise."""
@@ -156,11 +219,46 @@ class Jobs:
         counts = self.counts
         counts[_COUNTER[old]] -= 1
         counts[_COUNTER[new]] += 1
+        if self.feed is not None:
+            self._publish(job, _KIND[new])
+
+    def _publish(self, job: Job, kind: TaskKind | None) -> None:
+        """Tell the subscribers what just happened to ``job``."""
+        if kind is None:
+            return
+        assert self.feed is not None
+        now = trio.current_time()
+        book = job.book
+        if kind == "queued":
+            book = None  # (again) in the queue: at no worker
+            if job.queued_at is None:
+                job.queued_at = now
+        elif kind == "started":
+            job.started_at = now
+        elif job.finished_at is None:
+            job.finished_at = now
+        self.feed.publish(
+            TaskEvent(
+                kind,
+                job.id,
+                job.function_name(),
+                None if book is None else book.pid,
+                None if book is None else book.index,
+                now,
+                job.queued_at,
+                job.started_at,
+                job.sent_at,
+                job.finished_at,
+            )
+        )
 
     def submit(self, job: Job) -> None:
         """A new job: hand it to an idle taker, or queue it."""
         self.submitted += 1
+        job.id = self.submitted
         self.counts[0] += 1
+        if self.feed is not None:
+            self._publish(job, "queued")
         self.dispatch(job, first=False)
 
     def dispatch(self, job: Job, *, first: bool) -> None:
@@ -192,6 +290,9 @@ class Jobs:
             self.fail(job, self.broken_error())
             return
         if job.state is not JobState.WAITING:
+            # It never started there: times and worker of that try go.
+            job.book = None
+            job.started_at = job.sent_at = None
             self.move(job, Move.PUT_BACK)
         self.dispatch(job, first=True)
 
@@ -200,6 +301,9 @@ class Jobs:
         ended already (its caller cancelled it) stays as it is."""
         if job.state is JobState.RUNNING:
             self.move(job, move)
+            book = job.book
+            if book is not None:
+                book.task_ended(job)
             wake(job)
 
     def fail(self, job: Job, error: BaseException) -> None:
@@ -247,6 +351,17 @@ class Jobs:
         for job in jobs:
             if job.state is JobState.WAITING:
                 self.fail(job, make_error())
+
+
+def qualified_name(fn: object) -> str:
+    """``fn``'s qualified name; a partial's function's, a callable object's
+    class's."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    name = getattr(fn, "__qualname__", None)
+    if not isinstance(name, str):
+        name = type(fn).__qualname__
+    return name
 
 
 def wake(job: Job) -> None:

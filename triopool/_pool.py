@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 import trio
 
-from . import _context, _hooks, _map, _messages, _stats
+from . import _context, _events, _hooks, _map, _messages, _stats
 from ._backend_pool import open_backend_pool
 from ._config import (
     POOL_DEFAULT,
@@ -62,7 +62,8 @@ if TYPE_CHECKING:
 
     from ._backend import Backend
     from ._backend_pool import BackendPool
-    from ._stats import PoolStatistics
+    from ._events import EventStream
+    from ._stats import PoolStatistics, WorkerInsight
     from ._typing import AnyResultCallable, AsyncCallable, AsyncFunctionPassedToRunSync
 
     Ts = TypeVarTuple("Ts")
@@ -87,6 +88,7 @@ class Pool:
         self._nursery: trio.Nursery | None = None
         self._thread: int | None = None  # of the run that opened it (see _open)
         self._jobs = Jobs()
+        self._feed = _events.Feed()
         self._slots = Slots(
             config,
             _messages.config_frame(
@@ -106,6 +108,78 @@ class Pool:
     def statistics(self) -> PoolStatistics:
         """Return a snapshot of the pool's counters (cheap: no I/O)."""
         return _stats.snapshot(self._config.workers, self._jobs, self._slots.counters)
+
+    def insight(self) -> tuple[WorkerInsight, ...]:
+        """Return what each worker slot did so far, one :class:`WorkerInsight`
+        per slot, in slot order (cheap: no I/O).
+
+        Tasks done, time busy and idle, the latest worker's start-up time and
+        the slot's longest tasks. A slot's numbers cover all the workers it
+        has had (a worker is replaced when it retires or dies). The
+        ``tasks_done`` of all slots add up to ``tasks_completed +
+        tasks_failed`` of :meth:`statistics`, less the tasks that failed
+        before any worker took them (the pool broke or closed first).
+
+        Example::
+
+            for slot in pool.insight():
+                print(slot.index, slot.tasks_done, f"{slot.busy_time:.1f} s busy")
+        """
+        return self._slots.insight()
+
+    def events(
+        self, *, buffer: int = _events.DEFAULT_BUFFER
+    ) -> contextlib.AbstractAsyncContextManager[EventStream]:
+        """Watch what the pool does: a live feed of task and worker events.
+
+        Use it with ``async with`` while the pool is open; iterate over the
+        :class:`EventStream` it gives with ``async for``, which yields
+        :class:`TaskEvent` and :class:`WorkerEvent` instances in the order
+        they happened, from the moment of subscribing. Leaving the block
+        unsubscribes; once the pool has closed (and its workers' last events
+        are delivered) the iteration ends.
+
+        A subscriber never slows the pool: it keeps at most ``buffer`` events
+        it has not taken yet, and when a new one comes to a full buffer the
+        oldest is dropped and counted in :attr:`EventStream.lost`. With no
+        subscriber, events cost nothing but a check per change of a task's
+        state.
+
+        Args:
+            buffer: How many events to keep for a reader that falls behind
+                (default 1000).
+
+        Raises:
+            TypeError: ``buffer`` is not an int.
+            ValueError: ``buffer`` is less than 1.
+            trio.ClosedResourceError: The pool's block has exited (when
+                called or when entered).
+
+        Example::
+
+            async with pool.events() as events:
+                async for event in events:
+                    if isinstance(event, triopool.TaskEvent) and event.kind == "failed":
+                        print(event.function, "failed on worker", event.worker_index)
+        """
+        buffer = _events.check_buffer(buffer)
+        self._check_open()
+        return self._subscribe(buffer)
+
+    @contextlib.asynccontextmanager
+    async def _subscribe(self, buffer: int) -> AsyncIterator[EventStream]:
+        # Nothing here waits before the subscription exists: what the pool
+        # does from the moment of entering is seen.
+        self._check_open()
+        feed = self._feed
+        stream = feed.subscribe(buffer)
+        self._jobs.feed = feed
+        try:
+            yield stream
+        finally:
+            feed.unsubscribe(stream)
+            if not feed.streams:
+                self._jobs.feed = None
 
     # For type checkers (see _typing): an async function is an error.
     @overload
@@ -218,6 +292,8 @@ class Pool:
             ),
             time_limit,
             kill_on_cancel,
+            fn,
+            args,
         )
         job.caller = trio.lowlevel.current_task()
         self._jobs.submit(job)
@@ -386,6 +462,10 @@ class Pool:
         )
 
     # Jobs
+
+    def _check_open(self) -> None:
+        if self._closed or self._jobs.closing or self._nursery is None:
+            raise trio.ClosedResourceError("the pool is closed")
 
     def _check_usable(self) -> None:
         if self._closed or self._jobs.closing:
@@ -586,6 +666,9 @@ async def _run_pool(pool: Pool) -> AsyncIterator[Pool]:
         pool._jobs.closing = True
         pool._closed = True
         pool._fail_waiting()
+        # After the workers' last events: subscribers' iterations end.
+        pool._jobs.feed = None
+        pool._feed.close()
     if body_error is not None:
         raise body_error
 

@@ -314,8 +314,8 @@ class Service:
             if self.read_scope is not None:
                 self.read_scope.cancel()
             return
-        self._jobs.move(job, Move.START)
         self.pipeline.sending(job)
+        self._jobs.move(job, Move.START)
         faults = self._hooks.faults
         if faults is not None:
             with trio.CancelScope() as job.scope:

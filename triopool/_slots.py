@@ -12,7 +12,8 @@ still has exactly one owning task.
 Invariants: a slot has at most one serving worker, plus one that is exiting;
 the worker counters obey ``started == alive + recycled + lost +
 start_failures + stopped``; retirement is decided in the slot's service,
-never by the worker on its own.
+never by the worker on its own. Worker events (``_events``) are published
+here, next to the counter they match, and only while someone is subscribed.
 """
 
 from __future__ import annotations
@@ -25,16 +26,18 @@ import trio
 
 from . import _messages, _protocol
 from ._errors import BrokenPoolError, RemoteTraceback, WorkerStartError
+from ._events import WorkerEvent
 from ._forkserver import ForkServer, open_forkserver
 from ._serve import End, Service, exit_text, parent_fault
 from ._spawn import WorkerProcess, describe_exit
-from ._stats import WorkerCounters
+from ._stats import SlotBook, WorkerCounters, WorkerInsight
 from ._worker import Process, Worker, open_worker
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from ._config import PoolConfig
+    from ._events import WorkerKind
     from ._hooks import Hooks
     from ._jobs import Jobs
 
@@ -66,6 +69,9 @@ class Slot:
     # While waiting to start a worker: cancelled when the pool closes with no
     # work left.
     start_scope: trio.CancelScope | None = None
+    book: SlotBook = attrs.field(
+        default=attrs.Factory(lambda self: SlotBook(self.number), takes_self=True)
+    )
 
 
 @attrs.define(eq=False)
@@ -104,6 +110,25 @@ class Slots:
         self._forkserver: ForkServer | None = None
         self._forkserver_changed = trio.Event()
         self.counters = WorkerCounters()
+
+    def insight(self) -> tuple[WorkerInsight, ...]:
+        """Each slot's insight, in slot order (see ``_stats.SlotBook``)."""
+        now = trio.current_time()
+        return tuple(slot.book.insight(now) for slot in self._slots)
+
+    def _publish(
+        self,
+        kind: WorkerKind,
+        pid: int | None,
+        index: int | None,
+        exitcode: int | None = None,
+        reason: str | None = None,
+    ) -> None:
+        feed = self._jobs.feed
+        if feed is not None:
+            feed.publish(
+                WorkerEvent(kind, pid, index, trio.current_time(), exitcode, reason)
+            )
 
     def start(self, nursery: trio.Nursery) -> None:
         """Start the slot tasks (and the fork server's) in ``nursery``."""
@@ -175,38 +200,57 @@ class Slots:
         end: End | None = End.CLOSED
         permit = True  # taken by the slot for this start (see _start_permit)
         pid: int | None = None
+        worker: Worker | None = None
+        service: Service | None = None
+        book = slot.book
+        index = slot.number
+
+        def served() -> None:
+            # Its up time ends when it serves no more, before the slot starts
+            # its replacement.
+            if pid is not None:
+                book.worker_down(pid, trio.current_time())
+            turn.served.set()
+
         try:
             async with open_worker(launch) as worker:
                 pid = worker.pid
+                book.worker_started(trio.current_time())
                 _log.debug(
                     "worker %d started (slot %d)",
                     worker.pid,
                     slot.number,
                     extra={"event": "started", "worker_pid": worker.pid},
                 )
+                self._publish("started", pid, index)
                 up = await self._start(slot, worker)
                 permit = False
                 self._start_permits.release()
                 if up:
                     service = Service(worker, self._jobs, self._config, self._hooks)
+                    service.pipeline.book = book
+                    book.worker_up(pid, service.pipeline, trio.current_time())
+                    self._publish("up", pid, index)
                     self._services.add(service)
                     try:
-                        end = await service.run(turn.served.set)
+                        end = await service.run(served)
                     finally:
                         self._services.discard(service)
         except StartFailed as exc:
             end = None
-            self._start_failed(exc.error, exc.reason, worker_pid=pid, **exc.fields)
+            self._start_failed(
+                exc.error, exc.reason, index, worker_pid=pid, **exc.fields
+            )
         except WorkerStartError as exc:
             # Only the fork server's launch raises it.
             end = None
-            self._start_failed(exc, "forkserver")
+            self._start_failed(exc, "forkserver", index)
         except OSError as exc:
             # No pipes or no process: the same as a worker failing to start.
             end = None
             error = WorkerStartError(f"could not start a worker process: {exc}")
             error.__cause__ = exc
-            self._start_failed(error, "no_process", errno=exc.errno)
+            self._start_failed(error, "no_process", index, errno=exc.errno)
         finally:
             if permit:
                 self._start_permits.release()
@@ -217,8 +261,35 @@ class Slots:
                 self.counters.lost += 1
             elif end is End.CLOSED:
                 self.counters.stopped += 1
+            if end is not None:
+                self._publish_end(end, worker, service, index)
             turn.start_failed = end is None
-            turn.served.set()
+            served()
+
+    def _publish_end(
+        self, end: End, worker: Worker | None, service: Service | None, index: int
+    ) -> None:
+        """The worker event that matches the counter ``end`` moved."""
+        if self._jobs.feed is None or worker is None:
+            return
+        reason: str | None = None
+        if end is End.RETIRED:
+            kind: WorkerKind = "recycled"
+            limit = self._config.max_tasks_per_child
+            reason = (
+                "max_tasks_per_child"
+                if limit is not None
+                and service is not None
+                and service.tasks_done >= limit
+                else "max_memory_per_child"
+            )
+        elif end is End.LOST:
+            kind = "lost"
+            if worker.protocol_error is not None:
+                reason = "broke_protocol"
+        else:
+            kind = "stopped"
+        self._publish(kind, worker.pid, index, worker.process.returncode, reason)
 
     async def _start(self, slot: Slot, worker: Worker) -> bool:
         """Hand the worker its configuration and wait for it to report up.
@@ -288,12 +359,27 @@ class Slots:
         return self._jobs.closing and not self._jobs.waiting
 
     def _start_failed(
-        self, error: WorkerStartError, reason: StartFailure, **fields: object
+        self,
+        error: WorkerStartError,
+        reason: StartFailure,
+        index: int | None,
+        **fields: object,
     ) -> None:
         """Count a start failure and log it (``record.reason`` says why, with
         ``exitcode`` for "exited", ``errno`` for "no_process"); enough of
-        them in a row break the pool."""
+        them in a row break the pool. ``index``: the slot, or None for the
+        fork server."""
         self.counters.start_failures += 1
+        if self._jobs.feed is not None:
+            pid = fields.get("worker_pid")
+            exitcode = fields.get("exitcode")
+            self._publish(
+                "start_failed",
+                pid if isinstance(pid, int) else None,
+                index,
+                exitcode if isinstance(exitcode, int) else None,
+                reason,
+            )
         self._consecutive_start_failures += 1
         count = self._consecutive_start_failures
         _log.warning(
@@ -383,7 +469,7 @@ class Slots:
                 continue
             # A start failure, counted as a start too (see PoolStatistics).
             self.counters.started += 1
-            self._start_failed(error, "forkserver")
+            self._start_failed(error, "forkserver", None)
             failures += 1
             with trio.move_on_after(min(0.01 * 2**failures, 0.5)):
                 await self._slots_done.wait()
