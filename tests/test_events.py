@@ -47,20 +47,21 @@ async def watch(
             events.append(event)
 
     with trio.fail_after(LIMIT):
-        async with contextlib.AsyncExitStack() as stack:
-            async with trio.open_nursery() as nursery:
-                async with triopool.open_pool(**options) as pool:
-                    stream = await stack.enter_async_context(
-                        pool.events(buffer=100_000)
-                    )
-                    first = pool.statistics()
-                    nursery.start_soon(collect, stream)
-                    await body(pool)
-                # The iteration ends by itself once the pool has closed.
+        async with (
+            contextlib.AsyncExitStack() as stack,
+            trio.open_nursery() as nursery,
+            triopool.open_pool(**options) as pool,
+        ):
+            stream = await stack.enter_async_context(pool.events(buffer=100_000))
+            first = pool.statistics()
+            nursery.start_soon(collect, stream)
+            await body(pool)
+        # The iteration ended by itself once the pool had closed.
     assert stream.lost == 0
     last = pool.statistics()
     assert identity_problems(last) == []
-    assert first.workers_started == 0 and first.tasks_submitted == 0
+    assert first.workers_started == 0
+    assert first.tasks_submitted == 0
     return events, first, last
 
 
@@ -107,22 +108,29 @@ async def test_a_task_is_queued_started_finished() -> None:
     assert [e.kind for e in sequence] == ["queued", "started", "finished"]
     queued, started, finished = sequence
     assert {e.function for e in sequence} == {"add"}
-    assert queued.worker_pid is None and queued.worker_index is None
+    assert queued.worker_pid is None
+    assert queued.worker_index is None
     assert started.worker_index == finished.worker_index == 0
     assert started.worker_pid == finished.worker_pid is not None
     # The times that tell waiting, transfer and run apart, in order.
-    assert finished.queued_at is not None and finished.started_at is not None
-    assert finished.sent_at is not None and finished.finished_at is not None
+    assert finished.queued_at is not None
+    assert finished.started_at is not None
+    assert finished.sent_at is not None
+    assert finished.finished_at is not None
     assert (
         finished.queued_at
         <= finished.started_at
         <= finished.sent_at
         <= finished.finished_at
     )
-    assert finished.wait_time is not None and finished.wait_time >= 0
-    assert finished.transfer_time is not None and finished.transfer_time >= 0
-    assert finished.run_time is not None and finished.run_time >= 0
-    assert queued.at == finished.queued_at and started.at == finished.started_at
+    assert finished.wait_time is not None
+    assert finished.wait_time >= 0
+    assert finished.transfer_time is not None
+    assert finished.transfer_time >= 0
+    assert finished.run_time is not None
+    assert finished.run_time >= 0
+    assert queued.at == finished.queued_at
+    assert started.at == finished.started_at
     assert finished.at >= finished.finished_at
     # The one worker's life, start to stop, in order.
     workers = [e for e in events if isinstance(e, triopool.WorkerEvent)]
@@ -146,8 +154,8 @@ async def test_failures_match_the_counters() -> None:
     task and worker events move with the statistics."""
 
     async def body(pool: triopool.Pool) -> None:
-        with pytest.raises(ValueError):
-            await pool.run_sync(workerfuncs.raise_value_error)
+        with pytest.raises(ValueError, match="boom"):
+            await pool.run_sync(workerfuncs.raise_value_error, "boom")
         with pytest.raises(triopool.BrokenWorkerError):
             await pool.run_sync(workerfuncs.kill_self, signal.SIGKILL)
         with pytest.raises(triopool.TimeLimitExceeded):
@@ -161,7 +169,8 @@ async def test_failures_match_the_counters() -> None:
     check_task_events(events, first, last)
     check_worker_events(events, first, last)
     tasks = kinds(events, triopool.TaskEvent)
-    assert tasks["failed"] == 3 and tasks["cancelled"] == 1
+    assert tasks["failed"] == 3
+    assert tasks["cancelled"] == 1
     assert tasks["finished"] == 1
     workers = kinds(events, triopool.WorkerEvent)
     assert workers["lost"] == 3  # killed by itself, for the limit, for the cancel
@@ -267,22 +276,20 @@ async def test_events_after_close_end_the_iteration() -> None:
     events."""
     got: list[Event] = []
 
-    async def follow(
-        pool: triopool.Pool, task_status: trio.TaskStatus[None]
-    ) -> None:
+    async def follow(pool: triopool.Pool, task_status: trio.TaskStatus[None]) -> None:
         async with pool.events() as stream:
             task_status.started()
             async for event in stream:
                 got.append(event)
 
     with trio.fail_after(LIMIT):
-        async with trio.open_nursery() as nursery:
-            async with triopool.open_pool(2) as pool:
-                await nursery.start(follow, pool)
-                await pool.run_sync(workerfuncs.add, 1, 2)
-                with pytest.raises(triopool.BrokenWorkerError):
-                    await pool.run_sync(workerfuncs.kill_self, signal.SIGKILL)
-            # follow() returns by itself: the nursery does not wait forever.
+        async with trio.open_nursery() as nursery, triopool.open_pool(2) as pool:
+            await nursery.start(follow, pool)
+            await pool.run_sync(workerfuncs.add, 1, 2)
+            with pytest.raises(triopool.BrokenWorkerError):
+                await pool.run_sync(workerfuncs.kill_self, signal.SIGKILL)
+        # The pool closed, then follow() returned by itself: the nursery did
+        # not wait forever.
     stats = pool.statistics()
     stopped = [
         e for e in got if isinstance(e, triopool.WorkerEvent) and e.kind == "stopped"
@@ -290,9 +297,11 @@ async def test_events_after_close_end_the_iteration() -> None:
     # (The lost worker's slot may start no replacement: no work was left.)
     assert len(stopped) == stats.workers_stopped >= 1
     assert got[-len(stopped) :] == stopped  # the pool's last events
-    assert {e.exitcode for e in stopped} == {0}
+    # An idle worker exits by itself; one still starting is killed.
+    assert {e.exitcode for e in stopped} <= {0, -signal.SIGKILL}
     tasks = [e.kind for e in got if isinstance(e, triopool.TaskEvent)]
-    assert tasks.count("finished") == 1 and tasks.count("failed") == 1
+    assert tasks.count("finished") == 1
+    assert tasks.count("failed") == 1
     with pytest.raises(trio.ClosedResourceError, match="the pool is closed"):
         pool.events()
 
@@ -324,12 +333,12 @@ async def test_insight_per_worker() -> None:
     with trio.fail_after(LIMIT):
         async with triopool.open_pool(2, max_tasks_per_child=3) as pool:
             async with trio.open_nursery() as nursery:
-                for seconds in (1.0, 0.8, 0.01, 0.01):
-                    nursery.start_soon(pool.run_sync, workerfuncs.sleep, seconds)
+                for sleep in (1.0, 0.8, 0.01, 0.01):
+                    nursery.start_soon(pool.run_sync, workerfuncs.sleep, sleep)
                 for n in range(4):
                     nursery.start_soon(pool.run_sync, workerfuncs.add, n, n)
-            with pytest.raises(ValueError):
-                await pool.run_sync(workerfuncs.raise_value_error)
+            with pytest.raises(ValueError, match="boom"):
+                await pool.run_sync(workerfuncs.raise_value_error, "boom")
             insight = pool.insight()
             stats = pool.statistics()
     assert [slot.index for slot in insight] == [0, 1]
@@ -337,8 +346,10 @@ async def test_insight_per_worker() -> None:
     assert stats.tasks_completed + stats.tasks_failed == 9
     assert sum(slot.workers_started for slot in insight) == stats.workers_started
     for slot in insight:
-        assert slot.startup_time is not None and slot.startup_time > 0
-        assert slot.busy_time >= 0 and slot.idle_time >= 0
+        assert slot.startup_time is not None
+        assert slot.startup_time > 0
+        assert slot.busy_time >= 0
+        assert slot.idle_time >= 0
         assert len(slot.longest_tasks) <= 5
         seconds = [s for _, s in slot.longest_tasks]
         assert seconds == sorted(seconds, reverse=True)
@@ -352,7 +363,8 @@ async def test_insight_per_worker() -> None:
     assert [name for name, _ in longest[:2]] == ["sleep", "sleep"]
     # Measured in the parent: a little less than the sleep at worst (a task
     # written ahead starts before the parent reads the answer before it).
-    assert longest[0][1] >= 0.5 and longest[1][1] >= 0.4
+    assert longest[0][1] >= 0.5
+    assert longest[1][1] >= 0.4
     assert sum(slot.busy_time for slot in insight) >= 0.9
     names = {name for slot in insight for name, _ in slot.longest_tasks}
     assert names <= {"sleep", "add", "raise_value_error"}
