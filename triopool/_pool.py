@@ -158,9 +158,12 @@ class Pool:
         Example::
 
             async with pool.events() as events:
+                await pool.run_sync(zlib.crc32, data)
                 async for event in events:
-                    if isinstance(event, triopool.TaskEvent) and event.kind == "failed":
-                        print(event.function, "failed on worker", event.worker_index)
+                    print(event.kind, type(event).__name__)
+                    if isinstance(event, triopool.TaskEvent) and event.kind == "finished":
+                        print(event.function, "ran on worker", event.worker_index)
+                        break
         """
         buffer = _events.check_buffer(buffer)
         self._check_open()

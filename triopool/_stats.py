@@ -171,7 +171,7 @@ class WorkerInsight:
 
     Attributes:
         index: The slot, ``0 <= index < workers`` (as in
-            :func:`current_worker` and :class:`WorkerEvent`).
+            :class:`WorkerEvent`).
         pid: The pid of the slot's worker that is up now; ``None`` while it
             has none (starting, or replaced).
         workers_started: Worker processes started in this slot.
