@@ -15,8 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import trio
+import trio.testing
 
 import triopool
+from triopool._events import Feed
 from triopool._stats import identity_problems
 
 from . import workerfuncs
@@ -373,3 +375,33 @@ async def test_insight_per_worker() -> None:
     assert sum(slot.busy_time for slot in insight) >= 0.9
     names = {name for slot in insight for name, _ in slot.longest_tasks}
     assert names <= {"sleep", "add", "raise_value_error"}
+
+
+async def test_a_stream_keeps_the_newest_and_counts_the_rest() -> None:
+    """The buffer's rules, without a pool (collaboration test)."""
+    feed = Feed()
+    stream = feed.subscribe(3)
+    for n in range(10):
+        feed.publish(triopool.WorkerEvent("up", n, 0, float(n)))
+    assert stream.lost == 7
+    feed.close()
+    assert [event.pid async for event in stream] == [7, 8, 9]  # type: ignore[union-attr]
+    # Subscribing to a closed feed gives a stream that ends at once.
+    assert [event async for event in feed.subscribe(3)] == []
+
+
+async def test_one_reader_at_a_time() -> None:
+    feed = Feed()
+    stream = feed.subscribe(3)
+    with trio.fail_after(LIMIT):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stream.__anext__)
+            await trio.testing.wait_all_tasks_blocked()
+            with pytest.raises(trio.BusyResourceError):
+                await stream.__anext__()
+            feed.publish(triopool.WorkerEvent("up", 1, 0, 0.0))
+    # The parked reader took the event.
+    assert stream.lost == 0
+    feed.unsubscribe(stream)
+    with pytest.raises(StopAsyncIteration):
+        await stream.__anext__()

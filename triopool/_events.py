@@ -139,7 +139,9 @@ class WorkerEvent:
             protocol), ``"start_failed"`` (see ``reason``), ``"stopped"``
             (exited because the pool closed or broke). Each start ends in
             exactly one of the last four, as the ``workers_*`` counters of
-            :meth:`Pool.statistics` count them.
+            :meth:`Pool.statistics` count them; a start that could not
+            create a process (``"no_process"``, or a fork server that failed)
+            has a ``"start_failed"`` event only.
         pid: Its process id; ``None`` if no process could be created.
         index: Its slot, ``0 <= index < workers``; ``None`` for the fork
             server (``start_method="forkserver"``), whose failures count as
