@@ -93,7 +93,8 @@ TRANSITIONS: Final[dict[tuple[JobState, Move], JobState]] = {
 _COUNTER: Final = (0, 0, 1, 2, 3, 4)  # waiting, waiting, running, completed, ...
 
 # The task event a move into each state publishes (SENT: none, the task
-# still waits).
+# still waits). A task that runs again after a failure publishes "retried"
+# (with _publish) where that decision is taken.
 _KIND: Final[tuple[TaskKind | None, ...]] = (
     "queued",
     None,

@@ -469,6 +469,8 @@ class Pool:
     def _check_open(self) -> None:
         if self._closed or self._jobs.closing or self._nursery is None:
             raise trio.ClosedResourceError("the pool is closed")
+        if _context.current_thread() != self._thread:
+            raise _context.other_run("the pool")
 
     def _check_usable(self) -> None:
         if self._closed or self._jobs.closing:
