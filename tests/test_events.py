@@ -141,6 +141,25 @@ async def test_a_task_is_queued_started_finished() -> None:
     assert workers[-1].pid == finished.worker_pid
 
 
+async def test_forkserver_workers_have_the_same_events() -> None:
+    async def body(pool: triopool.Pool) -> None:
+        pids = await pool.map(workerfuncs.sleep_then_pid, [0.05] * 4, chunksize=1)
+        assert len(pids) == 4
+
+    events, first, last = await watch(body, workers=2, start_method="forkserver")
+    check_task_events(events, first, last)
+    check_worker_events(events, first, last)
+    up = {
+        e.pid: e.index
+        for e in events
+        if isinstance(e, triopool.WorkerEvent) and e.kind == "up"
+    }
+    assert set(up.values()) == {0, 1}
+    for event in events:
+        if isinstance(event, triopool.TaskEvent) and event.kind == "finished":
+            assert up[event.worker_pid] == event.worker_index
+
+
 async def test_map_chunks_name_the_mapped_function() -> None:
     async def body(pool: triopool.Pool) -> None:
         assert await pool.map(abs, [-1, -2, -3], chunksize=2) == [1, 2, 3]
