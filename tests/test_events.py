@@ -64,6 +64,22 @@ async def watch(
     assert identity_problems(last) == []
     assert first.workers_started == 0
     assert first.tasks_submitted == 0
+    # Per-worker insight adds up: every task that ended on a worker, which is
+    # every completed or failed one but those failed before a worker took
+    # them (no worker_index in their event).
+    insight = pool.insight()
+    failed_unassigned = sum(
+        1
+        for e in events
+        if isinstance(e, triopool.TaskEvent)
+        and e.kind == "failed"
+        and e.worker_index is None
+    )
+    assert sum(slot.tasks_done for slot in insight) == (
+        last.tasks_completed + last.tasks_failed - failed_unassigned
+    )
+    started = kinds(events, triopool.WorkerEvent)["started"]
+    assert sum(slot.workers_started for slot in insight) == started
     return events, first, last
 
 
