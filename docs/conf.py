@@ -52,9 +52,6 @@ nitpick_ignore = [
     # The backend protocol is internal (see docs/cluster.rst); its two
     # implementations, RayBackend and DaskBackend, are in the reference.
     ("py:class", "Backend"),
-    # What open_pool(backend=...) returns: a pool with Pool's public methods,
-    # whose class is internal too.
-    ("py:class", "BackendPool"),
     # The kinds of events: Literal aliases whose values the event classes'
     # docstrings list.
     ("py:class", "TaskKind"),
