@@ -442,3 +442,45 @@ async def test_one_reader_at_a_time() -> None:
     feed.unsubscribe(stream)
     with pytest.raises(StopAsyncIteration):
         await stream.__anext__()
+
+
+async def test_elastic_stops_and_lifetime_retirements_say_why() -> None:
+    """Workers let go for idle_timeout are "stopped" with that reason, ones
+    retired by age "recycled" with theirs; the counters move with them."""
+
+    async def wait_for(
+        events: triopool.EventStream, kind: str, reason: str
+    ) -> triopool.WorkerEvent:
+        async for event in events:
+            if (
+                isinstance(event, triopool.WorkerEvent)
+                and event.kind == kind
+                and event.reason == reason
+            ):
+                return event
+        raise AssertionError(f"no {kind} event for {reason}")
+
+    async def idle_body(pool: triopool.Pool) -> None:
+        async with pool.events() as events:
+            assert await pool.run_sync(workerfuncs.add, 1, 2) == 3
+            await wait_for(events, "stopped", "idle_timeout")
+
+    events, first, last = await watch(
+        idle_body, workers=1, min_workers=0, idle_timeout=0.2
+    )
+    check_worker_events(events, first, last)
+    stopped = [
+        e for e in events if isinstance(e, triopool.WorkerEvent) and e.kind == "stopped"
+    ]
+    assert stopped[0].reason == "idle_timeout"
+
+    async def lifetime_body(pool: triopool.Pool) -> None:
+        async with pool.events() as events:
+            assert await pool.run_sync(workerfuncs.add, 1, 2) == 3
+            await wait_for(events, "recycled", "max_lifetime_per_child")
+
+    events, first, last = await watch(
+        lifetime_body, workers=1, max_lifetime_per_child=0.3
+    )
+    check_worker_events(events, first, last)
+    assert last.workers_recycled >= 1

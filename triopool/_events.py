@@ -134,10 +134,12 @@ class WorkerEvent:
     Attributes:
         kind: ``"started"`` (its process exists), ``"up"`` (it ran its
             initializer and takes tasks), ``"recycled"`` (retired by
-            ``max_tasks_per_child`` or ``max_memory_per_child``), ``"lost"``
+            ``max_tasks_per_child``, ``max_memory_per_child`` or
+            ``max_lifetime_per_child``), ``"lost"``
             (died, or was killed for a time limit, a cancellation or a broken
             protocol), ``"start_failed"`` (see ``reason``), ``"stopped"``
-            (exited because the pool closed or broke). Each start ends in
+            (exited because the pool closed or broke, or idle for
+            ``idle_timeout`` above ``min_workers``). Each start ends in
             exactly one of the last four, as the ``workers_*`` counters of
             :meth:`Pool.statistics` count them; a start that could not
             create a process (``"no_process"``, or a fork server that failed)
@@ -154,9 +156,11 @@ class WorkerEvent:
         reason: Why: for ``"start_failed"``, one of ``"timeout"``,
             ``"exited"``, ``"initializer"``, ``"bad_frame"``,
             ``"no_process"``, ``"forkserver"``; for ``"recycled"``,
-            ``"max_tasks_per_child"`` or ``"max_memory_per_child"``; for
-            ``"lost"``, ``"broke_protocol"`` when it was killed for that;
-            otherwise ``None``.
+            ``"max_tasks_per_child"``, ``"max_memory_per_child"`` or
+            ``"max_lifetime_per_child"``; for ``"stopped"``,
+            ``"idle_timeout"`` for an idle worker the pool let go (else
+            ``None``: the pool closed); for ``"lost"``, ``"broke_protocol"``
+            when it was killed for that; otherwise ``None``.
     """
 
     kind: WorkerKind
