@@ -26,6 +26,7 @@ from ._events import TaskEvent as TaskEvent
 from ._events import WorkerEvent as WorkerEvent
 from ._pool import Pool as Pool
 from ._pool import open_pool as open_pool
+from ._progress import MapProgress as MapProgress
 from ._stats import PoolStatistics as PoolStatistics
 from ._stats import WorkerInsight as WorkerInsight
 
@@ -57,6 +58,7 @@ __all__ = [
     "BrokenWorkerError",
     "DaskBackend",
     "EventStream",
+    "MapProgress",
     "Pool",
     "PoolDefault",
     "PoolStatistics",
@@ -78,6 +80,7 @@ __all__ = [
 
 for _obj in (
     EventStream,
+    MapProgress,
     Pool,
     PoolDefault,
     PoolStatistics,

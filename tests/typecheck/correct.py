@@ -52,6 +52,9 @@ async def use_a_pool() -> None:
         assert_type(await pool.run_sync(add, 1, 2, kill_on_cancel=False), int)
         assert_type(pool.statistics(), triopool.PoolStatistics)
         assert_type(await pool.map(len, ["a", "bc"]), list[int])
+        assert_type(
+            await pool.map(len, ["a"], return_exceptions=True), list[int | Exception]
+        )
         async with pool.imap(len, ["a", "bc"], ordered=False) as lengths:
             assert_type(lengths, AsyncIterator[int])
         async with trio.open_nursery() as nursery:
