@@ -131,6 +131,7 @@ def test_configure_default_pool_keeps_every_option() -> None:
         "soft_time_limit": 6.0,
         "kill_on_cancel": False,
         "shutdown_timeout": 1.0,
+        "forward_logs": False,
     }
     assert list(given) == FIELDS
     assert all(given[name] != getattr(DEFAULTS, name) for name in FIELDS)

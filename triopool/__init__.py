@@ -21,6 +21,8 @@ from ._errors import SoftTimeLimitExceeded as SoftTimeLimitExceeded
 from ._errors import TimeLimitExceeded as TimeLimitExceeded
 from ._errors import TriopoolError as TriopoolError
 from ._errors import WorkerStartError as WorkerStartError
+from ._inside import WorkerInfo as WorkerInfo
+from ._inside import current_worker as current_worker
 from ._pool import Pool as Pool
 from ._pool import open_pool as open_pool
 from ._stats import PoolStatistics as PoolStatistics
@@ -62,8 +64,10 @@ __all__ = [
     "SoftTimeLimitExceeded",
     "TimeLimitExceeded",
     "TriopoolError",
+    "WorkerInfo",
     "WorkerStartError",
     "configure_default_pool",
+    "current_worker",
     "open_pool",
     "run_sync",
 ]

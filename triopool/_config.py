@@ -148,6 +148,7 @@ class PoolConfig:
             lambda n, v: _check_number(n, v, allow_none=False, allow_zero=True)
         )
     )
+    forward_logs: bool = attrs.field()
 
     @start_method.validator  # pyright: ignore[reportAttributeAccessIssue]
     def _check_start_method(self, attribute: object, value: object) -> None:
@@ -170,9 +171,10 @@ class PoolConfig:
             raise TypeError(f"initializer must be callable or None, got {value!r}")
 
     @kill_on_cancel.validator  # pyright: ignore[reportAttributeAccessIssue]
-    def _check_kill_on_cancel(self, attribute: object, value: object) -> None:
+    @forward_logs.validator  # pyright: ignore[reportAttributeAccessIssue]
+    def _check_bool(self, attribute: attrs.Attribute[Any], value: object) -> None:
         if not isinstance(value, bool):
-            raise TypeError(f"kill_on_cancel must be a bool, got {value!r}")
+            raise TypeError(f"{attribute.name} must be a bool, got {value!r}")
 
     def __attrs_post_init__(self) -> None:
         _check_limits(self.time_limit, self.soft_time_limit, "")
@@ -199,6 +201,7 @@ class Options:
     soft_time_limit: float | None = None
     kill_on_cancel: bool = True
     shutdown_timeout: float = 5.0
+    forward_logs: bool = True
 
     def as_dict(self) -> dict[str, Any]:
         """Every option by name, in the order of the signature."""
@@ -231,6 +234,7 @@ class Options:
             soft_time_limit=self.soft_time_limit,
             kill_on_cancel=self.kill_on_cancel,
             shutdown_timeout=self.shutdown_timeout,
+            forward_logs=self.forward_logs,
         )
 
 

@@ -96,6 +96,7 @@ def configure_default_pool(
     soft_time_limit: float | None = None,
     kill_on_cancel: bool = True,
     shutdown_timeout: float = 5.0,
+    forward_logs: bool = True,
     backend: Backend | None = None,
 ) -> None:
     """Set the options of the default pool used by :func:`triopool.run_sync`.
@@ -139,6 +140,7 @@ def configure_default_pool(
         soft_time_limit=soft_time_limit,
         kill_on_cancel=kill_on_cancel,
         shutdown_timeout=shutdown_timeout,
+        forward_logs=forward_logs,
     )
     # open_pool checks every option (and pickles the initializer) before it
     # starts anything; the manager it returns is never entered. The values

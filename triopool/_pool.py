@@ -89,7 +89,7 @@ class Pool:
         self._jobs = Jobs()
         self._slots = Slots(
             config,
-            _messages.config_frame(
+            _messages.worker_config(
                 config.initializer, config.initargs, config.max_memory_per_child
             ),
             self._jobs,
@@ -436,6 +436,7 @@ def open_pool(
     soft_time_limit: float | None = None,
     kill_on_cancel: bool = True,
     shutdown_timeout: float = 5.0,
+    forward_logs: bool = True,
     backend: None = None,
 ) -> contextlib.AbstractAsyncContextManager[Pool]: ...
 @overload
@@ -454,6 +455,7 @@ def open_pool(
     soft_time_limit: float | None = None,
     kill_on_cancel: bool = True,
     shutdown_timeout: float = 5.0,
+    forward_logs: bool = True,
     backend: Backend,
 ) -> contextlib.AbstractAsyncContextManager[BackendPool]: ...
 def open_pool(
@@ -471,6 +473,7 @@ def open_pool(
     soft_time_limit: float | None = None,
     kill_on_cancel: bool = True,
     shutdown_timeout: float = 5.0,
+    forward_logs: bool = True,
     backend: Backend | None = None,
 ) -> (
     contextlib.AbstractAsyncContextManager[Pool]
@@ -509,6 +512,11 @@ def open_pool(
         kill_on_cancel: Default for :meth:`Pool.run_sync`.
         shutdown_timeout: On exit, seconds workers get to exit before SIGTERM,
             then SIGKILL.
+        forward_logs: Send the :mod:`logging` records that tasks and
+            initializers make to the parent's logger of the same name, with
+            ``record.worker_pid`` and ``record.worker_index``; the parent's
+            levels decide what is sent (see :doc:`inside-a-worker`). No effect
+            on a cluster backend.
         backend: Run the tasks on a cluster engine instead
             (:class:`RayBackend`, :class:`DaskBackend`); options the backend
             cannot honour must stay at their defaults (see "Running on a
@@ -544,6 +552,7 @@ def open_pool(
         soft_time_limit=soft_time_limit,
         kill_on_cancel=kill_on_cancel,
         shutdown_timeout=shutdown_timeout,
+        forward_logs=forward_logs,
     )
     return open_with_options(options, backend)
 

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Final
 import attrs
 import trio
 
-from . import _faults, _messages, _pipes, _protocol
+from . import _faults, _logs, _messages, _pipes, _protocol
 from ._errors import BrokenWorkerError, TimeLimitExceeded
 from ._hooks import Hooks, Trace, TraceKind
 from ._hooks import current as current_hooks
@@ -467,6 +467,11 @@ class Service:
             if trace is not None:
                 trace(Trace("received", worker.pid, frame_kind=frame.kind))
             kind = frame.kind
+            if kind == _protocol.LOG:  # never an answer: see _logs
+                _logs.handle(frame, worker.pid, worker.index)
+                if self.hear_first and not worker.answer_waiting():
+                    return None  # no answer came: act on the cancellation now
+                continue
             if kind == _protocol.SKIPPED:
                 if not self._skipped(frame):
                     return End.LOST
@@ -506,7 +511,11 @@ class Service:
                 _log.info(
                     "worker %d retired over max_memory_per_child",
                     worker.pid,
-                    extra={"event": "retired", "worker_pid": worker.pid},
+                    extra={
+                        "event": "retired",
+                        "worker_pid": worker.pid,
+                        "worker_index": worker.index,
+                    },
                 )
                 return End.RETIRED
             if self.pipeline.ahead:
@@ -515,7 +524,11 @@ class Service:
                 _log.error(
                     "worker %d started a task it was not sent; killing it",
                     worker.pid,
-                    extra={"event": "protocol_error", "worker_pid": worker.pid},
+                    extra={
+                        "event": "protocol_error",
+                        "worker_pid": worker.pid,
+                        "worker_index": worker.index,
+                    },
                 )
                 return End.LOST
             if limit is not None and self.tasks_done >= limit:
@@ -523,7 +536,11 @@ class Service:
                     "worker %d retired after %d tasks",
                     worker.pid,
                     self.tasks_done,
-                    extra={"event": "retired", "worker_pid": worker.pid},
+                    extra={
+                        "event": "retired",
+                        "worker_pid": worker.pid,
+                        "worker_index": worker.index,
+                    },
                 )
                 return End.RETIRED
             if self.killed:
@@ -615,7 +632,11 @@ class Service:
             "idle worker %d sent %r; killing it",
             pid,
             frame,
-            extra={"event": "protocol_error", "worker_pid": pid},
+            extra={
+                "event": "protocol_error",
+                "worker_pid": pid,
+                "worker_index": self.worker.index,
+            },
         )
         return End.LOST
 
@@ -630,7 +651,11 @@ class Service:
             "worker %d dropped task %d it was not asked to; killing it",
             self.worker.pid,
             number,
-            extra={"event": "protocol_error", "worker_pid": self.worker.pid},
+            extra={
+                "event": "protocol_error",
+                "worker_pid": self.worker.pid,
+                "worker_index": self.worker.index,
+            },
         )
         return False
 
@@ -664,15 +689,24 @@ class Service:
             _log.info(
                 "worker %d killed: its task was cancelled",
                 worker.pid,
-                extra={"event": "killed_for_cancel", "worker_pid": worker.pid},
+                extra={
+                    "event": "killed_for_cancel",
+                    "worker_pid": worker.pid,
+                    "worker_index": worker.index,
+                },
             )
             return
         assert job.time_limit is not None
-        _log.warning(
+        # On purpose, and the caller gets TimeLimitExceeded: not a warning.
+        _log.info(
             "worker %d killed: task exceeded its time limit of %g s",
             worker.pid,
             job.time_limit,
-            extra={"event": "killed_for_time_limit", "worker_pid": worker.pid},
+            extra={
+                "event": "killed_for_time_limit",
+                "worker_pid": worker.pid,
+                "worker_index": worker.index,
+            },
         )
         job.error = TimeLimitExceeded(
             f"the task exceeded its time limit of {job.time_limit:g} s; "
@@ -710,7 +744,11 @@ class Service:
                     "worker %d killed (%s)",
                     worker.pid,
                     exit_text(worker, exitcode),
-                    extra={"event": "killed", "worker_pid": worker.pid},
+                    extra={
+                        "event": "killed",
+                        "worker_pid": worker.pid,
+                        "worker_index": worker.index,
+                    },
                 )
             else:
                 _log.warning(
@@ -720,6 +758,7 @@ class Service:
                     extra={
                         "event": "lost",
                         "worker_pid": worker.pid,
+                        "worker_index": worker.index,
                         "broke_protocol": worker.protocol_error is not None,
                     },
                 )
@@ -738,6 +777,7 @@ class Service:
                 extra={
                     "event": "lost",
                     "worker_pid": worker.pid,
+                    "worker_index": worker.index,
                     "broke_protocol": worker.protocol_error is not None,
                 },
             )
@@ -750,6 +790,7 @@ class Service:
             extra={
                 "event": "lost",
                 "worker_pid": worker.pid,
+                "worker_index": worker.index,
                 "broke_protocol": worker.protocol_error is not None,
             },
         )
@@ -775,7 +816,11 @@ async def parent_fault(
         stage,
         fault,
         worker.pid,
-        extra={"event": "fault_injected", "worker_pid": worker.pid},
+        extra={
+            "event": "fault_injected",
+            "worker_pid": worker.pid,
+            "worker_index": worker.index,
+        },
     )
     if fault.action == "sleep":
         await trio.sleep(fault.argument)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Literal
 import attrs
 import trio
 
-from . import _messages, _protocol
+from . import _logs, _messages, _protocol
 from ._errors import BrokenPoolError, RemoteTraceback, WorkerStartError
 from ._forkserver import ForkServer, open_forkserver
 from ._serve import End, Service, exit_text, parent_fault
@@ -83,13 +83,13 @@ class Slots:
     def __init__(
         self,
         config: PoolConfig,
-        config_pieces: list[bytes | memoryview],
+        worker_config: _messages.WorkerConfig,
         jobs: Jobs,
         cpus: int,
         hooks: Hooks,
     ) -> None:
         self._config = config
-        self._config_pieces = config_pieces
+        self._worker_config = worker_config
         self._jobs = jobs
         self._hooks = hooks
         self._faults = hooks.faults
@@ -176,13 +176,17 @@ class Slots:
         permit = True  # taken by the slot for this start (see _start_permit)
         pid: int | None = None
         try:
-            async with open_worker(launch) as worker:
+            async with open_worker(launch, index=slot.number) as worker:
                 pid = worker.pid
                 _log.debug(
                     "worker %d started (slot %d)",
                     worker.pid,
                     slot.number,
-                    extra={"event": "started", "worker_pid": worker.pid},
+                    extra={
+                        "event": "started",
+                        "worker_pid": worker.pid,
+                        "worker_index": slot.number,
+                    },
                 )
                 up = await self._start(slot, worker)
                 permit = False
@@ -196,17 +200,25 @@ class Slots:
                         self._services.discard(service)
         except StartFailed as exc:
             end = None
-            self._start_failed(exc.error, exc.reason, worker_pid=pid, **exc.fields)
+            self._start_failed(
+                exc.error,
+                exc.reason,
+                worker_pid=pid,
+                worker_index=slot.number,
+                **exc.fields,
+            )
         except WorkerStartError as exc:
             # Only the fork server's launch raises it.
             end = None
-            self._start_failed(exc, "forkserver")
+            self._start_failed(exc, "forkserver", worker_index=slot.number)
         except OSError as exc:
             # No pipes or no process: the same as a worker failing to start.
             end = None
             error = WorkerStartError(f"could not start a worker process: {exc}")
             error.__cause__ = exc
-            self._start_failed(error, "no_process", errno=exc.errno)
+            self._start_failed(
+                error, "no_process", errno=exc.errno, worker_index=slot.number
+            )
         finally:
             if permit:
                 self._start_permits.release()
@@ -217,6 +229,16 @@ class Slots:
                 self.counters.lost += 1
             elif end is End.CLOSED:
                 self.counters.stopped += 1
+                if pid is not None:
+                    _log.debug(
+                        "worker %d stopped",
+                        pid,
+                        extra={
+                            "event": "stopped",
+                            "worker_pid": pid,
+                            "worker_index": slot.number,
+                        },
+                    )
             turn.start_failed = end is None
             turn.served.set()
 
@@ -233,12 +255,20 @@ class Slots:
             with trio.move_on_after(timeout) as timer:
                 if self._faults is not None:
                     await parent_fault(self._faults, worker, "before_config")
+                levels = _logs.levels() if self._config.forward_logs else None
+                config = self._worker_config.frame(
+                    worker_index=slot.number, log_levels=levels
+                )
                 try:
-                    await worker.send(self._config_pieces)
+                    await worker.send(config)
                 except trio.BrokenResourceError:
                     pass  # it died already: reported below as an early exit
                 else:
                     frame = await worker.receive()
+                    # What the initializer logged comes first.
+                    while frame is not None and _logs.is_log(frame):
+                        _logs.handle(frame, worker.pid, slot.number)
+                        frame = await worker.receive()
                     stray = self._hooks.stray_frame
                     if stray is not None and frame is not None:
                         frame = stray(worker.pid, "handshake") or frame
@@ -280,7 +310,13 @@ class Slots:
             )
         self._consecutive_start_failures = 0
         _log.debug(
-            "worker %d up", worker.pid, extra={"event": "up", "worker_pid": worker.pid}
+            "worker %d up",
+            worker.pid,
+            extra={
+                "event": "up",
+                "worker_pid": worker.pid,
+                "worker_index": slot.number,
+            },
         )
         return True
 
