@@ -150,3 +150,14 @@ def forked_current_worker() -> str:
     os.waitpid(pid, 0)
     with os.fdopen(read, "rb") as pipe:
         return pipe.read().decode()
+
+
+def log_until_soft_limit() -> int:
+    """Log without pause until the soft time limit strikes; return how many."""
+    count = 0
+    try:
+        while True:
+            log.warning("busy", extra={"step": "busy"})
+            count += 1
+    except triopool.SoftTimeLimitExceeded:
+        return count

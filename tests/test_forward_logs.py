@@ -184,3 +184,20 @@ async def test_off_the_worker_keeps_its_own_logging(
 def test_forward_logs_must_be_a_bool() -> None:
     with pytest.raises(TypeError, match="forward_logs"):
         triopool.open_pool(1, forward_logs=1)  # type: ignore[call-overload]
+
+
+async def test_a_soft_limit_never_cuts_a_record(records: Records) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with triopool.open_pool(1) as pool:
+            count = await pool.run_sync(lf.log_until_soft_limit, soft_time_limit=0.3)
+            assert await pool.run_sync(lf.log_then_return, 2) == 2
+            stats = pool.statistics()
+    steps = [r.step for r in records.from_workers()]  # type: ignore[attr-defined]
+    # The limit may strike in the call that sent the last record, before the
+    # task counted it.
+    assert count > 0
+    assert steps[-1] == "return"
+    assert steps[:-1] == ["busy"] * (len(steps) - 1)
+    assert count <= len(steps) - 1 <= count + 1
+    # Every frame whole: the worker served on.
+    assert stats.workers_lost == 0

@@ -27,6 +27,7 @@ import logging
 import os
 
 from . import _messages
+from ._errors import SoftTimeLimitExceeded
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -83,6 +84,8 @@ class Forwarder(logging.Handler):
             return
         try:
             data = _messages.log_frame(self.fields(record))
+        except SoftTimeLimitExceeded:
+            raise  # the task's, raised while it logged: never swallowed here
         except Exception:
             # A message whose arguments do not fit it, say: reported on the
             # worker's stderr, as any handler does.
