@@ -201,3 +201,15 @@ async def test_a_soft_limit_never_cuts_a_record(records: Records) -> None:
     assert count <= len(steps) - 1 <= count + 1
     # Every frame whole: the worker served on.
     assert stats.workers_lost == 0
+
+
+async def test_a_fork_server_that_preloaded_logging_forwards_too(
+    records: Records,
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with triopool.open_pool(
+            1, start_method="forkserver", forkserver_preload=["logging"]
+        ) as pool:
+            made = await pool.run_sync(lf.log_levels)
+    assert made == {"INFO": 1, "WARNING": 1, "ERROR": 1}
+    assert len(records.from_workers()) == 3

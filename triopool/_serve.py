@@ -725,8 +725,11 @@ class Service:
             # killed below) all the same.
             job.fatal_cause = exc
         with trio.move_on_after(self._config.shutdown_timeout):
-            if await worker.receive() is not None:
-                worker.kill()
+            while (later := await worker.receive()) is not None:
+                if not _logs.is_log(later):  # a thread of its may still log
+                    worker.kill()
+                    break
+                _logs.handle(later, worker.pid, worker.index)
 
     async def _lost(self, worker: Worker) -> None:
         """The worker's pipe is at EOF (or it exited): it died, was killed,
