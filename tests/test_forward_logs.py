@@ -17,6 +17,7 @@ import trio
 
 import triopool
 from tests import logfuncs as lf
+from tests import workerfuncs as wf
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -213,3 +214,21 @@ async def test_a_fork_server_that_preloaded_logging_forwards_too(
             made = await pool.run_sync(lf.log_levels)
     assert made == {"INFO": 1, "WARNING": 1, "ERROR": 1}
     assert len(records.from_workers()) == 3
+
+
+async def test_a_worker_whose_tasks_never_log_never_imports_logging() -> None:
+    # Forwarding starts when something in the worker imports logging: until
+    # then it costs a worker nothing, not even the import.
+    with trio.fail_after(TIMEOUT):
+        async with triopool.open_pool(1) as pool:
+            modules = await pool.run_sync(wf.loaded_modules)
+            made = await pool.run_sync(lf.log_levels)
+    assert "logging" not in modules
+    assert "triopool._forwarder" not in modules
+    # Imported by the next task: the parent's levels hold there at once.
+    parent = logging.getLogger("tests.logfuncs").getEffectiveLevel()
+    assert made == {
+        logging.getLevelName(level): 1
+        for level in (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR)
+        if level >= parent
+    }
