@@ -161,3 +161,8 @@ def log_until_soft_limit() -> int:
             count += 1
     except triopool.SoftTimeLimitExceeded:
         return count
+
+
+def configure_own_logging() -> None:
+    """Initializer: the worker handles its records itself."""
+    logging.basicConfig(level=logging.DEBUG, handlers=[logging.NullHandler()])

@@ -232,3 +232,14 @@ async def test_a_worker_whose_tasks_never_log_never_imports_logging() -> None:
         for level in (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR)
         if level >= parent
     }
+
+
+async def test_a_worker_that_configures_its_own_logging_keeps_its_records(
+    records: Records,
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with triopool.open_pool(1, initializer=lf.configure_own_logging) as pool:
+            made = await pool.run_sync(lf.log_levels)
+    # basicConfig() worked there (its level, DEBUG), and nothing was sent.
+    assert made == {"DEBUG": 1, "INFO": 1, "WARNING": 1, "ERROR": 1}
+    assert records.from_workers() == []

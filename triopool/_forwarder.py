@@ -18,11 +18,16 @@ Invariants:
   logs) is not the worker, and writes to the worker's pipe would corrupt it;
   its records go where an unconfigured program's go (``logging.lastResort``).
 
+A worker that configures its own logging (``logging.basicConfig()`` or
+``logging.config``, in an initializer or a task) handles its records itself:
+the forwarder leaves the root logger.
+
 This module imports only the standard library: the worker imports it.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 
@@ -120,7 +125,30 @@ def install(levels: LogLevels, send: Callable[[bytes], None], pid: int) -> Forwa
         logging.getLogger(name).setLevel(level)
     handler = Forwarder(send, pid)
     root.addHandler(handler)
+    _step_aside_for_basic_config(handler)
     return handler
+
+
+def _step_aside_for_basic_config(handler: Forwarder) -> None:
+    """Let ``logging.basicConfig()`` in the worker configure it, as it would
+    in a fresh interpreter.
+
+    Without this, the forwarder on the root logger would make
+    ``basicConfig()`` (in an initializer, say) silently do nothing. A worker
+    that configures its own logging that way handles its records itself:
+    the forwarder leaves the root logger first. ``logging.config`` replaces
+    the root's handlers, the forwarder among them, by itself.
+    """
+    original = logging.basicConfig
+
+    @functools.wraps(original)
+    def basic_config(**kwargs: Any) -> None:
+        root = logging.getLogger()
+        if handler in root.handlers:
+            root.removeHandler(handler)
+        original(**kwargs)
+
+    logging.basicConfig = basic_config
 
 
 def uninstall(handler: Forwarder) -> None:
