@@ -204,7 +204,10 @@ def stress(session: nox.Session) -> None:
     worker, 3,000 callers in 1.5 s, 70 % giving up within 0.5 ms;
     ``mixed``: two workers, 10,000 callers, cancellations with
     kill_on_cancel both ways), one Trio run each, until the time is up;
-    ``cancel-burst`` and ``cancel-mixed`` run one kind. See tests/storm.py.
+    ``cancel-burst`` and ``cancel-mixed`` run one kind; ``ahead-kills`` is
+    the write-ahead storm: 4 workers serving 20 tasks each, short tasks
+    written ahead to busy workers while workers are killed (by SIGKILL and
+    by their tasks), and no task may start twice. See tests/storm.py.
     """
     install(session, "test")
     session.run("python", "-m", "tests.storm", *session.posargs)

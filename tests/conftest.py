@@ -11,7 +11,8 @@ import pytest
 import triopool
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    import logging
+    from collections.abc import Iterable, Iterator
 
 
 def open_fds() -> set[int]:
@@ -126,6 +127,23 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
     leftover = child_processes() - children_before
     assert not leaked_fds, f"fds leaked: {sorted(leaked_fds)}"
     assert not leftover, f"child processes left: {sorted(leftover)}"
+
+
+def logged(
+    records: Iterable[logging.LogRecord], **fields: object
+) -> list[logging.LogRecord]:
+    """The ``"triopool"`` records among ``records`` whose structured fields
+    (``record.event``, ``record.worker_pid`` ...) have the values given:
+    what tests match, never a record's text."""
+    missing = object()
+    return [
+        record
+        for record in records
+        if record.name == "triopool"
+        and all(
+            getattr(record, name, missing) == value for name, value in fields.items()
+        )
+    ]
 
 
 StartMethod: TypeAlias = Literal["spawn", "forkserver"]

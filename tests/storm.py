@@ -19,6 +19,14 @@ killed at the end (:class:`Grandchildren`).
 Profiles (``--profile``):
 
 - ``recycle`` (the default): the recycling storm above, for ``--minutes``.
+- ``ahead-kills``: the write-ahead storm (:data:`AHEAD_KILLS`), for
+  ``--minutes``: workers serve 20 tasks each, so that short tasks are
+  written ahead to busy workers, while the storm and some tasks kill
+  workers. A task written ahead to a worker that died before starting it
+  must run elsewhere and succeed, one whose worker died running it fails
+  with a ``BrokenWorkerError`` naming that worker, and no task may start
+  twice (each notes where it starts); plus every check of the recycling
+  storm. The trace hook counts the task frames written ahead.
 - ``cancel``: cancellation storms (:func:`run_cancel_storm`), ``burst`` and
   ``mixed`` taking turns, one Trio run each, until ``--minutes`` (or
   ``--rounds``) are up or one fails; ``cancel-burst`` and ``cancel-mixed``
@@ -64,7 +72,7 @@ import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import trio
 
@@ -348,13 +356,15 @@ def watch_log(watch: LogWatch) -> Iterator[LogWatch]:
 def record_sends(
     sent: dict[str, list[int]],
     pid_of: Callable[[int], int] = lambda pid: pid,
+    ahead: list[str] | None = None,
 ) -> Iterator[None]:
     """Record, per task nonce, the pids of the workers the task was written to.
 
     Through the pool's trace hook (``triopool._hooks``), which sees every task
     frame written, ahead ones included, for the pools opened in the block.
     ``pid_of`` lets the storm's self-test record a wrong pid, to show that
-    the pid checks can fail.
+    the pid checks can fail. ``ahead`` gets the nonce of each task frame
+    written ahead (to a busy worker), once per such write.
     """
 
     def trace(event: _hooks.Trace) -> None:
@@ -366,6 +376,8 @@ def record_sends(
         assert isinstance(frame, _protocol.Frame)
         _fn, args, _soft = _messages.decode_task(frame, None)
         sent.setdefault(args[0], []).append(pid_of(event.worker_pid))
+        if ahead is not None and event.kind == "written ahead":
+            ahead.append(args[0])
 
     with _hooks.installed(trace=trace):
         yield
@@ -388,8 +400,15 @@ ECHOING_ACTIONS = (
 
 @dataclass
 class StormConfig:
-    """What the storm does; defaults are the small, default-suite storm."""
+    """What the storm does; defaults are the small, default-suite storm.
 
+    ``mix="ahead-kills"`` makes it the write-ahead storm (see
+    :data:`AHEAD_KILLS`): short tasks that note where they start, some
+    killing their worker, no hostile ones, no time limits.
+    """
+
+    mix: Literal["recycle", "ahead-kills"] = "recycle"
+    max_tasks_per_child: int = 1
     workers: int = 8
     tasks: int = 200  # total tasks (ignored if duration is set)
     duration: float | None = None  # seconds of submitting, instead of a count
@@ -401,6 +420,29 @@ class StormConfig:
     seed: int | None = None
     task_timeout: float = 120.0  # a task taking longer than this "hangs"
     hostile: float = 0.2  # share of tasks of the HOSTILE_ACTIONS, evenly
+
+
+# The write-ahead storm ("ahead-kills"): workers serve 20 tasks each, so that
+# tasks are written ahead (at most 8 behind the one running, and none past
+# a worker's 20th) to busy workers while callers queue up; 100 callers at a time
+# against 4 workers keep the queue long. Most tasks echo at once (a task
+# goes ahead only behind a short one); every 25th kills its own worker, 3 %
+# exit, a few take 20 ms; 5 % are cancelled at a random moment; and the
+# killer sends SIGKILL to a pool process every 0.3 s on average. A task
+# written ahead to a worker that dies before starting it must run elsewhere
+# and succeed; one whose worker died running it fails with that worker's
+# BrokenWorkerError; none may run twice (each notes where it starts, in
+# the worker: see ``storm_task_noting_start``).
+AHEAD_KILLS = StormConfig(
+    mix="ahead-kills",
+    max_tasks_per_child=20,
+    workers=4,
+    in_flight=100,
+    start_timeout=5.0,
+    quick_start=1.0,
+    kill_interval=0.3,
+    hostile=0.0,
+)
 
 
 @dataclass
@@ -422,6 +464,12 @@ class StormReport:
     log_counts: Counter[str] = field(default_factory=Counter)
     actions: Counter[str] = field(default_factory=Counter)  # tasks tried, by kind
     endings: Counter[str] = field(default_factory=Counter)  # by kind and outcome
+    mix: str = "recycle"
+    # Task frames written ahead to a busy worker (trace hook).
+    written_ahead: int = 0
+    # Tasks written ahead to a worker, then written to another, that ended
+    # with their result: the write-ahead that a death undid.
+    rerun_after_ahead: int = 0
 
     @property
     def tasks_done(self) -> int:
@@ -430,7 +478,8 @@ class StormReport:
     def summary(self) -> str:
         stats = self.stats
         lines = [
-            f"seed {self.seed}, {self.start_method}, {self.elapsed:.1f} s",
+            f"{self.mix} storm, seed {self.seed}, {self.start_method}, "
+            f"{self.elapsed:.1f} s",
             f"tasks done: {self.tasks_done} ({dict(sorted(self.outcomes.items()))})",
             f"tasks by kind: {dict(sorted(self.actions.items()))}",
             f"endings by kind: {dict(sorted(self.endings.items()))}",
@@ -442,6 +491,11 @@ class StormReport:
                 f"{stats.workers_stopped} stopped",
                 f"start failures: {stats.start_failures}",
             ]
+        if self.mix == "ahead-kills":
+            lines.append(
+                f"written ahead: {self.written_ahead} task frames; "
+                f"{self.rerun_after_ahead} tasks rerun after it and answered"
+            )
         lines += [
             f"external SIGKILLs: {self.kills}",
             f"peak fds: {self.peak_fds} (baseline {self.baseline_fds}, "
@@ -475,17 +529,27 @@ async def run_sync(
     return await pool.run_sync(fn, *args, **options)
 
 
-async def run_storm(config: StormConfig, run: Run = run_sync) -> StormReport:
+async def run_storm(
+    config: StormConfig,
+    run: Run = run_sync,
+    pid_of: Callable[[int], int] = lambda pid: pid,
+) -> StormReport:
     """Run one storm and report; never raises for a violated invariant.
 
-    ``run(pool, fn, *args, **options)`` makes each of the storm's calls: a
-    self-test passes another, that simulates a symptom the storm must catch.
+    ``run(pool, fn, *args, **options)`` makes each of the storm's calls, and
+    ``pid_of`` turns the pid of each worker a task is written to into the pid
+    the storm records (see :func:`record_sends`): a self-test passes others,
+    that simulate a symptom the storm must catch.
     """
     seed = config.seed if config.seed is not None else random.randrange(2**32)
     rng = random.Random(seed)
-    report = StormReport(seed=seed, start_method=config.start_method)
+    report = StormReport(seed=seed, start_method=config.start_method, mix=config.mix)
     violations = report.violations
     sent: dict[str, list[int]] = {}
+    written_ahead: list[str] = []
+    # The write-ahead storm: how each task ended ("result", or the name of
+    # its error) and the pid its result or BrokenWorkerError names.
+    ended: dict[str, tuple[str, int | None]] = {}
     # Made before the baselines: its leader and our pipe to it stay until the
     # checks are done.
     grandchildren = Grandchildren()
@@ -562,13 +626,29 @@ async def run_storm(config: StormConfig, run: Run = run_sync) -> StormReport:
                     report.kills += 1
                     delay = rng.expovariate(1 / config.kill_interval)
 
+    started_path = os.path.join(grandchildren.pid_dir, "started")
+
     async def one_task(pool: triopool.Pool, number: int, done: trio.Semaphore) -> None:
         nonce = f"t{number}-{rng.randrange(10**9)}"
         roll = rng.random()
         kill_on_cancel = rng.random() < 0.8
         time_limit: float | None = None
         argument = 0.0
-        if rng.random() < config.hostile:
+        cancel_share = 0.15
+        if config.mix == "ahead-kills":
+            cancel_share = 0.05
+            # Every 25th task kills its worker, not a random 4 %: a short
+            # storm on a loaded machine runs only a few hundred tasks, and
+            # must have some.
+            if number % 25 == 12:
+                action = "kill"
+            elif roll < 0.92:
+                action = "echo"
+            elif roll < 0.95:
+                action, argument = "exit", float(rng.randrange(1, 100))
+            else:
+                action, argument = "echo", 0.02
+        elif rng.random() < config.hostile:
             action = rng.choice(HOSTILE_ACTIONS)
         elif roll < 0.70:
             action, argument = "echo", rng.choice((0.0, 0.0, 0.005, 0.05))
@@ -594,10 +674,13 @@ async def run_storm(config: StormConfig, run: Run = run_sync) -> StormReport:
             fn, args = hf.leave_grandchild, (nonce, then, group, pid_dir)
         elif action == "dup2":
             fn, args = hf.break_result_pipe, (nonce, grandchildren.pid_dir)
+        elif config.mix == "ahead-kills":
+            fn = wf.storm_task_noting_start
+            args = (nonce, action, argument, started_path)
         else:
             fn = wf.storm_task
             args = (nonce, "echo" if action == "hang" else action, argument)
-        cancel_after = rng.uniform(0, 0.5) if rng.random() < 0.15 else None
+        cancel_after = rng.uniform(0, 0.5) if rng.random() < cancel_share else None
         outcome: object = None
         error: BaseException | None = None
         with trio.move_on_after(config.task_timeout) as hang_scope:
@@ -634,6 +717,7 @@ async def run_storm(config: StormConfig, run: Run = run_sync) -> StormReport:
                 violations.append(f"{where} returned {outcome!r}")
                 return
             got_nonce, got_pid = cast("tuple[str, int]", outcome)
+            ended[nonce] = ("result", got_pid)
             if got_nonce != nonce:
                 violations.append(f"cross-talk: {where} got the result of {got_nonce}")
             elif not sent.get(nonce) or got_pid != sent[nonce][-1]:
@@ -644,6 +728,7 @@ async def run_storm(config: StormConfig, run: Run = run_sync) -> StormReport:
             return
         name = type(error).__name__
         report.outcomes[name] += 1
+        ended[nonce] = (name, getattr(error, "pid", None))
         exitcode = getattr(error, "exitcode", None)
         code = "" if exitcode is None else f"({exitcode})"
         report.endings[f"{action}: {name}{code}"] += 1
@@ -697,11 +782,11 @@ async def run_storm(config: StormConfig, run: Run = run_sync) -> StormReport:
                     await trio.sleep(rng.uniform(0, 0.01))
 
     pool: triopool.Pool | None = None
-    with record_sends(sent), watch_log(log):
+    with record_sends(sent, pid_of, written_ahead), watch_log(log):
         async with triopool.open_pool(
             config.workers,
             start_method=config.start_method,
-            max_tasks_per_child=1,
+            max_tasks_per_child=config.max_tasks_per_child,
             initializer=wf.initializer_random_delay,
             initargs=(config.quick_start, 0.5 * timeout, 1.5 * timeout),
             start_timeout=timeout,
@@ -726,6 +811,15 @@ async def run_storm(config: StormConfig, run: Run = run_sync) -> StormReport:
         )
     if report.outcomes["result"] > stats.tasks_completed:
         violations.append(f"more results than completed tasks: {stats}")
+    report.written_ahead = len(written_ahead)
+    if config.mix == "ahead-kills":
+        violations.extend(check_starts(started_path, ended, sent))
+        ahead = set(written_ahead)
+        report.rerun_after_ahead = sum(
+            1
+            for nonce, (how, _pid) in ended.items()
+            if how == "result" and nonce in ahead and len(set(sent[nonce])) > 1
+        )
     fds_after = open_fds()
     if fds_after != fds_before:
         violations.append(
@@ -744,6 +838,48 @@ async def run_storm(config: StormConfig, run: Run = run_sync) -> StormReport:
         violations.append(f"pool processes still running after the block: {outlived}")
     violations.extend(grandchildren.close())
     return report
+
+
+def check_starts(
+    started_path: str,
+    ended: dict[str, tuple[str, int | None]],
+    sent: dict[str, list[int]],
+) -> list[str]:
+    """What the write-ahead storm's tasks noted as they started (``"nonce
+    pid"`` lines, see ``storm_task_noting_start``), against how they ended.
+
+    No task may start twice: one written ahead to a worker that died before
+    starting it runs elsewhere, one that started is never run again. A
+    result comes from the worker where its task started, and a
+    BrokenWorkerError names that worker, if the task got as far as noting
+    its start (a worker may die after it read a task, so that the task
+    counts as started, and before the task wrote its line).
+    """
+    problems = []
+    starts: dict[str, list[int]] = {}
+    with contextlib.suppress(FileNotFoundError), open(started_path) as f:
+        for line in f:
+            nonce, noted_pid = line.split()
+            starts.setdefault(nonce, []).append(int(noted_pid))
+    for nonce, pids in starts.items():
+        if len(pids) > 1:
+            problems.append(
+                f"task {nonce} started {len(pids)} times, in {pids} "
+                f"(written to {sent.get(nonce)})"
+            )
+    for nonce, (how, pid) in ended.items():
+        where = starts.get(nonce)
+        if how == "result" and where != [pid]:
+            problems.append(
+                f"task {nonce}: result from {pid}, started in {where} "
+                f"(written to {sent.get(nonce)})"
+            )
+        if how == "BrokenWorkerError" and where is not None and where != [pid]:
+            problems.append(
+                f"task {nonce}: BrokenWorkerError from {pid}, started in {where} "
+                f"(written to {sent.get(nonce)})"
+            )
+    return problems
 
 
 @dataclass
@@ -979,24 +1115,27 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="cancellation profiles: stop after this many storms, not minutes",
     )
-    parser.add_argument("--workers", type=int, default=8)
-    # Hundreds of tasks waiting or running at once, as in the small storm.
-    parser.add_argument("--in-flight", type=int, default=200)
+    # Defaults: the profile's (recycle: 8 workers and hundreds of tasks
+    # waiting or running at once, as in the small storm).
+    parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--in-flight", type=int, default=None)
     parser.add_argument("--start-method", choices=START_METHODS, default="spawn")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument(
         "--json", action="store_true", help="end with one JSON line (for the tests)"
     )
     args = parser.parse_args(argv)
-    if args.profile != "recycle":
+    if args.profile not in STORM_PROFILES:
         return cancel_main(args)
     # Nothing is printed as it happens: the storm's LogWatch takes the pool's
     # records (start failures and deaths are the point here) and reports the
     # ones that are violations with the rest.
-    config = StormConfig(
-        workers=args.workers,
+    profile = STORM_PROFILES[args.profile]
+    config = dataclasses.replace(
+        profile,
+        workers=profile.workers if args.workers is None else args.workers,
         duration=args.minutes * 60,
-        in_flight=args.in_flight,
+        in_flight=profile.in_flight if args.in_flight is None else args.in_flight,
         start_method=args.start_method,
         seed=args.seed,
     )
@@ -1005,10 +1144,15 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if report.violations else 0
 
 
+# The storms of one pool each (the others are cancellation storms).
+STORM_PROFILES = {"recycle": StormConfig(), "ahead-kills": AHEAD_KILLS}
+
+
 # What --profile names: the recycling storm, or cancellation storms of one
 # kind or of two kinds taking turns ("cancel-small": the default suite's).
 PROFILES = {
     "recycle": (),
+    "ahead-kills": (),
     "cancel": ("burst", "mixed"),
     "cancel-burst": ("burst",),
     "cancel-mixed": ("mixed",),

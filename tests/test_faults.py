@@ -22,6 +22,7 @@ import trio.testing
 
 import triopool
 from tests import workerfuncs as wf
+from tests.conftest import logged
 from tests.storm import check_counters
 from triopool import _faults, _hooks
 
@@ -212,7 +213,7 @@ async def test_death_with_the_task_unread_in_its_pipe_reruns_it(
     stats = pool.statistics()
     assert (stats.tasks_completed, stats.tasks_failed, stats.workers_lost) == (1, 0, 1)
     assert_counters_add_up(stats)
-    assert f"died before it read its task ({described})" in caplog.text
+    assert logged(caplog.records, event="lost", task="rerun", exitcode=exitcode)
 
 
 @each_start_method
@@ -333,7 +334,9 @@ async def test_worker_dead_before_the_handshake_is_a_start_failure(
     stats = pool.statistics()
     assert (stats.start_failures, stats.workers_started) == (1, 2)
     assert_counters_add_up(stats)
-    assert "signal SIGKILL" in caplog.text
+    assert logged(
+        caplog.records, event="start_failed", reason="exited", exitcode=-signal.SIGKILL
+    )
 
 
 @each_start_method
@@ -351,7 +354,7 @@ async def test_worker_dead_before_a_task_is_sent_reruns_it_elsewhere(
     stats = pool.statistics()
     assert (stats.tasks_completed, stats.tasks_failed, stats.workers_lost) == (1, 0, 1)
     assert_counters_add_up(stats)
-    assert "died before it read its task" in caplog.text
+    assert logged(caplog.records, event="lost", task="rerun", exitcode=-signal.SIGKILL)
 
 
 @each_start_method

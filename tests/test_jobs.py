@@ -53,21 +53,18 @@ class Taker:
         self.taken.append(job)
 
 
-class Scope:
-    """Stands for the cancel scope of a running job's worker service."""
-
-    cancelled = False
-
-    def cancel(self) -> None:
-        self.cancelled = True
-
-
 class Link:
+    """Stands for the service of the worker a job was written to."""
+
     def __init__(self) -> None:
         self.skipped: list[Job] = []
+        self.stopped: list[Job] = []
 
     def skip(self, job: Job) -> None:
         self.skipped.append(job)
+
+    def stop_running(self, job: Job) -> None:
+        self.stopped.append(job)
 
 
 @pytest.mark.parametrize(("state", "move"), sorted(TRANSITIONS, key=str))
@@ -168,11 +165,12 @@ def test_abandoning_by_state() -> None:
     # kill_on_cancel=False: the caller waits on for the outcome.
     assert not jobs.abandon(running, kill=False)
     assert running.state is JobState.RUNNING
-    scope = Scope()
-    running.scope = scope  # type: ignore[assignment]
+    running_at = Link()
+    running.link = running_at
+    assert running_at.stopped == []
     assert jobs.abandon(running, kill=True)
     assert state_of(running) is JobState.CANCELLED
-    assert scope.cancelled  # its worker's service kills the worker
+    assert running_at.stopped == [running]  # its worker's service kills it
 
     link = Link()
     sent = job_in(jobs, JobState.SENT)

@@ -20,7 +20,7 @@ import trio.testing
 
 import triopool
 from tests import workerfuncs as wf
-from tests.conftest import is_running
+from tests.conftest import is_running, logged
 
 # Generous bounds: the machine is small and shared; these catch hangs, not speed.
 TIMEOUT = 60
@@ -165,7 +165,8 @@ async def test_worker_breaking_the_protocol_is_lost_not_the_pool(
             stats = pool.statistics()
     assert results == [1, 2, 3, 4]
     assert stats.workers_lost == 1
-    assert any("breaking the protocol" in r.getMessage() for r in caplog.records)
+    (lost,) = logged(caplog.records, event="lost", worker_pid=info.value.pid)
+    assert (lost.broke_protocol, lost.task) == (True, "failed")  # type: ignore[attr-defined]
 
 
 async def test_idle_worker_exits_at_eof_without_waiting_for_the_timeout() -> None:
@@ -588,11 +589,9 @@ async def test_lifecycle_is_logged(caplog: pytest.LogCaptureFixture) -> None:
             pid = await pool.run_sync(wf.getpid)
             with pytest.raises(triopool.BrokenWorkerError):
                 await pool.run_sync(wf.exit_with, 9)
-    messages = [r.getMessage() for r in caplog.records if r.name == "triopool"]
-    assert f"worker {pid} started (slot 0)" in messages
-    assert f"worker {pid} up" in messages
-    assert f"worker {pid} retired after 1 tasks" in messages
-    assert any("died running a task (exit code 9)" in m for m in messages)
+    for event in ("started", "up", "retired"):
+        assert logged(caplog.records, event=event, worker_pid=pid), event
+    assert logged(caplog.records, event="lost", exitcode=9, task="failed")
 
 
 def test_public_errors_pickle() -> None:

@@ -7,6 +7,9 @@ tests also cover large bytes received into the objects themselves.
 from __future__ import annotations
 
 import mmap
+import pathlib
+import subprocess
+import sys
 
 import pytest
 from hypothesis import given, settings
@@ -204,22 +207,46 @@ def test_bytes_received_without_building_them_in_place() -> None:
     assert value == data
 
 
-def test_bytes_built_in_place_whatever_others_set_on_ctypes_pythonapi(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    ctypes = pytest.importorskip("ctypes")
-    _protocol._bytes_builder.cache_clear()
-    data = bytes(range(256)) * 1000
-    receive_in_pieces(encode(_protocol.RESULT, data))  # set up
-    # Another library's idioms on the shared function objects: they must not
-    # change where the decoder writes.
-    api = ctypes.pythonapi
-    monkeypatch.setattr(api.PyBytes_AsString, "restype", ctypes.c_char_p)
-    monkeypatch.setattr(api.PyMemoryView_FromMemory, "restype", ctypes.c_void_p)
+# Run by the next test in a process of its own: another library's idioms on
+# ctypes.pythonapi's shared function objects, before and after the decoder
+# first builds bytes in place, must not change where it writes.
+OTHER_LIBRARY_SETS_RESTYPES = """
+import ctypes
+from tests.test_protocol import encode, receive_in_pieces
+from triopool import _protocol, _serialize
+
+def received_in_place(data):
     frame, _ = receive_in_pieces(encode(_protocol.RESULT, data))
     value = _serialize.loads(frame.payload, frame.buffers)
     assert value == data
-    assert value is frame.buffers[0].obj
+    return value is frame.buffers[0].obj
+
+data = bytes(range(256)) * 1000
+api = ctypes.pythonapi
+api.PyBytes_AsString.restype = ctypes.c_char_p
+print(received_in_place(data))
+api.PyMemoryView_FromMemory.restype = ctypes.c_void_p
+api.PyBytes_FromStringAndSize.restype = ctypes.c_void_p
+print(received_in_place(data))
+"""
+
+
+def test_bytes_built_in_place_whatever_others_set_on_ctypes_pythonapi() -> None:
+    pytest.importorskip("ctypes")
+    if sys.implementation.name != "cpython":
+        pytest.skip("bytes are built in place only on CPython")
+    # In a process of its own, so that this test changes nothing shared in
+    # the test run's process (the function objects are global to it).
+    done = subprocess.run(
+        [sys.executable, "-c", OTHER_LIBRARY_SETS_RESTYPES],
+        cwd=pathlib.Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "True"], done.stdout
 
 
 def test_only_whole_bytes_objects_are_received_as_bytes() -> None:

@@ -262,6 +262,20 @@ def storm_task(nonce: str, action: str, argument: float) -> tuple[str, int]:
     return nonce, os.getpid()
 
 
+def storm_task_noting_start(
+    nonce: str, action: str, argument: float, started: str
+) -> tuple[str, int]:
+    """:func:`storm_task`, having first appended ``"nonce pid"`` to the file
+    ``started``: what ran, and where, as the worker saw it."""
+    fd = os.open(started, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        # One small write to a file opened O_APPEND: whole lines, in order.
+        os.write(fd, f"{nonce} {os.getpid()}\n".encode())
+    finally:
+        os.close(fd)
+    return storm_task(nonce, action, argument)
+
+
 def initializer_random_delay(quick: float, slow_low: float, slow_high: float) -> None:
     """Delay UP: briefly for most workers, across the start timeout for some."""
     import random

@@ -91,9 +91,11 @@ class Taker(Protocol):
 
 
 class Link(Protocol):
-    """The service of the busy worker a job was written ahead to."""
+    """The service of the worker a job was written to (to run, or ahead)."""
 
     def skip(self, job: Job) -> None: ...
+
+    def stop_running(self, job: Job) -> None: ...
 
 
 @attrs.define(eq=False)
@@ -112,12 +114,11 @@ class Job:
     #: What a task that ended its worker raised (FATAL), for the error's cause.
     fatal_cause: BaseException | None = None
     # Where it runs, once written (see _serve and _pipeline): the service of
-    # its worker, its number there, the worker's bytes_written after it, the
-    # cancel scope that works for it and its hard deadline (trio time).
+    # its worker, its number there, the worker's bytes_written after it, and
+    # its hard deadline (trio time).
     link: Link | None = None
     number: int = 0
     end: int = 0
-    scope: trio.CancelScope | None = None
     deadline: float = math.inf
     #: Written ahead, then given up by its caller: a SKIP was asked for, and
     #: the caller waits for the worker's verdict (dropped, or started).
@@ -234,8 +235,8 @@ class Jobs:
             return False
         if state is JobState.RUNNING:
             self.move(job, Move.CANCEL)
-            if job.scope is not None:
-                job.scope.cancel()  # its worker's service kills the worker
+            if job.link is not None:
+                job.link.stop_running(job)  # its worker's service kills it
         return True
 
     def fail_waiting(

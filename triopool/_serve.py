@@ -11,8 +11,13 @@ the worker's pipes.
 Invariants:
 
 - Only these tasks touch the worker, and only inside its owner's block.
-- One frame is written at a time (``writing``); an interrupted write kills
-  the worker, whose stream to us is out of sync.
+- One frame is written at a time, through :meth:`Service._write`, whether
+  it starts a task on a free worker, goes ahead of need to a busy one, or
+  carries SKIPs; a write cut short kills the worker, whose stream to us is
+  then out of sync.
+- Whatever ends a wait of the reader or a write early goes through
+  :meth:`Service.interrupt`, which records why before it cancels; the one
+  other cause is the running job's deadline, the reader's wait's own.
 - The feeder is woken only through :meth:`Service._wake_feeder`, which wakes
   it only if it is parked: whoever sets work for it (``handed``, ``skips``,
   ``recheck``) calls it, and a feeder already awake finds the work before it
@@ -31,13 +36,12 @@ from typing import TYPE_CHECKING, Final
 import attrs
 import trio
 
-from . import _faults, _logs, _messages, _pipes, _protocol
-from ._errors import BrokenWorkerError, TimeLimitExceeded
+from . import _faults, _logs, _pipes, _protocol, _settle
+from ._errors import BrokenWorkerError
 from ._hooks import Hooks, Trace, TraceKind
 from ._hooks import current as current_hooks
 from ._jobs import Job, JobState, Move, wake
 from ._pipeline import Pipeline
-from ._spawn import describe_exit
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -71,6 +75,31 @@ class Ended(enum.Enum):
     FATAL = "a task ended it"
 
 
+class Next(enum.Enum):
+    """What a free worker does next (see Service._next_or_idle)."""
+
+    SENT = "runs the next queued job"
+    IDLE = "idles"
+    STOP = "stops"
+
+
+class Why(enum.Flag):
+    """Why the reader's wait was cut short (see :meth:`Service.interrupt`).
+
+    The running job's deadline is the one cause not recorded here: it is the
+    wait's own, and the reader checks it against the job that runs then.
+    """
+
+    #: The caller of the running job gave up on it (kill_on_cancel).
+    CANCELLED = enum.auto()
+    #: The pool closes, or broke, while the worker idles with nothing to run.
+    STOP = enum.auto()
+    #: The worker went with its fork server: no task may reach it any more.
+    GONE = enum.auto()
+    #: The process exited: its pipes give what it wrote, then EOF at once.
+    EXITED = enum.auto()
+
+
 @attrs.define(eq=False)
 class Service:
     """One up worker and the jobs at it, shared by its reader, feeder and
@@ -90,15 +119,19 @@ class Service:
     pipeline: Pipeline = attrs.field(factory=Pipeline)
     # The feeder is parked and nobody has woken it yet.
     parked: bool = False
-    # The feeder is in the middle of a frame: nothing else may be written.
+    # A frame is being written (``writing_job``'s, or SKIPs): nothing else
+    # may be written meanwhile.
     writing: bool = False
+    writing_job: Job | None = None
     # The worker was killed for its current job but had jobs ahead: its
     # answers are read to its end, to learn which of them it started.
     killed: bool = False
-    # The scope of the reader's wait for a frame.
+    # The scope of the reader's wait for a frame, and of a write that waits
+    # for room in the pipe (reader or feeder). Only interrupt() cancels them.
     read_scope: trio.CancelScope | None = None
-    # The scope of a write that waits for room in the pipe (reader or feeder).
     write_scope: trio.CancelScope | None = None
+    # Why the reader's wait must end, until the reader acts on it.
+    why: Why = attrs.field(default=Why(0))
     # The feeder must take the next queued job or stop: the pool closed or
     # broke while the worker idled (see Slots.wake_idle).
     recheck: bool = False
@@ -108,14 +141,13 @@ class Service:
     # once per job (``heard``), for at most _HEAR_FIRST seconds.
     hear_first: bool = False
     heard: Job | None = None
-    stop_requested: bool = False
     # A FATAL frame from the running job, until the worker's exit is seen.
     fatal_frame: _protocol.Frame | None = None
     tasks_done: int = 0
     # The worker serves no more: the feeder must not touch it.
     finished: bool = False
 
-    # What callers and the queue call (see _jobs.Taker and _jobs.Link).
+    # What callers, the queue and the slots call (see _jobs.Taker, _jobs.Link).
 
     def take(self, job: Job) -> None:
         """An idle worker is handed a waiting job by its caller."""
@@ -127,10 +159,32 @@ class Service:
         self.pipeline.ask_skip(job)
         self._wake_feeder()
 
+    def stop_running(self, job: Job) -> None:
+        """The caller of the running job gives up on it: kill the worker."""
+        self.interrupt(Why.CANCELLED, job)
+
     def wake_to_recheck(self) -> None:
         """The pool closed or broke while this worker idled."""
         self.recheck = True
         self._wake_feeder()
+
+    def interrupt(self, why: Why, job: Job | None = None) -> None:
+        """End the waits that ``why`` concerns, and record it for the reader.
+
+        A job cancelled while it is being written cuts its write (the worker
+        is then killed: see :meth:`_write`); every other cause ends the
+        reader's wait, now or as soon as its next one begins, and the reader
+        acts on ``self.why`` (see :meth:`_interrupted`).
+        """
+        if job is not None and job is self.writing_job:
+            if self.write_scope is not None:
+                self.write_scope.cancel()
+            return
+        self.why |= why
+        if why is Why.EXITED and self.write_scope is not None:
+            self.write_scope.cancel()
+        if self.read_scope is not None:
+            self.read_scope.cancel()
 
     def _wake_feeder(self) -> None:
         if self.parked:
@@ -199,16 +253,13 @@ class Service:
         A process that a task started (or forked) may hold the worker's pipe
         ends after the worker died, so EOF may come late or never. Once the
         process has exited, the worker's pipes give what it wrote and then
-        EOF without waiting (see ``Worker.receive``); the waits under way are
-        cancelled here, so the reader settles the worker at once.
+        EOF without waiting (see ``Worker.receive``), so the reader settles
+        the worker at once.
         """
         process = self.worker.process
         await process.wait()
-        if not process.exited:
-            return  # orphaned: its pipes say when it is gone (see ForkedProcess)
-        for scope in (self.read_scope, self.write_scope):
-            if scope is not None:
-                scope.cancel()
+        if process.exited:  # else orphaned: its pipes say when it is gone
+            self.interrupt(Why.EXITED)
 
     async def _feed(
         self,
@@ -239,21 +290,140 @@ class Service:
                 job = self.handed
                 self.handed = None
                 self.recheck = False
-                if job is None or job.state is not JobState.WAITING:
-                    # Woken for the pool's close, or the caller was cancelled
-                    # before this task woke.
-                    job = self._jobs.next_job()
-                    if job is None:
-                        if self._jobs.closing or self._jobs.broken is not None:
-                            self.stop_requested = True
-                            if self.read_scope is not None:
-                                self.read_scope.cancel()
-                            return
-                        self._jobs.idle.append(self)
-                        continue
-                await self._send(job)
+                if job is not None and job.state is JobState.WAITING:
+                    await self._send(job)
+                elif await self._next_or_idle() is Next.STOP:
+                    # Woken for the pool's close (or the caller was cancelled
+                    # before this task woke), and nothing is left to run.
+                    self.interrupt(Why.STOP)
+                    return
         finally:
             self.feeder = None
+
+    async def _next_or_idle(self) -> Next:
+        """Send the next queued job to the free worker, or make it idle, or
+        say that it must stop: the pool closes (with nothing left to run) or
+        broke."""
+        job = self._jobs.next_job()
+        if job is not None:
+            await self._send(job)
+            return Next.SENT
+        if self._jobs.closing or self._jobs.broken is not None:
+            return Next.STOP
+        self._jobs.idle.append(self)  # the feeder is parked: callers wake it
+        return Next.IDLE
+
+    async def _write(
+        self, pieces: list[bytes | memoryview], job: Job | None, *, ahead: bool
+    ) -> bool:
+        """Write one frame whole: ``job``'s task, or SKIPs (``job`` None).
+
+        Returns False if nothing more can be written: the worker is gone (its
+        reader sees EOF), or a job's write was cut by its caller (the stream
+        is then out of sync and the worker is killed), or, ``ahead``, the
+        pipe had no room for the frame. A frame written ahead is one piece of
+        at most ``_pipes.ATOMIC_WRITE`` bytes, which a pipe takes whole or
+        not at all: it never waits. Any other write that finds the pipe full
+        waits for room, and only :meth:`interrupt` may cut that wait.
+        """
+        worker = self.worker
+        self.writing = True
+        self.writing_job = job
+        try:
+            rest = worker.write_now(pieces)
+            if not rest:
+                return True
+            if ahead:
+                return False
+            with trio.CancelScope() as scope:
+                self.write_scope = scope
+                await worker.send(rest)
+            if scope.cancelled_caught:
+                worker.kill()
+                if job is not None:
+                    self._trace("write cut", job, unread=worker.unread_task_bytes())
+                return False
+            return True
+        except trio.BrokenResourceError:
+            return False
+        finally:
+            self.writing = False
+            self.writing_job = self.write_scope = None
+
+    async def _send(self, job: Job) -> None:
+        """Start a waiting job on the free worker: write it whole.
+
+        If the worker is gone, or the write is cut (see :meth:`_write`), the
+        reader sees EOF and settles the job.
+        """
+        worker = self.worker
+        if worker.known_dead:
+            # Known dead before its pipe says so: a forked worker whose fork
+            # server died is settled as killed at once (PR_SET_PDEATHSIG), but
+            # may still read a task before the signal lands. The job goes to
+            # another worker; the reader sees EOF and ends this one.
+            self._jobs.put_back(job)
+            self.interrupt(Why.GONE)
+            return
+        self._jobs.move(job, Move.START)
+        job.link = self
+        self.pipeline.sending(job)
+        faults = self._hooks.faults
+        if faults is not None:
+            await self._fault_before_send(faults, job)
+            if job.state is JobState.CANCELLED:
+                worker.kill()
+                return
+        if not await self._write(job.pieces, job, ahead=False):
+            return
+        now = trio.current_time()
+        self.pipeline.written(job, worker.bytes_written, now)
+        if self._hooks.trace is not None:
+            self._trace("written", job)
+        if job.time_limit is not None:
+            # Counted from the moment the worker has the task.
+            job.deadline = now + job.time_limit
+            if self.read_scope is not None:
+                self.read_scope.deadline = job.deadline
+
+    async def _send_ahead(self) -> None:
+        """Pipelining: while callers queue up, write more small jobs to this
+        busy worker, so that it finds the next one waiting when it answers.
+
+        Only behind a job that is short (by the last one's time), so that a
+        job never waits long behind another while a worker may be free; only
+        as many as ``max_tasks_per_child`` leaves room for; only frames the
+        pipe takes whole at once. Each stays cancellable (a SKIP).
+        """
+        pipeline = self.pipeline
+        if (
+            not pipeline.may_write_ahead(self._hooks.ahead_after)
+            or self.writing
+            or self.worker.known_dead  # see _send
+        ):
+            return
+        current = pipeline.current
+        if current is None or current.state is not JobState.RUNNING:
+            return  # its caller gave up on it: the worker may be killed
+        room = pipeline.room(self._config.max_tasks_per_child, self.tasks_done)
+        while room > 0:
+            job = self._jobs.next_job()
+            if job is None:
+                return
+            pieces = job.pieces
+            if (
+                len(pieces) != 1
+                or len(pieces[0]) > _pipes.ATOMIC_WRITE
+                or not await self._write(pieces, job, ahead=True)
+            ):
+                self._jobs.waiting.appendleft(job)
+                return
+            self._jobs.move(job, Move.SEND_AHEAD)
+            pipeline.written_ahead(job, self.worker.bytes_written)
+            job.link = self
+            if self._hooks.trace is not None:
+                self._trace("written ahead", job)
+            room -= 1
 
     async def _send_skips(self) -> None:
         """Ask the worker to drop jobs sent ahead whose callers gave up, and
@@ -264,179 +434,56 @@ class Service:
                 for number in self.pipeline.take_skips()
             ]
         )
-        worker = self.worker
-        self.writing = True
-        try:
-            rest = worker.write_now([data])
-            if rest:
-                with trio.CancelScope() as scope:
-                    self.write_scope = scope
-                    await worker.send(rest)
-                self.write_scope = None
-                if scope.cancelled_caught:
-                    worker.kill()  # out of sync: the reader sees EOF
-                    return
-        except trio.BrokenResourceError:
-            return  # dead: the reader sees EOF and settles the jobs
-        finally:
-            self.writing = False
-        worker.process.signal(signal.SIGURG)
+        if await self._write([data], None, ahead=False):
+            self.worker.process.signal(signal.SIGURG)
 
-    async def _next_or_idle(self) -> bool:
-        """Send the next queued job to the free worker, or make the slot idle.
-
-        Returns False if the worker must stop: the pool closes (and has
-        nothing left to run) or broke.
-        """
-        job = self._jobs.next_job()
-        if job is not None:
-            await self._send(job)
-            return True
-        if self._jobs.closing or self._jobs.broken is not None:
-            return False
-        self._jobs.idle.append(self)  # the feeder is parked: callers wake it
-        return True
-
-    async def _send(self, job: Job) -> None:
-        """Start a waiting job on the link's free worker: write it whole.
-
-        If the worker is gone, or the write is cancelled halfway (the stream
-        is then out of sync, so the worker is killed), the reader sees EOF and
-        settles the job.
-        """
-        worker = self.worker
-        if worker.known_dead:
-            # Known dead before its pipe says so: a forked worker whose fork
-            # server died is settled as killed at once (PR_SET_PDEATHSIG), but
-            # may still read a task before the signal lands. The job goes to
-            # another worker; the reader sees EOF and ends this one.
-            self._jobs.put_back(job)
-            if self.read_scope is not None:
-                self.read_scope.cancel()
-            return
-        self._jobs.move(job, Move.START)
-        self.pipeline.sending(job)
-        faults = self._hooks.faults
-        if faults is not None:
-            with trio.CancelScope() as job.scope:
-                await parent_fault(faults, worker, "before_send", self.tasks_done + 1)
-            job.scope = None
-            if job.state is JobState.CANCELLED:
-                worker.kill()
-                return
-        try:
-            rest = worker.write_now(job.pieces)
-            if rest:
-                # The pipe is full (a large task): the caller may give up
-                # while the rest is written.
-                with trio.CancelScope() as scope:
-                    job.scope = self.write_scope = scope
-                    await worker.send(rest)
-                job.scope = self.write_scope = None
-                if scope.cancelled_caught:
-                    worker.kill()
-                    self._trace("write cut", job, unread=worker.unread_task_bytes())
-                    return
-        except trio.BrokenResourceError:
-            return  # the worker is dead: the reader sees EOF
-        now = trio.current_time()
-        self.pipeline.written(job, worker.bytes_written, now)
-        if self._hooks.trace is not None:
-            self._trace("written", job)
-        if job.time_limit is not None:
-            # Counted from the moment the worker has the task.
-            job.deadline = now + job.time_limit
-        read_scope = self.read_scope
-        if read_scope is not None:
-            # Arm the reader's wait for the answer.
-            job.scope = read_scope
-            if job.time_limit is not None:
-                read_scope.deadline = job.deadline
+    async def _fault_before_send(self, faults: _faults.Plan, job: Job) -> None:
+        """A test's fault before a job is written; its caller may give up
+        meanwhile, as during a write."""
+        self.writing_job = job
+        with trio.CancelScope() as self.write_scope:
+            await parent_fault(faults, self.worker, "before_send", self.tasks_done + 1)
+        self.writing_job = self.write_scope = None
 
     async def _read(self, retiring: Callable[[], None]) -> End:
         """Receive and deliver the worker's answers until it must go.
 
         The waits for answers run in one cancel scope, ``self.read_scope``,
         kept across answers (entering a scope per answer costs more than the
-        rest of a round trip's bookkeeping). It is cancelled by a caller that
-        gives up on the running job, by the running job's time limit (its
-        deadline) and by the feeder when an idle worker must stop. A
-        cancellation can land late (a deadline that expired just as the
-        answer came in), so when it arrives the reason is checked against the
-        current job and, if none holds, the scope is simply renewed.
+        rest of a round trip's bookkeeping). Its deadline is the running
+        job's time limit; anything else that must end the wait goes through
+        :meth:`interrupt`, which records why first.
         """
         worker = self.worker
-        if not await self._next_or_idle():
-            return await self._ended(End.CLOSED, retiring)
-        stray = self._hooks.stray_frame
-        if stray is not None and self.pipeline.current is None:
-            frame = stray(worker.pid, "idle")
-            if frame is not None:
-                return await self._ended(self._idle_frame(frame), retiring)
+        end: End | Ended | None = None
         try:
-            while True:
-                end: End | Ended | None = None
+            following = await self._next_or_idle()
+            if following is Next.STOP:
+                end = End.CLOSED
+            elif following is Next.IDLE:
+                end = self._stray()
+            while end is None:
                 with trio.CancelScope() as scope:
                     self.read_scope = scope
                     job = self.pipeline.current
-                    if job is None:
-                        if worker.known_dead:
-                            scope.cancel()  # known dead: see below
+                    if self.why or (job is None and worker.known_dead):
+                        scope.cancel()  # interrupted between two waits
                     elif (
-                        self.pipeline.sent
+                        job is not None
+                        and self.pipeline.sent
                         and not self.killed
                         and not worker.process.exited
                     ):
-                        job.scope = scope
-                        if self.hear_first:
-                            scope.deadline = trio.current_time() + _HEAR_FIRST
-                        else:
-                            scope.deadline = job.deadline
-                            if job.state is JobState.CANCELLED:
-                                scope.cancel()
+                        scope.deadline = (
+                            trio.current_time() + _HEAR_FIRST
+                            if self.hear_first
+                            else job.deadline
+                        )
                     end = await self._answers()
                 self.read_scope = None
-                job = self.pipeline.current
-                if job is not None:
-                    job.scope = None
-                if end is not None:
-                    return await self._ended(end, retiring)
-                # The scope was cancelled: find out why.
-                self.hear_first = False
-                if self.killed or worker.process.exited:
-                    # Read its answers to the end. Once it has exited, EOF
-                    # comes at once, even if a process it started holds its
-                    # pipe.
-                    continue
-                if job is None:
-                    if self.stop_requested:
-                        return await self._ended(End.CLOSED, retiring)
-                    if worker.known_dead:
-                        # Went with its fork server: lost, even if its pipe
-                        # has not said so yet (see _send).
-                        return await self._ended(Ended.EOF, retiring)
-                    continue  # a stray cancellation: the worker idles on
-                if not self.pipeline.sent:
-                    # Cancelled while the reader itself wrote the job: the
-                    # stream is out of sync.
-                    worker.kill()
-                    return await self._ended(Ended.EOF, retiring)
-                if (
-                    job.state is JobState.CANCELLED
-                    or trio.current_time() >= job.deadline
-                ):
-                    if self.heard is not job and worker.answer_waiting():
-                        self.heard = job
-                        self.hear_first = True
-                        continue
-                    self._stop_job(worker, job)
-                    if not self.pipeline.ahead:
-                        return End.LOST  # killed as its block ends
-                    # Jobs sent ahead: the worker may have started the next
-                    # one already. Kill it and read its answers to the end.
-                    worker.kill()
-                    self.killed = True
-                # Else a late cancellation meant for an earlier job: serve on.
+                if end is None:
+                    end = self._interrupted()
+            return await self._ended(end, retiring)
         except BaseException:
             # The pool is being torn down around the running job.
             job = self.pipeline.current
@@ -449,6 +496,55 @@ class Service:
                 trio.ClosedResourceError("the pool closed before the task ran")
             )
             raise
+
+    def _interrupted(self) -> End | Ended | None:
+        """The reader's wait was cut short: act on why (``self.why``, or the
+        running job's deadline). None: read on."""
+        why = self.why
+        self.why = Why(0)  # nothing recorded
+        self.hear_first = False
+        worker = self.worker
+        if self.killed or worker.process.exited:
+            # Read its answers to the end. Once it has exited, EOF comes at
+            # once, even if a process it started holds its pipe.
+            return None
+        job = self.pipeline.current
+        if job is None:
+            if Why.STOP in why:
+                return End.CLOSED
+            if Why.GONE in why or worker.known_dead:
+                # Went with its fork server: lost, even if its pipe has not
+                # said so yet (see _send).
+                return Ended.EOF
+            return None  # meant for a job answered meanwhile: idle on
+        if not self.pipeline.sent:
+            # Interrupted while the reader itself wrote the job: the stream
+            # is out of sync.
+            worker.kill()
+            return Ended.EOF
+        if job.state is not JobState.CANCELLED and trio.current_time() < job.deadline:
+            return None  # meant for a job answered meanwhile: serve on
+        if self.heard is not job and worker.answer_waiting():
+            self.heard = job
+            self.hear_first = True
+            return None
+        _settle.stop_job(self._jobs, worker, job)
+        if not self.pipeline.ahead:
+            return End.LOST  # killed as its block ends
+        # Jobs sent ahead: the worker may have started the next one already.
+        # Kill it and read its answers to the end.
+        worker.kill()
+        self.killed = True
+        return None
+
+    def _stray(self) -> End | None:
+        """Ask the stray-frame hook, as the worker goes idle (see _hooks)."""
+        stray = self._hooks.stray_frame
+        if stray is not None:
+            frame = stray(self.worker.pid, "idle")
+            if frame is not None:
+                return self._idle_frame(frame)
+        return None
 
     async def _answers(self) -> End | Ended | None:
         """The reader's loop inside its scope: take an answer, deliver it,
@@ -486,7 +582,6 @@ class Service:
                 return self._idle_frame(frame)
             now = trio.current_time()
             self.pipeline.answered(now)
-            job.scope = None
             scope = self.read_scope
             if scope is not None and scope.deadline != math.inf:
                 scope.deadline = math.inf
@@ -546,23 +641,16 @@ class Service:
             if self.killed:
                 continue  # read on to its end
             if self.pipeline.current is None:
-                job = self._jobs.next_job()
-                if job is not None:
-                    await self._send(job)
-                elif self._jobs.closing or self._jobs.broken is not None:
+                following = await self._next_or_idle()
+                if following is Next.STOP:
                     return End.CLOSED
-                else:
-                    self._jobs.idle.append(
-                        self
-                    )  # the feeder is parked: callers wake it
-                    stray = self._hooks.stray_frame
+                if following is Next.IDLE:
+                    stray = self._stray()
                     if stray is not None:
-                        frame = stray(worker.pid, "idle")
-                        if frame is not None:
-                            return self._idle_frame(frame)
+                        return stray
                     continue
             if self._jobs.waiting:
-                self._send_ahead()
+                await self._send_ahead()
 
     def _start_ahead(self, now: float, *, sure: bool) -> None:
         """The worker answered its current job and now runs the first job
@@ -574,56 +662,12 @@ class Service:
         scope = self.read_scope
         if self.killed or scope is None:
             return
-        job.scope = scope
         if job.time_limit is not None:
             scope.deadline = job.deadline
         if job.skip and self._jobs.abandon(job, kill=job.kill_on_cancel):
             # Given up while ahead, but started before the worker saw the
             # SKIP: cancelled like a running task (the worker is killed).
             wake(job)
-
-    def _send_ahead(self) -> None:
-        """Pipelining: while callers queue up, write more small jobs to this
-        busy worker, so that it finds the next one waiting when it answers.
-
-        Only behind a job that is short (by the last one's time), so that a
-        job never waits long behind another while a worker may be free; only
-        as many as ``max_tasks_per_child`` leaves room for; only frames the
-        pipe takes whole at once. Each stays cancellable (see _abandon).
-        """
-        pipeline = self.pipeline
-        if (
-            not pipeline.may_write_ahead(self._hooks.ahead_after)
-            or self.writing
-            or self.worker.known_dead  # see _send
-        ):
-            return
-        current = pipeline.current
-        if current is None or current.state is not JobState.RUNNING:
-            return  # its caller gave up on it: the worker may be killed
-        room = pipeline.room(self._config.max_tasks_per_child, self.tasks_done)
-        worker = self.worker
-        while room > 0:
-            job = self._jobs.next_job()
-            if job is None:
-                return
-            pieces = job.pieces
-            if len(pieces) != 1 or len(pieces[0]) > _pipes.ATOMIC_WRITE:
-                self._jobs.waiting.appendleft(job)
-                return
-            try:
-                written = worker.write_whole(pieces[0])  # type: ignore[arg-type]
-            except trio.BrokenResourceError:
-                written = False  # dead: the reader sees EOF
-            if not written:
-                self._jobs.waiting.appendleft(job)
-                return
-            self._jobs.move(job, Move.SEND_AHEAD)
-            pipeline.written_ahead(job, worker.bytes_written)
-            job.link = self
-            if self._hooks.trace is not None:
-                self._trace("written ahead", job)
-            room -= 1
 
     def _idle_frame(self, frame: _protocol.Frame) -> End:
         """A frame from a worker that was sent nothing to answer."""
@@ -675,136 +719,24 @@ class Service:
             job = self.pipeline.current
             assert job is not None
             assert self.fatal_frame is not None
-            await self._fatal(worker, job, self.fatal_frame)
+            job.fatal_cause = await _settle.fatal_cause(
+                worker, self.fatal_frame, timeout
+            )
             self.fatal_frame = None
-            end = Ended.EOF
-        if end is Ended.EOF:
-            await self._lost(worker)
+        if end is not End.LOST:  # its pipe is at EOF, or it is ending
+            exitcode = await worker.reap_after_eof()
+            # Read after the wait: the feeder may have sent a job meanwhile.
+            job = self.pipeline.current
+            # Jobs sent ahead never started: the worker starts one only after
+            # it has answered the one before, and every answer has been read.
+            self._unsend_all()
+            started = job is not None and self.pipeline.current_started(
+                worker.task_bytes_read()
+            )
+            _settle.lost(
+                self._jobs, worker, job, exitcode, started=started, killed=self.killed
+            )
         return End.LOST
-
-    def _stop_job(self, worker: Worker, job: Job) -> None:
-        """The job's caller gave up on it, or its time limit expired: the
-        worker is killed (when its owner's block ends)."""
-        if job.state is JobState.CANCELLED:
-            _log.info(
-                "worker %d killed: its task was cancelled",
-                worker.pid,
-                extra={
-                    "event": "killed_for_cancel",
-                    "worker_pid": worker.pid,
-                    "worker_index": worker.index,
-                },
-            )
-            return
-        assert job.time_limit is not None
-        # On purpose, and the caller gets TimeLimitExceeded: not a warning.
-        _log.info(
-            "worker %d killed: task exceeded its time limit of %g s",
-            worker.pid,
-            job.time_limit,
-            extra={
-                "event": "killed_for_time_limit",
-                "worker_pid": worker.pid,
-                "worker_index": worker.index,
-            },
-        )
-        job.error = TimeLimitExceeded(
-            f"the task exceeded its time limit of {job.time_limit:g} s; "
-            f"worker {worker.pid} was killed",
-            job.time_limit,
-        )
-        self._jobs.end(job, Move.FAIL)
-
-    async def _fatal(self, worker: Worker, job: Job, frame: _protocol.Frame) -> None:
-        """A task raised a BaseException that ends its worker: keep it as
-        the job's error's cause and wait for the worker to exit."""
-        try:
-            job.fatal_cause = _messages.decode_remote_exception(frame).rebuild()
-        except Exception as exc:
-            # Not what a FATAL frame holds; the worker is ending (or gets
-            # killed below) all the same.
-            job.fatal_cause = exc
-        with trio.move_on_after(self._config.shutdown_timeout):
-            while (later := await worker.receive()) is not None:
-                if not _logs.is_log(later):  # a thread of its may still log
-                    worker.kill()
-                    break
-                _logs.handle(later, worker.pid, worker.index)
-
-    async def _lost(self, worker: Worker) -> None:
-        """The worker's pipe is at EOF (or it exited): it died, was killed,
-        or broke its pipe (then it is killed now). Settle its jobs."""
-        exitcode = await worker.reap_after_eof()
-        job = self.pipeline.current
-        # Jobs sent ahead never started: the worker starts one only after it
-        # has answered the one before, and every answer has been read.
-        self._unsend_all()
-        if job is None:
-            if self.killed:
-                # Killed for a task of its own (cancelled, or over its time
-                # limit), whose answers were read to the end: on purpose.
-                _log.info(
-                    "worker %d killed (%s)",
-                    worker.pid,
-                    exit_text(worker, exitcode),
-                    extra={
-                        "event": "killed",
-                        "worker_pid": worker.pid,
-                        "worker_index": worker.index,
-                    },
-                )
-            else:
-                _log.warning(
-                    "idle worker %d died (%s)",
-                    worker.pid,
-                    exit_text(worker, exitcode),
-                    extra={
-                        "event": "lost",
-                        "worker_pid": worker.pid,
-                        "worker_index": worker.index,
-                        "broke_protocol": worker.protocol_error is not None,
-                    },
-                )
-            return
-        if job.state is not JobState.RUNNING:
-            return  # settled already: killed for its cancellation or time limit
-        if not self.pipeline.current_started(worker.task_bytes_read()):
-            # The worker died before it read the whole task, so the task never
-            # started: like a task handed to a worker that died, it runs on
-            # another worker (API.md).
-            _log.warning(
-                "worker %d died before it read its task (%s); the task goes "
-                "to another worker",
-                worker.pid,
-                exit_text(worker, exitcode),
-                extra={
-                    "event": "lost",
-                    "worker_pid": worker.pid,
-                    "worker_index": worker.index,
-                    "broke_protocol": worker.protocol_error is not None,
-                },
-            )
-            self._jobs.put_back(job)
-            return
-        _log.warning(
-            "worker %d died running a task (%s)",
-            worker.pid,
-            exit_text(worker, exitcode),
-            extra={
-                "event": "lost",
-                "worker_pid": worker.pid,
-                "worker_index": worker.index,
-                "broke_protocol": worker.protocol_error is not None,
-            },
-        )
-        job.error = BrokenWorkerError(
-            f"worker {worker.pid} died while running the task "
-            f"({exit_text(worker, exitcode)})",
-            worker.pid,
-            exitcode,
-        )
-        job.error.__cause__ = job.fatal_cause
-        self._jobs.end(job, Move.FAIL)
 
 
 async def parent_fault(
@@ -831,10 +763,3 @@ async def parent_fault(
         # Kill and reap, so the worker's pipe ends are closed for certain.
         worker.kill()
         await worker.process.wait()
-
-
-def exit_text(worker: Worker, exitcode: int | None) -> str:
-    """How a worker's process ended, for messages."""
-    if worker.protocol_error is not None:
-        return f"killed for breaking the protocol: {worker.protocol_error}"
-    return describe_exit(exitcode)

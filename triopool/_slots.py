@@ -26,7 +26,8 @@ import trio
 from . import _logs, _messages, _protocol
 from ._errors import BrokenPoolError, RemoteTraceback, WorkerStartError
 from ._forkserver import ForkServer, open_forkserver
-from ._serve import End, Service, exit_text, parent_fault
+from ._serve import End, Service, Why, parent_fault
+from ._settle import exit_text
 from ._spawn import WorkerProcess, describe_exit
 from ._stats import WorkerCounters
 from ._worker import Process, Worker, open_worker
@@ -210,7 +211,9 @@ class Slots:
         except WorkerStartError as exc:
             # Only the fork server's launch raises it.
             end = None
-            self._start_failed(exc, "forkserver", worker_index=slot.number)
+            self._start_failed(
+                exc, "forkserver", stage="fork", worker_index=slot.number
+            )
         except OSError as exc:
             # No pipes or no process: the same as a worker failing to start.
             end = None
@@ -327,8 +330,11 @@ class Slots:
         self, error: WorkerStartError, reason: StartFailure, **fields: object
     ) -> None:
         """Count a start failure and log it (``record.reason`` says why, with
-        ``exitcode`` for "exited", ``errno`` for "no_process"); enough of
-        them in a row break the pool."""
+        ``exitcode`` for "exited", ``errno`` for "no_process"; for
+        "forkserver", ``stage`` says whether the server failed to start or
+        died before forking any worker ("server", with ``errno`` if an OS
+        call failed) or did not fork this worker ("fork")); enough of them in
+        a row break the pool."""
         self.counters.start_failures += 1
         self._consecutive_start_failures += 1
         count = self._consecutive_start_failures
@@ -380,6 +386,7 @@ class Slots:
                 await self._slots_done.wait()
                 return
             error: WorkerStartError | None = None
+            fields: dict[str, object] = {}
             try:
                 async with open_forkserver(
                     config.forkserver_preload, config.start_timeout
@@ -414,12 +421,13 @@ class Slots:
             except OSError as exc:
                 error = WorkerStartError(f"could not start the fork server: {exc}")
                 error.__cause__ = exc
+                fields["errno"] = exc.errno
             if error is None:
                 failures = 0
                 continue
             # A start failure, counted as a start too (see PoolStatistics).
             self.counters.started += 1
-            self._start_failed(error, "forkserver")
+            self._start_failed(error, "forkserver", stage="server", **fields)
             failures += 1
             with trio.move_on_after(min(0.01 * 2**failures, 0.5)):
                 await self._slots_done.wait()
@@ -435,8 +443,7 @@ class Slots:
             if service.pipeline.current is None and service.worker.known_dead:
                 if service in self._jobs.idle:
                     self._jobs.idle.remove(service)
-                if service.read_scope is not None:
-                    service.read_scope.cancel()
+                service.interrupt(Why.GONE)
 
     def wake_idle(self) -> None:
         """Have the idle workers take the next queued job or stop, and the

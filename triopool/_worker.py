@@ -138,19 +138,6 @@ class Worker:
                 ) from exc
         return []
 
-    def write_whole(self, data: bytes) -> bool:
-        """Write ``data`` (at most ``_pipes.ATOMIC_WRITE`` bytes) whole at
-        once, or nothing: returns False if the pipe has no room for it now."""
-        try:
-            self.bytes_written += os.write(self._send_stream.fileno(), data)
-        except BlockingIOError:
-            return False
-        except OSError as exc:
-            raise trio.BrokenResourceError(
-                f"could not write to worker {self.pid}: {exc}"
-            ) from exc
-        return True
-
     def task_bytes_read(self) -> int:
         """How many of :attr:`bytes_written` the worker has read.
 
