@@ -52,9 +52,6 @@ nitpick_ignore = [
     # The backend protocol is internal (see docs/cluster.rst); its two
     # implementations, RayBackend and DaskBackend, are in the reference.
     ("py:class", "Backend"),
-    # What open_pool(backend=...) returns: a pool with Pool's public methods,
-    # whose class is internal too.
-    ("py:class", "BackendPool"),
 ]
 
 # autodoc and napoleon: Google-style docstrings, types in the descriptions so

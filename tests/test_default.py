@@ -19,7 +19,6 @@ from tests import workerfuncs
 from tests.conftest import child_processes, open_fds
 from tests.test_backend_pool import ThreadBackend
 from triopool import _default, _pool
-from triopool._backend_pool import BackendPool
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterator
@@ -249,12 +248,12 @@ async def test_configure_with_a_backend() -> None:
 
     async def main() -> tuple[int, bool, bool]:
         pid = await triopool.run_sync(os.getpid)
-        return pid, isinstance(default_pool(), BackendPool), backend.stopped
+        return pid, isinstance(default_pool(), triopool.Pool), backend.stopped
 
-    pid, is_backend_pool, stopped_during_the_run = await in_new_run(main)
+    pid, is_a_pool, stopped_during_the_run = await in_new_run(main)
     # The fake engine runs calls in threads of this process.
     assert pid == os.getpid()
-    assert is_backend_pool
+    assert is_a_pool  # the one public type, whatever runs the tasks
     assert backend.started
     assert not stopped_during_the_run
     assert backend.stopped  # when the run ended

@@ -184,7 +184,7 @@ async def test_off_the_worker_keeps_its_own_logging(
 
 def test_forward_logs_must_be_a_bool() -> None:
     with pytest.raises(TypeError, match="forward_logs"):
-        triopool.open_pool(1, forward_logs=1)  # type: ignore[call-overload]
+        triopool.open_pool(1, forward_logs=1)  # type: ignore[arg-type]
 
 
 async def test_a_soft_limit_never_cuts_a_record(records: Records) -> None:

@@ -200,7 +200,13 @@ async def test_more_workers_than_cpus_with_costly_starts_do_not_break_the_pool()
     None
 ):
     """Starting workers with costly initializers on a busy machine is slow,
-    not a crash loop: the pool bounds its concurrent starts."""
+    not a crash loop: the pool bounds its concurrent starts.
+
+    Started all at once, the 16 initializers (1 s of CPU each) would share
+    the CPUs and all miss the 6 s start timeout, and the pool would break
+    after five failures in a row. Started a few at a time, each has its
+    CPU; a very busy machine may still make one miss, never five in a row.
+    """
     workers = 16
     cpus = len(os.sched_getaffinity(0))
     if workers < 4 * cpus:
@@ -209,13 +215,13 @@ async def test_more_workers_than_cpus_with_costly_starts_do_not_break_the_pool()
         async with triopool.open_pool(
             workers,
             initializer=ht.initializer_burns_cpu,
-            initargs=(0.4,),
-            start_timeout=3.0,
+            initargs=(1.0,),
+            start_timeout=6.0,
         ) as pool:
             results = await pool.map(workerfuncs.identity, range(2 * workers))
             stats = pool.statistics()
     assert results == list(range(2 * workers))
-    assert stats.start_failures == 0
+    assert stats.start_failures <= workers // 4
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ an import that only runs sometimes (inside a function, behind
 deliberate: a type-only or deferred import still means the importing module
 cannot be read, checked or moved without the other, so a cycle through one is
 a cycle in the design, merely hidden from the interpreter. (``_pool``, ``_map``
-and ``_backend_pool`` once imported each other this way.)
+and the cluster pool once imported each other this way.)
 
 Three checks:
 
@@ -61,8 +61,9 @@ FLOORS: dict[str, int] = {
     "_config": 2,
     "_backend": 2,
     "_logs": 2,
-    # The schedulers' parts, local and on a cluster engine, and the counters
-    # (a snapshot reads the jobs' counts).
+    # The schedulers' parts, local and on a cluster engine, the counters (a
+    # snapshot reads the jobs' counts), and the cut between the pool and its
+    # scheduler (``_scheduler``).
     "_stats": 3,
     "_hooks": 3,
     "_jobs": 3,
@@ -73,14 +74,17 @@ FLOORS: dict[str, int] = {
     "_map": 3,
     "_ray": 3,
     "_dask": 3,
-    # The public face.
-    "_pool": 4,
-    "_backend_pool": 4,
-    "_default": 5,
-    "__init__": 5,
+    "_scheduler": 3,
+    # The two schedulers: local worker processes, and a cluster engine.
+    "_local": 4,
+    "_cluster": 4,
+    # The public face, the same over either scheduler.
+    "_pool": 5,
+    "_default": 6,
+    "__init__": 6,
     # Users of the public API.
-    "_cli": 6,
-    "__main__": 7,
+    "_cli": 7,
+    "__main__": 8,
 }
 
 #: What runs in a worker process: never trio or attrs (they would slow every
@@ -278,6 +282,22 @@ def test_no_import_goes_up_a_floor() -> None:
         > FLOORS.get(floor_key(edge.source), 99)
     ]
     assert upward == []
+
+
+def test_the_pool_reaches_its_workers_only_through_a_scheduler() -> None:
+    # The scheduler cut: the public face knows the Scheduler protocol and
+    # which scheduler to make, not the machinery behind either; and the two
+    # schedulers share nothing but what lies below them.
+    _, edges = import_graph(PACKAGE)
+    arrows = {(edge.source, edge.target) for edge in edges if edge.internal}
+    machinery = {
+        f"triopool.{name}"
+        for name in ("_jobs", "_slots", "_serve", "_pipeline", "_worker", "_messages")
+    }
+    assert {t for s, t in arrows if s == "triopool._pool"} & machinery == set()
+    assert ("triopool._local", "triopool._cluster") not in arrows
+    assert ("triopool._cluster", "triopool._local") not in arrows
+    assert ("triopool._pool", "triopool._scheduler") in arrows
 
 
 def worker_side_violations(root: Path) -> list[str]:

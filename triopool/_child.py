@@ -64,7 +64,7 @@ class _Pipes:
     Pipelining: while the worker runs a task, the parent may send more tasks
     ahead (numbered per worker from 1, in sending order) and SKIP frames for
     those whose callers gave up. Tasks read but not started wait in
-    ``held``. The rules the parent relies on (see ``Pool._answers``):
+    ``held``. The rules the parent relies on (see ``_serve.Service._answers``):
 
     - With no task held, the worker starts the first task frame it reads.
     - Before each answer it takes in whatever the parent has sent meanwhile;

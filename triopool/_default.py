@@ -15,7 +15,7 @@ once, when the pool starts.
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 import trio
 
@@ -186,12 +186,7 @@ async def _current_default_pool() -> Pool:
         state = _DefaultPool()
         # Built here, in the caller, so a bad configuration or an initializer
         # that cannot be pickled raises in the caller.
-        # With a backend this is a BackendPool, which has Pool's public
-        # methods (one public type for both is issue 15's next step).
-        manager = cast(
-            "contextlib.AbstractAsyncContextManager[Pool]",
-            open_with_options(_options, _backend),
-        )
+        manager = open_with_options(_options, _backend)
         _RUN_STATE.set(state)
         trio.lowlevel.spawn_system_task(
             state.hold, manager, name="triopool default pool"

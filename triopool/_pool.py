@@ -1,53 +1,39 @@
-"""The pool: ``open_pool``, :class:`Pool`, its worker slots and its job queue.
+"""The public face: :func:`open_pool` and :class:`Pool`.
 
-Shape: ``open_pool`` owns a supervising nursery with one *slot* task per
-worker (and, with ``start_method="forkserver"``, one task owning the fork
-server). A slot loops: each turn starts a task for one worker, which opens it
-(``async with open_worker()``), waits for it to report up, serves jobs until
-the worker retires, dies or the pool closes, and leaves the block, which
-kills, reaps and closes everything of that worker. The slot starts the
-replacement as soon as the worker stops serving, so a retiring worker exits
-while the next one starts; each worker still has exactly one owning task.
-While a worker serves, its owning task reads its answers and sends it the
-next queued job, and a feeder task, started and ended inside the same
-``async with``, sends the job a caller hands to it while it idles.
+A :class:`Pool` is the same type whatever runs its tasks: its methods check a
+call's arguments and fill in the pool's defaults here, once, and hand the call
+to its scheduler (``_scheduler``): the local one (``_local``: worker
+processes of this machine) or the cluster one (``_cluster``: Ray or Dask
+through a backend). ``map`` and ``imap`` (``_map``) are built on
+:meth:`Pool.run_sync`, so they work the same on both.
 
 Invariants:
 
-- A worker is touched only by its owning task and that task's feeder, inside
-  its ``async with`` (see ``_worker``); a slot has at most one serving
-  worker, plus one that is exiting.
-- A job is in exactly one place at a time: the waiting queue, handed to one
-  idle worker, running on one worker, or finished. Only a worker that is up
-  and idle takes a job, so a job never reaches one that is starting or
-  retiring.
-- Every job ends: its caller gets a result or an error, or was cancelled and
-  stopped waiting. Nothing is left hanging, whatever happens to the workers.
-- Retirement is decided here, in the slot, never by the worker on its own.
+- A scheduler gets only checked values: never ``POOL_DEFAULT``, never an
+  infinite limit, never an async function.
+- A call on the local scheduler costs one method call more than the
+  scheduler's own ``run``: no task switch, no checkpoint beyond the one on
+  entry.
 """
 
 from __future__ import annotations
 
 import contextlib
 import inspect
-import logging
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 import trio
 
-from . import _context, _hooks, _map, _messages, _stats
-from ._backend_pool import open_backend_pool
+from . import _context, _map
+from ._cluster import open_cluster_scheduler
 from ._config import (
     POOL_DEFAULT,
     Options,
-    PoolConfig,
     PoolDefault,
     _check_limits,
     _no_limit_if_inf,
-    _usable_cpus,
 )
-from ._jobs import Job, Jobs, JobState
-from ._slots import Slots
+from ._local import LocalScheduler
 
 if TYPE_CHECKING:
     from collections.abc import (
@@ -61,7 +47,7 @@ if TYPE_CHECKING:
     from typing import Literal, TypeVarTuple, Unpack
 
     from ._backend import Backend
-    from ._backend_pool import BackendPool
+    from ._scheduler import Scheduler
     from ._stats import PoolStatistics
     from ._typing import AnyResultCallable, AsyncCallable, AsyncFunctionPassedToRunSync
 
@@ -70,42 +56,35 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 ItemT = TypeVar("ItemT")
 
-_log = logging.getLogger("triopool")
-
 
 class Pool:
-    """A pool of worker processes; get one from :func:`open_pool`.
+    """A pool of workers; get one from :func:`open_pool`.
 
     Any number of tasks may use it concurrently. It is usable only inside the
-    ``async with open_pool(...)`` block that made it.
+    ``async with open_pool(...)`` block that made it. The workers are local
+    processes, or with ``open_pool(backend=...)`` a cluster engine's; the
+    pool is a :class:`Pool` either way, with the same methods.
     """
 
-    def __init__(self, config: PoolConfig) -> None:
-        self._config = config
-        self._main_importable = _messages.main_module() != (None, None)
-        self._closed = False
-        self._nursery: trio.Nursery | None = None
-        self._thread: int | None = None  # of the run that opened it (see _open)
-        self._jobs = Jobs()
-        self._slots = Slots(
-            config,
-            _messages.worker_config(
-                config.initializer, config.initargs, config.max_memory_per_child
-            ),
-            self._jobs,
-            _usable_cpus(),
-            _hooks.current(),
-        )
+    def __init__(self, scheduler: Scheduler) -> None:
+        self._scheduler = scheduler
+        # The per-call defaults, read on every call.
+        self._time_limit = scheduler.time_limit
+        self._soft_time_limit = scheduler.soft_time_limit
+        self._kill_on_cancel = scheduler.kill_on_cancel
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else "broken" if self._jobs.broken else "open"
-        return f"<triopool.Pool {state} workers={self._config.workers}>"
+        return f"<triopool.Pool {self._scheduler.describe()}>"
 
     # Public API
 
     def statistics(self) -> PoolStatistics:
-        """Return a snapshot of the pool's counters (cheap: no I/O)."""
-        return _stats.snapshot(self._config.workers, self._jobs, self._slots.counters)
+        """Return a snapshot of the pool's counters (cheap: no I/O).
+
+        With a backend, a *worker* is one of the cluster engine's worker slots
+        the pool uses (see :doc:`cluster`).
+        """
+        return self._scheduler.statistics()
 
     # For type checkers (see _typing): an async function is an error.
     @overload
@@ -170,7 +149,11 @@ class Pool:
             What ``fn`` returned.
 
         Raises:
-            TypeError: ``fn`` is an async function.
+            TypeError: ``fn`` is an async function, or an option has the
+                wrong type.
+            ValueError: A limit is out of range (``soft_time_limit`` must be
+                less than ``time_limit``), or, with a backend, an option the
+                backend cannot honour.
             SerializationError: ``fn``, ``args``, the result or the exception
                 could not be pickled or unpickled.
             BrokenWorkerError: The worker died while running the task.
@@ -193,55 +176,26 @@ class Pool:
             raise TypeError(
                 f"run_sync() needs a regular function, got the async function {fn!r}"
             )
-        config = self._config
         # The pool's own limits were checked when it opened; only a call that
         # sets one needs the check again.
         explicit_limits = (
             time_limit is not POOL_DEFAULT or soft_time_limit is not POOL_DEFAULT
         )
         if time_limit is POOL_DEFAULT:
-            time_limit = config.time_limit
+            time_limit = self._time_limit
         if soft_time_limit is POOL_DEFAULT:
-            soft_time_limit = config.soft_time_limit
+            soft_time_limit = self._soft_time_limit
         if kill_on_cancel is POOL_DEFAULT:
-            kill_on_cancel = config.kill_on_cancel
+            kill_on_cancel = self._kill_on_cancel
         elif not isinstance(kill_on_cancel, bool):
             raise TypeError(f"kill_on_cancel must be a bool, got {kill_on_cancel!r}")
         if explicit_limits:
             time_limit = _no_limit_if_inf(time_limit)
             soft_time_limit = _no_limit_if_inf(soft_time_limit)
             _check_limits(time_limit, soft_time_limit, " of run_sync()")
-        self._check_usable()
-        job = Job(
-            _messages.task_frame(
-                fn, args, soft_time_limit, main_importable=self._main_importable
-            ),
-            time_limit,
-            kill_on_cancel,
+        return await self._scheduler.run(  # type: ignore[no-any-return]
+            fn, args, time_limit, soft_time_limit, kill_on_cancel
         )
-        job.caller = trio.lowlevel.current_task()
-        self._jobs.submit(job)
-
-        def abort(_: object) -> trio.lowlevel.Abort:
-            # Cancelled (or KeyboardInterrupt) while parked. With
-            # kill_on_cancel=False and the task started, go on waiting for
-            # its outcome, like trio.to_thread.run_sync: the cancellation
-            # takes effect at the next checkpoint.
-            if self._jobs.abandon(job, kill=job.kill_on_cancel):
-                job.caller = None  # Trio wakes it: nothing here may
-                return trio.lowlevel.Abort.SUCCEEDED
-            return trio.lowlevel.Abort.FAILED
-
-        # Parked until _finish reschedules it: cheaper than a trio.Event.
-        await trio.lowlevel.wait_task_rescheduled(abort)
-        if job.state is JobState.CANCELLED:
-            # Given up while sent ahead, and woken once the worker dropped
-            # it (or was killed for it): the cancellation is still pending.
-            await trio.lowlevel.checkpoint()
-        if job.error is not None:
-            raise job.error
-        assert job.frame is not None
-        return _messages.outcome(job.frame)  # type: ignore[no-any-return]
 
     async def map(
         self,
@@ -298,7 +252,7 @@ class Pool:
             # Quick items travel in chunks sized from their measured time.
             lengths = await pool.map(len, data.split(b" "))
         """
-        self._check_usable()
+        self._scheduler.check_usable()
         return await _map.map_list(self, fn, iterable, chunksize=chunksize)
 
     def imap(
@@ -375,7 +329,7 @@ class Pool:
                 async for compressed in results:
                     print(len(compressed))
         """
-        self._check_usable()
+        self._scheduler.check_usable()
         return _map.imap(
             self,
             fn,
@@ -385,79 +339,7 @@ class Pool:
             max_in_flight=max_in_flight,
         )
 
-    # Jobs
 
-    def _check_usable(self) -> None:
-        if self._closed or self._jobs.closing:
-            raise trio.ClosedResourceError("the pool is closed")
-        if self._jobs.broken is not None:
-            raise self._jobs.broken_error()
-        if _context.current_thread() != self._thread:
-            raise _context.other_run("the pool")
-
-    # Lifecycle
-
-    def _open(self, nursery: trio.Nursery) -> None:
-        self._nursery = nursery
-        self._thread = _context.current_thread()
-        self._slots.start(nursery)
-
-    def _close(self) -> None:
-        """Normal exit: run what was submitted, then stop the workers."""
-        self._jobs.closing = True
-        self._slots.wake_idle()
-
-    def _abort(self) -> None:
-        """Exit by error or cancellation: kill every worker now."""
-        self._jobs.closing = True
-        self._fail_waiting()
-        assert self._nursery is not None
-        self._nursery.cancel_scope.cancel()
-
-    def _fail_waiting(self) -> None:
-        self._slots.fail_waiting(lambda: trio.ClosedResourceError("the pool closed"))
-
-
-# The overloads tell type checkers what each kind of pool is: a local Pool, or
-# with a backend, a BackendPool (which has Pool's public methods).
-@overload
-def open_pool(
-    workers: int | None = None,
-    *,
-    start_method: Literal["spawn", "forkserver"] = "spawn",
-    forkserver_preload: Sequence[str] = (),
-    initializer: Callable[..., object] | None = None,
-    initargs: Sequence[Any] = (),
-    max_tasks_per_child: int | None = None,
-    max_memory_per_child: int | None = None,
-    start_timeout: float = 4.0,
-    max_start_failures: int = 5,
-    time_limit: float | None = None,
-    soft_time_limit: float | None = None,
-    kill_on_cancel: bool = True,
-    shutdown_timeout: float = 5.0,
-    forward_logs: bool = True,
-    backend: None = None,
-) -> contextlib.AbstractAsyncContextManager[Pool]: ...
-@overload
-def open_pool(
-    workers: int | None = None,
-    *,
-    start_method: Literal["spawn", "forkserver"] = "spawn",
-    forkserver_preload: Sequence[str] = (),
-    initializer: Callable[..., object] | None = None,
-    initargs: Sequence[Any] = (),
-    max_tasks_per_child: int | None = None,
-    max_memory_per_child: int | None = None,
-    start_timeout: float = 4.0,
-    max_start_failures: int = 5,
-    time_limit: float | None = None,
-    soft_time_limit: float | None = None,
-    kill_on_cancel: bool = True,
-    shutdown_timeout: float = 5.0,
-    forward_logs: bool = True,
-    backend: Backend,
-) -> contextlib.AbstractAsyncContextManager[BackendPool]: ...
 def open_pool(
     workers: int | None = None,
     *,
@@ -475,10 +357,7 @@ def open_pool(
     shutdown_timeout: float = 5.0,
     forward_logs: bool = True,
     backend: Backend | None = None,
-) -> (
-    contextlib.AbstractAsyncContextManager[Pool]
-    | contextlib.AbstractAsyncContextManager[BackendPool]
-):
+) -> contextlib.AbstractAsyncContextManager[Pool]:
     """Open a pool of worker processes for the duration of an ``async with``.
 
     Arguments are checked at once: a bad one raises :class:`ValueError` or
@@ -559,48 +438,19 @@ def open_pool(
 
 def open_with_options(
     options: Options, backend: Backend | None
-) -> (
-    contextlib.AbstractAsyncContextManager[Pool]
-    | contextlib.AbstractAsyncContextManager[BackendPool]
-):
+) -> contextlib.AbstractAsyncContextManager[Pool]:
     """:func:`open_pool`, given its options as one object (see ``_config``)."""
+    scheduler: Scheduler
     if backend is not None:
-        return open_backend_pool(backend, options)
-    pool = Pool(options.config())  # pickles the initializer: fails now if it cannot
-    return _run_pool(pool)
+        scheduler = open_cluster_scheduler(backend, options)
+    else:
+        # Pickles the initializer: fails now if it cannot.
+        scheduler = LocalScheduler(options.config())
+    return _run_pool(Pool(scheduler))
 
 
 @contextlib.asynccontextmanager
 async def _run_pool(pool: Pool) -> AsyncIterator[Pool]:
     _context.check_start("triopool.open_pool()")
-    body_error: BaseException | None = None
-    try:
-        async with trio.open_nursery() as nursery:
-            pool._open(nursery)
-            try:
-                yield pool
-            except BaseException as exc:
-                body_error = exc
-                pool._abort()
-            else:
-                pool._close()
-    except BaseExceptionGroup as group:
-        # Ctrl-C while the block waits for the workers to finish arrives here
-        # wrapped by the nursery; it leaves as itself, like one from the body.
-        interrupt, rest = group.split(KeyboardInterrupt)
-        if interrupt is not None and rest is None:
-            raise _first_leaf(interrupt) from None
-        raise
-    finally:
-        pool._jobs.closing = True
-        pool._closed = True
-        pool._fail_waiting()
-    if body_error is not None:
-        raise body_error
-
-
-def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    exc: BaseException = group
-    while isinstance(exc, BaseExceptionGroup):
-        exc = exc.exceptions[0]
-    return exc
+    async with pool._scheduler.running():
+        yield pool

@@ -47,7 +47,7 @@ RESULT: Final = 5  # the task's return value
 ERROR: Final = 6  # the task raised an Exception
 FATAL: Final = 7  # the task raised a BaseException that ends the worker
 SERIAL_ERROR: Final = 8  # the task did not unpickle, or its result did not pickle
-# Pipelining (see Pool._send_ahead). Parent -> worker:
+# Pipelining (see _serve.Service._send_ahead). Parent -> worker:
 SKIP: Final = 9  # u64 task number: do not run that task if it has not started
 # Worker -> parent, always before the answer of the task it was running:
 SKIPPED: Final = 10  # u64 task number: that task was dropped and never ran

@@ -89,10 +89,17 @@ async def use_the_default_pool() -> None:
     assert_type(await triopool.run_sync(shout, "hi", time_limit=None), str)
 
 
+def takes_a_pool(pool: triopool.Pool) -> None:
+    pass
+
+
 async def use_a_cluster() -> None:
     async with triopool.open_pool(
         backend=triopool.RayBackend(), kill_on_cancel=False
     ) as pool:
+        # The same type as a local pool: code written for one takes both.
+        assert_type(pool, triopool.Pool)
+        takes_a_pool(pool)
         assert_type(await pool.run_sync(add, 1, 2, kill_on_cancel=False), int)
         assert_type(pool.statistics(), triopool.PoolStatistics)
         assert_type(await pool.map(len, ["a"]), list[int])

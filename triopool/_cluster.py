@@ -1,9 +1,11 @@
-"""A pool whose tasks run on a cluster engine through a :class:`Backend`.
+"""The cluster scheduler: a pool's calls run on a cluster engine through a
+:class:`Backend`.
 
-:class:`BackendPool` has the public surface of :class:`triopool.Pool`
-(``run_sync`` with the same options and errors, ``map``, ``imap``,
-``statistics``); ``open_pool(backend=...)`` returns it. The local pool's code
-is not involved, so its fast path is unchanged.
+``open_pool(backend=...)`` gives a :class:`~triopool.Pool` whose scheduler is
+a :class:`ClusterScheduler`: the pool checks each call's arguments, this
+module refuses what the backend cannot honour and runs the rest on the
+engine. The local scheduler's code is not involved, so its fast path is
+unchanged.
 
 Invariants:
 
@@ -19,7 +21,7 @@ Invariants:
   engine can) and stops the engine only if the backend started it; nothing
   that fails while cancelling keeps it from being stopped.
 - The worker counters count the engine's worker slots as the pool's workers
-  (see :meth:`BackendPool.statistics`), so they keep the identity
+  (see :meth:`ClusterScheduler.statistics`), so they keep the identity
   :class:`~triopool.PoolStatistics` states.
 """
 
@@ -28,39 +30,23 @@ from __future__ import annotations
 import contextlib
 import enum
 import functools
-import inspect
 from collections import deque
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
 
-from . import _context, _map
 from ._backend import Backend, Outcome, TrioBridge
-from ._config import DEFAULTS, POOL_DEFAULT, PoolConfig, PoolDefault, _check_limits
+from ._config import DEFAULTS, PoolConfig, _check_limits, _no_limit_if_inf
 from ._errors import BrokenWorkerError, TimeLimitExceeded
 from ._stats import PoolStatistics
 
 if TYPE_CHECKING:
-    from collections.abc import (
-        AsyncIterable,
-        AsyncIterator,
-        Callable,
-        Iterable,
-        Mapping,
-    )
-    from types import CoroutineType
-    from typing import Literal, TypeVarTuple, Unpack
+    from collections.abc import AsyncIterator, Callable, Mapping
 
     from ._config import Options
-    from ._typing import AnyResultCallable, AsyncCallable, AsyncFunctionPassedToRunSync
 
-    Ts = TypeVarTuple("Ts")
-
-T = TypeVar("T")
-R = TypeVar("R")
-
-__all__ = ["BackendPool", "open_backend_pool"]
+__all__ = ["ClusterScheduler", "open_cluster_scheduler"]
 
 # The open_pool options a backend pool implements; any other option must stay
 # at its default. (A backend's own sizing replaces ``workers``.)
@@ -152,11 +138,10 @@ def _check_options(backend: Backend, options: Mapping[str, Any]) -> None:
         )
 
 
-def open_backend_pool(
-    backend: Backend, options: Options
-) -> contextlib.AbstractAsyncContextManager[BackendPool]:
+def open_cluster_scheduler(backend: Backend, options: Options) -> ClusterScheduler:
     """Check ``options`` (``open_pool``'s arguments) against ``backend`` and
-    return the pool's async context manager. Nothing starts until it is entered.
+    return the scheduler. Nothing starts until its :meth:`~ClusterScheduler.running`
+    block is entered.
     """
     for attribute in ("name", "capabilities", "start", "submit", "cancel", "stop"):
         if not hasattr(backend, attribute):
@@ -164,20 +149,18 @@ def open_backend_pool(
     given = options.as_dict()
     _check_values(given)
     _check_options(backend, given)
-    pool = BackendPool(
+    return ClusterScheduler(
         backend,
-        time_limit=options.time_limit,
+        time_limit=_no_limit_if_inf(options.time_limit),
         kill_on_cancel=options.kill_on_cancel,
         max_tasks_per_child=options.max_tasks_per_child,
         shutdown_timeout=options.shutdown_timeout,
     )
-    return _run_backend_pool(pool)
 
 
-class BackendPool:
-    """A pool running its tasks on a cluster engine; get one from
-    ``open_pool(backend=...)``. Same public surface as :class:`triopool.Pool`.
-    """
+class ClusterScheduler:
+    """Runs a pool's calls on a cluster engine (a :class:`Scheduler` of
+    ``_scheduler``)."""
 
     def __init__(
         self,
@@ -189,8 +172,9 @@ class BackendPool:
         shutdown_timeout: float,
     ) -> None:
         self._backend = backend
-        self._time_limit = time_limit
-        self._kill_on_cancel = kill_on_cancel
+        self.time_limit = time_limit
+        self.kill_on_cancel = kill_on_cancel
+        self.soft_time_limit: float | None = None  # refused by open_cluster_scheduler
         self._max_tasks_per_child = max_tasks_per_child
         self._shutdown_timeout = shutdown_timeout
         self._capacity = 0
@@ -211,22 +195,16 @@ class BackendPool:
         self._workers_lost = 0
         self._workers_stopped = 0
 
-    def __repr__(self) -> str:
+    def describe(self) -> str:
         state = "closed" if self._closed else "open" if self._open else "starting"
-        return f"<triopool.BackendPool {state} backend={self._backend!r}>"
+        return f"{state} backend={self._backend!r}"
 
-    @property
-    def backend(self) -> Backend:
-        """The backend this pool runs on."""
-        return self._backend
-
-    @property
-    def max_in_flight(self) -> int:
-        """How many calls the pool submits to the engine at once."""
-        return self._capacity
+    def check_usable(self) -> None:
+        if self._closing or self._closed or not self._open:
+            raise trio.ClosedResourceError("the pool is closed")
 
     def statistics(self) -> PoolStatistics:
-        """Return a snapshot of the pool's counters (cheap: no I/O).
+        """A snapshot of the counters (cheap: no I/O).
 
         The engine's processes are not the pool's: here a *worker* is one of
         the engine's worker slots the pool uses (Ray: a CPU; Dask: a worker
@@ -272,66 +250,21 @@ class BackendPool:
             workers_stopped=self._workers_stopped,
         )
 
-    # For type checkers (see _typing): an async function is an error.
-    @overload
-    def run_sync(  # type: ignore[overload-overlap]
+    async def run(
         self,
-        fn: AnyResultCallable,
-        *args: object,
-        time_limit: float | PoolDefault | None = POOL_DEFAULT,
-        soft_time_limit: float | PoolDefault | None = POOL_DEFAULT,
-        kill_on_cancel: bool | PoolDefault = POOL_DEFAULT,
-    ) -> CoroutineType[Any, Any, Any]: ...
-    @overload
-    def run_sync(  # type: ignore[overload-overlap]
-        self,
-        fn: AsyncCallable,
-        *args: object,
-        time_limit: float | PoolDefault | None = POOL_DEFAULT,
-        soft_time_limit: float | PoolDefault | None = POOL_DEFAULT,
-        kill_on_cancel: bool | PoolDefault = POOL_DEFAULT,
-    ) -> AsyncFunctionPassedToRunSync: ...
-    @overload
-    def run_sync(
-        self,
-        fn: Callable[[Unpack[Ts]], T],
-        *args: *Ts,
-        time_limit: float | PoolDefault | None = POOL_DEFAULT,
-        soft_time_limit: float | PoolDefault | None = POOL_DEFAULT,
-        kill_on_cancel: bool | PoolDefault = POOL_DEFAULT,
-    ) -> CoroutineType[Any, Any, T]: ...
-    async def run_sync(  # type: ignore[misc]
-        self,
-        fn: Callable[[Unpack[Ts]], T],
-        *args: *Ts,
-        time_limit: float | PoolDefault | None = POOL_DEFAULT,
-        soft_time_limit: float | PoolDefault | None = POOL_DEFAULT,
-        kill_on_cancel: bool | PoolDefault = POOL_DEFAULT,
-    ) -> T:
-        """Run ``fn(*args)`` on the engine and return its result.
-
-        Same options, errors and cancellation semantics as
-        :meth:`triopool.Pool.run_sync`, as far as the backend can honour them:
-        an option it cannot honour raises :class:`ValueError` naming both.
-        """
-        try:
-            await trio.lowlevel.checkpoint_if_cancelled()
-        except RuntimeError:
-            raise _context.not_in_trio("Pool.run_sync()") from None
-        if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
-            raise TypeError(
-                f"run_sync() needs a regular function, got the async function {fn!r}"
-            )
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        time_limit: float | None,
+        soft_time_limit: float | None,
+        kill_on_cancel: bool,
+    ) -> Any:
+        """Run ``fn(*args)`` on the engine and return its result, with the
+        semantics of :meth:`triopool.Pool.run_sync` as far as the backend
+        can honour them: an option it cannot honour raises
+        :class:`ValueError` naming both."""
         name = self._backend.name
-        if time_limit is POOL_DEFAULT:
-            time_limit = self._time_limit
-        if soft_time_limit not in (POOL_DEFAULT, None):
+        if soft_time_limit is not None:
             raise ValueError(f"{name} does not support soft_time_limit")
-        if kill_on_cancel is POOL_DEFAULT:
-            kill_on_cancel = self._kill_on_cancel
-        elif not isinstance(kill_on_cancel, bool):
-            raise TypeError(f"kill_on_cancel must be a bool, got {kill_on_cancel!r}")
-        _check_limits(time_limit, None, " of run_sync()")
         if not self._backend.capabilities.kill_running:
             if kill_on_cancel:
                 raise ValueError(
@@ -342,8 +275,7 @@ class BackendPool:
                 raise ValueError(
                     f"{name} cannot stop a running task: time_limit cannot be enforced"
                 )
-        if self._closing or self._closed or not self._open:
-            raise trio.ClosedResourceError("the pool is closed")
+        self.check_usable()
         job = _Job(fn, tuple(args), time_limit, kill_on_cancel)
         self._tasks_submitted += 1
         self._tasks_waiting += 1
@@ -380,48 +312,7 @@ class BackendPool:
                 job.time_limit,
             )
         assert job.outcome is not None
-        return job.outcome.unwrap()  # type: ignore[no-any-return]
-
-    async def map(
-        self,
-        fn: Callable[[Any], R],
-        iterable: Iterable[Any] | AsyncIterable[Any],
-        *,
-        chunksize: int | Literal["auto"] = "auto",
-    ) -> list[R]:
-        """Run ``fn`` on every item; return the results in input order.
-
-        The same as :meth:`triopool.Pool.map`, built on :meth:`run_sync`.
-        """
-        if self._closing or self._closed:
-            raise trio.ClosedResourceError("the pool is closed")
-        return await _map.map_list(self, fn, iterable, chunksize=chunksize)
-
-    def imap(
-        self,
-        fn: Callable[[Any], R],
-        iterable: Iterable[Any] | AsyncIterable[Any],
-        *,
-        ordered: bool = True,
-        chunksize: int | Literal["auto"] = "auto",
-        max_in_flight: int | None = None,
-    ) -> contextlib.AbstractAsyncContextManager[AsyncIterator[R]]:
-        """Run ``fn`` on every item, at most ``max_in_flight`` (default two
-        chunks of the largest size per slot of the engine) ahead of the
-        consumer; iterate the results.
-
-        The same as :meth:`triopool.Pool.imap`, built on :meth:`run_sync`.
-        """
-        if self._closing or self._closed:
-            raise trio.ClosedResourceError("the pool is closed")
-        return _map.imap(
-            self,
-            fn,
-            iterable,
-            ordered=ordered,
-            chunksize=chunksize,
-            max_in_flight=max_in_flight,
-        )
+        return job.outcome.unwrap()
 
     # The dispatcher and the engine's callbacks (all on the Trio thread)
 
@@ -525,56 +416,56 @@ class BackendPool:
         for job in in_engine:
             self._cancel(job, kill=kill)
 
+    # Lifecycle
 
-@contextlib.asynccontextmanager
-async def _run_backend_pool(pool: BackendPool) -> AsyncIterator[BackendPool]:
-    _context.check_start("triopool.open_pool()")
-    backend = pool._backend
-    pool._bridge = TrioBridge(trio.lowlevel.current_trio_token())
-    started = False
-    body_error: BaseException | None = None
-    try:
-        # Engines start with blocking calls (seconds): in a thread, so the
-        # Trio loop keeps running. Not abandoned on cancel: we must stop it.
-        pool._capacity = await trio.to_thread.run_sync(
-            backend.start, pool._max_tasks_per_child
-        )
-        started = True
-        pool._workers_started = pool._capacity
-        pool._open = True
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(
-                pool._dispatch, name=f"triopool {backend.name} dispatcher"
-            )
-            try:
-                yield pool
-            except BaseException as exc:
-                body_error = exc
-                pool._closing = True
-                pool._cancel_all()
-                nursery.cancel_scope.cancel()
-            else:
-                pool._closing = True
-                pool._kick.set()  # the dispatcher returns once all is done
-    finally:
-        pool._closing = True
-        pool._closed = True
-        pool._workers_stopped = pool._capacity
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        backend = self._backend
+        self._bridge = TrioBridge(trio.lowlevel.current_trio_token())
+        started = False
+        body_error: BaseException | None = None
         try:
-            with trio.CancelScope(shield=True):
-                pool._cancel_all()
-                # Let the engine report the cancelled calls, so none is left
-                # half-known to the engine when the client goes.
-                with trio.move_on_after(pool._shutdown_timeout):
-                    while pool._in_engine:
-                        pool._kick = trio.Event()
-                        await pool._kick.wait()
+            # Engines start with blocking calls (seconds): in a thread, so the
+            # Trio loop keeps running. Not abandoned on cancel: we must stop it.
+            self._capacity = await trio.to_thread.run_sync(
+                backend.start, self._max_tasks_per_child
+            )
+            started = True
+            self._workers_started = self._capacity
+            self._open = True
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(
+                    self._dispatch, name=f"triopool {backend.name} dispatcher"
+                )
+                try:
+                    yield
+                except BaseException as exc:
+                    body_error = exc
+                    self._closing = True
+                    self._cancel_all()
+                    nursery.cancel_scope.cancel()
+                else:
+                    self._closing = True
+                    self._kick.set()  # the dispatcher returns once all is done
         finally:
-            # Whatever failed above (a backend's cancel, Ctrl-C while
-            # waiting), a cluster this pool started must not outlive it.
-            pool._bridge.close()
-            if started:
+            self._closing = True
+            self._closed = True
+            self._workers_stopped = self._capacity
+            try:
                 with trio.CancelScope(shield=True):
-                    await trio.to_thread.run_sync(backend.stop)
-    if body_error is not None:
-        raise body_error
+                    self._cancel_all()
+                    # Let the engine report the cancelled calls, so none is left
+                    # half-known to the engine when the client goes.
+                    with trio.move_on_after(self._shutdown_timeout):
+                        while self._in_engine:
+                            self._kick = trio.Event()
+                            await self._kick.wait()
+            finally:
+                # Whatever failed above (a backend's cancel, Ctrl-C while
+                # waiting), a cluster this pool started must not outlive it.
+                self._bridge.close()
+                if started:
+                    with trio.CancelScope(shield=True):
+                        await trio.to_thread.run_sync(backend.stop)
+        if body_error is not None:
+            raise body_error

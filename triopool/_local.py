@@ -1,0 +1,188 @@
+"""The local scheduler: a job queue served by worker processes in slots.
+
+Shape: while :meth:`LocalScheduler.running` runs, a supervising nursery holds
+one *slot* task per worker (see ``_slots``; with
+``start_method="forkserver"``, also one task owning the fork server). A slot
+loops: each turn starts a task for one worker, which opens it (``async with
+open_worker()``), waits for it to report up, serves jobs until the worker
+retires, dies or the pool closes, and leaves the block, which kills, reaps and
+closes everything of that worker. :meth:`LocalScheduler.run` puts a job in
+the queue (``_jobs``) and parks its caller until the job ends.
+
+Invariants:
+
+- A worker is touched only by its owning task and that task's feeder, inside
+  its ``async with`` (see ``_worker``); a slot has at most one serving
+  worker, plus one that is exiting.
+- A job is in exactly one place at a time: the waiting queue, handed to one
+  idle worker, running on one worker, or finished. Only a worker that is up
+  and idle takes a job, so a job never reaches one that is starting or
+  retiring.
+- Every job ends: its caller gets a result or an error, or was cancelled and
+  stopped waiting. Nothing is left hanging, whatever happens to the workers.
+- A call costs its caller no task switch beyond the one wait for its outcome.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from . import _context, _hooks, _messages, _stats
+from ._config import _usable_cpus
+from ._jobs import Job, Jobs, JobState
+from ._slots import Slots
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable
+
+    from ._config import PoolConfig
+    from ._stats import PoolStatistics
+
+
+class LocalScheduler:
+    """Runs a pool's calls in its own worker processes (a :class:`Scheduler`
+    of ``_scheduler``)."""
+
+    def __init__(self, config: PoolConfig) -> None:
+        self._config = config
+        self._main_importable = _messages.main_module() != (None, None)
+        self._closed = False
+        self._nursery: trio.Nursery | None = None
+        self._thread: int | None = None  # of the run that opened it (see _open)
+        self._jobs = Jobs()
+        self._slots = Slots(
+            config,
+            _messages.worker_config(
+                config.initializer, config.initargs, config.max_memory_per_child
+            ),
+            self._jobs,
+            _usable_cpus(),
+            _hooks.current(),
+        )
+
+    @property
+    def time_limit(self) -> float | None:
+        return self._config.time_limit
+
+    @property
+    def soft_time_limit(self) -> float | None:
+        return self._config.soft_time_limit
+
+    @property
+    def kill_on_cancel(self) -> bool:
+        return self._config.kill_on_cancel
+
+    def describe(self) -> str:
+        state = "closed" if self._closed else "broken" if self._jobs.broken else "open"
+        return f"{state} workers={self._config.workers}"
+
+    def statistics(self) -> PoolStatistics:
+        return _stats.snapshot(self._config.workers, self._jobs, self._slots.counters)
+
+    def check_usable(self) -> None:
+        if self._closed or self._jobs.closing:
+            raise trio.ClosedResourceError("the pool is closed")
+        if self._jobs.broken is not None:
+            raise self._jobs.broken_error()
+        if _context.current_thread() != self._thread:
+            raise _context.other_run("the pool")
+
+    async def run(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        time_limit: float | None,
+        soft_time_limit: float | None,
+        kill_on_cancel: bool,
+    ) -> Any:
+        self.check_usable()
+        job = Job(
+            _messages.task_frame(
+                fn, args, soft_time_limit, main_importable=self._main_importable
+            ),
+            time_limit,
+            kill_on_cancel,
+        )
+        job.caller = trio.lowlevel.current_task()
+        self._jobs.submit(job)
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            # Cancelled (or KeyboardInterrupt) while parked. With
+            # kill_on_cancel=False and the task started, go on waiting for
+            # its outcome, like trio.to_thread.run_sync: the cancellation
+            # takes effect at the next checkpoint.
+            if self._jobs.abandon(job, kill=job.kill_on_cancel):
+                job.caller = None  # Trio wakes it: nothing here may
+                return trio.lowlevel.Abort.SUCCEEDED
+            return trio.lowlevel.Abort.FAILED
+
+        # Parked until _finish reschedules it: cheaper than a trio.Event.
+        await trio.lowlevel.wait_task_rescheduled(abort)
+        if job.state is JobState.CANCELLED:
+            # Given up while sent ahead, and woken once the worker dropped
+            # it (or was killed for it): the cancellation is still pending.
+            await trio.lowlevel.checkpoint()
+        if job.error is not None:
+            raise job.error
+        assert job.frame is not None
+        return _messages.outcome(job.frame)
+
+    # Lifecycle
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        body_error: BaseException | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                self._open(nursery)
+                try:
+                    yield
+                except BaseException as exc:
+                    body_error = exc
+                    self._abort()
+                else:
+                    self._close()
+        except BaseExceptionGroup as group:
+            # Ctrl-C while the block waits for the workers to finish arrives
+            # here wrapped by the nursery; it leaves as itself, like one from
+            # the body.
+            interrupt, rest = group.split(KeyboardInterrupt)
+            if interrupt is not None and rest is None:
+                raise _first_leaf(interrupt) from None
+            raise
+        finally:
+            self._jobs.closing = True
+            self._closed = True
+            self._fail_waiting()
+        if body_error is not None:
+            raise body_error
+
+    def _open(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+        self._thread = _context.current_thread()
+        self._slots.start(nursery)
+
+    def _close(self) -> None:
+        """Normal exit: run what was submitted, then stop the workers."""
+        self._jobs.closing = True
+        self._slots.wake_idle()
+
+    def _abort(self) -> None:
+        """Exit by error or cancellation: kill every worker now."""
+        self._jobs.closing = True
+        self._fail_waiting()
+        assert self._nursery is not None
+        self._nursery.cancel_scope.cancel()
+
+    def _fail_waiting(self) -> None:
+        self._slots.fail_waiting(lambda: trio.ClosedResourceError("the pool closed"))
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
