@@ -207,7 +207,9 @@ def stress(session: nox.Session) -> None:
     ``cancel-burst`` and ``cancel-mixed`` run one kind; ``ahead-kills`` is
     the write-ahead storm: 4 workers serving 20 tasks each, short tasks
     written ahead to busy workers while workers are killed (by SIGKILL and
-    by their tasks), and no task may start twice. See tests/storm.py.
+    by their tasks), and no task may start twice; ``elastic`` is the
+    recycling storm with idle workers exiting between bursts of tasks
+    (min_workers=1, a tiny idle_timeout). See tests/storm.py.
     """
     install(session, "test")
     session.run("python", "-m", "tests.storm", *session.posargs)

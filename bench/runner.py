@@ -24,7 +24,7 @@ from typing import Any
 
 import trio
 
-from bench import adapters, workloads
+from bench import adapters, burst, workloads
 
 MIB = 1 << 20
 
@@ -562,6 +562,9 @@ def main(argv: list[str] | None = None) -> int:
         memory[adapter.name] = measure_memory(adapter, sizes)
     summary = summarize(names, rounds, memory)
     table = markdown(summary, names)
+    print("burst after an idle period: triopool", file=sys.stderr, flush=True)
+    burst_rows, burst_table = burst.section(args.quick)
+    table += "\n" + burst_table
     info = machine()
     info["bare_interpreter_rss_mib"] = memory[names[0]]["bare_rss"] if names else None
     elapsed = time.perf_counter() - began
@@ -587,6 +590,7 @@ def main(argv: list[str] | None = None) -> int:
                 "elapsed_s": elapsed,
                 "summary": summary,
                 "rounds": rounds,
+                "burst": burst_rows,
             },
             f,
             indent=1,

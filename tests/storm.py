@@ -27,6 +27,9 @@ Profiles (``--profile``):
   with a ``BrokenWorkerError`` naming that worker, and no task may start
   twice (each notes where it starts); plus every check of the recycling
   storm. The trace hook counts the task frames written ahead.
+- ``elastic``: the same with idle shrink on (``min_workers=1``, a tiny
+  ``idle_timeout``) and tasks in bursts with pauses, so that workers exit
+  while idle and start again for the next burst (:func:`elastic_storm`).
 - ``cancel``: cancellation storms (:func:`run_cancel_storm`), ``burst`` and
   ``mixed`` taking turns, one Trio run each, until ``--minutes`` (or
   ``--rounds``) are up or one fails; ``cancel-burst`` and ``cancel-mixed``
@@ -420,6 +423,14 @@ class StormConfig:
     seed: int | None = None
     task_timeout: float = 120.0  # a task taking longer than this "hangs"
     hostile: float = 0.2  # share of tasks of the HOSTILE_ACTIONS, evenly
+    # More open_pool options (the ``elastic`` profile's idle shrink, say);
+    # a profile that adds one, e.g. ``retries=1``, adds it here.
+    pool_options: dict[str, Any] = field(default_factory=dict)
+    # Submit in bursts of this many tasks; once a burst's tasks have ended,
+    # pause this many seconds (random, up to twice as long): long enough for
+    # idle workers to exit, so that they start again for the next burst.
+    burst: int | None = None
+    pause: float = 0.0
 
 
 # The write-ahead storm ("ahead-kills"): workers serve 20 tasks each, so that
@@ -778,6 +789,14 @@ async def run_storm(
                 await done.acquire()
                 tasks.start_soon(one_task, pool, number, done)
                 number += 1
+                if config.burst is not None and number % config.burst == 0:
+                    # The burst's tasks end (each releases its permit),
+                    # then the workers idle.
+                    for _ in range(config.in_flight):
+                        await done.acquire()
+                    for _ in range(config.in_flight):
+                        done.release()
+                    await trio.sleep(config.pause * rng.uniform(1, 2))
                 if rng.random() < 0.3:
                     await trio.sleep(rng.uniform(0, 0.01))
 
@@ -793,6 +812,7 @@ async def run_storm(
             # Starts time out on purpose here; the pool must not give up.
             max_start_failures=10**9,
             shutdown_timeout=5.0,
+            **config.pool_options,
         ) as pool:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(monitor, pool)
@@ -1144,8 +1164,25 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if report.violations else 0
 
 
-# The storms of one pool each (the others are cancellation storms).
-STORM_PROFILES = {"recycle": StormConfig(), "ahead-kills": AHEAD_KILLS}
+def elastic_storm(min_workers: int = 0, **pool_options: Any) -> StormConfig:
+    """The recycling storm with idle shrink on: bursts of tasks with pauses
+    several times ``idle_timeout`` long, so that workers exit while idle and
+    start again for the next burst (``pool_options`` adds more, e.g.
+    ``retries=1``)."""
+    return StormConfig(
+        pool_options={"min_workers": min_workers, "idle_timeout": 0.05} | pool_options,
+        burst=40,
+        pause=0.3,
+    )
+
+
+# The storms of one pool each (the others are cancellation storms);
+# ``elastic``: idle workers exit above min_workers=1 and come back.
+STORM_PROFILES = {
+    "recycle": StormConfig(),
+    "ahead-kills": AHEAD_KILLS,
+    "elastic": elastic_storm(1),
+}
 
 
 # What --profile names: the recycling storm, or cancellation storms of one
@@ -1153,6 +1190,7 @@ STORM_PROFILES = {"recycle": StormConfig(), "ahead-kills": AHEAD_KILLS}
 PROFILES = {
     "recycle": (),
     "ahead-kills": (),
+    "elastic": (),
     "cancel": ("burst", "mixed"),
     "cancel-burst": ("burst",),
     "cancel-mixed": ("mixed",),

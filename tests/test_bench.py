@@ -65,6 +65,14 @@ async def test_quick_benchmark_reports_every_metric(tmp_path: Path) -> None:
         value = metrics[key]["pools"]["triopool"]["median"]
         assert isinstance(value, float), (key, value)
         assert value > 0 or key == "parent_per_worker", (key, value)
+    # The burst after an idle period, for both start methods.
+    burst = {row["start_method"]: row for row in data["burst"]}
+    assert set(burst) == {"spawn", "forkserver"}
+    for row in burst.values():
+        assert row["first_ms"] > 0
+        # All workers left idle before the first burst, and again one.
+        assert row["workers_stopped"] >= row["workers"] + 1
+    assert "Burst after an idle period" in table
 
 
 @pytest.mark.slow

@@ -131,6 +131,9 @@ def test_configure_default_pool_keeps_every_option() -> None:
         "soft_time_limit": 6.0,
         "kill_on_cancel": False,
         "shutdown_timeout": 1.0,
+        "min_workers": 1,
+        "idle_timeout": 30.0,
+        "max_lifetime_per_child": 3600.0,
         "forward_logs": False,
     }
     assert list(given) == FIELDS

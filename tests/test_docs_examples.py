@@ -84,6 +84,7 @@ EXPECTED: dict[str, list[str]] = {
         "workers killed and replaced: 1",
     ],
     "limits_recycling.py": ["workers used: 2", "recycled: 2"],
+    "limits_idle.py": ["alive after a pause: 1", "results: 328350", "target: 4"],
     "map_basic.py": [
         "1229 primes below 10000",
         "... and 33860 primes below 400000",

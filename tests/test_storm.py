@@ -92,6 +92,36 @@ async def test_write_ahead_storm_with_kills_keeps_every_invariant(
     assert stats.workers_recycled > 0
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("min_workers", [0, 1])
+async def test_elastic_storm_loses_nothing_while_workers_come_and_go(
+    start_method: StartMethod, min_workers: int
+) -> None:
+    # Three bursts of 40 tasks with pauses between them: workers exit while
+    # idle and start again, amid kills, recycling and hostile tasks.
+    config = dataclasses.replace(
+        storm.elastic_storm(min_workers),
+        workers=4,
+        tasks=120,
+        in_flight=40,
+        start_method=start_method,
+        # Pauses of 0.5-1 s: time for a slow start on a busy machine, then
+        # idling.
+        pause=0.5,
+    )
+    with trio.fail_after(600):
+        report = await run_storm(config)
+    print(report.summary())
+    assert not report.violations, report.summary()
+    stats = report.stats
+    assert stats is not None
+    assert stats.tasks_submitted == report.tasks_done == 120
+    assert report.outcomes["result"] > 0
+    # Workers stopped while idle, not only at the pool's close (at most one
+    # per slot then).
+    assert stats.workers_stopped > config.workers, report.summary()
+
+
 def test_start_checks_catch_a_task_run_twice_or_answered_elsewhere(
     tmp_path: pathlib.Path,
 ) -> None:

@@ -43,6 +43,7 @@ from ._stats import PoolStatistics
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Mapping
+    from typing import Final
 
     from ._config import Options
 
@@ -61,6 +62,17 @@ _SUPPORTED = frozenset(
         "forward_logs",
     }
 )
+
+
+# Why a backend pool refuses some options: the engine owns its workers.
+_WHY_NOT: Final = {
+    "workers": " (size the cluster through the backend)",
+    "min_workers": ": the cluster's workers are the engine's, which sizes them itself",
+    "idle_timeout": ": the cluster's workers are the engine's, which sizes them itself",
+    "max_lifetime_per_child": (
+        ": the cluster's workers are the engine's, which decides when they end"
+    ),
+}
 
 
 class _State(enum.IntEnum):
@@ -113,9 +125,9 @@ def _check_options(backend: Backend, options: Mapping[str, Any]) -> None:
         default = defaults.get(option)
         if option in _SUPPORTED or value == default:
             continue
-        hint = " (size the cluster through the backend)" if option == "workers" else ""
         raise ValueError(
-            f"{name} does not support {option}={value!r}: leave it at its default{hint}"
+            f"{name} does not support {option}={value!r}: leave it at its "
+            f"default{_WHY_NOT.get(option, '')}"
         )
     capabilities = backend.capabilities
     if not capabilities.kill_running:

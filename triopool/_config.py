@@ -88,6 +88,39 @@ def _check_limits(
         )
 
 
+def _check_min_workers(name: str, value: object) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int or None, got {value!r}")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value!r}")
+
+
+def _check_elastic(
+    workers: int | None, min_workers: int | None, idle_timeout: float | None
+) -> None:
+    """``min_workers`` and ``idle_timeout`` go together (``min_workers=None``
+    means the pool never shrinks, so an ``idle_timeout`` alone would do
+    nothing), and ``min_workers`` is at most ``workers``."""
+    if min_workers is None and idle_timeout is not None:
+        raise ValueError(
+            f"idle_timeout={idle_timeout!r} needs min_workers, the number of "
+            "workers to keep: pass min_workers=0 to let every idle worker exit, "
+            "or leave idle_timeout at None to keep them all"
+        )
+    if min_workers is not None and idle_timeout is None:
+        raise ValueError(
+            f"min_workers={min_workers!r} needs idle_timeout, the seconds a "
+            "worker above it may stay idle before it exits"
+        )
+    if workers is not None and min_workers is not None and min_workers > workers:
+        raise ValueError(
+            f"min_workers must be <= workers, got min_workers={min_workers!r} "
+            f"and workers={workers!r}"
+        )
+
+
 def _no_limit_if_inf(limit: float | None) -> float | None:
     """An infinite limit is no limit."""
     return None if limit == math.inf else limit
@@ -148,6 +181,16 @@ class PoolConfig:
             lambda n, v: _check_number(n, v, allow_none=False, allow_zero=True)
         )
     )
+    min_workers: int | None = attrs.field(
+        validator=_parameter_check(_check_min_workers)
+    )
+    idle_timeout: float | None = attrs.field(
+        validator=_parameter_check(lambda n, v: _check_number(n, v, allow_none=True))
+    )
+    max_lifetime_per_child: float | None = attrs.field(
+        converter=_no_limit_if_inf,
+        validator=_parameter_check(lambda n, v: _check_number(n, v, allow_none=True)),
+    )
     forward_logs: bool = attrs.field()
 
     @start_method.validator  # pyright: ignore[reportAttributeAccessIssue]
@@ -178,6 +221,17 @@ class PoolConfig:
 
     def __attrs_post_init__(self) -> None:
         _check_limits(self.time_limit, self.soft_time_limit, "")
+        _check_elastic(self.workers, self.min_workers, self.idle_timeout)
+
+    @property
+    def elastic(self) -> bool:
+        """Whether idle workers above ``min_workers`` may exit."""
+        return (
+            self.min_workers is not None
+            and self.min_workers < self.workers
+            and self.idle_timeout is not None
+            and self.idle_timeout != math.inf
+        )
 
 
 @attrs.frozen
@@ -201,6 +255,9 @@ class Options:
     soft_time_limit: float | None = None
     kill_on_cancel: bool = True
     shutdown_timeout: float = 5.0
+    min_workers: int | None = None
+    idle_timeout: float | None = None
+    max_lifetime_per_child: float | None = None
     forward_logs: bool = True
 
     def as_dict(self) -> dict[str, Any]:
@@ -234,9 +291,18 @@ class Options:
             soft_time_limit=self.soft_time_limit,
             kill_on_cancel=self.kill_on_cancel,
             shutdown_timeout=self.shutdown_timeout,
+            min_workers=self.min_workers,
+            idle_timeout=self.idle_timeout,
+            max_lifetime_per_child=self.max_lifetime_per_child,
             forward_logs=self.forward_logs,
         )
 
 
 #: Every option at its default.
 DEFAULTS: Final = Options()
+
+#: What the default pool (``triopool.run_sync``) uses for ``min_workers`` and
+#: ``idle_timeout`` while both are left at None: its workers exit after 10
+#: idle minutes.
+DEFAULT_POOL_MIN_WORKERS: Final = 0
+DEFAULT_POOL_IDLE_TIMEOUT: Final = 600.0

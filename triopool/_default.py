@@ -17,10 +17,17 @@ from __future__ import annotations
 import enum
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
+import attrs
 import trio
 
 from . import _context
-from ._config import DEFAULTS, POOL_DEFAULT, Options
+from ._config import (
+    DEFAULT_POOL_IDLE_TIMEOUT,
+    DEFAULT_POOL_MIN_WORKERS,
+    DEFAULTS,
+    POOL_DEFAULT,
+    Options,
+)
 from ._pool import Pool, open_with_options
 
 if TYPE_CHECKING:
@@ -96,6 +103,9 @@ def configure_default_pool(
     soft_time_limit: float | None = None,
     kill_on_cancel: bool = True,
     shutdown_timeout: float = 5.0,
+    min_workers: int | None = None,
+    idle_timeout: float | None = None,
+    max_lifetime_per_child: float | None = None,
     forward_logs: bool = True,
     backend: Backend | None = None,
 ) -> None:
@@ -108,6 +118,11 @@ def configure_default_pool(
     With ``backend``, each run's default pool runs its tasks on that cluster
     backend (see "Running on a cluster"): the backend starts with the run's
     default pool and stops when the run ends, once per run.
+
+    Unless ``min_workers`` or ``idle_timeout`` is given, the default pool
+    releases workers idle for 10 minutes (``min_workers=0``,
+    ``idle_timeout=600``) and starts them again when tasks come; pass
+    ``min_workers=0, idle_timeout=math.inf`` to keep them all.
 
     The configuration is process-wide and is read when a run's default pool
     starts, on its first use. It therefore applies to every ``trio.run``
@@ -140,6 +155,9 @@ def configure_default_pool(
         soft_time_limit=soft_time_limit,
         kill_on_cancel=kill_on_cancel,
         shutdown_timeout=shutdown_timeout,
+        min_workers=min_workers,
+        idle_timeout=idle_timeout,
+        max_lifetime_per_child=max_lifetime_per_child,
         forward_logs=forward_logs,
     )
     # open_pool checks every option (and pickles the initializer) before it
@@ -160,6 +178,20 @@ def configure_default_pool(
         )
     _options = options.frozen()
     _backend = backend
+
+
+def _elastic(options: Options, backend: Backend | None) -> Options:
+    """The default pool's options: a local one whose ``min_workers`` and
+    ``idle_timeout`` were left at None releases workers idle for 10 min."""
+    if backend is not None or (
+        options.min_workers is not None or options.idle_timeout is not None
+    ):
+        return options
+    return attrs.evolve(
+        options,
+        min_workers=DEFAULT_POOL_MIN_WORKERS,
+        idle_timeout=DEFAULT_POOL_IDLE_TIMEOUT,
+    )
 
 
 def _state_seen_from_thread() -> _DefaultPool | None:
@@ -186,7 +218,7 @@ async def _current_default_pool() -> Pool:
         state = _DefaultPool()
         # Built here, in the caller, so a bad configuration or an initializer
         # that cannot be pickled raises in the caller.
-        manager = open_with_options(_options, _backend)
+        manager = open_with_options(_elastic(_options, _backend), _backend)
         _RUN_STATE.set(state)
         trio.lowlevel.spawn_system_task(
             state.hold, manager, name="triopool default pool"

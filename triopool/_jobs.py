@@ -140,6 +140,9 @@ class Jobs:
     broken: BrokenPoolError | None = None
     #: The pool's block is over: idle workers stop once the queue is empty.
     closing: bool = False
+    #: Called when a job is queued for want of an idle taker (an elastic
+    #: pool starts a worker then; see Slots._wanted).
+    queued: Callable[[], None] | None = None
 
     def broken_error(self) -> BrokenPoolError:
         """A fresh instance of the pool's broken error, to raise."""
@@ -169,10 +172,13 @@ class Jobs:
         ``first``: it was taken once already and goes before newer ones)."""
         if self.idle:
             self.idle.pop().take(job)
-        elif first:
-            self.waiting.appendleft(job)
         else:
-            self.waiting.append(job)
+            if first:
+                self.waiting.appendleft(job)
+            else:
+                self.waiting.append(job)
+            if self.queued is not None:
+                self.queued()
 
     def next_job(self) -> Job | None:
         """The first waiting job of the queue (cancelled ones are dropped)."""

@@ -355,6 +355,9 @@ def open_pool(
     soft_time_limit: float | None = None,
     kill_on_cancel: bool = True,
     shutdown_timeout: float = 5.0,
+    min_workers: int | None = None,
+    idle_timeout: float | None = None,
+    max_lifetime_per_child: float | None = None,
     forward_logs: bool = True,
     backend: Backend | None = None,
 ) -> contextlib.AbstractAsyncContextManager[Pool]:
@@ -391,6 +394,15 @@ def open_pool(
         kill_on_cancel: Default for :meth:`Pool.run_sync`.
         shutdown_timeout: On exit, seconds workers get to exit before SIGTERM,
             then SIGKILL.
+        min_workers: Workers kept while idle; ``None``: all of them (the pool
+            never shrinks). Workers above it exit after ``idle_timeout`` idle
+            seconds, and start again at once when tasks wait. Needs
+            ``idle_timeout``; at most ``workers``.
+        idle_timeout: Seconds a worker above ``min_workers`` may stay idle
+            before it exits (``math.inf``: never). Needs ``min_workers``.
+        max_lifetime_per_child: Retire and replace a worker at its first idle
+            moment once it has been up this many seconds (never in the middle
+            of a task, nor while tasks are written ahead to it).
         forward_logs: Send the :mod:`logging` records that tasks and
             initializers make to the parent's logger of the same name, with
             ``record.worker_pid`` and ``record.worker_index``; the parent's
@@ -404,7 +416,8 @@ def open_pool(
     Raises:
         ValueError: An argument is out of range: ``workers < 1``, a negative
             time-out or limit, an unknown ``start_method``,
-            ``soft_time_limit >= time_limit``, ...
+            ``soft_time_limit >= time_limit``, ``min_workers > workers``,
+            ``idle_timeout`` without ``min_workers`` (or the reverse), ...
         TypeError: An argument has the wrong type, or ``initializer`` and
             ``initargs`` cannot be pickled.
 
@@ -431,6 +444,9 @@ def open_pool(
         soft_time_limit=soft_time_limit,
         kill_on_cancel=kill_on_cancel,
         shutdown_timeout=shutdown_timeout,
+        min_workers=min_workers,
+        idle_timeout=idle_timeout,
+        max_lifetime_per_child=max_lifetime_per_child,
         forward_logs=forward_logs,
     )
     return open_with_options(options, backend)

@@ -146,6 +146,48 @@ class Service:
     tasks_done: int = 0
     # The worker serves no more: the feeder must not touch it.
     finished: bool = False
+    # When the worker reported up (trio time), for max_lifetime_per_child.
+    up_at: float = attrs.field(factory=trio.current_time)
+    # Ended while idle by the slots' timer (see dismiss): why.
+    dismissed: End | None = None
+
+    # Elasticity and age (see _slots.Slots.run_timer): small, and apart from
+    # the reading and writing below.
+
+    def past_age(self, now: float) -> bool:
+        """Whether the worker is past ``max_lifetime_per_child``: it takes
+        no more tasks, and retires at its first idle moment."""
+        lifetime = self._config.max_lifetime_per_child
+        return lifetime is not None and now >= self.up_at + lifetime
+
+    def idle_since(self) -> float | None:
+        """When the worker last became idle; None unless it idles now, with
+        nothing running, written ahead or handed to it."""
+        pipeline = self.pipeline
+        if (
+            self.finished
+            or self.dismissed is not None
+            or pipeline.current is not None
+            or pipeline.ahead
+            or self.handed is not None
+            or self.writing
+            or self not in self._jobs.idle
+        ):
+            return None
+        if pipeline.numbered == 0:
+            return self.up_at
+        return pipeline.started_at + pipeline.last_duration
+
+    def dismiss(self, end: End) -> bool:
+        """End an idle worker's service: stopped (``End.CLOSED``, idle too
+        long) or retired (``End.RETIRED``, too old). Returns False, doing
+        nothing, if the worker is not idle."""
+        if self.idle_since() is None:
+            return False
+        self._jobs.idle.remove(self)  # no caller can hand it a job now
+        self.dismissed = end
+        self.interrupt(Why.STOP)
+        return True
 
     # What callers, the queue and the slots call (see _jobs.Taker, _jobs.Link).
 
@@ -400,6 +442,7 @@ class Service:
             not pipeline.may_write_ahead(self._hooks.ahead_after)
             or self.writing
             or self.worker.known_dead  # see _send
+            or self.past_age(trio.current_time())  # it takes no more
         ):
             return
         current = pipeline.current
@@ -511,7 +554,7 @@ class Service:
         job = self.pipeline.current
         if job is None:
             if Why.STOP in why:
-                return End.CLOSED
+                return self.dismissed or End.CLOSED
             if Why.GONE in why or worker.known_dead:
                 # Went with its fork server: lost, even if its pipe has not
                 # said so yet (see _send).
@@ -641,6 +684,17 @@ class Service:
             if self.killed:
                 continue  # read on to its end
             if self.pipeline.current is None:
+                if self.past_age(now):
+                    _log.info(
+                        "worker %d retired over max_lifetime_per_child",
+                        worker.pid,
+                        extra={
+                            "event": "retired",
+                            "reason": "lifetime",
+                            "worker_pid": worker.pid,
+                        },
+                    )
+                    return End.RETIRED
                 following = await self._next_or_idle()
                 if following is Next.STOP:
                     return End.CLOSED

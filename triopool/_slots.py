@@ -18,6 +18,7 @@ never by the worker on its own.
 from __future__ import annotations
 
 import logging
+import math
 from typing import TYPE_CHECKING, Literal
 
 import attrs
@@ -76,6 +77,8 @@ class Turn:
     # Set once the worker serves no more (it may still be exiting).
     served: trio.Event = attrs.field(factory=trio.Event)
     start_failed: bool = False
+    # Stopped for idling above min_workers: the slot waits for work.
+    idled: bool = False
 
 
 class Slots:
@@ -105,12 +108,21 @@ class Slots:
         self._forkserver: ForkServer | None = None
         self._forkserver_changed = trio.Event()
         self.counters = WorkerCounters()
+        # Elasticity (min_workers, idle_timeout) and age
+        # (max_lifetime_per_child): slots whose worker idled out park here
+        # until a job waits; the timer wakes when a worker comes up.
+        self._dormant = trio.lowlevel.ParkingLot()
+        self._timer_wake = trio.Event()
+        if config.elastic:
+            jobs.queued = self._wanted
 
     def start(self, nursery: trio.Nursery) -> None:
         """Start the slot tasks (and the fork server's) in ``nursery``."""
         self._slots_left = len(self._slots)
         if self._config.start_method == "forkserver":
             nursery.start_soon(self.run_forkserver, name="triopool fork server")
+        if self._config.elastic or self._config.max_lifetime_per_child is not None:
+            nursery.start_soon(self.run_timer, name="triopool idle timer")
         for slot in self._slots:
             nursery.start_soon(self.run_slot, slot, name=f"triopool slot {slot.number}")
 
@@ -121,6 +133,7 @@ class Slots:
             self._slots_left -= 1
             if not self._slots_left:
                 self._slots_done.set()
+                self._timer_wake.set()
 
     async def _slot_loop(self, slot: Slot) -> None:
         # Each worker lives in a task of its own that owns it from its start
@@ -144,7 +157,9 @@ class Slots:
                 turn = Turn()
                 workers.start_soon(self._run_worker, slot, launch, turn)
                 await turn.served.wait()
-                if turn.start_failed:
+                if turn.idled:
+                    await self._until_wanted()
+                elif turn.start_failed:
                     # Back off a little, so that a start that fails at once (no
                     # fds left, say) does not spin.
                     await trio.sleep(
@@ -195,10 +210,12 @@ class Slots:
                 if up:
                     service = Service(worker, self._jobs, self._config, self._hooks)
                     self._services.add(service)
+                    self._timer_wake.set()
                     try:
                         end = await service.run(turn.served.set)
                     finally:
                         self._services.discard(service)
+                    turn.idled = service.dismissed is End.CLOSED
         except StartFailed as exc:
             end = None
             self._start_failed(
@@ -322,6 +339,79 @@ class Slots:
             },
         )
         return True
+
+    # Elasticity and age
+
+    async def _until_wanted(self) -> None:
+        """A slot whose worker idled out: wait until a job waits (and no idle
+        worker took it), or the pool closes or breaks. No back-off: that is
+        for start failures only."""
+        if self._jobs.waiting or self._jobs.broken is not None or self.closing_idle():
+            return
+        await self._dormant.park()
+
+    def _wanted(self) -> None:
+        """A job was queued for want of an idle worker: wake a dormant slot."""
+        self._dormant.unpark(count=1)
+
+    async def run_timer(self) -> None:
+        """Stop workers idle too long above ``min_workers``; retire idle ones
+        past ``max_lifetime_per_child`` (busy ones retire themselves at
+        their next idle moment, see Service.past_age).
+
+        A worker turns idle without telling anyone, so while any is busy the
+        timer looks again every quarter of ``idle_timeout``: an idle worker
+        exits between ``idle_timeout`` and a quarter more after it idled.
+        """
+        config = self._config
+        idle_timeout = config.idle_timeout if config.elastic else None
+        lifetime = config.max_lifetime_per_child
+        keep = config.min_workers or 0
+        # A busy worker is looked at again this often.
+        poll = min(
+            math.inf if idle_timeout is None else idle_timeout / 4,
+            math.inf if lifetime is None else lifetime / 4,
+        )
+        while not self._slots_done.is_set():
+            now = trio.current_time()
+            wake = now + poll
+            serving = [s for s in self._services if s.dismissed is None]
+            alive = sum(not s.finished for s in serving)
+            for service in serving:
+                since = service.idle_since()
+                if lifetime is not None and since is not None and service.past_age(now):
+                    self._dismiss(service, End.RETIRED)
+                    alive -= 1
+                    continue
+                if lifetime is not None and not service.past_age(now):
+                    wake = min(wake, service.up_at + lifetime)
+                if idle_timeout is None or since is None:
+                    continue
+                if now < since + idle_timeout:
+                    wake = min(wake, since + idle_timeout)
+                elif alive > keep:
+                    self._dismiss(service, End.CLOSED)
+                    alive -= 1
+            self._timer_wake = trio.Event()
+            with trio.move_on_at(wake):
+                await self._timer_wake.wait()
+
+    def _dismiss(self, service: Service, end: End) -> None:
+        pid = service.worker.pid
+        if not service.dismiss(end):
+            return
+        if end is End.RETIRED:
+            _log.info(
+                "idle worker %d retired over max_lifetime_per_child",
+                pid,
+                extra={"event": "retired", "reason": "lifetime", "worker_pid": pid},
+            )
+        else:
+            _log.info(
+                "worker %d stopped: idle for idle_timeout above min_workers",
+                pid,
+                extra={"event": "stopped", "reason": "idle", "worker_pid": pid},
+            )
 
     def closing_idle(self) -> bool:
         return self._jobs.closing and not self._jobs.waiting
@@ -456,6 +546,8 @@ class Slots:
         for slot in self._slots:
             if slot.start_scope is not None and self.closing_idle():
                 slot.start_scope.cancel()
+        self._dormant.unpark_all()
+        self._timer_wake.set()
 
     def fail_waiting(self, make_error: Callable[[], BaseException]) -> None:
         """Fail every job that waits: queued, or handed to an idle worker."""

@@ -39,7 +39,8 @@ class PoolStatistics:
     tasks_failed + tasks_cancelled``.
 
     Attributes:
-        workers: The target number of workers.
+        workers: The target number of workers (``open_pool``'s ``workers``),
+            which an elastic pool (``min_workers``) may run fewer of while idle.
         workers_alive: Worker processes started and not yet reaped, starting
             ones included.
         workers_idle: Workers that are up and waiting for a task.
@@ -57,13 +58,14 @@ class PoolStatistics:
             server that failed to start or died before forking (it stood
             between the pool and its next worker), so the identity above
             holds whatever happens.
-        workers_recycled: Retired by ``max_tasks_per_child`` or
-            ``max_memory_per_child``.
+        workers_recycled: Retired by ``max_tasks_per_child``,
+            ``max_memory_per_child`` or ``max_lifetime_per_child``.
         workers_lost: Died unexpectedly, or killed by a time limit, a
             cancellation or a desynchronised pipe.
         start_failures: Failed starts (initializer error, early exit, start
             timeout, no process could be created).
-        workers_stopped: Stopped because the pool closed or broke.
+        workers_stopped: Stopped because the pool closed or broke, or
+            because they idled for ``idle_timeout`` above ``min_workers``.
     """
 
     workers: int
