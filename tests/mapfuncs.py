@@ -68,3 +68,12 @@ def sleep_with_pid(seconds: float) -> int:
     """Sleep that long (no CPU used); return the worker's pid."""
     time.sleep(seconds)
     return os.getpid()
+
+
+def unpicklable_on_negative(x: int) -> object:
+    """A result that cannot be pickled (a lock) for a negative item."""
+    if x < 0:
+        import threading
+
+        return threading.Lock()
+    return x

@@ -89,10 +89,20 @@ async def test_quick_map_benchmark_reports_every_chunksize() -> None:
     lines = result.stdout.decode().splitlines()
     assert lines[0].startswith("2000 trivial items, 2 workers")
     rows = {}
-    for line in lines[2:]:
+    table_end = lines.index("")
+    for line in lines[2:table_end]:
         chunksize, *columns = line.split()
         assert len(columns) == 6, line
         rows[chunksize] = [float(value.replace(",", "")) for value in columns]
     assert set(rows) == {"default", "1", "256"}
     for values in rows.values():
         assert all(value > 0 for value in values), rows
+    cpu = [line.split() for line in lines[table_end + 3 :]]
+    # ... input name, library, seconds, ideal, of ideal, tail
+    libraries = [row[-5] for row in cpu]
+    assert libraries == ["triopool", "multiprocessing"] * 2, lines
+    for row in cpu:
+        seconds, ideal, tail = float(row[-4]), float(row[-3]), float(row[-1])
+        assert seconds > 0, row
+        assert ideal > 0, row
+        assert tail >= 0, row

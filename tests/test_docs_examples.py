@@ -95,6 +95,12 @@ EXPECTED: dict[str, list[str]] = {
         "worker frame in traceback: True",
         "[5, 6]",
     ],
+    "map_progress.py": ["all 2000 done, 0 failed", "sum of squares: 2664667000"],
+    "map_return_exceptions.py": [
+        "1: 1",
+        "three: failed with ValueError",
+        "4: 4",
+    ],
     "map_stream.py": [
         "nonce 299 gives 0040d8f8b34c1ec7...",
         "taken beyond the answer: at most 8: True",

@@ -41,13 +41,13 @@ FLOORS: dict[str, int] = {
     "_pipes": 0,
     "_protocol": 0,
     "_serialize": 0,
-    "_chunk": 0,
     "_chunksize": 0,
     "_faults": 0,
     "_typing": 0,
     "_inside": 0,
     # What the worker runs and the payloads it sends: still standard library.
     "_messages": 1,
+    "_chunk": 1,
     "_child": 1,
     "_forkserver_main": 1,
     "_cli_worker": 1,
@@ -61,6 +61,7 @@ FLOORS: dict[str, int] = {
     "_config": 2,
     "_backend": 2,
     "_logs": 2,
+    "_progress": 2,
     # The schedulers' parts, local and on a cluster engine, the counters (a
     # snapshot reads the jobs' counts), and the cut between the pool and its
     # scheduler (``_scheduler``).

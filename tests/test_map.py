@@ -179,17 +179,43 @@ async def test_unbounded_input_is_pulled_lazily(
     await assert_healthy(pool)
 
 
-async def test_default_max_in_flight_is_two_chunks_per_worker(
-    pool: triopool.Pool,
+@pytest.mark.parametrize(("chunksize", "bound"), [(3, 128), (40, 160)])
+async def test_default_max_in_flight_with_an_int_chunksize(
+    pool: triopool.Pool, chunksize: int, bound: int
 ) -> None:
+    # The documented default: workers * max(2 * chunksize, 64) items.
     source = CountingIterable()
     with trio.fail_after(TIMEOUT):
-        async with pool.imap(mapfuncs.square, source, chunksize=3) as results:
+        async with pool.imap(mapfuncs.square, source, chunksize=chunksize) as results:
             async for _value in results:
                 await trio.sleep(0.2)  # let the producer fill up
                 break
-    # 2 workers * 2 chunks * 3 items ahead of the one received.
-    assert 1 <= source.pulled <= 1 + 12
+    # The window, ahead of the one result received, and not less than one
+    # chunk more.
+    assert chunksize < source.pulled <= 1 + bound
+
+
+@pytest.mark.parametrize(("chunksize", "bound"), [(1, 128), (16, 128), (100, 400)])
+async def test_default_max_in_flight_bounds_an_endless_input_with_a_slow_consumer(
+    pool: triopool.Pool, chunksize: int, bound: int
+) -> None:
+    source = CountingIterable()
+    received = 0
+    ahead = []
+    with trio.fail_after(TIMEOUT):
+        async with pool.imap(mapfuncs.square, source, chunksize=chunksize) as results:
+            async for value in results:
+                assert value == received * received
+                received += 1
+                ahead.append(source.pulled - received)
+                if received % 100 == 0:
+                    await trio.sleep(0.05)  # a slow consumer
+                    ahead.append(source.pulled - received)
+                if received == 1000:
+                    break
+        await assert_healthy(pool)
+    assert max(ahead) <= bound
+    assert max(ahead) >= chunksize  # the window was used
 
 
 async def test_map_of_a_large_input_holds_a_bounded_window(
@@ -199,7 +225,7 @@ async def test_map_of_a_large_input_holds_a_bounded_window(
     # what the workers have finished: a result is taken only after its chunk
     # completed, so pulled - completed <= pulled - taken <= max_in_flight.
     chunksize = 16
-    bound = 2 * 2 * chunksize  # the default max_in_flight with 2 workers
+    bound = 2 * 64  # the default max_in_flight with 2 workers
     windows: list[int] = []
 
     def source() -> Iterator[int]:
@@ -742,9 +768,9 @@ async def test_bad_arguments(pool: triopool.Pool) -> None:
     with pytest.raises(TypeError, match="async function"):
         pool.imap(coroutine_function, range(3))
     with pytest.raises(TypeError, match="iterable must be an iterable"):
-        await pool.map(mapfuncs.square, 5)  # type: ignore[arg-type]
+        await pool.map(mapfuncs.square, 5)  # type: ignore[call-overload]
     with pytest.raises(TypeError, match="needs a callable"):
-        await pool.map(5, range(3))  # type: ignore[arg-type]
+        await pool.map(5, range(3))  # type: ignore[call-overload]
     # Not even cloudpickle can send a lock (lambdas are fine with it: see
     # test_serialization.py).
     lock: Any = threading.Lock()

@@ -25,6 +25,7 @@ from ._inside import WorkerInfo as WorkerInfo
 from ._inside import current_worker as current_worker
 from ._pool import Pool as Pool
 from ._pool import open_pool as open_pool
+from ._progress import MapProgress as MapProgress
 from ._stats import PoolStatistics as PoolStatistics
 
 if TYPE_CHECKING:
@@ -54,6 +55,7 @@ __all__ = [
     "BrokenPoolError",
     "BrokenWorkerError",
     "DaskBackend",
+    "MapProgress",
     "Pool",
     "PoolDefault",
     "PoolStatistics",
@@ -73,6 +75,7 @@ __all__ = [
 ]
 
 for _obj in (
+    MapProgress,
     Pool,
     PoolDefault,
     PoolStatistics,

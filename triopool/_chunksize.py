@@ -67,6 +67,21 @@ TAIL_FLOOR_SECONDS = 0.0002
 _DECAY = 0.5
 
 
+#: With an int ``chunksize``, the default ``max_in_flight`` holds at least
+#: this many items per worker: small chunks then queue deep enough that a
+#: worker finds its next task waiting while results travel back.
+MIN_ITEMS_PER_WORKER = 64
+
+
+def default_fixed_max_in_flight(workers: int, chunksize: int) -> int:
+    """The default ``max_in_flight`` with an int ``chunksize``, in items.
+
+    Two chunks per worker, and at least :data:`MIN_ITEMS_PER_WORKER` items
+    per worker: ``workers * max(2 * chunksize, 64)``.
+    """
+    return workers * max(2 * chunksize, MIN_ITEMS_PER_WORKER)
+
+
 def default_max_in_flight(workers: int) -> int:
     """The default ``max_in_flight`` with ``chunksize="auto"``, in items.
 

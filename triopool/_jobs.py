@@ -123,6 +123,10 @@ class Job:
     #: Written ahead, then given up by its caller: a SKIP was asked for, and
     #: the caller waits for the worker's verdict (dropped, or started).
     skip: bool = False
+    #: Instead of a parked caller: called once, with the job, when it ends
+    #: (a job streamed by map/imap; see Pool.submit_nowait). It must not
+    #: raise or block: it runs in the task that ended the job.
+    on_end: Callable[[Job], None] | None = None
 
 
 @attrs.define(eq=False)
@@ -257,11 +261,17 @@ class Jobs:
 
 
 def wake(job: Job) -> None:
-    """Wake the job's parked caller (see Pool.run_sync), once."""
+    """Wake the job's parked caller (see Pool.run_sync), or call its
+    ``on_end``, once."""
     caller = job.caller
     if caller is not None:
         job.caller = None
         trio.lowlevel.reschedule(caller)
+        return
+    on_end = job.on_end
+    if on_end is not None:
+        job.on_end = None
+        on_end(job)
 
 
 def _fresh(error: BrokenPoolError) -> BrokenPoolError:

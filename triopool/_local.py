@@ -26,6 +26,7 @@ Invariants:
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -125,10 +126,54 @@ class LocalScheduler:
             # Given up while sent ahead, and woken once the worker dropped
             # it (or was killed for it): the cancellation is still pending.
             await trio.lowlevel.checkpoint()
-        if job.error is not None:
-            raise job.error
-        assert job.frame is not None
-        return _messages.outcome(job.frame)
+        return _job_outcome(job)
+
+    def submit_nowait(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        on_end: Callable[[Callable[[], Any] | None], None],
+    ) -> Callable[[], bool]:
+        """Submit ``fn(*args)`` with the pool's options, without a waiting task.
+
+        The streaming seam of map/imap (see ``_map.Streamer``): when the task
+        ends, ``on_end`` is called once, in the task that ended it, with a
+        function that returns its result or raises its error as :meth:`run`
+        would, or with ``None`` if it was cancelled before it ran. Returns
+        ``cancel()``: it gives the task up as a cancelled :meth:`run` would,
+        and returns ``True`` if the task is over then (``on_end`` will not be
+        called), ``False`` if ``on_end`` is still to come (the task runs on
+        with ``kill_on_cancel=False``, or a worker it was written ahead to
+        has yet to drop it). Raises as :meth:`run` raises before it submits.
+        """
+        self.check_usable()
+        config = self._config
+        job = Job(
+            _messages.task_frame(
+                fn, args, config.soft_time_limit, main_importable=self._main_importable
+            ),
+            config.time_limit,
+            config.kill_on_cancel,
+        )
+
+        def ended(job: Job) -> None:
+            if job.state is JobState.CANCELLED:
+                on_end(None)
+            else:
+                on_end(functools.partial(_job_outcome, job))
+
+        job.on_end = ended
+        self._jobs.submit(job)
+
+        def cancel() -> bool:
+            if job.on_end is None:
+                return True  # ended already, on_end was called
+            if self._jobs.abandon(job, kill=job.kill_on_cancel):
+                job.on_end = None
+                return True
+            return False
+
+        return cancel
 
     # Lifecycle
 
@@ -186,3 +231,11 @@ def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
     while isinstance(exc, BaseExceptionGroup):
         exc = exc.exceptions[0]
     return exc
+
+
+def _job_outcome(job: Job) -> Any:
+    """The result of an ended job, or raise its error."""
+    if job.error is not None:
+        raise job.error
+    assert job.frame is not None
+    return _messages.outcome(job.frame)

@@ -2,9 +2,13 @@
 
 One call is a :class:`_MapCall`. Inside the ``async with`` that runs it, a
 *producer* task pulls items from the input (a sync or an async iterable),
-groups them into chunks and starts one task per chunk in its own *work*
-nursery; each chunk task submits its chunk through :meth:`Pool.run_sync` and
-stores the results. With ``chunksize="auto"`` a :class:`ChunkPlanner` sizes
+groups them into chunks and hands each chunk to the pool. A local pool
+*streams*: the chunk becomes a job of the pool's queue at once
+(``Pool._submit_nowait``), with no task of ours waiting for it; the pool
+writes jobs ahead into busy workers' pipes as it does for ``run_sync``, and
+the job's end calls :meth:`_MapCall._streamed_ended`, which stores the
+results. Other runners (a cluster backend's pool) get one task per chunk in
+the producer's *work* nursery, which awaits ``run_sync``. With ``chunksize="auto"`` a :class:`ChunkPlanner` sizes
 each chunk from the worker times of the chunks before it and from how fast
 the input comes. The consumer takes results one at a time, in input order
 or in completion order. No async generator is involved: the consumer's
@@ -25,6 +29,11 @@ Invariants:
   take raises the error, as itself: when the caller sees it, no task of the
   call runs any more. Later errors, results not yet taken and errors the
   consumer never asked for are dropped.
+- Streamed chunks are given up the way a cancelled ``run_sync`` gives its
+  task up (queued: never runs; running: killed, or waited for with
+  ``kill_on_cancel=False``; written ahead: dropped by the worker, or run):
+  the producer ends only once every streamed chunk has ended or was given
+  up, so the rules below hold for them as for chunk tasks.
 - Leaving the ``async with`` cancels whatever still runs and waits for it:
   no task of the call outlives the block. After it, a take raises
   :class:`trio.ClosedResourceError`.
@@ -40,21 +49,29 @@ item, which would cap chunked throughput.
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import itertools
 import math
 import time
 from collections import deque
 from collections.abc import AsyncIterable, Iterable, Sized
-from typing import TYPE_CHECKING, Generic, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar
 
 import attrs
 import trio
 
 from . import _serialize
-from ._chunk import run_chunk, run_timed_chunk
-from ._chunksize import MAX_AUTO_CHUNK, ChunkPlanner, default_max_in_flight
-from ._errors import SerializationError
+from ._chunk import run_chunk, run_chunk_catching, run_timed_chunk
+from ._chunksize import (
+    MAX_AUTO_CHUNK,
+    ChunkPlanner,
+    default_fixed_max_in_flight,
+    default_max_in_flight,
+)
+from ._errors import BrokenPoolError, SerializationError
+from ._messages import RemoteException
+from ._progress import Reporter, check_progress, reporter_for
 
 if TYPE_CHECKING:
     from collections.abc import (
@@ -65,9 +82,15 @@ if TYPE_CHECKING:
         Iterator,
     )
     from contextlib import AbstractAsyncContextManager
-    from typing import Never, Self, TypeVarTuple, Unpack
+    from typing import Never, Self, TypeAlias, TypeVarTuple, Unpack
+
+    from ._progress import MapProgress
 
     Ts = TypeVarTuple("Ts")
+
+    #: What ``progress`` may be: None/False (none), True (a line on stderr
+    #: when it is a terminal), or a callable that takes snapshots.
+    ProgressArg: TypeAlias = bool | Callable[[MapProgress], object] | None
 
 ItemT = TypeVar("ItemT")
 ResultT = TypeVar("ResultT")
@@ -94,11 +117,48 @@ class Runner(Protocol):
     def statistics(self) -> Counts: ...
 
 
+class Streamer(Protocol):
+    """What streaming dispatch needs of a pool (a local Pool has it): submit
+    a task without a task of ours waiting for it; ``on_end`` gets a function
+    that returns its result or raises its error, or ``None`` if it was
+    cancelled before it ran; the returned ``cancel()`` says whether the task
+    is over (``True``) or ``on_end`` is still to come."""
+
+    def __call__(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        on_end: Callable[[Callable[[], Any] | None], None],
+    ) -> Callable[[], bool]: ...
+
+
+# What a streamed chunk's task returns (see _Streamed.kind).
+_SINGLE = 0  # fn(item)
+_PLAIN = 1  # run_chunk
+_TIMED = 2  # run_timed_chunk
+_CATCHING = 3  # run_chunk_catching
+
+
+@attrs.define(eq=False)
+class _Streamed:
+    """A chunk submitted without a task: its items, and how to give it up."""
+
+    start: int
+    items: list[Any]
+    kind: int
+    cancel: Callable[[], bool] | None = None
+    ended: bool = False
+
+
 #: What ``chunksize`` may be: a number of items, or "auto".
 Chunksize = int | Literal["auto"]
 
 
 _NEVER = math.inf
+
+#: Errors that end a call even with ``return_exceptions=True``: they say
+#: that the pool cannot run anything more, not that an item failed.
+_CALL_ERRORS = (BrokenPoolError, trio.ClosedResourceError)
 
 
 def check_arguments(
@@ -108,6 +168,8 @@ def check_arguments(
     ordered: object = True,
     chunksize: object,
     max_in_flight: object = None,
+    return_exceptions: object = False,
+    progress: object = None,
     where: str,
 ) -> None:
     """Raise TypeError/ValueError naming the first bad argument of ``where``."""
@@ -123,6 +185,9 @@ def check_arguments(
         )
     if not isinstance(ordered, bool):
         raise TypeError(f"ordered must be a bool, got {ordered!r}")
+    if not isinstance(return_exceptions, bool):
+        raise TypeError(f"return_exceptions must be a bool, got {return_exceptions!r}")
+    check_progress(progress)
     if chunksize != "auto":
         if isinstance(chunksize, str):
             raise ValueError(
@@ -196,6 +261,18 @@ class _MapCall(Generic[ItemT, ResultT]):
     _planner: ChunkPlanner | None = attrs.field(default=None, alias="planner")
     # Chunks running at once.
     _max_chunks: int | float = attrs.field(default=math.inf, alias="max_chunks")
+    # Failing items yield their exception in their place.
+    _return_exceptions: bool = attrs.field(default=False, alias="return_exceptions")
+    # progress=: counts outcomes, hands out snapshots.
+    _reporter: Reporter | None = attrs.field(default=None, alias="reporter")
+    # The pool's streaming seam, if it has one: chunks are then submitted
+    # from the producer, without a task each (see _stream_chunk).
+    _submit: Streamer | None = attrs.field(default=None, alias="submit")
+    _streamed: set[_Streamed] = attrs.field(factory=set)
+    _stream_changed: trio.lowlevel.ParkingLot = attrs.field(
+        factory=trio.lowlevel.ParkingLot
+    )
+    _work: trio.Nursery | None = None
     _total: int | None = None  # the input's length, when it has one
     _pulled: int = 0
     _received: int = 0
@@ -301,11 +378,17 @@ class _MapCall(Generic[ItemT, ResultT]):
         try:
             async with trio.open_nursery() as work:
                 self._work_scope = work.cancel_scope
+                self._work = work
                 try:
-                    await self._feed(work, source)
-                except Exception as exc:
-                    # The input itself failed: that is the call's error too.
-                    self._fail(exc)
+                    try:
+                        await self._feed(work, source)
+                    except Exception as exc:
+                        # The input itself failed: that is the call's error too.
+                        self._fail(exc)
+                    while self._streamed:
+                        await self._stream_changed.park()
+                finally:
+                    await self._settle_streamed()
         finally:
             self._work_done = True
             self._results_changed.unpark_all()
@@ -314,10 +397,15 @@ class _MapCall(Generic[ItemT, ResultT]):
         self, work: trio.Nursery, source: Iterable[ItemT] | AsyncIterable[ItemT]
     ) -> None:
         size = min(self._chunksize, self._max_in_flight)
-        if self._planner is not None and isinstance(source, Sized):
-            # A known length lets the last chunks shrink (see _chunksize).
+        if (self._planner is not None or self._reporter is not None) and isinstance(
+            source, Sized
+        ):
+            # A known length lets the last chunks shrink (see _chunksize), and
+            # progress show a total.
             with contextlib.suppress(Exception):
                 self._total = len(source)
+            if self._reporter is not None:
+                self._reporter.total = self._total
         sync_items: Iterator[ItemT] | None = None
         async_items: AsyncIterator[ItemT] | None = None
         if isinstance(source, AsyncIterable):
@@ -366,7 +454,10 @@ class _MapCall(Generic[ItemT, ResultT]):
                 planner.observe_input(len(items), time.perf_counter() - pull_started)
             if items:
                 self._chunks_running += 1
-                work.start_soon(self._run_chunk, start, items)
+                if self._submit is not None:
+                    self._stream_chunk(self._submit, start, items)
+                else:
+                    work.start_soon(self._run_chunk, start, items)
                 start += len(items)
             if len(items) < size:
                 break
@@ -387,31 +478,46 @@ class _MapCall(Generic[ItemT, ResultT]):
                     return size
                 self._resume_at = self._pulled + size - self._max_in_flight
             else:
-                # Woken when a chunk ends (see _run_chunk).
+                # Woken when a chunk ends (see _chunk_ended).
                 self._resume_at = _NEVER
             await self._room_made.park()
 
     async def _run_chunk(self, start: int, items: list[ItemT]) -> None:
         try:
-            if self._planner is not None:
+            if self._return_exceptions:
+                values = await self._outcomes(items)
+            elif self._planner is not None:
                 values, seconds = await self._pool.run_sync(
                     run_timed_chunk, self._fn, items
                 )
                 self._planner.observe_run(len(items), seconds)
-                if self._chunks_running >= self._max_chunks:
-                    self._room_made.unpark_all()
             elif len(items) == 1:
                 values = [await self._pool.run_sync(self._fn, items[0])]
             else:
                 values = await self._pool.run_sync(run_chunk, self._fn, items)
         except Exception as exc:
-            self._chunks_running -= 1
+            self._chunk_ended()
             self._fail(exc)
+            if self._reporter is not None:
+                self._reporter.failed += 1
             return
         except BaseException:
-            self._chunks_running -= 1
+            self._chunk_ended()
             raise
-        self._chunks_running -= 1
+        self._chunk_ended()
+        self._chunk_done(start, values)
+
+    def _chunk_done(self, start: int, values: list[Any]) -> None:
+        """A chunk's results are in: count them, and hand them to the consumer."""
+        if self._reporter is not None:
+            failed = 0
+            if self._return_exceptions:
+                failed = sum(isinstance(value, Exception) for value in values)
+            try:
+                self._reporter.add(len(values), failed)
+            except Exception as exc:
+                self._fail(exc)
+                return
         chunk = _Chunk(start, values)
         if self._ordered:
             self._by_start[start] = chunk
@@ -419,12 +525,208 @@ class _MapCall(Generic[ItemT, ResultT]):
             self._done.append(chunk)
         self._results_changed.unpark_all()
 
+    # Streaming dispatch: a chunk is a job whose end calls back, not a task.
+
+    def _stream_chunk(self, submit: Streamer, start: int, items: list[ItemT]) -> None:
+        """Submit a chunk; :meth:`_streamed_ended` takes its outcome."""
+        fn = self._fn
+        task: Callable[..., Any]
+        args: tuple[Any, ...]
+        if self._return_exceptions:
+            task, args, kind = run_chunk_catching, (fn, items), _CATCHING
+        elif self._planner is not None:
+            task, args, kind = run_timed_chunk, (fn, items), _TIMED
+        elif len(items) == 1:
+            task, args, kind = fn, (items[0],), _SINGLE
+        else:
+            task, args, kind = run_chunk, (fn, items), _PLAIN
+        entry = _Streamed(start, items, kind)
+        self._streamed.add(entry)
+        try:
+            cancel = submit(task, args, functools.partial(self._streamed_ended, entry))
+        except Exception as exc:
+            # Not submitted (an item does not pickle, the pool is closing).
+            self._streamed.discard(entry)
+            if kind == _CATCHING and not isinstance(exc, _CALL_ERRORS):
+                self._rerun_one_by_one(start, items)
+            else:
+                self._chunk_ended()
+                self._chunk_failed(exc)
+            return
+        if not entry.ended:
+            entry.cancel = cancel
+
+    def _streamed_ended(
+        self, entry: _Streamed, outcome: Callable[[], Any] | None
+    ) -> None:
+        """A streamed chunk ended (called by the pool, in its own task: it
+        must not raise)."""
+        if entry.ended:
+            return
+        entry.ended = True
+        self._streamed.discard(entry)
+        self._stream_changed.unpark_all()
+        try:
+            self._take_streamed(entry, outcome)
+        except BaseException as exc:  # pragma: no cover - a bug of ours
+            self._fail(exc)
+
+    def _take_streamed(
+        self, entry: _Streamed, outcome: Callable[[], Any] | None
+    ) -> None:
+        planner = self._planner
+        if outcome is None:  # cancelled before it ran: the call is ending
+            self._chunk_ended()
+            return
+        kind = entry.kind
+        items = entry.items
+        try:
+            result = outcome()
+        except Exception as exc:
+            if kind == _CATCHING and not isinstance(exc, _CALL_ERRORS):
+                # The chunk failed as a whole: see _outcomes.
+                if planner is not None:
+                    planner.observe_failure()
+                if len(items) > 1:
+                    self._rerun_one_by_one(entry.start, items)
+                    return
+                self._chunk_ended()
+                self._chunk_done(entry.start, [exc])
+                return
+            self._chunk_ended()
+            self._chunk_failed(exc)
+            return
+        values: list[Any]
+        if kind == _SINGLE:
+            values = [result]
+        elif kind == _PLAIN:
+            values = result
+        elif kind == _TIMED:
+            values, seconds = result
+            assert planner is not None
+            planner.observe_run(len(items), seconds)
+        else:
+            values, failures, seconds = result
+            if planner is not None:
+                planner.observe_run(len(items), seconds)
+            for index, wire in failures.items():
+                values[index] = RemoteException.from_wire(wire).rebuild()
+        self._chunk_ended()
+        self._chunk_done(entry.start, values)
+
+    def _rerun_one_by_one(self, start: int, items: list[ItemT]) -> None:
+        """Run a failed chunk's items again, a task each (``_chunks_running``
+        still counts the chunk)."""
+        assert self._work is not None
+        self._work.start_soon(self._run_one_by_one, start, items)
+
+    async def _run_one_by_one(self, start: int, items: list[ItemT]) -> None:
+        try:
+            values = await self._outcomes_one_by_one(items)
+        except Exception as exc:
+            self._chunk_ended()
+            self._chunk_failed(exc)
+            return
+        except BaseException:
+            self._chunk_ended()
+            raise
+        self._chunk_ended()
+        self._chunk_done(start, values)
+
+    def _chunk_ended(self) -> None:
+        """One chunk fewer runs; wake the producer if it waited for that
+        (with "auto", at most ``max_chunks`` run at once)."""
+        if self._chunks_running >= self._max_chunks:
+            self._room_made.unpark_all()
+        self._chunks_running -= 1
+
+    def _chunk_failed(self, error: Exception) -> None:
+        self._fail(error)
+        if self._reporter is not None:
+            self._reporter.failed += 1
+
+    async def _settle_streamed(self) -> None:
+        """Give up the streamed chunks still out, as a cancelled ``run_sync``
+        would, and wait for those that run on (``kill_on_cancel=False``, or
+        written ahead and not yet dropped) to end."""
+        for entry in list(self._streamed):
+            if entry.cancel is not None and entry.cancel():
+                entry.ended = True
+                self._streamed.discard(entry)
+                self._chunk_ended()
+        if self._streamed:
+            with trio.CancelScope(shield=True):
+                while self._streamed:
+                    await self._stream_changed.park()
+
+    async def _outcomes(self, items: list[ItemT]) -> list[Any]:
+        """``return_exceptions=True``: each item's result or exception.
+
+        A chunk runs as one task that catches each item's exception in the
+        worker. If the chunk fails as a whole (its worker died, it hit the
+        time limit, something of it could not be pickled), its items run
+        again one task each, so that only the item at fault gets the error;
+        the items of that chunk that had finished run twice.
+        """
+        fn = self._fn
+        if len(items) > 1 or self._planner is not None:
+            try:
+                values, failures, seconds = await self._pool.run_sync(
+                    run_chunk_catching, fn, items
+                )
+            except _CALL_ERRORS:
+                raise
+            except Exception as exc:
+                if self._planner is not None:
+                    self._planner.observe_failure()
+                if len(items) == 1:
+                    return [exc]
+                return await self._outcomes_one_by_one(items)
+            if self._planner is not None:
+                self._planner.observe_run(len(items), seconds)
+            outcomes: list[Any] = values
+            for index, wire in failures.items():
+                outcomes[index] = RemoteException.from_wire(wire).rebuild()
+            return outcomes
+        try:
+            return [await self._pool.run_sync(fn, items[0])]
+        except _CALL_ERRORS:
+            raise
+        except Exception as exc:
+            return [exc]
+
+    async def _outcomes_one_by_one(self, items: list[ItemT]) -> list[Any]:
+        values: list[Any] = [None] * len(items)
+        call_error: list[Exception] = []
+
+        async def run_one(index: int) -> None:
+            try:
+                values[index] = await self._pool.run_sync(self._fn, items[index])
+            except _CALL_ERRORS as exc:
+                call_error.append(exc)
+                nursery.cancel_scope.cancel()
+            except Exception as exc:
+                values[index] = exc
+
+        async with trio.open_nursery() as nursery:
+            for index in range(len(items)):
+                nursery.start_soon(run_one, index)
+        if call_error:
+            raise call_error[0]
+        return values
+
     def _fail(self, error: BaseException) -> None:
         if self._error is None and not self._finished:
             self._error = error
             assert self._work_scope is not None
             self._work_scope.cancel()
             self._results_changed.unpark_all()
+
+    def report_end(self) -> None:
+        """The final progress snapshot, once the call's tasks have ended."""
+        if self._reporter is not None:
+            reporter, self._reporter = self._reporter, None
+            reporter.finish()
 
     def close(self) -> None:
         self._closed = True
@@ -454,6 +756,7 @@ async def _running(
                 nursery.cancel_scope.cancel()
     finally:
         call.close()
+        call.report_end()
     if body_error is not None:
         raise body_error
 
@@ -465,14 +768,28 @@ def _new_call(
     ordered: bool,
     chunksize: Chunksize,
     max_in_flight: int | None,
+    return_exceptions: bool,
+    progress: ProgressArg,
 ) -> _MapCall[ItemT, ResultT]:
     # At least one, so the defaults leave room for a chunk even if an engine
     # reported no worker slots when the pool opened.
     workers = max(1, pool.statistics().workers)
+    # A local pool streams chunks (see Pool._submit_nowait); others, such as
+    # a cluster backend's, get a task per chunk.
+    submit: Streamer | None = getattr(pool, "_submit_nowait", None)
     if chunksize != "auto":
         if max_in_flight is None:
-            max_in_flight = 2 * workers * chunksize
-        return _MapCall(pool, fn, ordered, chunksize, max_in_flight)
+            max_in_flight = default_fixed_max_in_flight(workers, chunksize)
+        return _MapCall(
+            pool,
+            fn,
+            ordered,
+            chunksize,
+            max_in_flight,
+            return_exceptions=return_exceptions,
+            reporter=reporter_for(progress),
+            submit=submit,
+        )
     if max_in_flight is None:
         max_in_flight = default_max_in_flight(workers)
     # Room for two of the largest chunks per worker within max_in_flight, so
@@ -487,6 +804,9 @@ def _new_call(
         max_in_flight,
         planner=planner,
         max_chunks=2 * workers,
+        return_exceptions=return_exceptions,
+        reporter=reporter_for(progress),
+        submit=submit,
     )
 
 
@@ -499,9 +819,17 @@ async def _open_imap(
     ordered: bool,
     chunksize: Chunksize,
     max_in_flight: int | None,
+    return_exceptions: bool,
+    progress: ProgressArg,
 ) -> AsyncIterator[AsyncIterator[ResultT]]:
     call = _new_call(
-        pool, fn, ordered=ordered, chunksize=chunksize, max_in_flight=max_in_flight
+        pool,
+        fn,
+        ordered=ordered,
+        chunksize=chunksize,
+        max_in_flight=max_in_flight,
+        return_exceptions=return_exceptions,
+        progress=progress,
     )
     async with _running(call, iterable):
         yield call
@@ -515,6 +843,8 @@ def imap(
     ordered: bool,
     chunksize: Chunksize,
     max_in_flight: int | None,
+    return_exceptions: bool = False,
+    progress: ProgressArg = None,
 ) -> AbstractAsyncContextManager[AsyncIterator[ResultT]]:
     """Check the arguments now; see :meth:`triopool.Pool.imap`."""
     check_arguments(
@@ -523,6 +853,8 @@ def imap(
         ordered=ordered,
         chunksize=chunksize,
         max_in_flight=max_in_flight,
+        return_exceptions=return_exceptions,
+        progress=progress,
         where="imap",
     )
     _check_picklable(fn)
@@ -533,6 +865,8 @@ def imap(
         ordered=ordered,
         chunksize=chunksize,
         max_in_flight=max_in_flight,
+        return_exceptions=return_exceptions,
+        progress=progress,
     )
 
 
@@ -542,13 +876,30 @@ async def map_list(
     iterable: Iterable[ItemT] | AsyncIterable[ItemT],
     *,
     chunksize: Chunksize,
+    return_exceptions: bool = False,
+    progress: ProgressArg = None,
 ) -> list[ResultT]:
     """See :meth:`triopool.Pool.map`."""
-    check_arguments(fn, iterable, chunksize=chunksize, where="map")
+    check_arguments(
+        fn,
+        iterable,
+        chunksize=chunksize,
+        return_exceptions=return_exceptions,
+        progress=progress,
+        where="map",
+    )
     _check_picklable(fn)
     # Taken in completion order and put in place here: a slow item does not
     # hold back the pulling of the items after it.
-    call = _new_call(pool, fn, ordered=False, chunksize=chunksize, max_in_flight=None)
+    call = _new_call(
+        pool,
+        fn,
+        ordered=False,
+        chunksize=chunksize,
+        max_in_flight=None,
+        return_exceptions=return_exceptions,
+        progress=progress,
+    )
     by_start: dict[int, list[ResultT]] = {}
     async with _running(call, iterable):
         while True:

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from typing import Literal, TypeVarTuple, Unpack
 
     from ._backend import Backend
+    from ._progress import MapProgress
     from ._scheduler import Scheduler
     from ._stats import PoolStatistics
     from ._typing import AnyResultCallable, AsyncCallable, AsyncFunctionPassedToRunSync
@@ -197,13 +198,41 @@ class Pool:
             fn, args, time_limit, soft_time_limit, kill_on_cancel
         )
 
+    @property
+    def _submit_nowait(self) -> _map.Streamer | None:
+        """The streaming seam of map/imap, if the scheduler has one (the
+        local one does: see ``LocalScheduler.submit_nowait``)."""
+        return getattr(self._scheduler, "submit_nowait", None)
+
+    @overload
+    async def map(
+        self,
+        fn: Callable[[ItemT], T],
+        iterable: Iterable[ItemT] | AsyncIterable[ItemT],
+        *,
+        chunksize: int | Literal["auto"] = ...,
+        return_exceptions: Literal[False] = ...,
+        progress: bool | Callable[[MapProgress], object] | None = ...,
+    ) -> list[T]: ...
+    @overload
+    async def map(
+        self,
+        fn: Callable[[ItemT], T],
+        iterable: Iterable[ItemT] | AsyncIterable[ItemT],
+        *,
+        chunksize: int | Literal["auto"] = ...,
+        return_exceptions: bool,
+        progress: bool | Callable[[MapProgress], object] | None = ...,
+    ) -> list[T | Exception]: ...
     async def map(
         self,
         fn: Callable[[ItemT], T],
         iterable: Iterable[ItemT] | AsyncIterable[ItemT],
         *,
         chunksize: int | Literal["auto"] = "auto",
-    ) -> list[T]:
+        return_exceptions: bool = False,
+        progress: bool | Callable[[MapProgress], object] | None = None,
+    ) -> list[T] | list[T | Exception]:
         """Run ``fn(item)`` in the workers for every item; return the results.
 
         The results are in input order. Items are pulled from ``iterable`` as
@@ -216,7 +245,9 @@ class Pool:
         here as itself, with the worker's traceback as for :meth:`run_sync`;
         the call's other tasks are cancelled first (running ones as the pool's
         ``kill_on_cancel`` says). The pool's time limits apply to each task,
-        that is, to each chunk as a whole.
+        that is, to each chunk as a whole. With ``return_exceptions=True``
+        a failing item yields its exception in its place instead, and the
+        call goes on.
 
         Args:
             fn: A regular (not async) callable of one argument that the worker
@@ -231,6 +262,24 @@ class Pool:
                 int sends that many items per task. The results still come
                 back one per item; a chunk that fails raises the exception of
                 its first failing item.
+            progress: ``True``: show a progress line on stderr when it is a
+                terminal (items done, the total when ``iterable`` has a
+                length, failures, rate, ETA). A callable: called with a
+                :class:`MapProgress` snapshot at most ten times a second as
+                results come in, and once when the call ends (whether it
+                ends with the results, an error or a cancellation). An
+                exception it raises ends the call like a task's. ``None``
+                (the default) or ``False``: nothing.
+            return_exceptions: ``True``: an item that fails yields its
+                exception instance in its place (its own exception,
+                :class:`BrokenWorkerError`, :class:`TimeLimitExceeded`,
+                :class:`SerializationError`, ...) and the call goes on. A
+                chunk whose worker died, that hit the time limit or that
+                could not be pickled as a whole runs again one item per
+                task, so only the item at fault gets the error (and the
+                items of that chunk that had finished run twice). Only
+                :class:`BrokenPoolError`, a closed pool and an error of
+                ``iterable`` itself still end the call.
 
         Returns:
             ``[fn(item) for item in iterable]``, computed in the workers.
@@ -253,8 +302,39 @@ class Pool:
             lengths = await pool.map(len, data.split(b" "))
         """
         self._scheduler.check_usable()
-        return await _map.map_list(self, fn, iterable, chunksize=chunksize)
+        return await _map.map_list(
+            self,
+            fn,
+            iterable,
+            chunksize=chunksize,
+            return_exceptions=return_exceptions,
+            progress=progress,
+        )
 
+    @overload
+    def imap(
+        self,
+        fn: Callable[[ItemT], T],
+        iterable: Iterable[ItemT] | AsyncIterable[ItemT],
+        *,
+        ordered: bool = ...,
+        chunksize: int | Literal["auto"] = ...,
+        max_in_flight: int | None = ...,
+        return_exceptions: Literal[False] = ...,
+        progress: bool | Callable[[MapProgress], object] | None = ...,
+    ) -> contextlib.AbstractAsyncContextManager[AsyncIterator[T]]: ...
+    @overload
+    def imap(
+        self,
+        fn: Callable[[ItemT], T],
+        iterable: Iterable[ItemT] | AsyncIterable[ItemT],
+        *,
+        ordered: bool = ...,
+        chunksize: int | Literal["auto"] = ...,
+        max_in_flight: int | None = ...,
+        return_exceptions: bool,
+        progress: bool | Callable[[MapProgress], object] | None = ...,
+    ) -> contextlib.AbstractAsyncContextManager[AsyncIterator[T | Exception]]: ...
     def imap(
         self,
         fn: Callable[[ItemT], T],
@@ -263,7 +343,12 @@ class Pool:
         ordered: bool = True,
         chunksize: int | Literal["auto"] = "auto",
         max_in_flight: int | None = None,
-    ) -> contextlib.AbstractAsyncContextManager[AsyncIterator[T]]:
+        return_exceptions: bool = False,
+        progress: bool | Callable[[MapProgress], object] | None = None,
+    ) -> (
+        contextlib.AbstractAsyncContextManager[AsyncIterator[T]]
+        | contextlib.AbstractAsyncContextManager[AsyncIterator[T | Exception]]
+    ):
         """Stream ``fn(item)`` for every item, computed in the workers.
 
         Use it with ``async with``; the block owns every task of the call, and
@@ -302,10 +387,17 @@ class Pool:
                 of the results received. ``None``: with ``"auto"``,
                 ``8192 * workers`` (two chunks of the largest automatic size,
                 4096, per worker); with an int ``chunksize``,
-                ``2 * workers * chunksize`` (two chunks per worker). If less
+                ``workers * max(2 * chunksize, 64)`` (two chunks per worker,
+                and enough small chunks to keep workers busy). If less
                 than ``chunksize``, chunks hold ``max_in_flight`` items; with
                 ``"auto"``, chunks hold at most ``max_in_flight // (2 *
                 workers)`` items (at least one).
+            return_exceptions: ``True``: an item that fails yields its
+                exception instance in its place and the call goes on (see
+                :meth:`map`).
+            progress: Show or report how far the call has got (see
+                :meth:`map`). With ``imap`` an item counts as done when its
+                result arrives in the parent, before the consumer takes it.
 
         Returns:
             An async context manager whose value is an async iterator of the
@@ -337,6 +429,8 @@ class Pool:
             ordered=ordered,
             chunksize=chunksize,
             max_in_flight=max_in_flight,
+            return_exceptions=return_exceptions,
+            progress=progress,
         )
 
 

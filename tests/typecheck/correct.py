@@ -63,6 +63,9 @@ async def use_a_pool() -> None:
         assert_type(pool.statistics(), triopool.PoolStatistics)
         assert_type(await pool.run_sync(where), int)
         assert_type(await pool.map(len, ["a", "bc"]), list[int])
+        assert_type(
+            await pool.map(len, ["a"], return_exceptions=True), list[int | Exception]
+        )
         async with pool.imap(len, ["a", "bc"], ordered=False) as lengths:
             assert_type(lengths, AsyncIterator[int])
         async with trio.open_nursery() as nursery:

@@ -28,8 +28,9 @@ import attrs
 import trio
 
 from .. import BrokenPoolError, TriopoolError, _demo, open_pool
+from .._progress import Progress, rate
 from .parser import PROG
-from .terminal import Progress, pool_log_through, pool_status, rate
+from .terminal import pool_log_through, pool_status
 
 if TYPE_CHECKING:
     import argparse

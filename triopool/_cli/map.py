@@ -33,16 +33,9 @@ import trio
 
 from .. import BrokenPoolError, TriopoolError, _cli_worker, open_pool
 from .._chunksize import MAX_AUTO_CHUNK, ChunkPlanner
+from .._progress import MapProgress, Progress, describe, isatty
 from .parser import AUTO, PROG, UsageError
-from .terminal import (
-    READ_SIZE,
-    OutputRelay,
-    Progress,
-    isatty,
-    pool_log_through,
-    pool_status,
-    rate,
-)
+from .terminal import READ_SIZE, OutputRelay, pool_log_through, pool_status
 
 if TYPE_CHECKING:
     import argparse
@@ -218,12 +211,13 @@ class _MapRun:
             self.planner = ChunkPlanner(workers=workers, max_size=MAX_AUTO_CHUNK)
 
         def render() -> str:
-            total = f"{self.items_read}" + ("" if self.reader.eof else "+")
+            # The total is known once the input has ended.
+            total = self.items_read if self.reader.eof else None
             elapsed = trio.current_time() - start
+            snapshot = MapProgress(self.done, self.failed, total, elapsed)
             return (
-                f"map  {self.done}/{total}  failed {self.failed}"
-                f"  {rate(self.done, elapsed)}  chunk {self.chunk_size()}"
-                f"  {pool_status(pool)}"
+                f"map  {describe(snapshot, pulled=self.items_read)}"
+                f"  chunk {self.chunk_size()}  {pool_status(pool)}"
             )
 
         # Each chunk holds a token from reading until it is written, so at

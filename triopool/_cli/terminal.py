@@ -13,106 +13,19 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import sys
-import time
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING
 
 import trio
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Iterator
 
     from .. import Pool
+    from .._progress import Progress
 
 READ_SIZE = 1 << 16
-
-
-class Progress:
-    """A status line on stderr, redrawn in place on a terminal.
-
-    On a terminal the line is rewritten every 0.1 s; elsewhere (a log file,
-    CI) a new line is written every 2 s, so logs stay readable. On a
-    terminal, other output must not land on the status line: write it inside
-    :meth:`hidden`, or through :meth:`message`.
-    """
-
-    def __init__(self, stream: IO[str], *, enabled: bool) -> None:
-        self._stream = stream
-        self.enabled = enabled
-        self._tty = isatty(stream)
-        self.interval = 0.1 if self._tty else 2.0
-        self._last_draw = -math.inf
-        self._drawn = False
-        self._text = ""
-        self._render: Callable[[], str] | None = None
-
-    @property
-    def on_terminal(self) -> bool:
-        """Whether a status line is shown and redrawn in place."""
-        return self.enabled and self._tty
-
-    def draw(self, text: str, *, force: bool = False) -> None:
-        """Show ``text``, unless the last draw was less than an interval ago."""
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if not force and now - self._last_draw < self.interval:
-            return
-        self._last_draw = now
-        self._text = text
-        if self._tty:
-            self._stream.write(f"\r{text}\x1b[K")
-            self._drawn = True
-        else:
-            self._stream.write(f"{text}\n")
-        self._stream.flush()
-
-    def clear(self) -> None:
-        """Erase the status line (on a terminal), leaving the cursor at the
-        start of the empty line."""
-        if self._tty and self._drawn:
-            self._stream.write("\r\x1b[K")
-            self._stream.flush()
-            self._drawn = False
-
-    @contextlib.contextmanager
-    def hidden(self) -> Iterator[None]:
-        """Erase the status line for the block, then draw it again."""
-        self.clear()
-        try:
-            yield
-        finally:
-            if self.on_terminal and self._text:
-                text = self._text if self._render is None else self._render()
-                self.draw(text, force=True)
-
-    def message(self, text: str) -> None:
-        """Write a message line on the same stream, without mangling the
-        status line: on a terminal it is erased first and redrawn after."""
-        with self.hidden():
-            self._stream.write(f"{text}\n")
-            self._stream.flush()
-
-    def done(self, text: str) -> None:
-        """Show the final state and end the line."""
-        if not self.enabled:
-            return
-        self.draw(text, force=True)
-        if self._tty:
-            self._stream.write("\n")
-            self._stream.flush()
-            self._drawn = False
-            self._text = ""
-            self._render = None
-
-    async def run(self, render: Callable[[], str]) -> None:
-        """Redraw ``render()`` until cancelled."""
-        self._render = render
-        while True:
-            self.draw(render(), force=True)
-            await trio.sleep(self.interval)
 
 
 class LogToProgress(logging.Handler):
@@ -208,20 +121,9 @@ class OutputRelay:
                 os.close(self._read_fd)
 
 
-def isatty(stream: IO[Any]) -> bool:
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError):
-        return False
-
-
 def pool_status(pool: Pool) -> str:
     stats = pool.statistics()
     return (
         f"workers alive {stats.workers_alive}/{stats.workers}"
         f"  recycled {stats.workers_recycled}  lost {stats.workers_lost}"
     )
-
-
-def rate(count: int, seconds: float) -> str:
-    return f"{count / seconds:.1f}/s" if seconds > 0 else "-"
