@@ -109,8 +109,28 @@ def block_in_waitpid(seconds: float) -> int:
     return subprocess.run(["sleep", str(seconds)], check=False).returncode
 
 
-def initializer_burns_cpu(seconds: float) -> None:
-    """An initializer that costs ``seconds`` of CPU time."""
+def initializer_burns_cpu(folder: str, seconds: float) -> None:
+    """An initializer that costs ``seconds`` of CPU time, and notes in a file
+    of ``folder`` when it began and ended (monotonic clock, which every
+    process shares)."""
+    began = time.monotonic()
     end = time.process_time() + seconds
     while time.process_time() < end:
         pass
+    with open(os.path.join(folder, str(os.getpid())), "w") as file:
+        file.write(f"{began} {time.monotonic()}")
+
+
+def most_at_once(folder: str) -> tuple[int, int]:
+    """How many initializers noted in ``folder`` ran, and the most that
+    ran at the same moment."""
+    events: list[tuple[float, int]] = []
+    for name in os.listdir(folder):
+        with open(os.path.join(folder, name)) as file:
+            began, ended = map(float, file.read().split())
+        events += [(began, 1), (ended, -1)]
+    running = most = 0
+    for _, change in sorted(events):  # an end before a begin at the same time
+        running += change
+        most = max(most, running)
+    return len(events) // 2, most
