@@ -145,6 +145,13 @@ EXPECTED: dict[str, list[str]] = {
     # The same line whether tqdm, rich or neither is installed.
     "observe_progress.py": ["done: 40 of 40, failed: 0"],
     "observe_statistics.py": ["30/30 done, 0 running"],
+    "worker_logging_local.py": ["['thumb-a.jpg', 'thumb-b.jpg']"],
+    "inside_current_worker.py": [
+        "a: slot 0, port 9000, 0 done before",
+        "b: slot 0, port 9000, 1 done before",
+        "c: slot 0, port 9000, 0 done before",
+        "new process for c: True",
+    ],
     "cluster_ray.py": ["pi is about 3.1", "killed after 2.0 s"],
     "cluster_dask.py": ["total: 45", "words: [3, 3]"],
 }
@@ -152,6 +159,11 @@ EXPECTED: dict[str, list[str]] = {
 # Text an example must write to stderr (for what goes there, such as logging).
 EXPECTED_STDERR: dict[str, list[str]] = {
     "worker_logging.py": [
+        "thumbnails INFO starting [worker -]",
+        "thumbnails INFO resizing a.jpg [worker ",
+        "thumbnails INFO resizing b.jpg [worker ",
+    ],
+    "worker_logging_local.py": [
         "thumbnails INFO resizing a.jpg",
         "thumbnails INFO resizing b.jpg",
     ],

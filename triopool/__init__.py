@@ -24,6 +24,8 @@ from ._errors import WorkerStartError as WorkerStartError
 from ._events import EventStream as EventStream
 from ._events import TaskEvent as TaskEvent
 from ._events import WorkerEvent as WorkerEvent
+from ._inside import WorkerInfo as WorkerInfo
+from ._inside import current_worker as current_worker
 from ._pool import Pool as Pool
 from ._pool import open_pool as open_pool
 from ._progress import MapProgress as MapProgress
@@ -71,9 +73,11 @@ __all__ = [
     "TimeLimitExceeded",
     "TriopoolError",
     "WorkerEvent",
+    "WorkerInfo",
     "WorkerInsight",
     "WorkerStartError",
     "configure_default_pool",
+    "current_worker",
     "open_pool",
     "run_sync",
 ]

@@ -53,8 +53,16 @@ __all__ = ["ClusterScheduler", "open_cluster_scheduler"]
 
 # The open_pool options a backend pool implements; any other option must stay
 # at its default. (A backend's own sizing replaces ``workers``.)
+# ``forward_logs`` is accepted either way and has no effect: the engine
+# collects its workers' logs itself (see docs/cluster.rst).
 _SUPPORTED = frozenset(
-    {"time_limit", "kill_on_cancel", "max_tasks_per_child", "shutdown_timeout"}
+    {
+        "time_limit",
+        "kill_on_cancel",
+        "max_tasks_per_child",
+        "shutdown_timeout",
+        "forward_logs",
+    }
 )
 
 

@@ -58,7 +58,7 @@ class LocalScheduler:
         self._feed = _events.Feed()
         self._slots = Slots(
             config,
-            _messages.config_frame(
+            _messages.worker_config(
                 config.initializer, config.initargs, config.max_memory_per_child
             ),
             self._jobs,

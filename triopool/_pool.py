@@ -518,6 +518,7 @@ def open_pool(
     min_workers: int | None = None,
     idle_timeout: float | None = None,
     max_lifetime_per_child: float | None = None,
+    forward_logs: bool = True,
     backend: Backend | None = None,
 ) -> contextlib.AbstractAsyncContextManager[Pool]:
     """Open a pool of worker processes for the duration of an ``async with``.
@@ -562,6 +563,11 @@ def open_pool(
         max_lifetime_per_child: Retire and replace a worker at its first idle
             moment once it has been up this many seconds (never in the middle
             of a task, nor while tasks are written ahead to it).
+        forward_logs: Send the :mod:`logging` records that tasks and
+            initializers make to the parent's logger of the same name, with
+            ``record.worker_pid`` and ``record.worker_index``; the parent's
+            levels decide what is sent (see :doc:`inside-a-worker`). No effect
+            on a cluster backend.
         backend: Run the tasks on a cluster engine instead
             (:class:`RayBackend`, :class:`DaskBackend`); options the backend
             cannot honour must stay at their defaults (see "Running on a
@@ -601,6 +607,7 @@ def open_pool(
         min_workers=min_workers,
         idle_timeout=idle_timeout,
         max_lifetime_per_child=max_lifetime_per_child,
+        forward_logs=forward_logs,
     )
     return open_with_options(options, backend)
 

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Final
 import attrs
 import trio
 
-from . import _faults, _pipes, _protocol, _settle
+from . import _faults, _logs, _pipes, _protocol, _settle
 from ._errors import BrokenWorkerError
 from ._hooks import Hooks, Trace, TraceKind
 from ._hooks import current as current_hooks
@@ -606,6 +606,11 @@ class Service:
             if trace is not None:
                 trace(Trace("received", worker.pid, frame_kind=frame.kind))
             kind = frame.kind
+            if kind == _protocol.LOG:  # never an answer: see _logs
+                _logs.handle(frame, worker.pid, worker.index)
+                if self.hear_first and not worker.answer_waiting():
+                    return None  # no answer came: act on the cancellation now
+                continue
             if kind == _protocol.SKIPPED:
                 if not self._skipped(frame):
                     return End.LOST
@@ -644,7 +649,11 @@ class Service:
                 _log.info(
                     "worker %d retired over max_memory_per_child",
                     worker.pid,
-                    extra={"event": "retired", "worker_pid": worker.pid},
+                    extra={
+                        "event": "retired",
+                        "worker_pid": worker.pid,
+                        "worker_index": worker.index,
+                    },
                 )
                 return End.RETIRED
             if self.pipeline.ahead:
@@ -653,7 +662,11 @@ class Service:
                 _log.error(
                     "worker %d started a task it was not sent; killing it",
                     worker.pid,
-                    extra={"event": "protocol_error", "worker_pid": worker.pid},
+                    extra={
+                        "event": "protocol_error",
+                        "worker_pid": worker.pid,
+                        "worker_index": worker.index,
+                    },
                 )
                 return End.LOST
             if limit is not None and self.tasks_done >= limit:
@@ -661,7 +674,11 @@ class Service:
                     "worker %d retired after %d tasks",
                     worker.pid,
                     self.tasks_done,
-                    extra={"event": "retired", "worker_pid": worker.pid},
+                    extra={
+                        "event": "retired",
+                        "worker_pid": worker.pid,
+                        "worker_index": worker.index,
+                    },
                 )
                 return End.RETIRED
             if self.killed:
@@ -713,7 +730,11 @@ class Service:
             "idle worker %d sent %r; killing it",
             pid,
             frame,
-            extra={"event": "protocol_error", "worker_pid": pid},
+            extra={
+                "event": "protocol_error",
+                "worker_pid": pid,
+                "worker_index": self.worker.index,
+            },
         )
         return End.LOST
 
@@ -728,7 +749,11 @@ class Service:
             "worker %d dropped task %d it was not asked to; killing it",
             self.worker.pid,
             number,
-            extra={"event": "protocol_error", "worker_pid": self.worker.pid},
+            extra={
+                "event": "protocol_error",
+                "worker_pid": self.worker.pid,
+                "worker_index": self.worker.index,
+            },
         )
         return False
 
@@ -780,7 +805,11 @@ async def parent_fault(
         stage,
         fault,
         worker.pid,
-        extra={"event": "fault_injected", "worker_pid": worker.pid},
+        extra={
+            "event": "fault_injected",
+            "worker_pid": worker.pid,
+            "worker_index": worker.index,
+        },
     )
     if fault.action == "sleep":
         await trio.sleep(fault.argument)

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Literal
 import attrs
 import trio
 
-from . import _messages, _protocol
+from . import _logs, _messages, _protocol
 from ._errors import BrokenPoolError, RemoteTraceback, WorkerStartError
 from ._events import WorkerEvent
 from ._forkserver import ForkServer, open_forkserver
@@ -93,13 +93,13 @@ class Slots:
     def __init__(
         self,
         config: PoolConfig,
-        config_pieces: list[bytes | memoryview],
+        worker_config: _messages.WorkerConfig,
         jobs: Jobs,
         cpus: int,
         hooks: Hooks,
     ) -> None:
         self._config = config
-        self._config_pieces = config_pieces
+        self._worker_config = worker_config
         self._jobs = jobs
         self._hooks = hooks
         self._faults = hooks.faults
@@ -229,14 +229,18 @@ class Slots:
             turn.served.set()
 
         try:
-            async with open_worker(launch) as worker:
+            async with open_worker(launch, index=slot.number) as worker:
                 pid = worker.pid
                 book.worker_started(trio.current_time())
                 _log.debug(
                     "worker %d started (slot %d)",
                     worker.pid,
                     slot.number,
-                    extra={"event": "started", "worker_pid": worker.pid},
+                    extra={
+                        "event": "started",
+                        "worker_pid": worker.pid,
+                        "worker_index": slot.number,
+                    },
                 )
                 self._publish("started", pid, index)
                 up = await self._start(slot, worker)
@@ -281,6 +285,16 @@ class Slots:
                 self.counters.stopped += 1
             if end is not None:
                 self._publish_end(end, worker, service, index)
+                if end is End.CLOSED and pid is not None:
+                    _log.debug(
+                        "worker %d stopped",
+                        pid,
+                        extra={
+                            "event": "stopped",
+                            "worker_pid": pid,
+                            "worker_index": index,
+                        },
+                    )
             turn.start_failed = end is None
             served()
 
@@ -328,12 +342,20 @@ class Slots:
             with trio.move_on_after(timeout) as timer:
                 if self._faults is not None:
                     await parent_fault(self._faults, worker, "before_config")
+                levels = _logs.levels() if self._config.forward_logs else None
+                config = self._worker_config.frame(
+                    worker_index=slot.number, log_levels=levels
+                )
                 try:
-                    await worker.send(self._config_pieces)
+                    await worker.send(config)
                 except trio.BrokenResourceError:
                     pass  # it died already: reported below as an early exit
                 else:
                     frame = await worker.receive()
+                    # What the initializer logged comes first.
+                    while frame is not None and _logs.is_log(frame):
+                        _logs.handle(frame, worker.pid, slot.number)
+                        frame = await worker.receive()
                     stray = self._hooks.stray_frame
                     if stray is not None and frame is not None:
                         frame = stray(worker.pid, "handshake") or frame
@@ -375,7 +397,13 @@ class Slots:
             )
         self._consecutive_start_failures = 0
         _log.debug(
-            "worker %d up", worker.pid, extra={"event": "up", "worker_pid": worker.pid}
+            "worker %d up",
+            worker.pid,
+            extra={
+                "event": "up",
+                "worker_pid": worker.pid,
+                "worker_index": slot.number,
+            },
         )
         return True
 
@@ -486,7 +514,12 @@ class Slots:
             "worker failed to start (%d in a row): %s",
             count,
             error,
-            extra={"event": "start_failed", "reason": reason, **fields},
+            extra={
+                "event": "start_failed",
+                "reason": reason,
+                "worker_index": index,
+                **fields,
+            },
         )
         if count >= self._config.max_start_failures and self._jobs.broken is None:
             broken = BrokenPoolError(
