@@ -55,6 +55,10 @@ nitpick_ignore = [
     # The private alias for what retry_on takes (one exception class, or a
     # sequence of them); the option's description says so.
     ("py:class", "RetryOn"),
+    # The kinds of events: Literal aliases whose values the event classes'
+    # docstrings list.
+    ("py:class", "TaskKind"),
+    ("py:class", "WorkerKind"),
 ]
 
 # autodoc and napoleon: Google-style docstrings, types in the descriptions so
@@ -132,6 +136,7 @@ _TRIO_OBJECTS = [
     ("trio.CapacityLimiter", "py:class", "reference-core.html#$"),
     ("trio.Cancelled", "py:exception", "reference-core.html#$"),
     ("trio.ClosedResourceError", "py:exception", "reference-core.html#$"),
+    ("trio.current_time", "py:function", "reference-core.html#$"),
     ("trio.fail_after", "py:function", "reference-core.html#$"),
     ("trio.move_on_after", "py:function", "reference-core.html#$"),
     ("trio.open_nursery", "py:function", "reference-core.html#$"),

@@ -258,6 +258,17 @@ async def test_body_error_cancels_in_flight_and_leaves_as_itself() -> None:
     assert not pool._scheduler._in_engine
 
 
+async def test_events_are_refused_and_insight_is_empty() -> None:
+    """A cluster engine runs calls where the pool cannot watch: events() says
+    so at once, and there are no per-worker numbers."""
+    with trio.fail_after(10):
+        async with open_fake(ThreadBackend()) as pool:
+            with pytest.raises(NotImplementedError, match=r"poll statistics\(\)"):
+                pool.events()
+            assert pool.insight() == ()
+            assert await pool.run_sync(workerfuncs.add, 1, 2) == 3
+
+
 async def test_use_after_close() -> None:
     with trio.fail_after(10):
         async with open_fake(ThreadBackend()) as pool:

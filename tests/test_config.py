@@ -143,6 +143,7 @@ def test_configure_default_pool_keeps_every_option() -> None:
         "min_workers": 1,
         "idle_timeout": 30.0,
         "max_lifetime_per_child": 3600.0,
+        "forward_logs": False,
     }
     assert list(given) == FIELDS
     assert all(given[name] != getattr(DEFAULTS, name) for name in FIELDS)

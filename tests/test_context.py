@@ -217,6 +217,10 @@ WRONG_LOOPS = """
             async def trio_pool_map():
                 await pool.map(abs, [-1, -2])
 
+            async def trio_pool_events():
+                async with pool.events():
+                    pass
+
             await trio.to_thread.run_sync(
                 in_asyncio, "asyncio Pool.run_sync", asyncio_pool_run_sync
             )
@@ -225,6 +229,9 @@ WRONG_LOOPS = """
             )
             await trio.to_thread.run_sync(
                 in_other_run, "other run Pool.map", trio_pool_map
+            )
+            await trio.to_thread.run_sync(
+                in_other_run, "other run Pool.events", trio_pool_events
             )
             print(json.dumps({"case": "own run", "result": await pool.run_sync(abs, -2)}))
 
@@ -249,6 +256,7 @@ def test_wrong_event_loop_or_run_gets_a_clear_runtime_error(tmp_path: Path) -> N
         "asyncio Pool.run_sync",
         "other run Pool.run_sync",
         "other run Pool.map",
+        "other run Pool.events",
         "own run",
     }
     for case in (
@@ -264,7 +272,11 @@ def test_wrong_event_loop_or_run_gets_a_clear_runtime_error(tmp_path: Path) -> N
         assert "called from asyncio" in report["message"], case
         assert "asyncio.to_thread(trio.run" in report["message"], case
         assert "start_guest_run" in report["message"], case
-    for case in ("other run Pool.run_sync", "other run Pool.map"):
+    for case in (
+        "other run Pool.run_sync",
+        "other run Pool.map",
+        "other run Pool.events",
+    ):
         report = reports[case]
         assert report["type"] == "RuntimeError", case
         assert "another thread's trio.run" in report["message"], case

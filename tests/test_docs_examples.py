@@ -140,6 +140,24 @@ EXPECTED: dict[str, list[str]] = {
     "asyncio_guest.py": ["digit sums: [115, 1366, 13561]"],
     "start_forkserver.py": ["H(8) = 761/280", "worker processes for 8 tasks: 8"],
     "worker_logging.py": ["['thumb-a.jpg', 'thumb-b.jpg']"],
+    "observe_events.py": [
+        "error: cannot read broken.png",
+        "task events: {'failed': 1, 'finished': 4, 'queued': 5, 'started': 5}",
+    ],
+    "observe_insight.py": [
+        "tasks done: 6 completed + failed: 6",
+        "longest task: work at least 0.4 s: True",
+    ],
+    # The same line whether tqdm, rich or neither is installed.
+    "observe_progress.py": ["done: 40 of 40, failed: 0"],
+    "observe_statistics.py": ["30/30 done, 0 running"],
+    "worker_logging_local.py": ["['thumb-a.jpg', 'thumb-b.jpg']"],
+    "inside_current_worker.py": [
+        "a: slot 0, port 9000, 0 done before",
+        "b: slot 0, port 9000, 1 done before",
+        "c: slot 0, port 9000, 0 done before",
+        "new process for c: True",
+    ],
     "cluster_ray.py": ["pi is about 3.1", "killed after 2.0 s"],
     "cluster_dask.py": ["total: 45", "words: [3, 3]"],
 }
@@ -147,6 +165,11 @@ EXPECTED: dict[str, list[str]] = {
 # Text an example must write to stderr (for what goes there, such as logging).
 EXPECTED_STDERR: dict[str, list[str]] = {
     "worker_logging.py": [
+        "thumbnails INFO starting [worker -]",
+        "thumbnails INFO resizing a.jpg [worker ",
+        "thumbnails INFO resizing b.jpg [worker ",
+    ],
+    "worker_logging_local.py": [
         "thumbnails INFO resizing a.jpg",
         "thumbnails INFO resizing b.jpg",
     ],

@@ -44,6 +44,7 @@ FLOORS: dict[str, int] = {
     "_chunksize": 0,
     "_faults": 0,
     "_typing": 0,
+    "_inside": 0,
     # What the worker runs and the payloads it sends: still standard library.
     "_messages": 1,
     "_chunk": 1,
@@ -51,6 +52,7 @@ FLOORS: dict[str, int] = {
     "_forkserver_main": 1,
     "_cli_worker": 1,
     "_demo": 1,
+    "_forwarder": 1,
     # One process or one value: trio or attrs, and the floors below.
     "_context": 2,
     "_spawn": 2,
@@ -58,10 +60,12 @@ FLOORS: dict[str, int] = {
     "_worker": 2,
     "_config": 2,
     "_backend": 2,
+    "_logs": 2,
     "_progress": 2,
     # The schedulers' parts, local and on a cluster engine, the counters (a
     # snapshot reads the jobs' counts), and the cut between the pool and its
     # scheduler (``_scheduler``).
+    "_events": 3,
     "_stats": 3,
     "_hooks": 3,
     "_jobs": 3,
@@ -101,6 +105,8 @@ WORKER_SIDE = frozenset(
         "_protocol",
         "_serialize",
         "_messages",
+        "_inside",
+        "_forwarder",
     }
 )
 

@@ -3,7 +3,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import subprocess
+import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -16,6 +20,19 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 pytestmark = pytest.mark.usefixtures("start_method")
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# What the pool does on purpose: logged below WARNING.
+ON_PURPOSE = (
+    "started",
+    "up",
+    "retired",
+    "killed_for_time_limit",
+    "killed_for_cancel",
+    "killed",
+    "stopped",
+)
 
 
 class Records(logging.Handler):
@@ -51,6 +68,12 @@ async def test_every_lifecycle_record_names_its_event_and_worker() -> None:
     for record in handler.records:
         if record.event not in ("broken",):  # type: ignore[attr-defined]
             assert isinstance(record.worker_pid, int)  # type: ignore[attr-defined]
+        if not record.event.startswith(("broken", "forkserver")):  # type: ignore[attr-defined]
+            assert record.worker_index == 0  # type: ignore[attr-defined]
+        if record.event in ON_PURPOSE:  # type: ignore[attr-defined]
+            assert record.levelno < logging.WARNING, record.event  # type: ignore[attr-defined]
+    lost = [r for r in handler.records if r.event == "lost"]  # type: ignore[attr-defined]
+    assert [r.levelno for r in lost] == [logging.WARNING]  # unexpected: a warning
     assert events.count("up") == stats.workers_started
     assert events.count("retired") == stats.workers_recycled == 1
     assert events.count("lost") == 1
@@ -86,3 +109,24 @@ async def test_start_failure_records_say_why(
         assert isinstance(record.worker_pid, int)  # type: ignore[attr-defined]
     if reason == "exited":
         assert [r.exitcode for r in failed] == [3, 3]  # type: ignore[attr-defined]
+
+
+def test_a_program_without_logging_prints_nothing_for_what_it_asked_for(
+    start_method: str,
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.quiet_program", start_method],
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    stats = json.loads(done.stdout)
+    # It did go through a recycling, a time limit and a cancellation.
+    assert stats["recycled"] >= 1
+    assert stats["lost"] == 2
+    assert stats["cancelled"] == 1

@@ -72,6 +72,25 @@ def test_config_round_trip() -> None:
     assert pickle.loads(config.initializer) == (initializer, (7,))
 
 
+def test_each_worker_gets_its_slot_and_log_levels() -> None:
+    config = _messages.worker_config(None, (), None)
+    levels = (0, 20, {"app.db": 10})
+    decoded = _messages.decode_config(
+        received(config.frame(worker_index=3, log_levels=levels))
+    )
+    assert (decoded.worker_index, decoded.log_levels) == (3, levels)
+    off = _messages.decode_config(received(config.frame(worker_index=1)))
+    assert (off.worker_index, off.log_levels) == (1, None)
+    assert off.sys_path == decoded.sys_path == sys.path
+
+
+def test_log_record_round_trip() -> None:
+    fields = {"name": "app", "levelno": 30, "msg": "text", "args": None, "step": [1]}
+    frame = received([_messages.log_frame(fields)])
+    assert frame.kind == _protocol.LOG
+    assert _messages.decode_log(frame) == fields
+
+
 def test_config_without_initializer() -> None:
     config = _messages.decode_config(received(_messages.config_frame(None, (), None)))
     assert config.initializer is None

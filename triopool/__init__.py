@@ -21,10 +21,16 @@ from ._errors import SoftTimeLimitExceeded as SoftTimeLimitExceeded
 from ._errors import TimeLimitExceeded as TimeLimitExceeded
 from ._errors import TriopoolError as TriopoolError
 from ._errors import WorkerStartError as WorkerStartError
+from ._events import EventStream as EventStream
+from ._events import TaskEvent as TaskEvent
+from ._events import WorkerEvent as WorkerEvent
+from ._inside import WorkerInfo as WorkerInfo
+from ._inside import current_worker as current_worker
 from ._pool import Pool as Pool
 from ._pool import open_pool as open_pool
 from ._progress import MapProgress as MapProgress
 from ._stats import PoolStatistics as PoolStatistics
+from ._stats import WorkerInsight as WorkerInsight
 
 if TYPE_CHECKING:
     from ._dask import DaskBackend as DaskBackend
@@ -53,6 +59,7 @@ __all__ = [
     "BrokenPoolError",
     "BrokenWorkerError",
     "DaskBackend",
+    "EventStream",
     "MapProgress",
     "Pool",
     "PoolDefault",
@@ -62,19 +69,28 @@ __all__ = [
     "RemoteTraceback",
     "SerializationError",
     "SoftTimeLimitExceeded",
+    "TaskEvent",
     "TimeLimitExceeded",
     "TriopoolError",
+    "WorkerEvent",
+    "WorkerInfo",
+    "WorkerInsight",
     "WorkerStartError",
     "configure_default_pool",
+    "current_worker",
     "open_pool",
     "run_sync",
 ]
 
 for _obj in (
+    EventStream,
     MapProgress,
     Pool,
     PoolDefault,
     PoolStatistics,
+    TaskEvent,
+    WorkerEvent,
+    WorkerInsight,
     configure_default_pool,
     open_pool,
     run_sync,

@@ -28,13 +28,14 @@ Invariants:
 
 from __future__ import annotations
 
+import _thread
 import collections
 import os
 import pickle
 import signal
 import sys
 
-from . import _messages, _pipes, _protocol, _serialize
+from . import _inside, _messages, _pipes, _protocol, _serialize
 from ._errors import SoftTimeLimitExceeded
 
 TYPE_CHECKING = False
@@ -46,8 +47,11 @@ if TYPE_CHECKING:
     from typing import Any, NoReturn
 
     from ._faults import Plan
+    from ._forwarder import Forwarder
 
 _PR_SET_PDEATHSIG = 1
+# The thread that runs tasks, and gets the signals.
+_MAIN_THREAD = _thread.get_ident()
 _READ_SIZE = 1 << 16
 # Soft limits this long (about 31 years) or longer are never armed:
 # setitimer() cannot hold much more (OverflowError past about 292 years).
@@ -89,6 +93,12 @@ class _Pipes:
         # only notes that it came (handled before the task or its answer).
         self.busy = True
         self.signalled = False
+        # With forward_logs: LOG frames may come from any thread, so every
+        # write holds this lock (see send_log). ``writer``: the thread
+        # holding it.
+        self.lock: _thread.LockType | None = None
+        self.writer: int | None = None
+        self.soft_limit: _SoftLimit | None = None
 
     def receive(self) -> _protocol.Frame | None:
         """The next frame, or ``None`` at EOF."""
@@ -191,6 +201,18 @@ class _Pipes:
             self.on_signal(signal.SIGURG, None)
 
     def send(self, pieces: list[bytes | memoryview]) -> None:
+        lock = self.lock
+        if lock is None:
+            self._write(pieces)
+            return
+        with lock:
+            self.writer = _thread.get_ident()
+            try:
+                self._write(pieces)
+            finally:
+                self.writer = None
+
+    def _write(self, pieces: list[bytes | memoryview]) -> None:
         if len(pieces) > 1 and _pipes.frame_size(pieces) >= _pipes.LARGE_FRAME:
             # The parent narrows it again once it has read the frame.
             _pipes.widen(self.fd_out)
@@ -198,6 +220,45 @@ class _Pipes:
             view = memoryview(piece)
             while view:
                 view = view[os.write(self.fd_out, view) :]
+
+    def send_log(self, data: bytes) -> None:
+        """Send a whole LOG frame, from any thread, between or during tasks.
+
+        A frame is never cut: in the main thread, a SIGURG or a soft time
+        limit that comes while it is written is acted on once it is out (a
+        soft limit then raises here, into the task that logged). A record
+        logged by a signal handler while this thread writes a frame is
+        dropped, since waiting would deadlock and writing would cut it.
+        """
+        lock = self.lock
+        assert lock is not None
+        me = _thread.get_ident()
+        if self.writer == me:
+            return
+        main = me == _MAIN_THREAD
+        soft_limit = self.soft_limit
+        busy = self.busy
+        if main:
+            self.busy = True
+            if soft_limit is not None:
+                soft_limit.held = True
+        try:
+            with lock:
+                self.writer = me
+                try:
+                    self._write([data])
+                except OSError:
+                    pass  # the pool is gone: this worker dies with it
+                finally:
+                    self.writer = None
+        finally:
+            if main:
+                self.busy = busy
+                if not busy and self.signalled:
+                    self.signalled = False
+                    self.on_signal(signal.SIGURG, None)
+                if soft_limit is not None:
+                    soft_limit.release()
 
     def answer(
         self,
@@ -228,6 +289,8 @@ class _FaultyPipes(_Pipes):
     def __init__(self, pipes: _Pipes, plan: Plan) -> None:
         super().__init__(pipes.fd_in, pipes.fd_out)
         self.decoder = pipes.decoder
+        self.lock = pipes.lock
+        self.soft_limit = pipes.soft_limit
         self.plan = plan
         self.tasks = 0
 
@@ -329,31 +392,43 @@ class _MainFixup:
         return self._unpickler
 
 
-class _ParentAuthkey:
-    """Gives ``multiprocessing`` here the parent's authkey, once a task imports it.
+class _AfterImport:
+    """Runs ``then(module)`` once something in the worker imports ``name``.
 
-    A ``multiprocessing.Manager()`` proxy a task receives connects to its
-    manager with ``current_process().authkey``; with the worker's own random
-    key the manager rejects it. The key is set as ``multiprocessing.process``
-    is imported, so a worker whose tasks never use ``multiprocessing`` never
-    imports it.
+    A worker whose tasks never use the module never imports it: this is how
+    the worker learns the parent's ``multiprocessing`` authkey only if a task
+    imports ``multiprocessing``, and forwards log records only if something
+    imports ``logging`` (which costs every start milliseconds otherwise).
+    ``then`` runs as the import completes, before the importer sees the
+    module; at once if the module is imported already (a fork server's
+    preload).
     """
 
-    def __init__(self, key: bytes) -> None:
-        self.key = key
+    def __init__(self, name: str, then: Callable[[types.ModuleType], None]) -> None:
+        self.name = name
+        self.then = then
 
     @classmethod
-    def install(cls, key: bytes) -> None:
-        process = sys.modules.get("multiprocessing.process")
-        if process is not None:  # imported already (a fork server's preload)
-            process.current_process().authkey = key
-        else:
-            sys.meta_path.insert(0, cls(key))
+    def install(
+        cls, name: str, then: Callable[[types.ModuleType], None]
+    ) -> _AfterImport | None:
+        """Run ``then`` now or after the import; the hook, if it waits."""
+        module = sys.modules.get(name)
+        if module is not None:
+            then(module)
+            return None
+        hook = cls(name, then)
+        sys.meta_path.insert(0, hook)
+        return hook
+
+    def uninstall(self) -> None:
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
 
     def find_spec(
         self, name: str, path: Any = None, target: Any = None
     ) -> importlib.machinery.ModuleSpec | None:
-        if name != "multiprocessing.process":
+        if name != self.name:
             return None
         sys.meta_path.remove(self)
         from importlib.machinery import PathFinder
@@ -362,16 +437,61 @@ class _ParentAuthkey:
         loader = None if spec is None else spec.loader
         if loader is not None:
             exec_module = loader.exec_module
-            key = self.key
+            then = self.then
 
-            def exec_then_set_key(module: types.ModuleType) -> None:
+            def exec_then(module: types.ModuleType) -> None:
                 exec_module(module)
-                module.current_process().authkey = key
+                then(module)
 
             # The loader is this import's own instance: patching it touches
             # nothing else.
-            setattr(loader, "exec_module", exec_then_set_key)  # noqa: B010
+            setattr(loader, "exec_module", exec_then)  # noqa: B010
         return spec
+
+
+def _use_parent_authkey(key: bytes) -> None:
+    """Give ``multiprocessing`` here the parent's authkey, once a task imports it.
+
+    A ``multiprocessing.Manager()`` proxy a task receives connects to its
+    manager with ``current_process().authkey``; with the worker's own random
+    key the manager rejects it.
+    """
+
+    def set_key(process: types.ModuleType) -> None:
+        process.current_process().authkey = key
+
+    _AfterImport.install("multiprocessing.process", set_key)
+
+
+class _LogForwarding:
+    """``forward_logs=True`` in this worker: a :class:`~triopool._forwarder.Forwarder`
+    on the root logger once something imports ``logging``."""
+
+    def __init__(self, levels: _messages.LogLevels, pipes: _Pipes, pid: int) -> None:
+        self.levels = levels
+        self.pipes = pipes  # replaced by _FaultyPipes in some tests
+        self.pid = pid
+        self.handler: Forwarder | None = None
+        pipes.lock = _thread.allocate_lock()
+        self.hook = _AfterImport.install("logging", self._start)
+
+    def _start(self, logging: types.ModuleType) -> None:
+        from . import _forwarder
+
+        self.handler = _forwarder.install(self.levels, self._send, self.pid)
+
+    def _send(self, data: bytes) -> None:
+        self.pipes.send_log(data)
+
+    def stop(self) -> None:
+        """The worker serves no more: records stay here from now on."""
+        if self.hook is not None:
+            self.hook.uninstall()
+        if self.handler is not None:
+            from . import _forwarder
+
+            _forwarder.uninstall(self.handler)
+            self.handler = None
 
 
 class _SoftLimit:
@@ -381,13 +501,31 @@ class _SoftLimit:
         self.armed = False
         self.installed = False
         self.seconds = 0.0
+        # Set while a frame is written during the task (see _Pipes.send_log):
+        # the limit is then only noted (``due``) and raised by release().
+        self.held = False
+        self.due = False
 
     def _handler(self, signum: int, frame: FrameType | None) -> None:
         if self.armed:
+            if self.held:
+                self.due = True
+                return
             self.armed = False
             raise SoftTimeLimitExceeded(
                 f"soft time limit of {self.seconds:g} s exceeded"
             )
+
+    def release(self) -> None:
+        """End a hold; raise the limit if it expired meanwhile."""
+        self.held = False
+        if self.due:
+            self.due = False
+            if self.armed:
+                self.armed = False
+                raise SoftTimeLimitExceeded(
+                    f"soft time limit of {self.seconds:g} s exceeded"
+                )
 
     def arm(self, seconds: float) -> None:
         if seconds >= _LONGEST_TIMER:
@@ -401,6 +539,7 @@ class _SoftLimit:
 
     def disarm(self) -> None:
         self.armed = False
+        self.due = False
         signal.setitimer(signal.ITIMER_REAL, 0)
 
 
@@ -520,7 +659,13 @@ def main(fd_in: int, fd_out: int, parent_pid: int) -> None:
     config = _messages.decode_config(frame)
     sys.path[:] = config.sys_path
     sys.argv[:] = config.sys_argv
-    _ParentAuthkey.install(config.authkey)
+    _use_parent_authkey(config.authkey)
+    state = _inside.enter(config.worker_index, worker_pid)
+    soft_limit = _SoftLimit()
+    pipes.soft_limit = soft_limit
+    forwarding = None
+    if config.log_levels is not None:
+        forwarding = _LogForwarding(config.log_levels, pipes, worker_pid)
     fixup = _MainFixup(config.main_path, config.main_name)
     max_memory = config.max_memory
     try:
@@ -543,8 +688,11 @@ def main(fd_in: int, fd_out: int, parent_pid: int) -> None:
         plan.fire_in_worker("after_up")
         if plan.has("after_receive", "mid_result"):
             pipes = _FaultyPipes(pipes, plan)
-    soft_limit = _SoftLimit()
-    _serve(pipes, fixup, soft_limit, max_memory, worker_pid)
+            if forwarding is not None:
+                forwarding.pipes = pipes
+    _serve(pipes, fixup, soft_limit, max_memory, worker_pid, state)
+    if forwarding is not None:
+        forwarding.stop()
     # The pool closed the task pipe: the worker is on its way out, and what
     # remains (atexit handlers, non-daemon threads a task left behind) may
     # take the parent's SIGTERM, which it sends once shutdown_timeout is up.
@@ -557,6 +705,7 @@ def _serve(
     soft_limit: _SoftLimit,
     max_memory: int | None,
     worker_pid: int,
+    state: _inside._State,
 ) -> None:
     signal.signal(signal.SIGURG, pipes.on_signal)
     # Interrupt system calls, so that a SKIP reaches a task blocked in one
@@ -617,6 +766,7 @@ def _serve(
             flags = _protocol.OVER_MEMORY
         pipes.answer(kind, payload, buffers, flags)
         del payload, buffers
+        state.tasks_done += 1
         if flags:
             # Over max_memory_per_child: the parent retires this worker and
             # runs the tasks it holds elsewhere. Start none of them.

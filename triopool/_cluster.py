@@ -52,11 +52,15 @@ if TYPE_CHECKING:
     from typing import Final
 
     from ._config import Options
+    from ._events import EventStream
+    from ._stats import WorkerInsight
 
 __all__ = ["ClusterScheduler", "open_cluster_scheduler"]
 
 # The open_pool options a backend pool implements; any other option must stay
 # at its default. (A backend's own sizing replaces ``workers``.)
+# ``forward_logs`` is accepted either way and has no effect: the engine
+# collects its workers' logs itself (see docs/cluster.rst).
 _SUPPORTED = frozenset(
     {
         "time_limit",
@@ -65,6 +69,7 @@ _SUPPORTED = frozenset(
         "shutdown_timeout",
         "retries",
         "retry_on",
+        "forward_logs",
     }
 )
 
@@ -294,6 +299,21 @@ class ClusterScheduler:
             workers_lost=self._workers_lost,
             start_failures=0,
             workers_stopped=self._workers_stopped,
+        )
+
+    def insight(self) -> tuple[WorkerInsight, ...]:
+        """``()``: the engine's processes are not the pool's, so there is no
+        per-worker insight on a cluster."""
+        return ()
+
+    def events(
+        self, buffer: int
+    ) -> contextlib.AbstractAsyncContextManager[EventStream]:
+        """Refused: the engine runs the calls where the pool cannot watch."""
+        raise NotImplementedError(
+            f"events() is not available with {self._backend!r}: a cluster engine "
+            "runs the tasks where the pool cannot watch them; poll statistics() "
+            "instead (its task counters work the same)"
         )
 
     async def run(

@@ -264,6 +264,7 @@ class PoolConfig:
         converter=_no_limit_if_inf,
         validator=_parameter_check(lambda n, v: _check_number(n, v, allow_none=True)),
     )
+    forward_logs: bool = attrs.field()
 
     @start_method.validator  # pyright: ignore[reportAttributeAccessIssue]
     def _check_start_method(self, attribute: object, value: object) -> None:
@@ -286,9 +287,10 @@ class PoolConfig:
             raise TypeError(f"initializer must be callable or None, got {value!r}")
 
     @kill_on_cancel.validator  # pyright: ignore[reportAttributeAccessIssue]
-    def _check_kill_on_cancel(self, attribute: object, value: object) -> None:
+    @forward_logs.validator  # pyright: ignore[reportAttributeAccessIssue]
+    def _check_bool(self, attribute: attrs.Attribute[Any], value: object) -> None:
         if not isinstance(value, bool):
-            raise TypeError(f"kill_on_cancel must be a bool, got {value!r}")
+            raise TypeError(f"{attribute.name} must be a bool, got {value!r}")
 
     def __attrs_post_init__(self) -> None:
         _check_limits(self.time_limit, self.soft_time_limit, "")
@@ -331,6 +333,7 @@ class Options:
     min_workers: int | None = None
     idle_timeout: float | None = None
     max_lifetime_per_child: float | None = None
+    forward_logs: bool = True
 
     def as_dict(self) -> dict[str, Any]:
         """Every option by name, in the order of the signature."""
@@ -369,6 +372,7 @@ class Options:
             min_workers=self.min_workers,
             idle_timeout=self.idle_timeout,
             max_lifetime_per_child=self.max_lifetime_per_child,
+            forward_logs=self.forward_logs,
         )
 
 

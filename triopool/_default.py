@@ -109,6 +109,7 @@ def configure_default_pool(
     min_workers: int | None = None,
     idle_timeout: float | None = None,
     max_lifetime_per_child: float | None = None,
+    forward_logs: bool = True,
     backend: Backend | None = None,
 ) -> None:
     """Set the options of the default pool used by :func:`triopool.run_sync`.
@@ -162,6 +163,7 @@ def configure_default_pool(
         min_workers=min_workers,
         idle_timeout=idle_timeout,
         max_lifetime_per_child=max_lifetime_per_child,
+        forward_logs=forward_logs,
     )
     # open_pool checks every option (and pickles the initializer) before it
     # starts anything; the manager it returns is never entered. The values

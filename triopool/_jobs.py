@@ -21,11 +21,17 @@ Invariants:
   WAITING (RETRY), at the front of the queue, and its caller sleeps on. Only
   a run that is over can fail (its worker gone, or its answer in), so a job
   never runs twice at once.
+- Task events (``_events``) are published here and nowhere else: by
+  :meth:`Jobs.submit` and :meth:`Jobs.move`, and only while someone is
+  subscribed (``feed`` is not None); with nobody, a move pays one None check.
+  A job that ends on a worker is counted in that worker's :class:`Book` by
+  :meth:`Jobs.end`, its one way to end there.
 """
 
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 import math
 from collections import deque
@@ -35,12 +41,14 @@ import attrs
 import trio
 
 from . import _messages, _protocol
+from ._chunk import run_chunk, run_timed_chunk
 from ._errors import BrokenWorkerError, TimeLimitExceeded
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
     from ._errors import BrokenPoolError
+    from ._events import Feed, TaskKind
 
 
 class JobState(enum.IntEnum):
@@ -96,6 +104,20 @@ TRANSITIONS: Final[dict[tuple[JobState, Move], JobState]] = {
 _COUNTER: Final = (0, 0, 1, 2, 3, 4)  # waiting, waiting, running, completed, ...
 
 _log = logging.getLogger("triopool")
+# The task event a move into each state publishes (SENT: none, the task
+# still waits). A task that runs again after a failure publishes "retried"
+# (with _publish) where that decision is taken.
+_KIND: Final[tuple[TaskKind | None, ...]] = (
+    "queued",
+    None,
+    "started",
+    "finished",
+    "failed",
+    "cancelled",
+)
+
+# map's chunk runners: their events name the mapped function instead.
+_CHUNK_RUNNERS: Final = (run_chunk, run_timed_chunk)
 
 
 class Taker(Protocol):
@@ -112,6 +134,17 @@ class Link(Protocol):
     def stop_running(self, job: Job) -> None: ...
 
 
+class Book(Protocol):
+    """What a slot keeps of the jobs its workers ran (``_stats.SlotBook``)."""
+
+    #: The slot's serving worker, and the slot.
+    pid: int | None
+    index: int
+
+    def task_ended(self, job: Job) -> None:
+        """A job that ran on the slot's worker ended there."""
+
+
 @attrs.define(eq=False)
 class Job:
     """One task, from submission to its end."""
@@ -119,6 +152,11 @@ class Job:
     pieces: list[bytes | memoryview]
     time_limit: float | None
     kill_on_cancel: bool
+    #: What runs, for events and insight (see :meth:`function_name`).
+    fn: object = None
+    args: tuple[object, ...] = ()
+    #: Its number in the pool, from 1 (see Jobs.submit).
+    id: int = 0
     #: The caller's task, parked until the job ends (see Pool.run_sync).
     caller: trio.lowlevel.Task | None = None
     state: JobState = JobState.WAITING
@@ -149,6 +187,27 @@ class Job:
     #: (a job streamed by map/imap; see Pool.submit_nowait). It must not
     #: raise or block: it runs in the task that ended the job.
     on_end: Callable[[Job], None] | None = None
+    #: The slot of the worker it was given to (set by its Pipeline).
+    book: Book | None = None
+    # Trio times. queued_at and started_at are taken only while someone
+    # watches events; sent_at (the worker has it whole) and finished_at (its
+    # answer came) by the Pipeline, from times it reads anyway.
+    queued_at: float | None = None
+    started_at: float | None = None
+    sent_at: float | None = None
+    finished_at: float | None = None
+    name: str | None = None
+
+    def function_name(self) -> str:
+        """The qualified name of what it runs (map's chunks: the function
+        mapped), worked out once."""
+        name = self.name
+        if name is None:
+            fn = self.fn
+            if fn in _CHUNK_RUNNERS and self.args:
+                fn = self.args[0]
+            name = self.name = qualified_name(fn)
+        return name
 
 
 @attrs.define(eq=False)
@@ -168,6 +227,8 @@ class Jobs:
     broken: BrokenPoolError | None = None
     #: The pool's block is over: idle workers stop once the queue is empty.
     closing: bool = False
+    #: Where task events go while someone is subscribed (see ``_events``).
+    feed: Feed | None = None
     #: Called when a job is queued for want of an idle taker (an elastic
     #: pool starts a worker then; see Slots._wanted).
     queued: Callable[[], None] | None = None
@@ -188,11 +249,48 @@ class Jobs:
         counts = self.counts
         counts[_COUNTER[old]] -= 1
         counts[_COUNTER[new]] += 1
+        if self.feed is not None:
+            self._publish(job, _KIND[new])
+
+    def _publish(self, job: Job, kind: TaskKind | None) -> None:
+        """Tell the subscribers what just happened to ``job``."""
+        if kind is None:
+            return
+        assert self.feed is not None
+        now = trio.current_time()
+        book = job.book
+        if kind == "queued":
+            book = None  # (again) in the queue: at no worker
+            if job.queued_at is None:
+                job.queued_at = now
+        elif kind == "started":
+            job.started_at = now
+        elif job.finished_at is None:
+            job.finished_at = now
+        # The fields of a TaskEvent, which a reader builds only when it takes
+        # it: one dropped from a full buffer costs no object.
+        self.feed.publish(
+            (
+                kind,
+                job.id,
+                job.function_name(),
+                None if book is None else book.pid,
+                None if book is None else book.index,
+                now,
+                job.queued_at,
+                job.started_at,
+                job.sent_at,
+                job.finished_at,
+            )
+        )
 
     def submit(self, job: Job) -> None:
         """A new job: hand it to an idle taker, or queue it."""
         self.submitted += 1
+        job.id = self.submitted
         self.counts[0] += 1
+        if self.feed is not None:
+            self._publish(job, "queued")
         self.dispatch(job, first=False)
 
     def dispatch(self, job: Job, *, first: bool) -> None:
@@ -227,6 +325,9 @@ class Jobs:
             self.fail(job, self.broken_error())
             return
         if job.state is not JobState.WAITING:
+            # It never started there: times and worker of that try go.
+            job.book = None
+            job.started_at = job.sent_at = None
             self.move(job, Move.PUT_BACK)
         self.dispatch(job, first=True)
 
@@ -235,6 +336,9 @@ class Jobs:
         ended already (its caller cancelled it) stays as it is."""
         if job.state is JobState.RUNNING:
             self.move(job, move)
+            book = job.book
+            if book is not None:
+                book.task_ended(job)
             wake(job)
 
     def answered(self, job: Job, frame: _protocol.Frame, worker_pid: int) -> None:
@@ -278,6 +382,12 @@ class Jobs:
             job.link = None
             job.deadline = math.inf
             job.fatal_cause = None
+            if self.feed is not None:
+                # Why, with the worker of the failed run; then "queued".
+                self._publish(job, "retried")
+                job.finished_at = None
+            job.book = None
+            job.started_at = job.sent_at = None
             self.move(job, Move.RETRY)
             self.retried += 1
             _log.info(
@@ -299,8 +409,7 @@ class Jobs:
         if job.failed_runs > 1:
             _say_runs(error, job.failed_runs)
         job.error = error
-        self.move(job, Move.FAIL)
-        wake(job)
+        self.end(job, Move.FAIL)  # counted in its worker's book
         return False
 
     def fail(self, job: Job, error: BaseException) -> None:
@@ -348,6 +457,17 @@ class Jobs:
         for job in jobs:
             if job.state is JobState.WAITING:
                 self.fail(job, make_error())
+
+
+def qualified_name(fn: object) -> str:
+    """``fn``'s qualified name; a partial's function's, a callable object's
+    class's."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    name = getattr(fn, "__qualname__", None)
+    if not isinstance(name, str):
+        name = type(fn).__qualname__
+    return name
 
 
 def wake(job: Job) -> None:

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from . import _context, _hooks, _messages, _stats
+from . import _context, _events, _hooks, _messages, _stats
 from ._config import POOL_DEFAULT, PoolDefault, _usable_cpus, retries_task_errors
 from ._jobs import Job, Jobs, JobState
 from ._slots import Slots
@@ -40,7 +40,8 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
 
     from ._config import PoolConfig, RetryOn
-    from ._stats import PoolStatistics
+    from ._events import EventStream
+    from ._stats import PoolStatistics, WorkerInsight
 
 
 class LocalScheduler:
@@ -55,9 +56,10 @@ class LocalScheduler:
         self._thread: int | None = None  # of the run that opened it (see _open)
         self._jobs = Jobs()
         self._retry_errors = retries_task_errors(config.retry_on)
+        self._feed = _events.Feed()
         self._slots = Slots(
             config,
-            _messages.config_frame(
+            _messages.worker_config(
                 config.initializer, config.initargs, config.max_memory_per_child
             ),
             self._jobs,
@@ -92,6 +94,36 @@ class LocalScheduler:
     def statistics(self) -> PoolStatistics:
         return _stats.snapshot(self._config.workers, self._jobs, self._slots.counters)
 
+    def insight(self) -> tuple[WorkerInsight, ...]:
+        return self._slots.insight()
+
+    def events(
+        self, buffer: int
+    ) -> contextlib.AbstractAsyncContextManager[EventStream]:
+        self._check_open()
+        return self._subscribe(buffer)
+
+    @contextlib.asynccontextmanager
+    async def _subscribe(self, buffer: int) -> AsyncIterator[EventStream]:
+        # Nothing here waits before the subscription exists: what the pool
+        # does from the moment of entering is seen.
+        self._check_open()
+        feed = self._feed
+        stream = feed.subscribe(buffer)
+        self._jobs.feed = feed
+        try:
+            yield stream
+        finally:
+            feed.unsubscribe(stream)
+            if not feed.streams:
+                self._jobs.feed = None
+
+    def _check_open(self) -> None:
+        if self._closed or self._jobs.closing or self._nursery is None:
+            raise trio.ClosedResourceError("the pool is closed")
+        if _context.current_thread() != self._thread:
+            raise _context.other_run("the pool")
+
     def check_usable(self) -> None:
         if self._closed or self._jobs.closing:
             raise trio.ClosedResourceError("the pool is closed")
@@ -117,6 +149,8 @@ class LocalScheduler:
             ),
             time_limit,
             kill_on_cancel,
+            fn,
+            args,
         )
         if retries:
             job.retries = retries
@@ -177,6 +211,8 @@ class LocalScheduler:
             ),
             config.time_limit,
             config.kill_on_cancel,
+            fn,
+            args,
         )
         if retries is POOL_DEFAULT:
             retries = config.retries
@@ -237,6 +273,9 @@ class LocalScheduler:
             self._jobs.closing = True
             self._closed = True
             self._fail_waiting()
+            # After the workers' last events: subscribers' iterations end.
+            self._jobs.feed = None
+            self._feed.close()
         if body_error is not None:
             raise body_error
 

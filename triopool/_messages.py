@@ -14,6 +14,7 @@ START_FAILED   worker    :class:`ExceptionText` of the initializer's error
 RESULT         worker    the task's return value itself
 ERROR, FATAL   worker    :class:`RemoteException`
 SERIAL_ERROR   worker    :class:`SerializationFailure`
+LOG            worker    a logging record's attributes (:func:`log_frame`)
 =============  ========  ==================================================
 
 (SKIP and SKIPPED carry a task number: see ``_protocol.number_frame``.)
@@ -54,6 +55,10 @@ if TYPE_CHECKING:
     Task: TypeAlias = tuple[Callable[..., Any], tuple[Any, ...], float | None]
     #: A task's answer before framing: frame kind, payload, buffers.
     Answer: TypeAlias = tuple[int, bytes, list[pickle.PickleBuffer]]
+    #: The parent's logging levels a worker needs with ``forward_logs=True``
+    #: (see ``_logs.levels``): the level of ``logging.disable()``, the root
+    #: logger's level, and the level of every logger that has one of its own.
+    LogLevels: TypeAlias = tuple[int, int, dict[str, int]]
 
 
 class _Message:
@@ -92,16 +97,20 @@ class WorkerConfig(_Message):
     ``initializer`` is a pickle of ``(initializer, initargs)`` of its own, so
     that one which does not unpickle in the worker is reported as the
     initializer's failure (START_FAILED), not as a broken configuration.
+    ``worker_index`` is the worker's slot (``current_worker().index``);
+    ``log_levels`` is ``None`` unless the pool forwards logs.
     """
 
     __slots__ = (
         "authkey",
         "initializer",
+        "log_levels",
         "main_name",
         "main_path",
         "max_memory",
         "sys_argv",
         "sys_path",
+        "worker_index",
     )
     _fields = (
         "sys_path",
@@ -111,6 +120,8 @@ class WorkerConfig(_Message):
         "initializer",
         "max_memory",
         "authkey",
+        "worker_index",
+        "log_levels",
     )
 
     def __init__(
@@ -123,6 +134,8 @@ class WorkerConfig(_Message):
         initializer: bytes | None,
         max_memory: int | None,
         authkey: bytes,
+        worker_index: int = 0,
+        log_levels: LogLevels | None = None,
     ) -> None:
         self.sys_path = sys_path
         self.sys_argv = sys_argv
@@ -131,15 +144,25 @@ class WorkerConfig(_Message):
         self.initializer = initializer
         self.max_memory = max_memory
         self.authkey = authkey
+        self.worker_index = worker_index
+        self.log_levels = log_levels
+
+    def frame(
+        self, *, worker_index: int = 0, log_levels: LogLevels | None = None
+    ) -> Pieces:
+        """The CONFIG frame of the worker in slot ``worker_index``."""
+        fields = (*self.fields()[:-2], worker_index, log_levels)
+        return _protocol.encode_frame(_protocol.CONFIG, pickle.dumps(fields, 5))
 
 
-def config_frame(
+def worker_config(
     initializer: Callable[..., object] | None,
     initargs: tuple[Any, ...],
     max_memory: int | None,
-) -> Pieces:
-    """The pool's CONFIG frame, with this process's ``sys.path``, ``sys.argv``,
-    main module and ``multiprocessing`` authkey.
+) -> WorkerConfig:
+    """The pool's worker configuration, with this process's ``sys.path``,
+    ``sys.argv``, main module and ``multiprocessing`` authkey; each worker's
+    CONFIG frame adds its slot and log levels (:meth:`WorkerConfig.frame`).
 
     Raises TypeError if the initializer or its arguments do not pickle.
     """
@@ -157,7 +180,7 @@ def config_frame(
         # it defines come back under that name; make it resolve here too, as
         # multiprocessing does.
         sys.modules.setdefault("__mp_main__", sys.modules["__main__"])
-    config = WorkerConfig(
+    return WorkerConfig(
         # The main script may read sys.argv at import, as it does when it is
         # run again in the worker (multiprocessing passes it on too).
         sys_path=list(sys.path),
@@ -168,7 +191,20 @@ def config_frame(
         max_memory=max_memory,
         authkey=_multiprocessing_authkey(),
     )
-    return _protocol.encode_frame(_protocol.CONFIG, pickle.dumps(config.fields(), 5))
+
+
+def config_frame(
+    initializer: Callable[..., object] | None,
+    initargs: tuple[Any, ...],
+    max_memory: int | None,
+    *,
+    worker_index: int = 0,
+    log_levels: LogLevels | None = None,
+) -> Pieces:
+    """A CONFIG frame: :func:`worker_config`, then :meth:`WorkerConfig.frame`."""
+    return worker_config(initializer, initargs, max_memory).frame(
+        worker_index=worker_index, log_levels=log_levels
+    )
 
 
 def decode_config(frame: _protocol.Frame) -> WorkerConfig:
@@ -200,7 +236,7 @@ def _multiprocessing_authkey() -> bytes:
     A ``multiprocessing.Manager()`` proxy sent as an argument connects back to
     its manager with the key of the process it is in; the workers need the
     parent's. They set it only if a task imports ``multiprocessing`` (see
-    ``_child._ParentAuthkey``), so the key costs them nothing otherwise. Here
+    ``_child._use_parent_authkey``), so the key costs them nothing otherwise. Here
     the import costs a few milliseconds, once, and covers a program that
     imports ``multiprocessing`` after its pool opened.
     """
@@ -443,6 +479,22 @@ def decode_serialization_failure(frame: _protocol.Frame) -> SerializationFailure
     """What a SERIAL_ERROR frame holds."""
     step, *fields = _serialize.loads(frame.payload, frame.buffers)
     return SerializationFailure(Step(step), RemoteException.from_wire(tuple(fields)))
+
+
+def log_frame(fields: dict[str, Any]) -> bytes:
+    """A whole LOG frame holding a logging record's attributes.
+
+    The worker hands over plain values only (``_forwarder`` turns anything
+    else into its ``repr()``), so the parent unpickles no class of the
+    worker's and decoding never fails for a record's content.
+    """
+    return b"".join(_protocol.encode_frame(_protocol.LOG, pickle.dumps(fields, 5)))
+
+
+def decode_log(frame: _protocol.Frame) -> dict[str, Any]:
+    """The parent's side of :func:`log_frame`."""
+    fields: dict[str, Any] = pickle.loads(frame.payload)
+    return fields
 
 
 def outcome(frame: _protocol.Frame) -> Any:

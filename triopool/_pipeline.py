@@ -10,7 +10,9 @@ the worker started the next task it held at once.
 This object only keeps the books: which job runs, which are ahead and in
 what order, their numbers, the SKIPs to write, and what a worker that died
 had started. It does no I/O and changes no job's state (that is
-``_jobs.Jobs``' business); ``_serve.Service`` does both.
+``_jobs.Jobs``' business); ``_serve.Service`` does both. It tags each job it
+is given with its worker's slot (``book``) and the times it reads anyway
+(``sent_at``, ``finished_at``), for events and per-worker insight.
 
 Invariant: a task written ahead never started unless the worker said so (an
 answer with AHEAD, or it answered the one before it and has read it whole).
@@ -25,7 +27,7 @@ from typing import TYPE_CHECKING, Final
 import attrs
 
 if TYPE_CHECKING:
-    from ._jobs import Job
+    from ._jobs import Book, Job
 
 #: At most this many jobs written ahead to one busy worker.
 MAX_AHEAD: Final = 8
@@ -49,6 +51,8 @@ class Pipeline:
     last_duration: float = math.inf
     #: Numbers of jobs ahead to write SKIP frames for.
     skips: list[int] = attrs.field(factory=list)
+    #: The worker's slot, set by the slot that runs it (None in tests).
+    book: Book | None = None
 
     def _number(self, job: Job, bytes_written: int) -> None:
         self.numbered += 1
@@ -59,6 +63,7 @@ class Pipeline:
         """``job`` is about to be written to the free worker."""
         self.current = job
         self.sent = False
+        job.book = self.book
 
     def written(self, job: Job, bytes_written: int, now: float) -> None:
         """``job`` (the current one) is written whole: the worker starts it
@@ -66,7 +71,7 @@ class Pipeline:
         self.sent = True
         self._number(job, bytes_written)
         self.sure_started = False
-        self.started_at = now
+        self.started_at = job.sent_at = now
 
     def written_ahead(self, job: Job, bytes_written: int) -> None:
         self._number(job, bytes_written)
@@ -94,6 +99,7 @@ class Pipeline:
         assert job is not None
         self.current = None
         self.last_duration = now - self.started_at
+        job.finished_at = now
         return job
 
     def start_next(self, now: float, *, sure: bool) -> Job:
@@ -103,7 +109,8 @@ class Pipeline:
         self.current = job
         self.sent = True
         self.sure_started = sure
-        self.started_at = now
+        self.started_at = job.sent_at = now
+        job.book = self.book
         return job
 
     def ask_skip(self, job: Job) -> None:

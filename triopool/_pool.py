@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 import trio
 
-from . import _context, _map
+from . import _context, _events, _map
 from ._cluster import open_cluster_scheduler
 from ._config import (
     POOL_DEFAULT,
@@ -51,9 +51,10 @@ if TYPE_CHECKING:
 
     from ._backend import Backend
     from ._config import RetryOn
+    from ._events import EventStream
     from ._progress import MapProgress
     from ._scheduler import Scheduler
-    from ._stats import PoolStatistics
+    from ._stats import PoolStatistics, WorkerInsight
     from ._typing import AnyResultCallable, AsyncCallable, AsyncFunctionPassedToRunSync
 
     Ts = TypeVarTuple("Ts")
@@ -92,6 +93,71 @@ class Pool:
         the pool uses (see :doc:`cluster`).
         """
         return self._scheduler.statistics()
+
+    def insight(self) -> tuple[WorkerInsight, ...]:
+        """Return what each worker slot did so far, one :class:`WorkerInsight`
+        per slot, in slot order (cheap: no I/O).
+
+        Tasks done, time busy and idle, the latest worker's start-up time and
+        the slot's longest tasks. A slot's numbers cover all the workers it
+        has had (a worker is replaced when it retires or dies). The
+        ``tasks_done`` of all slots add up to ``tasks_completed +
+        tasks_failed`` of :meth:`statistics`, less the tasks that failed
+        before any worker took them (the pool broke or closed first). On a
+        cluster backend, whose engine's processes are not the pool's, it
+        returns ``()``.
+
+        Example::
+
+            for slot in pool.insight():
+                print(slot.index, slot.tasks_done, f"{slot.busy_time:.1f} s busy")
+        """
+        return self._scheduler.insight()
+
+    def events(
+        self, *, buffer: int = _events.DEFAULT_BUFFER
+    ) -> contextlib.AbstractAsyncContextManager[EventStream]:
+        """Watch what the pool does: a live feed of task and worker events.
+
+        Use it with ``async with`` while the pool is open; iterate over the
+        :class:`EventStream` it gives with ``async for``, which yields
+        :class:`TaskEvent` and :class:`WorkerEvent` instances in the order
+        they happened, from the moment of subscribing. Leaving the block
+        unsubscribes; once the pool has closed (and its workers' last events
+        are delivered) the iteration ends.
+
+        A subscriber never slows the pool: it keeps at most ``buffer`` events
+        it has not taken yet, and when a new one comes to a full buffer the
+        oldest is dropped and counted in :attr:`EventStream.lost`. With no
+        subscriber, events cost nothing but a check per change of a task's
+        state.
+
+        Args:
+            buffer: How many events to keep for a reader that falls behind
+                (default 1000).
+
+        Raises:
+            TypeError: ``buffer`` is not an int.
+            ValueError: ``buffer`` is less than 1.
+            trio.ClosedResourceError: The pool's block has exited (when
+                called or when entered).
+            RuntimeError: Called from outside the ``trio.run`` that opened
+                the pool.
+            NotImplementedError: The pool runs on a cluster backend, whose
+                engine runs the tasks where the pool cannot watch them (poll
+                :meth:`statistics` instead).
+
+        Example::
+
+            async with pool.events() as events:
+                await pool.run_sync(zlib.crc32, data)
+                async for event in events:
+                    print(event.kind, type(event).__name__)
+                    if isinstance(event, triopool.TaskEvent) and event.kind == "finished":
+                        print(event.function, "ran on worker", event.worker_index)
+                        break
+        """
+        return self._scheduler.events(_events.check_buffer(buffer))
 
     # For type checkers (see _typing): an async function is an error.
     @overload
@@ -504,6 +570,7 @@ def open_pool(
     min_workers: int | None = None,
     idle_timeout: float | None = None,
     max_lifetime_per_child: float | None = None,
+    forward_logs: bool = True,
     backend: Backend | None = None,
 ) -> contextlib.AbstractAsyncContextManager[Pool]:
     """Open a pool of worker processes for the duration of an ``async with``.
@@ -555,6 +622,11 @@ def open_pool(
         max_lifetime_per_child: Retire and replace a worker at its first idle
             moment once it has been up this many seconds (never in the middle
             of a task, nor while tasks are written ahead to it).
+        forward_logs: Send the :mod:`logging` records that tasks and
+            initializers make to the parent's logger of the same name, with
+            ``record.worker_pid`` and ``record.worker_index``; the parent's
+            levels decide what is sent (see :doc:`inside-a-worker`). No effect
+            on a cluster backend.
         backend: Run the tasks on a cluster engine instead
             (:class:`RayBackend`, :class:`DaskBackend`); options the backend
             cannot honour must stay at their defaults (see "Running on a
@@ -596,6 +668,7 @@ def open_pool(
         min_workers=min_workers,
         idle_timeout=idle_timeout,
         max_lifetime_per_child=max_lifetime_per_child,
+        forward_logs=forward_logs,
     )
     return open_with_options(options, backend)
 

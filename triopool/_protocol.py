@@ -51,7 +51,10 @@ SERIAL_ERROR: Final = 8  # the task did not unpickle, or its result did not pick
 SKIP: Final = 9  # u64 task number: do not run that task if it has not started
 # Worker -> parent, always before the answer of the task it was running:
 SKIPPED: Final = 10  # u64 task number: that task was dropped and never ran
-_KINDS: Final = frozenset(range(CONFIG, SKIPPED + 1))
+# Worker -> parent, at any time (forward_logs=True): a logging record made in
+# the worker. Never an answer: the parent handles it and reads on.
+LOG: Final = 11
+_KINDS: Final = frozenset(range(CONFIG, LOG + 1))
 
 # Flags on RESULT, ERROR and SERIAL_ERROR frames.
 OVER_MEMORY: Final = 1  # the worker's resident memory is above max_memory_per_child

@@ -25,7 +25,8 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
     from contextlib import AbstractAsyncContextManager
 
-    from ._stats import PoolStatistics
+    from ._events import EventStream
+    from ._stats import PoolStatistics, WorkerInsight
 
 
 class Scheduler(Protocol):
@@ -84,6 +85,17 @@ class Scheduler(Protocol):
 
     def statistics(self) -> PoolStatistics:
         """A snapshot of the counters (cheap: no I/O)."""
+        ...
+
+    def insight(self) -> tuple[WorkerInsight, ...]:
+        """What each worker slot did (cheap: no I/O); ``()`` where the
+        scheduler has no workers of its own."""
+        ...
+
+    def events(self, buffer: int) -> AbstractAsyncContextManager[EventStream]:
+        """A subscription to the scheduler's events (see ``_events``), with a
+        buffer of ``buffer`` events; raise :class:`trio.ClosedResourceError`
+        once closed, :class:`NotImplementedError` where it has none."""
         ...
 
     def describe(self) -> str:

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Final
 import attrs
 import trio
 
-from . import _faults, _pipes, _protocol, _settle
+from . import _faults, _logs, _pipes, _protocol, _settle
 from ._errors import BrokenWorkerError
 from ._hooks import Hooks, Trace, TraceKind
 from ._hooks import current as current_hooks
@@ -426,9 +426,9 @@ class Service:
             self._jobs.put_back(job)
             self.interrupt(Why.GONE)
             return
-        self._jobs.move(job, Move.START)
         job.link = self
         self.pipeline.sending(job)
+        self._jobs.move(job, Move.START)
         faults = self._hooks.faults
         if faults is not None:
             await self._fault_before_send(faults, job)
@@ -629,6 +629,11 @@ class Service:
             if trace is not None:
                 trace(Trace("received", worker.pid, frame_kind=frame.kind))
             kind = frame.kind
+            if kind == _protocol.LOG:  # never an answer: see _logs
+                _logs.handle(frame, worker.pid, worker.index)
+                if self.hear_first and not worker.answer_waiting():
+                    return None  # no answer came: act on the cancellation now
+                continue
             if kind == _protocol.SKIPPED:
                 if not self._skipped(frame):
                     return End.LOST
@@ -663,7 +668,11 @@ class Service:
                 _log.info(
                     "worker %d retired over max_memory_per_child",
                     worker.pid,
-                    extra={"event": "retired", "worker_pid": worker.pid},
+                    extra={
+                        "event": "retired",
+                        "worker_pid": worker.pid,
+                        "worker_index": worker.index,
+                    },
                 )
                 return End.RETIRED
             if self.pipeline.ahead:
@@ -672,7 +681,11 @@ class Service:
                 _log.error(
                     "worker %d started a task it was not sent; killing it",
                     worker.pid,
-                    extra={"event": "protocol_error", "worker_pid": worker.pid},
+                    extra={
+                        "event": "protocol_error",
+                        "worker_pid": worker.pid,
+                        "worker_index": worker.index,
+                    },
                 )
                 return End.LOST
             if limit is not None and self.tasks_done >= limit:
@@ -680,7 +693,11 @@ class Service:
                     "worker %d retired after %d tasks",
                     worker.pid,
                     self.tasks_done,
-                    extra={"event": "retired", "worker_pid": worker.pid},
+                    extra={
+                        "event": "retired",
+                        "worker_pid": worker.pid,
+                        "worker_index": worker.index,
+                    },
                 )
                 return End.RETIRED
             if self.killed:
@@ -732,7 +749,11 @@ class Service:
             "idle worker %d sent %r; killing it",
             pid,
             frame,
-            extra={"event": "protocol_error", "worker_pid": pid},
+            extra={
+                "event": "protocol_error",
+                "worker_pid": pid,
+                "worker_index": self.worker.index,
+            },
         )
         return End.LOST
 
@@ -747,7 +768,11 @@ class Service:
             "worker %d dropped task %d it was not asked to; killing it",
             self.worker.pid,
             number,
-            extra={"event": "protocol_error", "worker_pid": self.worker.pid},
+            extra={
+                "event": "protocol_error",
+                "worker_pid": self.worker.pid,
+                "worker_index": self.worker.index,
+            },
         )
         return False
 
@@ -799,7 +824,11 @@ async def parent_fault(
         stage,
         fault,
         worker.pid,
-        extra={"event": "fault_injected", "worker_pid": worker.pid},
+        extra={
+            "event": "fault_injected",
+            "worker_pid": worker.pid,
+            "worker_index": worker.index,
+        },
     )
     if fault.action == "sleep":
         await trio.sleep(fault.argument)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from . import _messages
+from . import _logs, _messages
 from ._errors import BrokenWorkerError, TimeLimitExceeded
 from ._jobs import JobState
 from ._spawn import describe_exit
@@ -38,15 +38,24 @@ def stop_job(jobs: Jobs, worker: Worker, job: Job) -> bool:
         _log.info(
             "worker %d killed: its task was cancelled",
             worker.pid,
-            extra={"event": "killed_for_cancel", "worker_pid": worker.pid},
+            extra={
+                "event": "killed_for_cancel",
+                "worker_pid": worker.pid,
+                "worker_index": worker.index,
+            },
         )
         return False
     assert job.time_limit is not None
-    _log.warning(
+    # On purpose, and the caller gets TimeLimitExceeded: not a warning.
+    _log.info(
         "worker %d killed: task exceeded its time limit of %g s",
         worker.pid,
         job.time_limit,
-        extra={"event": "killed_for_time_limit", "worker_pid": worker.pid},
+        extra={
+            "event": "killed_for_time_limit",
+            "worker_pid": worker.pid,
+            "worker_index": worker.index,
+        },
     )
     error = TimeLimitExceeded(
         f"the task exceeded its time limit of {job.time_limit:g} s; "
@@ -70,8 +79,11 @@ async def fatal_cause(
         # killed below) all the same.
         cause = exc
     with trio.move_on_after(grace):
-        if await worker.receive() is not None:
-            worker.kill()
+        while (later := await worker.receive()) is not None:
+            if not _logs.is_log(later):  # a thread of its may still log
+                worker.kill()
+                break
+            _logs.handle(later, worker.pid, worker.index)
     return cause
 
 
@@ -92,6 +104,7 @@ def lost(
     fields: dict[str, object] = {
         "event": "lost",
         "worker_pid": worker.pid,
+        "worker_index": worker.index,
         "broke_protocol": worker.protocol_error is not None,
         "exitcode": exitcode,
         # What became of its task: none, "rerun" elsewhere (it had not
@@ -106,7 +119,11 @@ def lost(
                 "worker %d killed (%s)",
                 worker.pid,
                 how,
-                extra={"event": "killed", "worker_pid": worker.pid},
+                extra={
+                    "event": "killed",
+                    "worker_pid": worker.pid,
+                    "worker_index": worker.index,
+                },
             )
         else:
             _log.warning("idle worker %d died (%s)", worker.pid, how, extra=fields)

@@ -12,7 +12,8 @@ still has exactly one owning task.
 Invariants: a slot has at most one serving worker, plus one that is exiting;
 the worker counters obey ``started == alive + recycled + lost +
 start_failures + stopped``; retirement is decided in the slot's service,
-never by the worker on its own.
+never by the worker on its own. Worker events (``_events``) are published
+here, next to the counter they match, and only while someone is subscribed.
 """
 
 from __future__ import annotations
@@ -24,19 +25,21 @@ from typing import TYPE_CHECKING, Literal
 import attrs
 import trio
 
-from . import _messages, _protocol
+from . import _logs, _messages, _protocol
 from ._errors import BrokenPoolError, RemoteTraceback, WorkerStartError
+from ._events import WorkerEvent
 from ._forkserver import ForkServer, open_forkserver
 from ._serve import End, Service, Why, parent_fault
 from ._settle import exit_text
 from ._spawn import WorkerProcess, describe_exit
-from ._stats import WorkerCounters
+from ._stats import SlotBook, WorkerCounters, WorkerInsight
 from ._worker import Process, Worker, open_worker
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from ._config import PoolConfig
+    from ._events import WorkerKind
     from ._hooks import Hooks
     from ._jobs import Jobs
 
@@ -68,6 +71,9 @@ class Slot:
     # While waiting to start a worker: cancelled when the pool closes with no
     # work left.
     start_scope: trio.CancelScope | None = None
+    book: SlotBook = attrs.field(
+        default=attrs.Factory(lambda self: SlotBook(self.number), takes_self=True)
+    )
 
 
 @attrs.define(eq=False)
@@ -87,13 +93,13 @@ class Slots:
     def __init__(
         self,
         config: PoolConfig,
-        config_pieces: list[bytes | memoryview],
+        worker_config: _messages.WorkerConfig,
         jobs: Jobs,
         cpus: int,
         hooks: Hooks,
     ) -> None:
         self._config = config
-        self._config_pieces = config_pieces
+        self._worker_config = worker_config
         self._jobs = jobs
         self._hooks = hooks
         self._faults = hooks.faults
@@ -115,6 +121,25 @@ class Slots:
         self._timer_wake = trio.Event()
         if config.elastic:
             jobs.queued = self._wanted
+
+    def insight(self) -> tuple[WorkerInsight, ...]:
+        """Each slot's insight, in slot order (see ``_stats.SlotBook``)."""
+        now = trio.current_time()
+        return tuple(slot.book.insight(now) for slot in self._slots)
+
+    def _publish(
+        self,
+        kind: WorkerKind,
+        pid: int | None,
+        index: int | None,
+        exitcode: int | None = None,
+        reason: str | None = None,
+    ) -> None:
+        feed = self._jobs.feed
+        if feed is not None:
+            feed.publish(
+                WorkerEvent(kind, pid, index, trio.current_time(), exitcode, reason)
+            )
 
     def start(self, nursery: trio.Nursery) -> None:
         """Start the slot tasks (and the fork server's) in ``nursery``."""
@@ -191,40 +216,63 @@ class Slots:
         end: End | None = End.CLOSED
         permit = True  # taken by the slot for this start (see _start_permit)
         pid: int | None = None
+        worker: Worker | None = None
+        service: Service | None = None
+        book = slot.book
+        index = slot.number
+
+        def served() -> None:
+            # Its up time ends when it serves no more, before the slot starts
+            # its replacement.
+            if pid is not None:
+                book.worker_down(pid, trio.current_time())
+            turn.served.set()
+
         try:
-            async with open_worker(launch) as worker:
+            async with open_worker(launch, index=slot.number) as worker:
                 pid = worker.pid
+                book.worker_started(trio.current_time())
                 _log.debug(
                     "worker %d started (slot %d)",
                     worker.pid,
                     slot.number,
-                    extra={"event": "started", "worker_pid": worker.pid},
+                    extra={
+                        "event": "started",
+                        "worker_pid": worker.pid,
+                        "worker_index": slot.number,
+                    },
                 )
+                self._publish("started", pid, index)
                 up = await self._start(slot, worker)
                 permit = False
                 self._start_permits.release()
                 if up:
                     service = Service(worker, self._jobs, self._config, self._hooks)
+                    service.pipeline.book = book
+                    book.worker_up(pid, service.pipeline, trio.current_time())
+                    self._publish("up", pid, index)
                     self._services.add(service)
                     self._timer_wake.set()
                     try:
-                        end = await service.run(turn.served.set)
+                        end = await service.run(served)
                     finally:
                         self._services.discard(service)
                     turn.idled = service.dismissed is End.CLOSED
         except StartFailed as exc:
             end = None
-            self._start_failed(exc.error, exc.reason, worker_pid=pid, **exc.fields)
+            self._start_failed(
+                exc.error, exc.reason, index, worker_pid=pid, **exc.fields
+            )
         except WorkerStartError as exc:
             # Only the fork server's launch raises it.
             end = None
-            self._start_failed(exc, "forkserver", stage="fork")
+            self._start_failed(exc, "forkserver", index, stage="fork")
         except OSError as exc:
             # No pipes or no process: the same as a worker failing to start.
             end = None
             error = WorkerStartError(f"could not start a worker process: {exc}")
             error.__cause__ = exc
-            self._start_failed(error, "no_process", errno=exc.errno)
+            self._start_failed(error, "no_process", index, errno=exc.errno)
         finally:
             if permit:
                 self._start_permits.release()
@@ -235,8 +283,51 @@ class Slots:
                 self.counters.lost += 1
             elif end is End.CLOSED:
                 self.counters.stopped += 1
+            if end is not None:
+                self._publish_end(end, worker, service, index)
+                if end is End.CLOSED and pid is not None:
+                    _log.debug(
+                        "worker %d stopped",
+                        pid,
+                        extra={
+                            "event": "stopped",
+                            "worker_pid": pid,
+                            "worker_index": index,
+                        },
+                    )
             turn.start_failed = end is None
-            turn.served.set()
+            served()
+
+    def _publish_end(
+        self, end: End, worker: Worker | None, service: Service | None, index: int
+    ) -> None:
+        """The worker event that matches the counter ``end`` moved."""
+        if self._jobs.feed is None or worker is None:
+            return
+        reason: str | None = None
+        dismissed = None if service is None else service.dismissed
+        if end is End.RETIRED:
+            kind: WorkerKind = "recycled"
+            limit = self._config.max_tasks_per_child
+            if dismissed is End.RETIRED:
+                reason = "max_lifetime_per_child"
+            elif (
+                limit is not None
+                and service is not None
+                and service.tasks_done >= limit
+            ):
+                reason = "max_tasks_per_child"
+            else:
+                reason = "max_memory_per_child"
+        elif end is End.LOST:
+            kind = "lost"
+            if worker.protocol_error is not None:
+                reason = "broke_protocol"
+        else:
+            kind = "stopped"
+            if dismissed is End.CLOSED:
+                reason = "idle_timeout"
+        self._publish(kind, worker.pid, index, worker.process.returncode, reason)
 
     async def _start(self, slot: Slot, worker: Worker) -> bool:
         """Hand the worker its configuration and wait for it to report up.
@@ -251,12 +342,20 @@ class Slots:
             with trio.move_on_after(timeout) as timer:
                 if self._faults is not None:
                     await parent_fault(self._faults, worker, "before_config")
+                levels = _logs.levels() if self._config.forward_logs else None
+                config = self._worker_config.frame(
+                    worker_index=slot.number, log_levels=levels
+                )
                 try:
-                    await worker.send(self._config_pieces)
+                    await worker.send(config)
                 except trio.BrokenResourceError:
                     pass  # it died already: reported below as an early exit
                 else:
                     frame = await worker.receive()
+                    # What the initializer logged comes first.
+                    while frame is not None and _logs.is_log(frame):
+                        _logs.handle(frame, worker.pid, slot.number)
+                        frame = await worker.receive()
                     stray = self._hooks.stray_frame
                     if stray is not None and frame is not None:
                         frame = stray(worker.pid, "handshake") or frame
@@ -298,7 +397,13 @@ class Slots:
             )
         self._consecutive_start_failures = 0
         _log.debug(
-            "worker %d up", worker.pid, extra={"event": "up", "worker_pid": worker.pid}
+            "worker %d up",
+            worker.pid,
+            extra={
+                "event": "up",
+                "worker_pid": worker.pid,
+                "worker_index": slot.number,
+            },
         )
         return True
 
@@ -379,22 +484,42 @@ class Slots:
         return self._jobs.closing and not self._jobs.waiting
 
     def _start_failed(
-        self, error: WorkerStartError, reason: StartFailure, **fields: object
+        self,
+        error: WorkerStartError,
+        reason: StartFailure,
+        index: int | None,
+        **fields: object,
     ) -> None:
         """Count a start failure and log it (``record.reason`` says why, with
         ``exitcode`` for "exited", ``errno`` for "no_process"; for
         "forkserver", ``stage`` says whether the server failed to start or
         died before forking any worker ("server", with ``errno`` if an OS
         call failed) or did not fork this worker ("fork")); enough of them in
-        a row break the pool."""
+        a row break the pool. ``index``: the slot, or None for the fork
+        server."""
         self.counters.start_failures += 1
+        if self._jobs.feed is not None:
+            pid = fields.get("worker_pid")
+            exitcode = fields.get("exitcode")
+            self._publish(
+                "start_failed",
+                pid if isinstance(pid, int) else None,
+                index,
+                exitcode if isinstance(exitcode, int) else None,
+                reason,
+            )
         self._consecutive_start_failures += 1
         count = self._consecutive_start_failures
         _log.warning(
             "worker failed to start (%d in a row): %s",
             count,
             error,
-            extra={"event": "start_failed", "reason": reason, **fields},
+            extra={
+                "event": "start_failed",
+                "reason": reason,
+                "worker_index": index,
+                **fields,
+            },
         )
         if count >= self._config.max_start_failures and self._jobs.broken is None:
             broken = BrokenPoolError(
@@ -479,7 +604,7 @@ class Slots:
                 continue
             # A start failure, counted as a start too (see PoolStatistics).
             self.counters.started += 1
-            self._start_failed(error, "forkserver", stage="server", **fields)
+            self._start_failed(error, "forkserver", None, stage="server", **fields)
             failures += 1
             with trio.move_on_after(min(0.01 * 2**failures, 0.5)):
                 await self._slots_done.wait()

@@ -24,7 +24,8 @@ import trio
 # that is not there yet (a task using the pool API itself) runs the real
 # __init__ in place, so the package is whole whenever anything asks for it.
 # The exception types are set on it at once: a worker pickles them by their
-# public names (triopool.SoftTimeLimitExceeded).
+# public names (triopool.SoftTimeLimitExceeded); so are current_worker and
+# WorkerInfo, which tasks call and return without loading trio.
 _BOOTSTRAP = """\
 import sys
 from importlib.machinery import PathFinder
@@ -45,9 +46,10 @@ def _bootstrap(root, entry, *numbers):
         return getattr(pkg, name)
     pkg.__getattr__ = __getattr__
     sys.modules["triopool"] = pkg
-    from triopool import _errors
-    for name in _errors.__all__:
-        setattr(pkg, name, getattr(_errors, name))
+    from triopool import _errors, _inside
+    for module in (_errors, _inside):
+        for name in module.__all__:
+            setattr(pkg, name, getattr(module, name))
     __import__(entry, fromlist=["main"]).main(*map(int, numbers))
 _bootstrap(*sys.argv[1:])
 """

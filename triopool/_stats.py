@@ -5,16 +5,29 @@ Task counters live in :class:`~triopool._jobs.Jobs` (every change of a job's
 state moves them, through its one table); worker counters in
 :class:`WorkerCounters`, moved by the slots. Both obey the identities that
 :func:`identity_problems` checks, which the tests hold after every storm.
+
+Per-worker insight (:meth:`Pool.insight`) is kept in one :class:`SlotBook`
+per slot: the slot records its workers' starts, ups and ends, and
+``Jobs.end`` each job that ended on one of them. Invariant: the ``tasks_done``
+of all slots add up to the tasks completed or failed on a worker, which is
+``tasks_completed + tasks_failed`` except for tasks failed before any worker
+took them (the pool broke or closed first).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import bisect
+from typing import TYPE_CHECKING, Final
 
 import attrs
+import trio
 
 if TYPE_CHECKING:
-    from ._jobs import Jobs
+    from ._jobs import Job, Jobs
+    from ._pipeline import Pipeline
+
+#: How many of a slot's longest tasks :class:`WorkerInsight` keeps.
+LONGEST_TASKS: Final = 5
 
 
 @attrs.define(eq=False)
@@ -153,3 +166,116 @@ def identity_problems(stats: PoolStatistics) -> list[str]:
             f"completed + failed + cancelled {tasks}"
         )
     return problems
+
+
+@attrs.frozen
+class WorkerInsight:
+    """What one slot's workers did, from :meth:`Pool.insight`.
+
+    A slot is one of the pool's ``workers`` places; its worker is replaced
+    when it retires or dies, and the numbers cover all of that slot's
+    workers so far. Times are in seconds, measured in the pool's process:
+    a task's time runs from the moment its worker had it whole to the moment
+    its outcome came back (for a task whose worker died or hit the time
+    limit, to the moment the pool noticed).
+
+    Attributes:
+        index: The slot, ``0 <= index < workers`` (as in
+            :class:`WorkerEvent`).
+        pid: The pid of the slot's worker that is up now; ``None`` while it
+            has none (starting, or replaced).
+        workers_started: Worker processes started in this slot.
+        tasks_done: Tasks that completed or failed on its workers (cancelled
+            ones are not counted).
+        busy_time: Time its workers spent on tasks, the running one
+            included.
+        idle_time: Time its workers were up and had no task.
+        startup_time: How long its latest worker took from its start to
+            reporting up (imports and initializer included); ``None``
+            before one is up.
+        longest_tasks: Its longest tasks so far, longest first, at most five:
+            ``(function's qualified name, seconds)`` pairs.
+    """
+
+    index: int
+    pid: int | None
+    workers_started: int
+    tasks_done: int
+    busy_time: float
+    idle_time: float
+    startup_time: float | None
+    longest_tasks: tuple[tuple[str, float], ...]
+
+
+@attrs.define(eq=False)
+class SlotBook:
+    """One slot's insight, kept as its workers and their tasks go."""
+
+    index: int
+    #: The slot's worker that is up (serving), and its pipeline.
+    pid: int | None = None
+    pipeline: Pipeline | None = None
+    workers_started: int = 0
+    tasks_done: int = 0
+    busy_time: float = 0.0
+    #: Up time of its workers that no longer serve, and since when the
+    #: serving one is up.
+    up_time: float = 0.0
+    up_since: float | None = None
+    start_at: float = 0.0
+    startup_time: float | None = None
+    #: (-seconds, name), shortest last: bisect keeps it sorted.
+    longest: list[tuple[float, str]] = attrs.field(factory=list)
+
+    def worker_started(self, now: float) -> None:
+        self.workers_started += 1
+        self.start_at = now
+
+    def worker_up(self, pid: int, pipeline: Pipeline, now: float) -> None:
+        self.pid = pid
+        self.pipeline = pipeline
+        self.up_since = now
+        self.startup_time = now - self.start_at
+
+    def worker_down(self, pid: int, now: float) -> None:
+        """The worker ``pid`` serves no more (idempotent)."""
+        if self.pid != pid or self.up_since is None:
+            return
+        self.up_time += now - self.up_since
+        self.up_since = None
+        self.pid = None
+        self.pipeline = None
+
+    def task_ended(self, job: Job) -> None:
+        finished = job.finished_at
+        if finished is None:
+            finished = trio.current_time()
+        sent = job.sent_at
+        seconds = 0.0 if sent is None else max(0.0, finished - sent)
+        self.tasks_done += 1
+        self.busy_time += seconds
+        longest = self.longest
+        if len(longest) < LONGEST_TASKS or -seconds < longest[-1][0]:
+            bisect.insort(longest, (-seconds, job.function_name()))
+            del longest[LONGEST_TASKS:]
+
+    def insight(self, now: float) -> WorkerInsight:
+        busy = self.busy_time
+        up = self.up_time
+        if self.up_since is not None:
+            up += now - self.up_since
+        pipeline = self.pipeline
+        if pipeline is not None and pipeline.sent:
+            job = pipeline.current
+            if job is not None and job.sent_at is not None:
+                busy += max(0.0, now - job.sent_at)  # the task it runs now
+        return WorkerInsight(
+            index=self.index,
+            pid=self.pid,
+            workers_started=self.workers_started,
+            tasks_done=self.tasks_done,
+            busy_time=busy,
+            idle_time=max(0.0, up - busy),
+            startup_time=self.startup_time,
+            longest_tasks=tuple((name, -neg) for neg, name in self.longest),
+        )

@@ -98,6 +98,8 @@ class Worker:
     #: Set if the worker broke the protocol (sent bytes that are not frames,
     #: or closed its result pipe and lived on); it was killed then.
     protocol_error: _protocol.ProtocolError | None = None
+    #: The worker's slot (``current_worker().index``), for log records.
+    index: int | None = None
 
     @property
     def pid(self) -> int:
@@ -185,6 +187,9 @@ class Worker:
         ``wait_first``: wait until the pipe is readable before the first
         read (when nothing can be there yet, as right after sending a task),
         which saves a read that would fail.
+
+        LOG frames (forwarded log records) are returned like any other: the
+        caller hands them to ``_logs.handle`` and reads on.
         """
         decoder = self._decoder
         if wait_first and not decoder.buffered() and not self.process.exited:
@@ -306,7 +311,11 @@ class Worker:
             "worker %d did not exit within %g s of its shutdown; sending SIGTERM",
             self.pid,
             timeout,
-            extra={"event": "shutdown_sigterm", "worker_pid": self.pid},
+            extra={
+                "event": "shutdown_sigterm",
+                "worker_pid": self.pid,
+                "worker_index": self.index,
+            },
         )
         self.process.signal(signal.SIGTERM)
         with trio.move_on_after(_TERM_GRACE):
@@ -314,7 +323,11 @@ class Worker:
         _log.warning(
             "worker %d ignored SIGTERM; killing it",
             self.pid,
-            extra={"event": "shutdown_sigkill", "worker_pid": self.pid},
+            extra={
+                "event": "shutdown_sigkill",
+                "worker_pid": self.pid,
+                "worker_index": self.index,
+            },
         )
         self.kill()
         return await self.process.wait()
@@ -322,7 +335,7 @@ class Worker:
 
 @contextlib.asynccontextmanager
 async def open_worker(
-    launch: Callable[[int, int], Process] = WorkerProcess,
+    launch: Callable[[int, int], Process] = WorkerProcess, *, index: int | None = None
 ) -> AsyncIterator[Worker]:
     """Start a worker process and own it, and its fds, for the block.
 
@@ -351,7 +364,9 @@ async def open_worker(
     try:
         try:
             await process.started()
-            yield Worker(process, send_stream, receive_stream, capacity=capacity)
+            yield Worker(
+                process, send_stream, receive_stream, capacity=capacity, index=index
+            )
         finally:
             with trio.CancelScope(shield=True):
                 if not process.exited:

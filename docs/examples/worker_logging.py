@@ -1,10 +1,8 @@
-"""Configure logging in every worker with an initializer."""
+"""Log in tasks, configure logging once, in the parent."""
 
 from __future__ import annotations
 
 import logging
-import os
-import sys
 
 import trio
 
@@ -13,24 +11,24 @@ import triopool
 log = logging.getLogger("thumbnails")
 
 
-def setup_logging(level: int) -> None:
-    """Runs once in each worker (replacements too), before it takes tasks."""
-    logging.basicConfig(
-        level=level,
-        stream=sys.stderr,
-        format=f"%(asctime)s [worker {os.getpid()}] %(name)s %(levelname)s %(message)s",
-    )
-
-
 def make_thumbnail(name: str) -> str:
     log.info("resizing %s", name)
+    log.debug("not sent: the parent's level is INFO")
     return f"thumb-{name}"
 
 
 async def main() -> None:
-    async with triopool.open_pool(
-        2, initializer=setup_logging, initargs=(logging.INFO,)
-    ) as pool:
+    handler = logging.StreamHandler()
+    handler.setFormatter(
+        logging.Formatter(
+            "%(name)s %(levelname)s %(message)s [worker %(worker_index)s]",
+            # The parent's own records have no worker fields.
+            defaults={"worker_index": "-"},
+        )
+    )
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
+    log.info("starting")
+    async with triopool.open_pool(2) as pool:
         print(await pool.map(make_thumbnail, ["a.jpg", "b.jpg"]))
 
 

@@ -36,8 +36,18 @@ class Counter:
         return by
 
 
+def where() -> int:
+    me = triopool.current_worker()
+    assert_type(me, triopool.WorkerInfo)
+    assert_type(me.index, int)
+    assert_type(me.tasks_done, int)
+    return me.pid
+
+
 async def use_a_pool() -> None:
-    async with triopool.open_pool(2, start_method="forkserver") as pool:
+    async with triopool.open_pool(
+        2, start_method="forkserver", forward_logs=False
+    ) as pool:
         assert_type(pool, triopool.Pool)
         assert_type(await pool.run_sync(add, 1, 2), int)
         assert_type(await pool.run_sync(shout, "hi"), str)
@@ -51,6 +61,7 @@ async def use_a_pool() -> None:
         assert_type(await pool.run_sync(add, 1, 2, soft_time_limit=limit), int)
         assert_type(await pool.run_sync(add, 1, 2, kill_on_cancel=False), int)
         assert_type(pool.statistics(), triopool.PoolStatistics)
+        assert_type(await pool.run_sync(where), int)
         assert_type(await pool.map(len, ["a", "bc"]), list[int])
         assert_type(
             await pool.map(len, ["a"], return_exceptions=True), list[int | Exception]
