@@ -31,18 +31,16 @@ from __future__ import annotations
 import _thread
 import collections
 import os
-import pickle
 import signal
 import sys
 
-from . import _inside, _messages, _pipes, _protocol, _serialize
+from . import _imports, _inside, _messages, _pipes, _protocol, _serialize
 from ._errors import SoftTimeLimitExceeded
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    import importlib.machinery
+    import pickle
     import types
-    from collections.abc import Callable
     from types import FrameType
     from typing import Any, NoReturn
 
@@ -313,156 +311,6 @@ class _FaultyPipes(_Pipes):
         super().send([data[half:]])
 
 
-# The parent's main script while this worker runs it (see _MainFixup):
-# triopool._context reads it to refuse to start a pool meanwhile.
-importing_main: str | None = None
-
-
-class _MainFixup:
-    """Makes functions defined in the parent's main script unpicklable here.
-
-    Like multiprocessing's spawn, the parent's ``__main__`` is run again as
-    ``__mp_main__`` (so its ``if __name__ == "__main__":`` block does not run),
-    but only when a pickle first refers to it, so workers of programs that
-    send no such function start without running the script at all.
-    """
-
-    def __init__(self, path: str | None, name: str | None) -> None:
-        self.path = path
-        self.name = name
-        self.done = path is None and name is None
-        self.error: str | None = None
-        self._unpickler: Callable[..., pickle.Unpickler] | None = None
-
-    def run(self) -> None:
-        self.done = True
-        import runpy
-
-        module = type(sys)("__mp_main__")
-        if self.name is not None:
-            module.__dict__.update(
-                runpy.run_module(self.name, run_name="__mp_main__", alter_sys=True)
-            )
-        elif self.path is not None:
-            module.__dict__.update(runpy.run_path(self.path, run_name="__mp_main__"))
-        sys.modules["__main__"] = sys.modules["__mp_main__"] = module
-
-    def run_once(self) -> None:
-        """Run the script; if it fails, say which file and why, now and for
-        every later task that needs it (a script that failed may have done
-        half of what it does at import: it is not run twice)."""
-        global importing_main
-        if self.error is None:
-            importing_main = self.path or self.name
-            try:
-                self.run()
-                return
-            except BaseException as exc:
-                self.error = (
-                    f"the worker could not import the main script {importing_main} "
-                    "to find a function or class defined there: "
-                    f"{type(exc).__name__}: {exc}"
-                )
-                # Not done: later tasks that need the script get this error.
-                self.done = False
-                raise RuntimeError(self.error) from exc
-            finally:
-                importing_main = None
-        raise RuntimeError(self.error)
-
-    def unpickler(
-        self, payload: bytes | bytearray | memoryview
-    ) -> Callable[..., pickle.Unpickler] | None:
-        """The unpickler for ``payload``: None (plain, fast ``pickle.loads``)
-        unless it may refer to ``__main__`` before the script ran here."""
-        # A pickle names the module of every global it refers to, so one
-        # without the bytes "__main__" cannot need the script.
-        if self.done or not _mentions_main(payload):
-            return None
-        if self._unpickler is None:
-            fixup = self
-
-            class Unpickler(pickle.Unpickler):
-                def find_class(self, module_name: str, name: str) -> Any:
-                    if module_name == "__main__" and not fixup.done:
-                        fixup.run_once()
-                    return super().find_class(module_name, name)
-
-            self._unpickler = Unpickler
-        return self._unpickler
-
-
-class _AfterImport:
-    """Runs ``then(module)`` once something in the worker imports ``name``.
-
-    A worker whose tasks never use the module never imports it: this is how
-    the worker learns the parent's ``multiprocessing`` authkey only if a task
-    imports ``multiprocessing``, and forwards log records only if something
-    imports ``logging`` (which costs every start milliseconds otherwise).
-    ``then`` runs as the import completes, before the importer sees the
-    module; at once if the module is imported already (a fork server's
-    preload).
-    """
-
-    def __init__(self, name: str, then: Callable[[types.ModuleType], None]) -> None:
-        self.name = name
-        self.then = then
-
-    @classmethod
-    def install(
-        cls, name: str, then: Callable[[types.ModuleType], None]
-    ) -> _AfterImport | None:
-        """Run ``then`` now or after the import; the hook, if it waits."""
-        module = sys.modules.get(name)
-        if module is not None:
-            then(module)
-            return None
-        hook = cls(name, then)
-        sys.meta_path.insert(0, hook)
-        return hook
-
-    def uninstall(self) -> None:
-        if self in sys.meta_path:
-            sys.meta_path.remove(self)
-
-    def find_spec(
-        self, name: str, path: Any = None, target: Any = None
-    ) -> importlib.machinery.ModuleSpec | None:
-        if name != self.name:
-            return None
-        sys.meta_path.remove(self)
-        from importlib.machinery import PathFinder
-
-        spec = PathFinder.find_spec(name, path, target)
-        loader = None if spec is None else spec.loader
-        if loader is not None:
-            exec_module = loader.exec_module
-            then = self.then
-
-            def exec_then(module: types.ModuleType) -> None:
-                exec_module(module)
-                then(module)
-
-            # The loader is this import's own instance: patching it touches
-            # nothing else.
-            setattr(loader, "exec_module", exec_then)  # noqa: B010
-        return spec
-
-
-def _use_parent_authkey(key: bytes) -> None:
-    """Give ``multiprocessing`` here the parent's authkey, once a task imports it.
-
-    A ``multiprocessing.Manager()`` proxy a task receives connects to its
-    manager with ``current_process().authkey``; with the worker's own random
-    key the manager rejects it.
-    """
-
-    def set_key(process: types.ModuleType) -> None:
-        process.current_process().authkey = key
-
-    _AfterImport.install("multiprocessing.process", set_key)
-
-
 class _LogForwarding:
     """``forward_logs=True`` in this worker: a :class:`~triopool._forwarder.Forwarder`
     on the root logger once something imports ``logging``."""
@@ -473,7 +321,7 @@ class _LogForwarding:
         self.pid = pid
         self.handler: Forwarder | None = None
         pipes.lock = _thread.allocate_lock()
-        self.hook = _AfterImport.install("logging", self._start)
+        self.hook = _imports.AfterImport.install("logging", self._start)
 
     def _start(self, logging: types.ModuleType) -> None:
         from . import _forwarder
@@ -541,17 +389,6 @@ class _SoftLimit:
         self.armed = False
         self.due = False
         signal.setitimer(signal.ITIMER_REAL, 0)
-
-
-def _mentions_main(payload: bytes | bytearray | memoryview) -> bool:
-    if isinstance(payload, memoryview):
-        # The decoder hands out views of whole bytearrays: search the
-        # bytearray, since `in` on a view compares items, not substrings.
-        owner = payload.obj
-        if isinstance(owner, bytes | bytearray) and len(owner) == payload.nbytes:
-            return b"__main__" in owner
-        return b"__main__" in payload.tobytes()
-    return b"__main__" in payload
 
 
 def _resident_memory() -> int:
@@ -659,14 +496,14 @@ def main(fd_in: int, fd_out: int, parent_pid: int) -> None:
     config = _messages.decode_config(frame)
     sys.path[:] = config.sys_path
     sys.argv[:] = config.sys_argv
-    _use_parent_authkey(config.authkey)
+    _imports.use_parent_authkey(config.authkey)
     state = _inside.enter(config.worker_index, worker_pid)
     soft_limit = _SoftLimit()
     pipes.soft_limit = soft_limit
     forwarding = None
     if config.log_levels is not None:
         forwarding = _LogForwarding(config.log_levels, pipes, worker_pid)
-    fixup = _MainFixup(config.main_path, config.main_name)
+    fixup = _imports.MainFixup(config.main_path, config.main_name)
     max_memory = config.max_memory
     try:
         if config.initializer is not None:
@@ -701,7 +538,7 @@ def main(fd_in: int, fd_out: int, parent_pid: int) -> None:
 
 def _serve(
     pipes: _Pipes,
-    fixup: _MainFixup,
+    fixup: _imports.MainFixup,
     soft_limit: _SoftLimit,
     max_memory: int | None,
     worker_pid: int,
