@@ -24,6 +24,10 @@ Invariants:
   makes with ``os.fork()`` that comes back into this loop (it returned or
   raised instead of calling ``os._exit``) exits at once, before it could
   read a task or answer one.
+
+How the worker imports the parent's main script and hooks later imports is
+in ``_imports``; how it deals with signals, its parent's death, its memory
+and forked copies of itself is in ``_process``.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import os
 import signal
 import sys
 
-from . import _imports, _inside, _messages, _pipes, _protocol, _serialize
+from . import _imports, _inside, _messages, _pipes, _process, _protocol, _serialize
 from ._errors import SoftTimeLimitExceeded
 
 TYPE_CHECKING = False
@@ -47,7 +51,6 @@ if TYPE_CHECKING:
     from ._faults import Plan
     from ._forwarder import Forwarder
 
-_PR_SET_PDEATHSIG = 1
 # The thread that runs tasks, and gets the signals.
 _MAIN_THREAD = _thread.get_ident()
 _READ_SIZE = 1 << 16
@@ -391,99 +394,15 @@ class _SoftLimit:
         signal.setitimer(signal.ITIMER_REAL, 0)
 
 
-def _resident_memory() -> int:
-    """The process's current resident set size, in bytes."""
-    try:
-        with open("/proc/self/statm", "rb") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        # Not Linux: the peak is the best the standard library offers, so a
-        # worker that once went above the limit retires after its next task.
-        import resource
-
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return peak if sys.platform == "darwin" else peak * 1024
-
-
-def _die_with_parent(parent_pid: int) -> None:
-    if sys.platform == "linux":
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    else:  # pragma: no cover - exercised on other systems only
-        import threading
-        import time
-
-        def watchdog() -> None:
-            while os.getppid() == parent_pid:
-                time.sleep(1.0)
-            os._exit(1)
-
-        threading.Thread(target=watchdog, daemon=True).start()
-    if os.getppid() != parent_pid:
-        # The parent died before the signal was armed.
-        os._exit(1)
-
-
-def _exit_code(exc: BaseException) -> int:
-    if isinstance(exc, SystemExit):
-        if exc.code is None:
-            return 0
-        return exc.code if isinstance(exc.code, int) else 1
-    return 1
-
-
-def _ignore_stop_signals() -> None:
-    # A program that ignores SIGCHLD passes that on across exec: tasks would
-    # then never learn the exit status of the programs they run.
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    # Restart interrupted system calls, as if the signal were ignored, so
-    # that C code a task runs never sees EINTR because of it.
-    signal.siginterrupt(signal.SIGTERM, False)
-    # Blocked by the parent across the start (see _spawn): pending ones are
-    # delivered now, harmlessly.
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
-
-
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    pass
-
-
-def _leave_if_forked(worker_pid: int, exc: BaseException | None) -> None:
-    """End a copy of the worker that a task forked and that came back here.
-
-    A task that forks and lets the child return or raise (instead of calling
-    ``os._exit``) would otherwise have two processes read the same tasks and
-    answer on the same pipe. The copy leaves without touching the pipes,
-    without flushing buffers it shares with the worker, and without running
-    ``atexit`` handlers it inherited.
-    """
-    if os.getpid() == worker_pid:
-        return
-    code = _exit_code(exc) if exc is not None else 0
-    try:
-        os.write(
-            2,
-            f"triopool: process {os.getpid()}, forked by a task in worker "
-            f"{worker_pid}, came back into the worker loop; it exits now with "
-            f"code {code} (a forked child should end with os._exit())\n".encode(),
-        )
-    finally:
-        os._exit(code)
-
-
 def main(fd_in: int, fd_out: int, parent_pid: int) -> None:
     """Run the worker until its task pipe reaches EOF."""
-    _ignore_stop_signals()
+    _process.ignore_stop_signals()
     # Programs a task starts (os.system, subprocess with close_fds=False)
     # must not hold the pipes: the pool would wait for them to close.
     os.set_inheritable(fd_in, False)
     os.set_inheritable(fd_out, False)
     worker_pid = os.getpid()
-    _die_with_parent(parent_pid)
+    _process.die_with_parent(parent_pid)
     plan: Plan | None = None
     if os.environ.get("TRIOPOOL_FAULTS"):
         from . import _faults
@@ -512,10 +431,10 @@ def main(fd_in: int, fd_out: int, parent_pid: int) -> None:
             )
             initializer(*initargs)
     except BaseException as exc:
-        _leave_if_forked(worker_pid, exc)
+        _process.leave_if_forked(worker_pid, exc)
         pipes.send(_messages.start_failed_frame(exc))
         os._exit(1)
-    _leave_if_forked(worker_pid, None)
+    _process.leave_if_forked(worker_pid, None)
     del frame, config
     _line_buffered_output()
     if plan is not None:
@@ -574,13 +493,13 @@ def _serve(
             try:
                 result: Any = fn(*args)
             except BaseException as exc:
-                _leave_if_forked(worker_pid, exc)
+                _process.leave_if_forked(worker_pid, exc)
                 raise
             finally:
                 pipes.busy = True
                 if soft_time_limit is not None:
                     soft_limit.disarm()
-            _leave_if_forked(worker_pid, None)
+            _process.leave_if_forked(worker_pid, None)
         except Exception as exc:
             del fn, args
             kind, payload, buffers = _messages.error_answer(exc)
@@ -599,7 +518,7 @@ def _serve(
                 )
             del result
         _flush_output()
-        if max_memory is not None and _resident_memory() > max_memory:
+        if max_memory is not None and _process.resident_memory() > max_memory:
             flags = _protocol.OVER_MEMORY
         pipes.answer(kind, payload, buffers, flags)
         del payload, buffers
@@ -644,7 +563,7 @@ def _flush_output() -> None:
 
 
 def _fatal(pipes: _Pipes, exc: BaseException) -> NoReturn:
-    code = _exit_code(exc)
+    code = _process.exit_code(exc)
     try:
         pipes.send(_messages.fatal_frame(exc))
     finally:
