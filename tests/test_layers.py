@@ -49,6 +49,8 @@ FLOORS: dict[str, int] = {
     "_messages": 1,
     "_chunk": 1,
     "_child": 1,
+    "_imports": 1,
+    "_process": 1,
     "_forkserver_main": 1,
     "_cli_worker": 1,
     "_demo": 1,
@@ -94,6 +96,8 @@ FLOORS: dict[str, int] = {
 WORKER_SIDE = frozenset(
     {
         "_child",
+        "_imports",
+        "_process",
         "_forkserver_main",
         "_cli_worker",
         "_demo",

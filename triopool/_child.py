@@ -24,6 +24,10 @@ Invariants:
   makes with ``os.fork()`` that comes back into this loop (it returned or
   raised instead of calling ``os._exit``) exits at once, before it could
   read a task or answer one.
+
+How the worker imports the parent's main script and hooks later imports is
+in ``_imports``; how it deals with signals, its parent's death, its memory
+and forked copies of itself is in ``_process``.
 """
 
 from __future__ import annotations
@@ -31,25 +35,22 @@ from __future__ import annotations
 import _thread
 import collections
 import os
-import pickle
 import signal
 import sys
 
-from . import _inside, _messages, _pipes, _protocol, _serialize
+from . import _imports, _inside, _messages, _pipes, _process, _protocol, _serialize
 from ._errors import SoftTimeLimitExceeded
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    import importlib.machinery
+    import pickle
     import types
-    from collections.abc import Callable
     from types import FrameType
     from typing import Any, NoReturn
 
     from ._faults import Plan
     from ._forwarder import Forwarder
 
-_PR_SET_PDEATHSIG = 1
 # The thread that runs tasks, and gets the signals.
 _MAIN_THREAD = _thread.get_ident()
 _READ_SIZE = 1 << 16
@@ -313,156 +314,6 @@ class _FaultyPipes(_Pipes):
         super().send([data[half:]])
 
 
-# The parent's main script while this worker runs it (see _MainFixup):
-# triopool._context reads it to refuse to start a pool meanwhile.
-importing_main: str | None = None
-
-
-class _MainFixup:
-    """Makes functions defined in the parent's main script unpicklable here.
-
-    Like multiprocessing's spawn, the parent's ``__main__`` is run again as
-    ``__mp_main__`` (so its ``if __name__ == "__main__":`` block does not run),
-    but only when a pickle first refers to it, so workers of programs that
-    send no such function start without running the script at all.
-    """
-
-    def __init__(self, path: str | None, name: str | None) -> None:
-        self.path = path
-        self.name = name
-        self.done = path is None and name is None
-        self.error: str | None = None
-        self._unpickler: Callable[..., pickle.Unpickler] | None = None
-
-    def run(self) -> None:
-        self.done = True
-        import runpy
-
-        module = type(sys)("__mp_main__")
-        if self.name is not None:
-            module.__dict__.update(
-                runpy.run_module(self.name, run_name="__mp_main__", alter_sys=True)
-            )
-        elif self.path is not None:
-            module.__dict__.update(runpy.run_path(self.path, run_name="__mp_main__"))
-        sys.modules["__main__"] = sys.modules["__mp_main__"] = module
-
-    def run_once(self) -> None:
-        """Run the script; if it fails, say which file and why, now and for
-        every later task that needs it (a script that failed may have done
-        half of what it does at import: it is not run twice)."""
-        global importing_main
-        if self.error is None:
-            importing_main = self.path or self.name
-            try:
-                self.run()
-                return
-            except BaseException as exc:
-                self.error = (
-                    f"the worker could not import the main script {importing_main} "
-                    "to find a function or class defined there: "
-                    f"{type(exc).__name__}: {exc}"
-                )
-                # Not done: later tasks that need the script get this error.
-                self.done = False
-                raise RuntimeError(self.error) from exc
-            finally:
-                importing_main = None
-        raise RuntimeError(self.error)
-
-    def unpickler(
-        self, payload: bytes | bytearray | memoryview
-    ) -> Callable[..., pickle.Unpickler] | None:
-        """The unpickler for ``payload``: None (plain, fast ``pickle.loads``)
-        unless it may refer to ``__main__`` before the script ran here."""
-        # A pickle names the module of every global it refers to, so one
-        # without the bytes "__main__" cannot need the script.
-        if self.done or not _mentions_main(payload):
-            return None
-        if self._unpickler is None:
-            fixup = self
-
-            class Unpickler(pickle.Unpickler):
-                def find_class(self, module_name: str, name: str) -> Any:
-                    if module_name == "__main__" and not fixup.done:
-                        fixup.run_once()
-                    return super().find_class(module_name, name)
-
-            self._unpickler = Unpickler
-        return self._unpickler
-
-
-class _AfterImport:
-    """Runs ``then(module)`` once something in the worker imports ``name``.
-
-    A worker whose tasks never use the module never imports it: this is how
-    the worker learns the parent's ``multiprocessing`` authkey only if a task
-    imports ``multiprocessing``, and forwards log records only if something
-    imports ``logging`` (which costs every start milliseconds otherwise).
-    ``then`` runs as the import completes, before the importer sees the
-    module; at once if the module is imported already (a fork server's
-    preload).
-    """
-
-    def __init__(self, name: str, then: Callable[[types.ModuleType], None]) -> None:
-        self.name = name
-        self.then = then
-
-    @classmethod
-    def install(
-        cls, name: str, then: Callable[[types.ModuleType], None]
-    ) -> _AfterImport | None:
-        """Run ``then`` now or after the import; the hook, if it waits."""
-        module = sys.modules.get(name)
-        if module is not None:
-            then(module)
-            return None
-        hook = cls(name, then)
-        sys.meta_path.insert(0, hook)
-        return hook
-
-    def uninstall(self) -> None:
-        if self in sys.meta_path:
-            sys.meta_path.remove(self)
-
-    def find_spec(
-        self, name: str, path: Any = None, target: Any = None
-    ) -> importlib.machinery.ModuleSpec | None:
-        if name != self.name:
-            return None
-        sys.meta_path.remove(self)
-        from importlib.machinery import PathFinder
-
-        spec = PathFinder.find_spec(name, path, target)
-        loader = None if spec is None else spec.loader
-        if loader is not None:
-            exec_module = loader.exec_module
-            then = self.then
-
-            def exec_then(module: types.ModuleType) -> None:
-                exec_module(module)
-                then(module)
-
-            # The loader is this import's own instance: patching it touches
-            # nothing else.
-            setattr(loader, "exec_module", exec_then)  # noqa: B010
-        return spec
-
-
-def _use_parent_authkey(key: bytes) -> None:
-    """Give ``multiprocessing`` here the parent's authkey, once a task imports it.
-
-    A ``multiprocessing.Manager()`` proxy a task receives connects to its
-    manager with ``current_process().authkey``; with the worker's own random
-    key the manager rejects it.
-    """
-
-    def set_key(process: types.ModuleType) -> None:
-        process.current_process().authkey = key
-
-    _AfterImport.install("multiprocessing.process", set_key)
-
-
 class _LogForwarding:
     """``forward_logs=True`` in this worker: a :class:`~triopool._forwarder.Forwarder`
     on the root logger once something imports ``logging``."""
@@ -473,7 +324,7 @@ class _LogForwarding:
         self.pid = pid
         self.handler: Forwarder | None = None
         pipes.lock = _thread.allocate_lock()
-        self.hook = _AfterImport.install("logging", self._start)
+        self.hook = _imports.AfterImport.install("logging", self._start)
 
     def _start(self, logging: types.ModuleType) -> None:
         from . import _forwarder
@@ -543,110 +394,15 @@ class _SoftLimit:
         signal.setitimer(signal.ITIMER_REAL, 0)
 
 
-def _mentions_main(payload: bytes | bytearray | memoryview) -> bool:
-    if isinstance(payload, memoryview):
-        # The decoder hands out views of whole bytearrays: search the
-        # bytearray, since `in` on a view compares items, not substrings.
-        owner = payload.obj
-        if isinstance(owner, bytes | bytearray) and len(owner) == payload.nbytes:
-            return b"__main__" in owner
-        return b"__main__" in payload.tobytes()
-    return b"__main__" in payload
-
-
-def _resident_memory() -> int:
-    """The process's current resident set size, in bytes."""
-    try:
-        with open("/proc/self/statm", "rb") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        # Not Linux: the peak is the best the standard library offers, so a
-        # worker that once went above the limit retires after its next task.
-        import resource
-
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return peak if sys.platform == "darwin" else peak * 1024
-
-
-def _die_with_parent(parent_pid: int) -> None:
-    if sys.platform == "linux":
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    else:  # pragma: no cover - exercised on other systems only
-        import threading
-        import time
-
-        def watchdog() -> None:
-            while os.getppid() == parent_pid:
-                time.sleep(1.0)
-            os._exit(1)
-
-        threading.Thread(target=watchdog, daemon=True).start()
-    if os.getppid() != parent_pid:
-        # The parent died before the signal was armed.
-        os._exit(1)
-
-
-def _exit_code(exc: BaseException) -> int:
-    if isinstance(exc, SystemExit):
-        if exc.code is None:
-            return 0
-        return exc.code if isinstance(exc.code, int) else 1
-    return 1
-
-
-def _ignore_stop_signals() -> None:
-    # A program that ignores SIGCHLD passes that on across exec: tasks would
-    # then never learn the exit status of the programs they run.
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    # Restart interrupted system calls, as if the signal were ignored, so
-    # that C code a task runs never sees EINTR because of it.
-    signal.siginterrupt(signal.SIGTERM, False)
-    # Blocked by the parent across the start (see _spawn): pending ones are
-    # delivered now, harmlessly.
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
-
-
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    pass
-
-
-def _leave_if_forked(worker_pid: int, exc: BaseException | None) -> None:
-    """End a copy of the worker that a task forked and that came back here.
-
-    A task that forks and lets the child return or raise (instead of calling
-    ``os._exit``) would otherwise have two processes read the same tasks and
-    answer on the same pipe. The copy leaves without touching the pipes,
-    without flushing buffers it shares with the worker, and without running
-    ``atexit`` handlers it inherited.
-    """
-    if os.getpid() == worker_pid:
-        return
-    code = _exit_code(exc) if exc is not None else 0
-    try:
-        os.write(
-            2,
-            f"triopool: process {os.getpid()}, forked by a task in worker "
-            f"{worker_pid}, came back into the worker loop; it exits now with "
-            f"code {code} (a forked child should end with os._exit())\n".encode(),
-        )
-    finally:
-        os._exit(code)
-
-
 def main(fd_in: int, fd_out: int, parent_pid: int) -> None:
     """Run the worker until its task pipe reaches EOF."""
-    _ignore_stop_signals()
+    _process.ignore_stop_signals()
     # Programs a task starts (os.system, subprocess with close_fds=False)
     # must not hold the pipes: the pool would wait for them to close.
     os.set_inheritable(fd_in, False)
     os.set_inheritable(fd_out, False)
     worker_pid = os.getpid()
-    _die_with_parent(parent_pid)
+    _process.die_with_parent(parent_pid)
     plan: Plan | None = None
     if os.environ.get("TRIOPOOL_FAULTS"):
         from . import _faults
@@ -659,14 +415,14 @@ def main(fd_in: int, fd_out: int, parent_pid: int) -> None:
     config = _messages.decode_config(frame)
     sys.path[:] = config.sys_path
     sys.argv[:] = config.sys_argv
-    _use_parent_authkey(config.authkey)
+    _imports.use_parent_authkey(config.authkey)
     state = _inside.enter(config.worker_index, worker_pid)
     soft_limit = _SoftLimit()
     pipes.soft_limit = soft_limit
     forwarding = None
     if config.log_levels is not None:
         forwarding = _LogForwarding(config.log_levels, pipes, worker_pid)
-    fixup = _MainFixup(config.main_path, config.main_name)
+    fixup = _imports.MainFixup(config.main_path, config.main_name)
     max_memory = config.max_memory
     try:
         if config.initializer is not None:
@@ -675,10 +431,10 @@ def main(fd_in: int, fd_out: int, parent_pid: int) -> None:
             )
             initializer(*initargs)
     except BaseException as exc:
-        _leave_if_forked(worker_pid, exc)
+        _process.leave_if_forked(worker_pid, exc)
         pipes.send(_messages.start_failed_frame(exc))
         os._exit(1)
-    _leave_if_forked(worker_pid, None)
+    _process.leave_if_forked(worker_pid, None)
     del frame, config
     _line_buffered_output()
     if plan is not None:
@@ -701,7 +457,7 @@ def main(fd_in: int, fd_out: int, parent_pid: int) -> None:
 
 def _serve(
     pipes: _Pipes,
-    fixup: _MainFixup,
+    fixup: _imports.MainFixup,
     soft_limit: _SoftLimit,
     max_memory: int | None,
     worker_pid: int,
@@ -737,13 +493,13 @@ def _serve(
             try:
                 result: Any = fn(*args)
             except BaseException as exc:
-                _leave_if_forked(worker_pid, exc)
+                _process.leave_if_forked(worker_pid, exc)
                 raise
             finally:
                 pipes.busy = True
                 if soft_time_limit is not None:
                     soft_limit.disarm()
-            _leave_if_forked(worker_pid, None)
+            _process.leave_if_forked(worker_pid, None)
         except Exception as exc:
             del fn, args
             kind, payload, buffers = _messages.error_answer(exc)
@@ -762,7 +518,7 @@ def _serve(
                 )
             del result
         _flush_output()
-        if max_memory is not None and _resident_memory() > max_memory:
+        if max_memory is not None and _process.resident_memory() > max_memory:
             flags = _protocol.OVER_MEMORY
         pipes.answer(kind, payload, buffers, flags)
         del payload, buffers
@@ -807,7 +563,7 @@ def _flush_output() -> None:
 
 
 def _fatal(pipes: _Pipes, exc: BaseException) -> NoReturn:
-    code = _exit_code(exc)
+    code = _process.exit_code(exc)
     try:
         pipes.send(_messages.fatal_frame(exc))
     finally:

@@ -25,13 +25,13 @@ import trio
 def importing_main_script() -> str | None:
     """The main script this process imports as a worker, or ``None``.
 
-    Set by the worker (``_child._MainFixup``) while it runs the parent's main
+    Set by the worker (``_imports.MainFixup``) while it runs the parent's main
     script to unpickle a function defined there.
     """
-    child = sys.modules.get("triopool._child")
-    if child is None:
+    imports = sys.modules.get("triopool._imports")
+    if imports is None:
         return None
-    script: str | None = getattr(child, "importing_main", None)
+    script: str | None = getattr(imports, "importing_main", None)
     return script
 
 

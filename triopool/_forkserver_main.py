@@ -42,7 +42,7 @@ import socket
 import struct
 import sys
 
-from . import _child, _messages
+from . import _child, _messages, _process
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -86,7 +86,7 @@ def decode_id(message: bytes) -> int:
 def main(sock_fd: int, parent_pid: int) -> None:
     """Run the fork server until EOF on its socket."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _child._die_with_parent(parent_pid)
+    _process.die_with_parent(parent_pid)
     sock = socket.socket(fileno=sock_fd)
     sock.set_inheritable(False)
     # The configuration holds the pool's sys.path: allow for a long one.
@@ -199,7 +199,7 @@ class _Server:
             _child.main(fd_in, fd_out, server_pid)
             code = 0
         except SystemExit as exc:
-            code = _child._exit_code(exc)
+            code = _process.exit_code(exc)
         except BaseException:
             import traceback
 

@@ -2,7 +2,7 @@
 each record to the pool as a LOG frame.
 
 The worker imports this module only once something in it imports
-:mod:`logging` (see ``_child._AfterImport``), so a worker whose tasks never
+:mod:`logging` (see ``_imports.AfterImport``), so a worker whose tasks never
 log pays nothing for it. :func:`install` gives the worker's loggers the
 parent's levels, so that a record the parent would not handle is never
 created here, and puts a :class:`Forwarder` on the root logger.

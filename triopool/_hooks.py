@@ -10,9 +10,11 @@ hook, and nothing else.
 from __future__ import annotations
 
 import contextlib
+import logging
 from typing import TYPE_CHECKING, Literal
 
 import attrs
+import trio
 
 from . import _faults
 
@@ -20,7 +22,9 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
     from ._protocol import Frame
-    from ._worker import Process
+    from ._worker import Process, Worker
+
+_log = logging.getLogger("triopool")
 
 TraceKind = Literal["written", "written ahead", "received", "write cut"]
 #: Where the stray-frame hook is asked: "handshake", once a worker's UP
@@ -85,3 +89,30 @@ def installed(**changes: object) -> Iterator[Hooks]:
         yield _current
     finally:
         _current = previous
+
+
+async def parent_fault(
+    plan: _faults.Plan, worker: Worker, stage: str, task: int | None = None
+) -> None:
+    """Inject a test's fault at a parent-side stage (see ``_faults``): the
+    plan is the ``faults`` hook, or TRIOPOOL_FAULTS."""
+    fault = plan.due(stage, task)
+    if fault is None:
+        return
+    _log.debug(
+        "fault injected at %s: %r (worker %d)",
+        stage,
+        fault,
+        worker.pid,
+        extra={
+            "event": "fault_injected",
+            "worker_pid": worker.pid,
+            "worker_index": worker.index,
+        },
+    )
+    if fault.action == "sleep":
+        await trio.sleep(fault.argument)
+    else:
+        # Kill and reap, so the worker's pipe ends are closed for certain.
+        worker.kill()
+        await worker.process.wait()

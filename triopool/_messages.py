@@ -236,9 +236,9 @@ def _multiprocessing_authkey() -> bytes:
     A ``multiprocessing.Manager()`` proxy sent as an argument connects back to
     its manager with the key of the process it is in; the workers need the
     parent's. They set it only if a task imports ``multiprocessing`` (see
-    ``_child._use_parent_authkey``), so the key costs them nothing otherwise. Here
-    the import costs a few milliseconds, once, and covers a program that
-    imports ``multiprocessing`` after its pool opened.
+    ``_imports.use_parent_authkey``), so the key costs them nothing
+    otherwise. Here the import costs a few milliseconds, once, and covers a
+    program that imports ``multiprocessing`` after its pool opened.
     """
     import multiprocessing.process
 

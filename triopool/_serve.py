@@ -38,7 +38,7 @@ import trio
 
 from . import _faults, _logs, _pipes, _protocol, _settle
 from ._errors import BrokenWorkerError
-from ._hooks import Hooks, Trace, TraceKind
+from ._hooks import Hooks, Trace, TraceKind, parent_fault
 from ._hooks import current as current_hooks
 from ._jobs import Job, JobState, Move, wake
 from ._pipeline import Pipeline
@@ -810,29 +810,3 @@ class Service:
                 self._jobs, worker, job, exitcode, started=started, killed=self.killed
             )
         return End.LOST
-
-
-async def parent_fault(
-    plan: _faults.Plan, worker: Worker, stage: str, task: int | None = None
-) -> None:
-    """Inject a test's fault at a parent-side stage (see ``_faults``)."""
-    fault = plan.due(stage, task)
-    if fault is None:
-        return
-    _log.debug(
-        "fault injected at %s: %r (worker %d)",
-        stage,
-        fault,
-        worker.pid,
-        extra={
-            "event": "fault_injected",
-            "worker_pid": worker.pid,
-            "worker_index": worker.index,
-        },
-    )
-    if fault.action == "sleep":
-        await trio.sleep(fault.argument)
-    else:
-        # Kill and reap, so the worker's pipe ends are closed for certain.
-        worker.kill()
-        await worker.process.wait()

@@ -29,7 +29,8 @@ from . import _logs, _messages, _protocol
 from ._errors import BrokenPoolError, RemoteTraceback, WorkerStartError
 from ._events import WorkerEvent
 from ._forkserver import ForkServer, open_forkserver
-from ._serve import End, Service, Why, parent_fault
+from ._hooks import parent_fault
+from ._serve import End, Service, Why
 from ._settle import exit_text
 from ._spawn import WorkerProcess, describe_exit
 from ._stats import SlotBook, WorkerCounters, WorkerInsight
