@@ -629,13 +629,12 @@ class Service:
             if trace is not None:
                 trace(Trace("received", worker.pid, frame_kind=frame.kind))
             kind = frame.kind
-            if kind == _protocol.LOG:  # never an answer: see _logs
-                _logs.handle(frame, worker.pid, worker.index)
-                if self.hear_first and not worker.answer_waiting():
-                    return None  # no answer came: act on the cancellation now
-                continue
-            if kind == _protocol.SKIPPED:
-                if not self._skipped(frame):
+            if kind == _protocol.LOG or kind == _protocol.SKIPPED:
+                # Never an answer: a log record (see _logs), or a job sent
+                # ahead that the worker dropped.
+                if kind == _protocol.LOG:
+                    _logs.handle(frame, worker.pid, worker.index)
+                elif not self._skipped(frame):
                     return End.LOST
                 if self.hear_first and not worker.answer_waiting():
                     return None  # no answer came: act on the cancellation now
@@ -665,55 +664,23 @@ class Service:
             flags = frame.flags
             if flags & _protocol.OVER_MEMORY:
                 # The worker starts nothing more; _ended puts back what it holds.
-                _log.info(
-                    "worker %d retired over max_memory_per_child",
-                    worker.pid,
-                    extra={
-                        "event": "retired",
-                        "worker_pid": worker.pid,
-                        "worker_index": worker.index,
-                    },
-                )
-                return End.RETIRED
+                return self._retire("memory", "over max_memory_per_child")
             if self.pipeline.ahead:
                 self._start_ahead(now, sure=bool(flags & _protocol.AHEAD))
             elif flags & _protocol.AHEAD:
                 _log.error(
                     "worker %d started a task it was not sent; killing it",
                     worker.pid,
-                    extra={
-                        "event": "protocol_error",
-                        "worker_pid": worker.pid,
-                        "worker_index": worker.index,
-                    },
+                    extra=_settle.fields(worker, "protocol_error"),
                 )
                 return End.LOST
             if limit is not None and self.tasks_done >= limit:
-                _log.info(
-                    "worker %d retired after %d tasks",
-                    worker.pid,
-                    self.tasks_done,
-                    extra={
-                        "event": "retired",
-                        "worker_pid": worker.pid,
-                        "worker_index": worker.index,
-                    },
-                )
-                return End.RETIRED
+                return self._retire("tasks", f"after {self.tasks_done} tasks")
             if self.killed:
                 continue  # read on to its end
             if self.pipeline.current is None:
                 if self.past_age(now):
-                    _log.info(
-                        "worker %d retired over max_lifetime_per_child",
-                        worker.pid,
-                        extra={
-                            "event": "retired",
-                            "reason": "lifetime",
-                            "worker_pid": worker.pid,
-                        },
-                    )
-                    return End.RETIRED
+                    return self._retire("lifetime", "over max_lifetime_per_child")
                 following = await self._next_or_idle()
                 if following is Next.STOP:
                     return End.CLOSED
@@ -724,6 +691,18 @@ class Service:
                     continue
             if self._jobs.waiting:
                 await self._send_ahead()
+
+    def _retire(self, reason: str, text: str) -> End:
+        """The worker is done: it reached a limit ``reason`` names (memory,
+        tasks, lifetime), said in ``text``."""
+        worker = self.worker
+        _log.info(
+            "worker %d retired %s",
+            worker.pid,
+            text,
+            extra=_settle.fields(worker, "retired", reason=reason),
+        )
+        return End.RETIRED
 
     def _start_ahead(self, now: float, *, sure: bool) -> None:
         """The worker answered its current job and now runs the first job
@@ -744,16 +723,11 @@ class Service:
 
     def _idle_frame(self, frame: _protocol.Frame) -> End:
         """A frame from a worker that was sent nothing to answer."""
-        pid = self.worker.pid
         _log.error(
             "idle worker %d sent %r; killing it",
-            pid,
+            self.worker.pid,
             frame,
-            extra={
-                "event": "protocol_error",
-                "worker_pid": pid,
-                "worker_index": self.worker.index,
-            },
+            extra=_settle.fields(self.worker, "protocol_error"),
         )
         return End.LOST
 
@@ -768,11 +742,7 @@ class Service:
             "worker %d dropped task %d it was not asked to; killing it",
             self.worker.pid,
             number,
-            extra={
-                "event": "protocol_error",
-                "worker_pid": self.worker.pid,
-                "worker_index": self.worker.index,
-            },
+            extra=_settle.fields(self.worker, "protocol_error"),
         )
         return False
 

@@ -29,6 +29,17 @@ if TYPE_CHECKING:
 _log = logging.getLogger("triopool")
 
 
+def fields(worker: Worker, event: str, **more: object) -> dict[str, object]:
+    """The structured fields of a record about ``worker`` (see the module
+    docstring): ``event``, ``worker_pid``, ``worker_index``, and ``more``."""
+    return {
+        "event": event,
+        "worker_pid": worker.pid,
+        "worker_index": worker.index,
+        **more,
+    }
+
+
 def stop_job(jobs: Jobs, worker: Worker, job: Job) -> bool:
     """The job's caller gave up on it, or its time limit expired: the
     worker is killed (when its owner's block ends). Returns True if the job
@@ -38,11 +49,7 @@ def stop_job(jobs: Jobs, worker: Worker, job: Job) -> bool:
         _log.info(
             "worker %d killed: its task was cancelled",
             worker.pid,
-            extra={
-                "event": "killed_for_cancel",
-                "worker_pid": worker.pid,
-                "worker_index": worker.index,
-            },
+            extra=fields(worker, "killed_for_cancel"),
         )
         return False
     assert job.time_limit is not None
@@ -51,11 +58,7 @@ def stop_job(jobs: Jobs, worker: Worker, job: Job) -> bool:
         "worker %d killed: task exceeded its time limit of %g s",
         worker.pid,
         job.time_limit,
-        extra={
-            "event": "killed_for_time_limit",
-            "worker_pid": worker.pid,
-            "worker_index": worker.index,
-        },
+        extra=fields(worker, "killed_for_time_limit"),
     )
     error = TimeLimitExceeded(
         f"the task exceeded its time limit of {job.time_limit:g} s; "
@@ -101,16 +104,15 @@ def lost(
     was sent (``started``: the worker had read all of it); ``killed``: it
     was killed for a task of its own, whose answers were read to the end."""
     how = exit_text(worker, exitcode)
-    fields: dict[str, object] = {
-        "event": "lost",
-        "worker_pid": worker.pid,
-        "worker_index": worker.index,
-        "broke_protocol": worker.protocol_error is not None,
-        "exitcode": exitcode,
-        # What became of its task: none, "rerun" elsewhere (it had not
-        # started), "retried" (retries), or "failed".
-        "task": None,
-    }
+    # "task" says what became of its task: none, "rerun" elsewhere (it had
+    # not started), "retried" (retries), or "failed".
+    lost = fields(
+        worker,
+        "lost",
+        broke_protocol=worker.protocol_error is not None,
+        exitcode=exitcode,
+        task=None,
+    )
     if job is None:
         if killed:
             # Killed for a task of its own (cancelled, or over its time
@@ -119,14 +121,10 @@ def lost(
                 "worker %d killed (%s)",
                 worker.pid,
                 how,
-                extra={
-                    "event": "killed",
-                    "worker_pid": worker.pid,
-                    "worker_index": worker.index,
-                },
+                extra=fields(worker, "killed"),
             )
         else:
-            _log.warning("idle worker %d died (%s)", worker.pid, how, extra=fields)
+            _log.warning("idle worker %d died (%s)", worker.pid, how, extra=lost)
         return
     if job.state is not JobState.RUNNING:
         return  # settled already: killed for its cancellation or time limit
@@ -139,7 +137,7 @@ def lost(
             "to another worker",
             worker.pid,
             how,
-            extra={**fields, "task": "rerun"},
+            extra={**lost, "task": "rerun"},
         )
         jobs.put_back(job)
         return
@@ -154,7 +152,7 @@ def lost(
         "worker %d died running a task (%s)",
         worker.pid,
         how,
-        extra={**fields, "task": "retried" if retried else "failed"},
+        extra={**lost, "task": "retried" if retried else "failed"},
     )
 
 
