@@ -2,10 +2,12 @@
 
 One call is a :class:`_MapCall`. Inside the ``async with`` that runs it, a
 *producer* task pulls items from the input (a sync or an async iterable),
-groups them into chunks and hands each chunk to the pool. A local pool
-*streams*: the chunk becomes a job of the pool's queue at once
-(``Pool._submit_nowait``), with no task of ours waiting for it; the pool
-writes jobs ahead into busy workers' pipes as it does for ``run_sync``, and
+groups them into chunks and hands each chunk to the pool
+(:mod:`._map_tasks` knows what a chunk runs as and what its outcome
+means). A local pool *streams*: the chunk becomes a job of the pool's
+queue at once (``Pool._submit_nowait``), with no task of ours waiting for
+it; the pool writes jobs ahead into busy workers' pipes as it does for
+``run_sync``, and
 the job's end calls :meth:`_MapCall._streamed_ended`, which stores the
 results. Other runners (a cluster backend's pool) get one task per chunk in
 the producer's *work* nursery, which awaits ``run_sync``. With ``chunksize="auto"`` a :class:`ChunkPlanner` sizes
@@ -56,13 +58,13 @@ import math
 import time
 from collections import deque
 from collections.abc import AsyncIterable, Iterable, Sized
-from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 import attrs
 import trio
 
 from . import _serialize
-from ._chunk import run_chunk, run_chunk_catching, run_timed_chunk
+from ._chunk import run_chunk, run_timed_chunk
 from ._chunksize import (
     MAX_AUTO_CHUNK,
     ChunkPlanner,
@@ -70,25 +72,27 @@ from ._chunksize import (
     default_max_in_flight,
 )
 from ._config import POOL_DEFAULT, PoolDefault, check_retries, retry_classes
-from ._errors import BrokenPoolError, SerializationError
-from ._messages import RemoteException
-from ._progress import Reporter, check_progress, reporter_for
+from ._errors import SerializationError
+from ._map_tasks import (
+    CALL_ERRORS,
+    CATCHING,
+    Streamed,
+    outcomes,
+    outcomes_one_by_one,
+    streamed_task,
+    streamed_values,
+)
+from ._progress import check_progress, reporter_for
 
 if TYPE_CHECKING:
-    from collections.abc import (
-        AsyncGenerator,
-        AsyncIterator,
-        Awaitable,
-        Callable,
-        Iterator,
-    )
+    from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
     from contextlib import AbstractAsyncContextManager
-    from typing import Never, Self, TypeAlias, TypeVarTuple, Unpack
+    from typing import Never, Self, TypeAlias
 
     from ._config import RetryOn
-    from ._progress import MapProgress
-
-    Ts = TypeVarTuple("Ts")
+    from ._map_tasks import Runner
+    from ._map_tasks import Streamer as Streamer  # Pool._submit_nowait's type
+    from ._progress import MapProgress, Reporter
 
     #: What ``progress`` may be: None/False (none), True (a line on stderr
     #: when it is a terminal), or a callable that takes snapshots.
@@ -96,79 +100,11 @@ if TYPE_CHECKING:
 
 ItemT = TypeVar("ItemT")
 ResultT = TypeVar("ResultT")
-T = TypeVar("T")
-
-
-class Counts(Protocol):
-    """What a map needs of a pool's statistics: how many workers it has."""
-
-    @property
-    def workers(self) -> int: ...
-
-
-class Runner(Protocol):
-    """What a map needs of a pool: it runs one call, and says how many
-    workers it has (which sizes the chunks and the items in flight). A local
-    :class:`~triopool.Pool` and a cluster backend's pool both are one; this
-    module imports neither."""
-
-    def run_sync(
-        self,
-        fn: Callable[[Unpack[Ts]], T],
-        /,
-        *args: *Ts,
-        retries: int | PoolDefault = ...,
-        retry_on: RetryOn | PoolDefault = ...,
-    ) -> Awaitable[T]: ...
-
-    def statistics(self) -> Counts: ...
-
-
-class Streamer(Protocol):
-    """What streaming dispatch needs of a pool (a local Pool has it): submit
-    a task without a task of ours waiting for it; ``on_end`` gets a function
-    that returns its result or raises its error, or ``None`` if it was
-    cancelled before it ran; the returned ``cancel()`` says whether the task
-    is over (``True``) or ``on_end`` is still to come."""
-
-    def __call__(
-        self,
-        fn: Callable[..., Any],
-        args: tuple[Any, ...],
-        on_end: Callable[[Callable[[], Any] | None], None],
-        *,
-        retries: int | PoolDefault = ...,
-        retry_on: RetryOn | PoolDefault = ...,
-    ) -> Callable[[], bool]: ...
-
-
-# What a streamed chunk's task returns (see _Streamed.kind).
-_SINGLE = 0  # fn(item)
-_PLAIN = 1  # run_chunk
-_TIMED = 2  # run_timed_chunk
-_CATCHING = 3  # run_chunk_catching
-
-
-@attrs.define(eq=False)
-class _Streamed:
-    """A chunk submitted without a task: its items, and how to give it up."""
-
-    start: int
-    items: list[Any]
-    kind: int
-    cancel: Callable[[], bool] | None = None
-    ended: bool = False
-
 
 #: What ``chunksize`` may be: a number of items, or "auto".
 Chunksize = int | Literal["auto"]
 
-
 _NEVER = math.inf
-
-#: Errors that end a call even with ``return_exceptions=True``: they say
-#: that the pool cannot run anything more, not that an item failed.
-_CALL_ERRORS = (BrokenPoolError, trio.ClosedResourceError)
 
 
 def check_arguments(
@@ -289,7 +225,7 @@ class _MapCall(Generic[ItemT, ResultT]):
     # The pool's streaming seam, if it has one: chunks are then submitted
     # from the producer, without a task each (see _stream_chunk).
     _submit: Streamer | None = attrs.field(default=None, alias="submit")
-    _streamed: set[_Streamed] = attrs.field(factory=set)
+    _streamed: set[Streamed] = attrs.field(factory=set)
     _stream_changed: trio.lowlevel.ParkingLot = attrs.field(
         factory=trio.lowlevel.ParkingLot
     )
@@ -506,7 +442,7 @@ class _MapCall(Generic[ItemT, ResultT]):
     async def _run_chunk(self, start: int, items: list[ItemT]) -> None:
         try:
             if self._return_exceptions:
-                values = await self._outcomes(items)
+                values = await outcomes(self._pool, self._fn, items, self._planner)
             elif self._planner is not None:
                 values, seconds = await self._pool.run_sync(
                     run_timed_chunk,
@@ -567,18 +503,13 @@ class _MapCall(Generic[ItemT, ResultT]):
 
     def _stream_chunk(self, submit: Streamer, start: int, items: list[ItemT]) -> None:
         """Submit a chunk; :meth:`_streamed_ended` takes its outcome."""
-        fn = self._fn
-        task: Callable[..., Any]
-        args: tuple[Any, ...]
-        if self._return_exceptions:
-            task, args, kind = run_chunk_catching, (fn, items), _CATCHING
-        elif self._planner is not None:
-            task, args, kind = run_timed_chunk, (fn, items), _TIMED
-        elif len(items) == 1:
-            task, args, kind = fn, (items[0],), _SINGLE
-        else:
-            task, args, kind = run_chunk, (fn, items), _PLAIN
-        entry = _Streamed(start, items, kind)
+        task, args, kind = streamed_task(
+            self._fn,
+            items,
+            return_exceptions=self._return_exceptions,
+            timed=self._planner is not None,
+        )
+        entry = Streamed(start, items, kind)
         self._streamed.add(entry)
         try:
             cancel = submit(
@@ -591,7 +522,7 @@ class _MapCall(Generic[ItemT, ResultT]):
         except Exception as exc:
             # Not submitted (an item does not pickle, the pool is closing).
             self._streamed.discard(entry)
-            if kind == _CATCHING and not isinstance(exc, _CALL_ERRORS):
+            if kind == CATCHING and not isinstance(exc, CALL_ERRORS):
                 self._rerun_one_by_one(start, items)
             else:
                 self._chunk_ended()
@@ -601,7 +532,7 @@ class _MapCall(Generic[ItemT, ResultT]):
             entry.cancel = cancel
 
     def _streamed_ended(
-        self, entry: _Streamed, outcome: Callable[[], Any] | None
+        self, entry: Streamed, outcome: Callable[[], Any] | None
     ) -> None:
         """A streamed chunk ended (called by the pool, in its own task: it
         must not raise)."""
@@ -616,7 +547,7 @@ class _MapCall(Generic[ItemT, ResultT]):
             self._fail(exc)
 
     def _take_streamed(
-        self, entry: _Streamed, outcome: Callable[[], Any] | None
+        self, entry: Streamed, outcome: Callable[[], Any] | None
     ) -> None:
         planner = self._planner
         if outcome is None:  # cancelled before it ran: the call is ending
@@ -627,8 +558,8 @@ class _MapCall(Generic[ItemT, ResultT]):
         try:
             result = outcome()
         except Exception as exc:
-            if kind == _CATCHING and not isinstance(exc, _CALL_ERRORS):
-                # The chunk failed as a whole: see _outcomes.
+            if kind == CATCHING and not isinstance(exc, CALL_ERRORS):
+                # The chunk failed as a whole: see _map_tasks.outcomes.
                 if planner is not None:
                     planner.observe_failure()
                 if len(items) > 1:
@@ -640,21 +571,7 @@ class _MapCall(Generic[ItemT, ResultT]):
             self._chunk_ended()
             self._chunk_failed(exc)
             return
-        values: list[Any]
-        if kind == _SINGLE:
-            values = [result]
-        elif kind == _PLAIN:
-            values = result
-        elif kind == _TIMED:
-            values, seconds = result
-            assert planner is not None
-            planner.observe_run(len(items), seconds)
-        else:
-            values, failures, seconds = result
-            if planner is not None:
-                planner.observe_run(len(items), seconds)
-            for index, wire in failures.items():
-                values[index] = RemoteException.from_wire(wire).rebuild()
+        values = streamed_values(kind, result, len(items), planner)
         self._chunk_ended()
         self._chunk_done(entry.start, values)
 
@@ -666,7 +583,7 @@ class _MapCall(Generic[ItemT, ResultT]):
 
     async def _run_one_by_one(self, start: int, items: list[ItemT]) -> None:
         try:
-            values = await self._outcomes_one_by_one(items)
+            values = await outcomes_one_by_one(self._pool, self._fn, items)
         except Exception as exc:
             self._chunk_ended()
             self._chunk_failed(exc)
@@ -702,62 +619,6 @@ class _MapCall(Generic[ItemT, ResultT]):
             with trio.CancelScope(shield=True):
                 while self._streamed:
                     await self._stream_changed.park()
-
-    async def _outcomes(self, items: list[ItemT]) -> list[Any]:
-        """``return_exceptions=True``: each item's result or exception.
-
-        A chunk runs as one task that catches each item's exception in the
-        worker. If the chunk fails as a whole (its worker died, it hit the
-        time limit, something of it could not be pickled), its items run
-        again one task each, so that only the item at fault gets the error;
-        the items of that chunk that had finished run twice.
-        """
-        fn = self._fn
-        if len(items) > 1 or self._planner is not None:
-            try:
-                values, failures, seconds = await self._pool.run_sync(
-                    run_chunk_catching, fn, items
-                )
-            except _CALL_ERRORS:
-                raise
-            except Exception as exc:
-                if self._planner is not None:
-                    self._planner.observe_failure()
-                if len(items) == 1:
-                    return [exc]
-                return await self._outcomes_one_by_one(items)
-            if self._planner is not None:
-                self._planner.observe_run(len(items), seconds)
-            outcomes: list[Any] = values
-            for index, wire in failures.items():
-                outcomes[index] = RemoteException.from_wire(wire).rebuild()
-            return outcomes
-        try:
-            return [await self._pool.run_sync(fn, items[0])]
-        except _CALL_ERRORS:
-            raise
-        except Exception as exc:
-            return [exc]
-
-    async def _outcomes_one_by_one(self, items: list[ItemT]) -> list[Any]:
-        values: list[Any] = [None] * len(items)
-        call_error: list[Exception] = []
-
-        async def run_one(index: int) -> None:
-            try:
-                values[index] = await self._pool.run_sync(self._fn, items[index])
-            except _CALL_ERRORS as exc:
-                call_error.append(exc)
-                nursery.cancel_scope.cancel()
-            except Exception as exc:
-                values[index] = exc
-
-        async with trio.open_nursery() as nursery:
-            for index in range(len(items)):
-                nursery.start_soon(run_one, index)
-        if call_error:
-            raise call_error[0]
-        return values
 
     def _fail(self, error: BaseException) -> None:
         if self._error is None and not self._finished:
