@@ -76,6 +76,8 @@ FLOORS: dict[str, int] = {
     "_serve": 3,
     "_slots": 3,
     "_map": 3,
+    "_map_call": 3,
+    "_map_tasks": 3,
     "_ray": 3,
     "_dask": 3,
     "_scheduler": 3,

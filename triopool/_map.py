@@ -1,68 +1,24 @@
-"""Many tasks from one iterable: the machinery behind ``Pool.map`` and ``Pool.imap``.
+"""Many tasks from one iterable: the entry points of ``Pool.map`` and ``Pool.imap``.
 
-One call is a :class:`_MapCall`. Inside the ``async with`` that runs it, a
-*producer* task pulls items from the input (a sync or an async iterable),
-groups them into chunks and hands each chunk to the pool. A local pool
-*streams*: the chunk becomes a job of the pool's queue at once
-(``Pool._submit_nowait``), with no task of ours waiting for it; the pool
-writes jobs ahead into busy workers' pipes as it does for ``run_sync``, and
-the job's end calls :meth:`_MapCall._streamed_ended`, which stores the
-results. Other runners (a cluster backend's pool) get one task per chunk in
-the producer's *work* nursery, which awaits ``run_sync``. With ``chunksize="auto"`` a :class:`ChunkPlanner` sizes
-each chunk from the worker times of the chunks before it and from how fast
-the input comes. The consumer takes results one at a time, in input order
-or in completion order. No async generator is involved: the consumer's
-``async for`` runs in the caller's task, outside any nursery of ours.
-
-Invariants:
-
-- Back-pressure: ``pulled - received <= max_in_flight`` at all times, where
-  ``pulled`` counts items taken from the input and ``received`` counts results
-  the consumer has taken. A chunk is started only when there is room for a
-  whole chunk, so chunks stay full while the consumer keeps up.
-- With ``chunksize="auto"``, also at most ``2 * workers`` chunks run at once:
-  enough for each worker to find the next chunk waiting, few enough that a
-  chunk is planned with fresh observations.
-- The first error (from a task, or from the input itself) is kept and the
-  work nursery is cancelled (queued tasks never run; running ones follow the
-  pool's ``kill_on_cancel``). Once that nursery has ended, the consumer's next
-  take raises the error, as itself: when the caller sees it, no task of the
-  call runs any more. Later errors, results not yet taken and errors the
-  consumer never asked for are dropped.
-- Streamed chunks are given up the way a cancelled ``run_sync`` gives its
-  task up (queued: never runs; running: killed, or waited for with
-  ``kill_on_cancel=False``; written ahead: dropped by the worker, or run):
-  the producer ends only once every streamed chunk has ended or was given
-  up, so the rules below hold for them as for chunk tasks.
-- Leaving the ``async with`` cancels whatever still runs and waits for it:
-  no task of the call outlives the block. After it, a take raises
-  :class:`trio.ClosedResourceError`.
-
-Why not :func:`trio.as_safe_channel`: it is the same structure (a background
-task owned by an ``async with``), but a failure in the generator reaches the
-consumer as ``Cancelled`` in the ``async for`` and leaves through the
-``async with``, while the API promises the error out of the ``async for``
-itself; and handing each result through a channel costs a task switch per
-item, which would cap chunked throughput.
+:func:`imap` and :func:`map_list` check their arguments at once (each bad
+one gets an error naming it), then size the call from the pool's workers
+(a fixed ``chunksize``, or a :class:`ChunkPlanner` for ``"auto"``) and run a
+:class:`~._map_call.MapCall` for the block: :mod:`._map_call` is the call
+itself (producer, chunks, consumer, and its invariants), :mod:`._map_tasks`
+what a chunk runs as on the pool. All three need only the small protocols of
+:mod:`._map_tasks` (:class:`Runner`, :class:`Streamer`) and import no pool.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import inspect
-import itertools
-import math
-import time
-from collections import deque
-from collections.abc import AsyncIterable, Iterable, Sized
-from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar
+from collections.abc import AsyncIterable, Iterable
+from typing import TYPE_CHECKING, Literal, TypeVar
 
-import attrs
 import trio
 
 from . import _serialize
-from ._chunk import run_chunk, run_chunk_catching, run_timed_chunk
 from ._chunksize import (
     MAX_AUTO_CHUNK,
     ChunkPlanner,
@@ -70,25 +26,19 @@ from ._chunksize import (
     default_max_in_flight,
 )
 from ._config import POOL_DEFAULT, PoolDefault, check_retries, retry_classes
-from ._errors import BrokenPoolError, SerializationError
-from ._messages import RemoteException
-from ._progress import Reporter, check_progress, reporter_for
+from ._errors import SerializationError
+from ._map_call import MapCall
+from ._progress import check_progress, reporter_for
 
 if TYPE_CHECKING:
-    from collections.abc import (
-        AsyncGenerator,
-        AsyncIterator,
-        Awaitable,
-        Callable,
-        Iterator,
-    )
+    from collections.abc import AsyncIterator, Callable
     from contextlib import AbstractAsyncContextManager
-    from typing import Never, Self, TypeAlias, TypeVarTuple, Unpack
+    from typing import TypeAlias
 
     from ._config import RetryOn
+    from ._map_tasks import Runner
+    from ._map_tasks import Streamer as Streamer  # Pool._submit_nowait's type
     from ._progress import MapProgress
-
-    Ts = TypeVarTuple("Ts")
 
     #: What ``progress`` may be: None/False (none), True (a line on stderr
     #: when it is a terminal), or a callable that takes snapshots.
@@ -96,79 +46,9 @@ if TYPE_CHECKING:
 
 ItemT = TypeVar("ItemT")
 ResultT = TypeVar("ResultT")
-T = TypeVar("T")
-
-
-class Counts(Protocol):
-    """What a map needs of a pool's statistics: how many workers it has."""
-
-    @property
-    def workers(self) -> int: ...
-
-
-class Runner(Protocol):
-    """What a map needs of a pool: it runs one call, and says how many
-    workers it has (which sizes the chunks and the items in flight). A local
-    :class:`~triopool.Pool` and a cluster backend's pool both are one; this
-    module imports neither."""
-
-    def run_sync(
-        self,
-        fn: Callable[[Unpack[Ts]], T],
-        /,
-        *args: *Ts,
-        retries: int | PoolDefault = ...,
-        retry_on: RetryOn | PoolDefault = ...,
-    ) -> Awaitable[T]: ...
-
-    def statistics(self) -> Counts: ...
-
-
-class Streamer(Protocol):
-    """What streaming dispatch needs of a pool (a local Pool has it): submit
-    a task without a task of ours waiting for it; ``on_end`` gets a function
-    that returns its result or raises its error, or ``None`` if it was
-    cancelled before it ran; the returned ``cancel()`` says whether the task
-    is over (``True``) or ``on_end`` is still to come."""
-
-    def __call__(
-        self,
-        fn: Callable[..., Any],
-        args: tuple[Any, ...],
-        on_end: Callable[[Callable[[], Any] | None], None],
-        *,
-        retries: int | PoolDefault = ...,
-        retry_on: RetryOn | PoolDefault = ...,
-    ) -> Callable[[], bool]: ...
-
-
-# What a streamed chunk's task returns (see _Streamed.kind).
-_SINGLE = 0  # fn(item)
-_PLAIN = 1  # run_chunk
-_TIMED = 2  # run_timed_chunk
-_CATCHING = 3  # run_chunk_catching
-
-
-@attrs.define(eq=False)
-class _Streamed:
-    """A chunk submitted without a task: its items, and how to give it up."""
-
-    start: int
-    items: list[Any]
-    kind: int
-    cancel: Callable[[], bool] | None = None
-    ended: bool = False
-
 
 #: What ``chunksize`` may be: a number of items, or "auto".
 Chunksize = int | Literal["auto"]
-
-
-_NEVER = math.inf
-
-#: Errors that end a call even with ``return_exceptions=True``: they say
-#: that the pool cannot run anything more, not that an item failed.
-_CALL_ERRORS = (BrokenPoolError, trio.ClosedResourceError)
 
 
 def check_arguments(
@@ -233,557 +113,9 @@ def _check_picklable(fn: object) -> None:
         ) from exc
 
 
-#: How long an async generator given as input gets to run its ``finally``
-#: when the call ends early, even if the call was cancelled.
-_INPUT_CLOSE_GRACE = 2.0
-
-
-async def _close_input(items: AsyncGenerator[object, Never]) -> None:
-    """``aclose()`` an async generator input, inside the call's block.
-
-    Without it, an input left unfinished by a ``break``, an error or a
-    cancellation would be closed by the garbage collector, outside the block,
-    with a ``ResourceWarning`` from Trio, and any ``await`` in its ``finally``
-    would never run. The call's own cancellation must not cut its cleanup
-    short (a ``break`` cancels the producer), so it is shielded, for a while.
-    """
-    with trio.CancelScope(shield=True) as scope:
-        scope.deadline = trio.current_time() + _INPUT_CLOSE_GRACE
-        await items.aclose()
-
-
-@attrs.define(eq=False)
-class _Chunk(Generic[ResultT]):
-    """The results of one chunk, and how many of them the consumer took."""
-
-    start: int  # input index of the first item
-    values: list[ResultT]
-    taken: int = 0
-
-
-@attrs.define(eq=False)
-class _MapCall(Generic[ItemT, ResultT]):
-    """The state of one ``map``/``imap`` call, shared by its tasks.
-
-    It is also the async iterator over the results that ``imap`` hands out.
-    """
-
-    _pool: Runner
-    _fn: Callable[[ItemT], ResultT]
-    _ordered: bool
-    _chunksize: int  # with a planner: the largest chunk it may plan
-    _max_in_flight: int
-    # chunksize="auto": plans each chunk; None: every chunk has _chunksize.
-    _planner: ChunkPlanner | None = attrs.field(default=None, alias="planner")
-    # Chunks running at once.
-    _max_chunks: int | float = attrs.field(default=math.inf, alias="max_chunks")
-    # Each chunk's run_sync options: retries apply to a chunk as a whole.
-    _retries: int | PoolDefault = attrs.field(default=POOL_DEFAULT, alias="retries")
-    _retry_on: RetryOn | PoolDefault = attrs.field(
-        default=POOL_DEFAULT, alias="retry_on"
-    )
-    # Failing items yield their exception in their place.
-    _return_exceptions: bool = attrs.field(default=False, alias="return_exceptions")
-    # progress=: counts outcomes, hands out snapshots.
-    _reporter: Reporter | None = attrs.field(default=None, alias="reporter")
-    # The pool's streaming seam, if it has one: chunks are then submitted
-    # from the producer, without a task each (see _stream_chunk).
-    _submit: Streamer | None = attrs.field(default=None, alias="submit")
-    _streamed: set[_Streamed] = attrs.field(factory=set)
-    _stream_changed: trio.lowlevel.ParkingLot = attrs.field(
-        factory=trio.lowlevel.ParkingLot
-    )
-    _work: trio.Nursery | None = None
-    _total: int | None = None  # the input's length, when it has one
-    _pulled: int = 0
-    _received: int = 0
-    _chunks_running: int = 0
-    _exhausted: bool = False
-    _error: BaseException | None = None
-    _finished: bool = False  # the consumer got StopAsyncIteration or the error
-    _closed: bool = False  # the async with has exited
-    # Finished chunks not yet fully taken: by start index (ordered) or in
-    # completion order (unordered); the one being taken is _head.
-    _by_start: dict[int, _Chunk[ResultT]] = attrs.field(factory=dict)
-    _done: deque[_Chunk[ResultT]] = attrs.field(factory=deque)
-    _head: _Chunk[ResultT] | None = None
-    _next_start: int = 0
-    _results_changed: trio.lowlevel.ParkingLot = attrs.field(
-        factory=trio.lowlevel.ParkingLot
-    )
-    _room_made: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot)
-    # While the producer waits for room: the count of received results that
-    # makes room for its next chunk (an int compare per result, not a call).
-    _resume_at: int | float = math.inf
-    _work_scope: trio.CancelScope | None = None
-    _work_done: bool = False  # the producer and every chunk task have ended
-
-    # Consumer side
-
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> ResultT:
-        """The next result; StopAsyncIteration at the end, or the first error."""
-        await trio.lowlevel.checkpoint_if_cancelled()
-        chunk = self._head
-        if chunk is None or self._error is not None:
-            chunk = await self._next_chunk()
-        # A schedule point happened when this chunk was opened; taking the rest
-        # of it needs only the cancellation check above, which keeps a chunk's
-        # worth of results cheap to iterate.
-        index = chunk.taken
-        chunk.taken = index + 1
-        if index + 1 == len(chunk.values):
-            self._head = None
-        self._received += 1
-        if self._received >= self._resume_at:
-            self._room_made.unpark_all()
-        return chunk.values[index]
-
-    async def next_values(self) -> tuple[int, list[ResultT]]:
-        """The next results that finished together, with the first's input index.
-
-        Raises StopAsyncIteration at the end, or the call's first error.
-        """
-        await trio.lowlevel.checkpoint_if_cancelled()
-        chunk = self._head
-        if chunk is None or self._error is not None:
-            chunk = await self._next_chunk()
-        self._head = None
-        first = chunk.taken
-        self._count_received(len(chunk.values) - first)
-        return chunk.start + first, chunk.values[first:] if first else chunk.values
-
-    async def _next_chunk(self) -> _Chunk[ResultT]:
-        """Wait for the next chunk to take from, make it the head, return it."""
-        while True:
-            if self._closed:
-                raise trio.ClosedResourceError("the imap() block has exited")
-            if self._finished:
-                raise StopAsyncIteration
-            if self._error is not None and self._work_done:
-                # Raised only once the rest of the call is cancelled and gone,
-                # so the caller sees no task of the call still running.
-                error, self._error = self._error, None
-                self._finished = True
-                raise error
-            if self._error is not None:
-                await self._results_changed.park()
-                continue
-            chunk = self._head
-            if chunk is None:
-                if self._ordered:
-                    chunk = self._by_start.pop(self._next_start, None)
-                elif self._done:
-                    chunk = self._done.popleft()
-            if chunk is not None:
-                self._head = chunk
-                self._next_start = chunk.start + len(chunk.values)
-                await trio.lowlevel.cancel_shielded_checkpoint()
-                return chunk
-            if self._exhausted and not self._chunks_running:
-                self._finished = True
-                raise StopAsyncIteration
-            await self._results_changed.park()
-
-    def _count_received(self, count: int) -> None:
-        self._received += count
-        if self._received >= self._resume_at:
-            self._room_made.unpark_all()
-
-    # Producer side
-
-    async def produce(self, source: Iterable[ItemT] | AsyncIterable[ItemT]) -> None:
-        """Feed the input to the pool, chunk by chunk, until it ends or fails."""
-        try:
-            async with trio.open_nursery() as work:
-                self._work_scope = work.cancel_scope
-                self._work = work
-                try:
-                    try:
-                        await self._feed(work, source)
-                    except Exception as exc:
-                        # The input itself failed: that is the call's error too.
-                        self._fail(exc)
-                    while self._streamed:
-                        await self._stream_changed.park()
-                finally:
-                    await self._settle_streamed()
-        finally:
-            self._work_done = True
-            self._results_changed.unpark_all()
-
-    async def _feed(
-        self, work: trio.Nursery, source: Iterable[ItemT] | AsyncIterable[ItemT]
-    ) -> None:
-        size = min(self._chunksize, self._max_in_flight)
-        if (self._planner is not None or self._reporter is not None) and isinstance(
-            source, Sized
-        ):
-            # A known length lets the last chunks shrink (see _chunksize), and
-            # progress show a total.
-            with contextlib.suppress(Exception):
-                self._total = len(source)
-            if self._reporter is not None:
-                self._reporter.total = self._total
-        sync_items: Iterator[ItemT] | None = None
-        async_items: AsyncIterator[ItemT] | None = None
-        if isinstance(source, AsyncIterable):
-            async_items = aiter(source)
-            try:
-                await self._feed_chunks(work, size, sync_items, async_items)
-            finally:
-                if inspect.isasyncgen(async_items):
-                    await _close_input(async_items)
-        else:
-            sync_items = iter(source)
-            await self._feed_chunks(work, size, sync_items, async_items)
-
-    async def _feed_chunks(
-        self,
-        work: trio.Nursery,
-        size: int,
-        sync_items: Iterator[ItemT] | None,
-        async_items: AsyncIterator[ItemT] | None,
-    ) -> None:
-        start = 0
-        planner = self._planner
-        while True:
-            if planner is not None:
-                size = await self._room_for_a_planned_chunk(planner)
-                pull_started = time.perf_counter()
-            else:
-                while self._pulled - self._received + size > self._max_in_flight:
-                    self._resume_at = self._pulled + size - self._max_in_flight
-                    await self._room_made.park()
-                self._resume_at = _NEVER
-            if sync_items is not None:
-                items = list(itertools.islice(sync_items, size))
-                self._pulled += len(items)
-            else:
-                assert async_items is not None
-                items = []
-                for _ in range(size):
-                    try:
-                        item = await anext(async_items)
-                    except StopAsyncIteration:
-                        break
-                    items.append(item)
-                    self._pulled += 1
-            if planner is not None:
-                planner.observe_input(len(items), time.perf_counter() - pull_started)
-            if items:
-                self._chunks_running += 1
-                if self._submit is not None:
-                    self._stream_chunk(self._submit, start, items)
-                else:
-                    work.start_soon(self._run_chunk, start, items)
-                start += len(items)
-            if len(items) < size:
-                break
-            await trio.lowlevel.checkpoint()
-        self._exhausted = True
-        self._results_changed.unpark_all()
-
-    async def _room_for_a_planned_chunk(self, planner: ChunkPlanner) -> int:
-        """Wait until the next chunk may start; return its size, planned then."""
-        while True:
-            if self._chunks_running < self._max_chunks:
-                remaining = None
-                if self._total is not None:
-                    remaining = max(self._total - self._pulled, 1)
-                size = planner.next_size(remaining)
-                if self._pulled - self._received + size <= self._max_in_flight:
-                    self._resume_at = _NEVER
-                    return size
-                self._resume_at = self._pulled + size - self._max_in_flight
-            else:
-                # Woken when a chunk ends (see _chunk_ended).
-                self._resume_at = _NEVER
-            await self._room_made.park()
-
-    async def _run_chunk(self, start: int, items: list[ItemT]) -> None:
-        try:
-            if self._return_exceptions:
-                values = await self._outcomes(items)
-            elif self._planner is not None:
-                values, seconds = await self._pool.run_sync(
-                    run_timed_chunk,
-                    self._fn,
-                    items,
-                    retries=self._retries,
-                    retry_on=self._retry_on,
-                )
-                self._planner.observe_run(len(items), seconds)
-            elif len(items) == 1:
-                values = [
-                    await self._pool.run_sync(
-                        self._fn,
-                        items[0],
-                        retries=self._retries,
-                        retry_on=self._retry_on,
-                    )
-                ]
-            else:
-                values = await self._pool.run_sync(
-                    run_chunk,
-                    self._fn,
-                    items,
-                    retries=self._retries,
-                    retry_on=self._retry_on,
-                )
-        except Exception as exc:
-            self._chunk_ended()
-            self._fail(exc)
-            if self._reporter is not None:
-                self._reporter.failed += 1
-            return
-        except BaseException:
-            self._chunk_ended()
-            raise
-        self._chunk_ended()
-        self._chunk_done(start, values)
-
-    def _chunk_done(self, start: int, values: list[Any]) -> None:
-        """A chunk's results are in: count them, and hand them to the consumer."""
-        if self._reporter is not None:
-            failed = 0
-            if self._return_exceptions:
-                failed = sum(isinstance(value, Exception) for value in values)
-            try:
-                self._reporter.add(len(values), failed)
-            except Exception as exc:
-                self._fail(exc)
-                return
-        chunk = _Chunk(start, values)
-        if self._ordered:
-            self._by_start[start] = chunk
-        else:
-            self._done.append(chunk)
-        self._results_changed.unpark_all()
-
-    # Streaming dispatch: a chunk is a job whose end calls back, not a task.
-
-    def _stream_chunk(self, submit: Streamer, start: int, items: list[ItemT]) -> None:
-        """Submit a chunk; :meth:`_streamed_ended` takes its outcome."""
-        fn = self._fn
-        task: Callable[..., Any]
-        args: tuple[Any, ...]
-        if self._return_exceptions:
-            task, args, kind = run_chunk_catching, (fn, items), _CATCHING
-        elif self._planner is not None:
-            task, args, kind = run_timed_chunk, (fn, items), _TIMED
-        elif len(items) == 1:
-            task, args, kind = fn, (items[0],), _SINGLE
-        else:
-            task, args, kind = run_chunk, (fn, items), _PLAIN
-        entry = _Streamed(start, items, kind)
-        self._streamed.add(entry)
-        try:
-            cancel = submit(
-                task,
-                args,
-                functools.partial(self._streamed_ended, entry),
-                retries=self._retries,
-                retry_on=self._retry_on,
-            )
-        except Exception as exc:
-            # Not submitted (an item does not pickle, the pool is closing).
-            self._streamed.discard(entry)
-            if kind == _CATCHING and not isinstance(exc, _CALL_ERRORS):
-                self._rerun_one_by_one(start, items)
-            else:
-                self._chunk_ended()
-                self._chunk_failed(exc)
-            return
-        if not entry.ended:
-            entry.cancel = cancel
-
-    def _streamed_ended(
-        self, entry: _Streamed, outcome: Callable[[], Any] | None
-    ) -> None:
-        """A streamed chunk ended (called by the pool, in its own task: it
-        must not raise)."""
-        if entry.ended:
-            return
-        entry.ended = True
-        self._streamed.discard(entry)
-        self._stream_changed.unpark_all()
-        try:
-            self._take_streamed(entry, outcome)
-        except BaseException as exc:  # pragma: no cover - a bug of ours
-            self._fail(exc)
-
-    def _take_streamed(
-        self, entry: _Streamed, outcome: Callable[[], Any] | None
-    ) -> None:
-        planner = self._planner
-        if outcome is None:  # cancelled before it ran: the call is ending
-            self._chunk_ended()
-            return
-        kind = entry.kind
-        items = entry.items
-        try:
-            result = outcome()
-        except Exception as exc:
-            if kind == _CATCHING and not isinstance(exc, _CALL_ERRORS):
-                # The chunk failed as a whole: see _outcomes.
-                if planner is not None:
-                    planner.observe_failure()
-                if len(items) > 1:
-                    self._rerun_one_by_one(entry.start, items)
-                    return
-                self._chunk_ended()
-                self._chunk_done(entry.start, [exc])
-                return
-            self._chunk_ended()
-            self._chunk_failed(exc)
-            return
-        values: list[Any]
-        if kind == _SINGLE:
-            values = [result]
-        elif kind == _PLAIN:
-            values = result
-        elif kind == _TIMED:
-            values, seconds = result
-            assert planner is not None
-            planner.observe_run(len(items), seconds)
-        else:
-            values, failures, seconds = result
-            if planner is not None:
-                planner.observe_run(len(items), seconds)
-            for index, wire in failures.items():
-                values[index] = RemoteException.from_wire(wire).rebuild()
-        self._chunk_ended()
-        self._chunk_done(entry.start, values)
-
-    def _rerun_one_by_one(self, start: int, items: list[ItemT]) -> None:
-        """Run a failed chunk's items again, a task each (``_chunks_running``
-        still counts the chunk)."""
-        assert self._work is not None
-        self._work.start_soon(self._run_one_by_one, start, items)
-
-    async def _run_one_by_one(self, start: int, items: list[ItemT]) -> None:
-        try:
-            values = await self._outcomes_one_by_one(items)
-        except Exception as exc:
-            self._chunk_ended()
-            self._chunk_failed(exc)
-            return
-        except BaseException:
-            self._chunk_ended()
-            raise
-        self._chunk_ended()
-        self._chunk_done(start, values)
-
-    def _chunk_ended(self) -> None:
-        """One chunk fewer runs; wake the producer if it waited for that
-        (with "auto", at most ``max_chunks`` run at once)."""
-        if self._chunks_running >= self._max_chunks:
-            self._room_made.unpark_all()
-        self._chunks_running -= 1
-
-    def _chunk_failed(self, error: Exception) -> None:
-        self._fail(error)
-        if self._reporter is not None:
-            self._reporter.failed += 1
-
-    async def _settle_streamed(self) -> None:
-        """Give up the streamed chunks still out, as a cancelled ``run_sync``
-        would, and wait for those that run on (``kill_on_cancel=False``, or
-        written ahead and not yet dropped) to end."""
-        for entry in list(self._streamed):
-            if entry.cancel is not None and entry.cancel():
-                entry.ended = True
-                self._streamed.discard(entry)
-                self._chunk_ended()
-        if self._streamed:
-            with trio.CancelScope(shield=True):
-                while self._streamed:
-                    await self._stream_changed.park()
-
-    async def _outcomes(self, items: list[ItemT]) -> list[Any]:
-        """``return_exceptions=True``: each item's result or exception.
-
-        A chunk runs as one task that catches each item's exception in the
-        worker. If the chunk fails as a whole (its worker died, it hit the
-        time limit, something of it could not be pickled), its items run
-        again one task each, so that only the item at fault gets the error;
-        the items of that chunk that had finished run twice.
-        """
-        fn = self._fn
-        if len(items) > 1 or self._planner is not None:
-            try:
-                values, failures, seconds = await self._pool.run_sync(
-                    run_chunk_catching, fn, items
-                )
-            except _CALL_ERRORS:
-                raise
-            except Exception as exc:
-                if self._planner is not None:
-                    self._planner.observe_failure()
-                if len(items) == 1:
-                    return [exc]
-                return await self._outcomes_one_by_one(items)
-            if self._planner is not None:
-                self._planner.observe_run(len(items), seconds)
-            outcomes: list[Any] = values
-            for index, wire in failures.items():
-                outcomes[index] = RemoteException.from_wire(wire).rebuild()
-            return outcomes
-        try:
-            return [await self._pool.run_sync(fn, items[0])]
-        except _CALL_ERRORS:
-            raise
-        except Exception as exc:
-            return [exc]
-
-    async def _outcomes_one_by_one(self, items: list[ItemT]) -> list[Any]:
-        values: list[Any] = [None] * len(items)
-        call_error: list[Exception] = []
-
-        async def run_one(index: int) -> None:
-            try:
-                values[index] = await self._pool.run_sync(self._fn, items[index])
-            except _CALL_ERRORS as exc:
-                call_error.append(exc)
-                nursery.cancel_scope.cancel()
-            except Exception as exc:
-                values[index] = exc
-
-        async with trio.open_nursery() as nursery:
-            for index in range(len(items)):
-                nursery.start_soon(run_one, index)
-        if call_error:
-            raise call_error[0]
-        return values
-
-    def _fail(self, error: BaseException) -> None:
-        if self._error is None and not self._finished:
-            self._error = error
-            assert self._work_scope is not None
-            self._work_scope.cancel()
-            self._results_changed.unpark_all()
-
-    def report_end(self) -> None:
-        """The final progress snapshot, once the call's tasks have ended."""
-        if self._reporter is not None:
-            reporter, self._reporter = self._reporter, None
-            reporter.finish()
-
-    def close(self) -> None:
-        self._closed = True
-        self._by_start.clear()
-        self._done.clear()
-        self._head = None
-        self._error = None
-        self._results_changed.unpark_all()
-
-
 @contextlib.asynccontextmanager
 async def _running(
-    call: _MapCall[ItemT, ResultT], source: Iterable[ItemT] | AsyncIterable[ItemT]
+    call: MapCall[ItemT, ResultT], source: Iterable[ItemT] | AsyncIterable[ItemT]
 ) -> AsyncIterator[None]:
     """Run the producer of ``call`` for the block; cancel it when the block ends."""
     body_error: BaseException | None = None
@@ -816,7 +148,7 @@ def _new_call(
     retry_on: RetryOn | PoolDefault,
     return_exceptions: bool,
     progress: ProgressArg,
-) -> _MapCall[ItemT, ResultT]:
+) -> MapCall[ItemT, ResultT]:
     if retry_on is not POOL_DEFAULT:
         retry_on = retry_classes(retry_on)  # once, not per chunk
     # At least one, so the defaults leave room for a chunk even if an engine
@@ -828,7 +160,7 @@ def _new_call(
     if chunksize != "auto":
         if max_in_flight is None:
             max_in_flight = default_fixed_max_in_flight(workers, chunksize)
-        return _MapCall(
+        return MapCall(
             pool,
             fn,
             ordered,
@@ -846,7 +178,7 @@ def _new_call(
     # that waiting for room for a whole chunk never starves a worker.
     largest = max(1, min(MAX_AUTO_CHUNK, max_in_flight // (2 * workers)))
     planner = ChunkPlanner(workers=workers, max_size=largest)
-    return _MapCall(
+    return MapCall(
         pool,
         fn,
         ordered,
