@@ -192,7 +192,7 @@ class LocalScheduler:
     ) -> Callable[[], bool]:
         """Submit ``fn(*args)`` with the pool's options, without a waiting task.
 
-        The streaming seam of map/imap (see ``_map.Streamer``): when the task
+        The streaming seam of map/imap (see ``_map_tasks.Streamer``): when the task
         ends, ``on_end`` is called once, in the task that ended it, with a
         function that returns its result or raises its error as :meth:`run`
         would, or with ``None`` if it was cancelled before it ran. Returns
