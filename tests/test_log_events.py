@@ -76,6 +76,8 @@ async def test_every_lifecycle_record_names_its_event_and_worker() -> None:
     assert [r.levelno for r in lost] == [logging.WARNING]  # unexpected: a warning
     assert events.count("up") == stats.workers_started
     assert events.count("retired") == stats.workers_recycled == 1
+    retired = [r for r in handler.records if r.event == "retired"]  # type: ignore[attr-defined]
+    assert [r.reason for r in retired] == ["tasks"]  # type: ignore[attr-defined]
     assert events.count("lost") == 1
     assert events.count("killed_for_time_limit") == 1
 
