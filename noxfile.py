@@ -209,7 +209,8 @@ def stress(session: nox.Session) -> None:
     written ahead to busy workers while workers are killed (by SIGKILL and
     by their tasks), and no task may start twice; ``elastic`` is the
     recycling storm with idle workers exiting between bursts of tasks
-    (min_workers=1, a tiny idle_timeout). See tests/storm.py.
+    (min_workers=1, a tiny idle_timeout) and a task whose worker dies under
+    it running once more (retries=1). See tests/storm.py.
     """
     install(session, "test")
     session.run("python", "-m", "tests.storm", *session.posargs)

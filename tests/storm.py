@@ -1177,11 +1177,12 @@ def elastic_storm(min_workers: int = 0, **pool_options: Any) -> StormConfig:
 
 
 # The storms of one pool each (the others are cancellation storms);
-# ``elastic``: idle workers exit above min_workers=1 and come back.
+# ``elastic``: idle workers exit above min_workers=1 and come back, and a
+# task whose worker dies under it runs once more (retries=1).
 STORM_PROFILES = {
     "recycle": StormConfig(),
     "ahead-kills": AHEAD_KILLS,
-    "elastic": elastic_storm(1),
+    "elastic": elastic_storm(1, retries=1),
 }
 
 

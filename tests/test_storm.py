@@ -93,14 +93,15 @@ async def test_write_ahead_storm_with_kills_keeps_every_invariant(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("min_workers", [0, 1])
+@pytest.mark.parametrize(("min_workers", "retries"), [(0, 0), (1, 1)])
 async def test_elastic_storm_loses_nothing_while_workers_come_and_go(
-    start_method: StartMethod, min_workers: int
+    start_method: StartMethod, min_workers: int, retries: int
 ) -> None:
     # Three bursts of 40 tasks with pauses between them: workers exit while
-    # idle and start again, amid kills, recycling and hostile tasks.
+    # idle and start again, amid kills, recycling and hostile tasks; with
+    # retries, a task whose worker dies under it runs again.
     config = dataclasses.replace(
-        storm.elastic_storm(min_workers),
+        storm.elastic_storm(min_workers, retries=retries),
         workers=4,
         tasks=120,
         in_flight=40,
@@ -120,6 +121,9 @@ async def test_elastic_storm_loses_nothing_while_workers_come_and_go(
     # Workers stopped while idle, not only at the pool's close (at most one
     # per slot then).
     assert stats.workers_stopped > config.workers, report.summary()
+    # Workers died under tasks (the storm kills them): with retries, those
+    # tasks ran again.
+    assert (stats.tasks_retried > 0) == (retries > 0), report.summary()
 
 
 def test_start_checks_catch_a_task_run_twice_or_answered_elsewhere(
