@@ -484,3 +484,22 @@ async def test_elastic_stops_and_lifetime_retirements_say_why() -> None:
     )
     check_worker_events(events, first, last)
     assert last.workers_recycled >= 1
+
+
+async def test_a_worker_aged_during_its_task_is_recycled_for_its_lifetime() -> None:
+    """A worker that passes max_lifetime_per_child while it runs a task
+    retires when the task ends: its "recycled" event names that limit, not
+    another one."""
+
+    async def body(pool: triopool.Pool) -> None:
+        assert await pool.run_sync(workerfuncs.sleep, 0.5) == 0.5
+
+    events, first, last = await watch(body, workers=1, max_lifetime_per_child=0.2)
+    check_worker_events(events, first, last)
+    recycled = [
+        e
+        for e in events
+        if isinstance(e, triopool.WorkerEvent) and e.kind == "recycled"
+    ]
+    assert recycled
+    assert {e.reason for e in recycled} == {"max_lifetime_per_child"}

@@ -154,6 +154,8 @@ class Service:
     up_at: float = attrs.field(factory=trio.current_time)
     # Ended while idle by the slots' timer (see dismiss): why.
     dismissed: End | None = None
+    # The limit it retired for ("memory", "tasks", "lifetime"; see _retire).
+    retired_for: str | None = None
 
     # Elasticity and age (see _slots.Slots.run_timer): small, and apart from
     # the reading and writing below.
@@ -696,6 +698,7 @@ class Service:
         """The worker is done: it reached a limit ``reason`` names (memory,
         tasks, lifetime), said in ``text``."""
         worker = self.worker
+        self.retired_for = reason
         _log.info(
             "worker %d retired %s",
             worker.pid,

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 import attrs
 import trio
@@ -45,6 +45,14 @@ if TYPE_CHECKING:
     from ._jobs import Jobs
 
 _log = logging.getLogger("triopool")
+
+# A "recycled" WorkerEvent's reason: the option whose limit the worker
+# reached, by the reason Service._retire (or the age timer) records.
+_RECYCLED_FOR: Final = {
+    "memory": "max_memory_per_child",
+    "tasks": "max_tasks_per_child",
+    "lifetime": "max_lifetime_per_child",
+}
 
 #: Why a worker failed to start, as start-failure log records say
 #: (``record.reason``): no report in time; exited first; the initializer
@@ -309,17 +317,10 @@ class Slots:
         dismissed = None if service is None else service.dismissed
         if end is End.RETIRED:
             kind: WorkerKind = "recycled"
-            limit = self._config.max_tasks_per_child
+            retired_for = None if service is None else service.retired_for
             if dismissed is End.RETIRED:
-                reason = "max_lifetime_per_child"
-            elif (
-                limit is not None
-                and service is not None
-                and service.tasks_done >= limit
-            ):
-                reason = "max_tasks_per_child"
-            else:
-                reason = "max_memory_per_child"
+                retired_for = "lifetime"
+            reason = None if retired_for is None else _RECYCLED_FOR[retired_for]
         elif end is End.LOST:
             kind = "lost"
             if worker.protocol_error is not None:
