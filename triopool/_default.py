@@ -122,10 +122,11 @@ def configure_default_pool(
     backend (see "Running on a cluster"): the backend starts with the run's
     default pool and stops when the run ends, once per run.
 
-    Unless ``min_workers`` or ``idle_timeout`` is given, the default pool
-    releases workers idle for 10 minutes (``min_workers=0``,
-    ``idle_timeout=600``) and starts them again when tasks come; pass
-    ``min_workers=0, idle_timeout=math.inf`` to keep them all.
+    Unless ``min_workers`` and ``idle_timeout`` are given (they go
+    together), the default pool releases workers idle for 10 minutes
+    (``min_workers=0``, ``idle_timeout=600``) and starts them again when
+    tasks come; pass ``min_workers=0, idle_timeout=math.inf`` to keep them
+    all.
 
     The configuration is process-wide and is read when a run's default pool
     starts, on its first use. It therefore applies to every ``trio.run``
