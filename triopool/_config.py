@@ -44,8 +44,10 @@ class PoolDefault(enum.Enum):
     """The type of :data:`POOL_DEFAULT`, which means "the pool's default".
 
     ``POOL_DEFAULT``, its one member, is the default of ``time_limit``,
-    ``soft_time_limit`` and ``kill_on_cancel`` in :meth:`Pool.run_sync`: the
-    call uses the value given to :func:`open_pool`. Pass ``None`` instead to
+    ``soft_time_limit``, ``kill_on_cancel``, ``retries`` and ``retry_on`` in
+    :meth:`Pool.run_sync` (and of ``retries`` and ``retry_on`` in
+    :meth:`Pool.map` and :meth:`Pool.imap`): the call uses the value given to
+    :func:`open_pool`. Pass ``None`` instead to
     switch a limit off for one call. So ``float | PoolDefault | None`` in a
     signature reads "seconds, the pool's default, or no limit".
     """

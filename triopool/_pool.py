@@ -206,11 +206,11 @@ class Pool:
         """Run ``fn(*args)`` in a worker process and return its result.
 
         ``fn`` and ``args`` travel by pickle; use :func:`functools.partial` for
-        keyword arguments. The three options default to the values given to
-        :func:`open_pool`. Any exception ``fn`` raises is raised here, with the
-        worker's traceback as its ``__cause__``. Entering this method is a
-        checkpoint; a task still waiting for a worker when its caller is
-        cancelled never runs.
+        keyword arguments. The keyword-only options default to the values
+        given to :func:`open_pool`. Any exception ``fn`` raises is raised
+        here, with the worker's traceback as its ``__cause__``. Entering this
+        method is a checkpoint; a task still waiting for a worker when its
+        caller is cancelled never runs.
 
         Args:
             fn: A regular (not async) callable the worker can unpickle.
