@@ -350,3 +350,33 @@ async def test_a_fake_pool_is_a_spawn_pool_only() -> None:
     with pytest.raises(SpawnOnlyError):
         async with fake_pool(start_method="forkserver"):
             pass  # pragma: no cover
+
+
+async def test_a_running_task_fails_when_its_worker_breaks_the_protocol(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A worker that, while it runs a task, confirms dropping a task it was
+    never sent is killed; the caller of the running task is woken with
+    BrokenWorkerError instead of waiting forever."""
+    caplog.set_level(logging.INFO, logger="triopool")
+
+    async def drop_unasked(worker: FakeWorker) -> None:
+        task = await worker.next_task()
+        assert task is not None
+        worker.send([_protocol.number_frame(_protocol.SKIPPED, 7)])
+        await trio.sleep_forever()  # until killed
+
+    with trio.fail_after(_BOUND):
+        async with fake_pool(drop_unasked, workers=1) as (pool, launcher):
+            with pytest.raises(BrokenWorkerError) as caught:
+                await pool.run_sync(operator.add, 1, 2)
+            first = launcher.workers[0]
+            assert caught.value.pid == first.pid
+            assert first.signals == [signal.SIGKILL]
+            assert first.started_tasks == [1]
+            assert "protocol_error" in events(caplog, first.pid)
+            assert await pool.run_sync(operator.add, 20, 22) == 42
+            stats = pool.statistics()
+            assert (stats.workers_lost, stats.tasks_failed) == (1, 1)
+            assert stats.tasks_completed == 1
+            no_identity_problems(pool)
