@@ -380,3 +380,35 @@ async def test_a_running_task_fails_when_its_worker_breaks_the_protocol(
             assert (stats.workers_lost, stats.tasks_failed) == (1, 1)
             assert stats.tasks_completed == 1
             no_identity_problems(pool)
+
+
+async def test_a_task_given_up_while_it_runs_is_not_run_again() -> None:
+    """With kill_on_cancel=False, a caller cancelled while its task runs
+    waits for that run's outcome; if the run fails with one of retry_on, the
+    task is not run again for a caller that gave up: it gets the failure."""
+    go = trio.Event()
+
+    async def die_running(worker: FakeWorker) -> None:
+        assert await worker.next_task() is not None
+        await go.wait()
+        worker.die(3)
+
+    with trio.fail_after(_BOUND):
+        async with fake_pool(
+            die_running, workers=1, retries=1, kill_on_cancel=False
+        ) as (pool, launcher):
+            async with trio.open_nursery() as nursery:
+                callers = Callers(pool, nursery)
+                await callers.start("given up", 1, 2)
+                callers.scopes["given up"].cancel()
+                await trio.testing.wait_all_tasks_blocked()
+                assert not callers.done["given up"].is_set()  # shielded
+                go.set()
+            error = callers.outcomes["given up"]
+            assert isinstance(error, BrokenWorkerError)
+            first = launcher.workers[0]
+            assert (error.pid, error.exitcode) == (first.pid, 3)
+            assert all(w.started_tasks == [] for w in launcher.workers[1:])
+            stats = pool.statistics()
+            assert (stats.tasks_retried, stats.tasks_failed) == (0, 1)
+            no_identity_problems(pool)
