@@ -412,3 +412,46 @@ async def test_a_task_given_up_while_it_runs_is_not_run_again() -> None:
             stats = pool.statistics()
             assert (stats.tasks_retried, stats.tasks_failed) == (0, 1)
             no_identity_problems(pool)
+
+
+async def test_a_task_given_up_before_it_started_does_not_run_elsewhere() -> None:
+    """With kill_on_cancel=False, a caller cancelled while its task is still
+    being written waits; if the worker then dies before it has the whole
+    task, the task never started, and it is not run on another worker for a
+    caller that gave up: the caller is cancelled."""
+    go = trio.Event()
+    big = b"x" * (1 << 20)  # more than a pipe holds: its write waits
+
+    async def die_unread(worker: FakeWorker) -> None:
+        await go.wait()
+        worker.die(3)
+
+    outcome: list[object] = []
+    given_up = trio.CancelScope()
+
+    async def call(pool: Pool) -> None:
+        with given_up:
+            try:
+                outcome.append(await pool.run_sync(len, big))
+            except trio.Cancelled:
+                outcome.append("cancelled")
+                raise
+
+    with trio.fail_after(_BOUND):
+        async with fake_pool(
+            die_unread, workers=1, retries=1, kill_on_cancel=False
+        ) as (pool, launcher):
+            await launcher.worker(0)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(call, pool)
+                await trio.testing.wait_all_tasks_blocked()
+                assert pool.statistics().tasks_running == 1
+                given_up.cancel()
+                await trio.testing.wait_all_tasks_blocked()
+                assert outcome == []  # shielded: it waits on
+                go.set()
+            assert outcome == ["cancelled"]
+            assert all(w.started_tasks == [] for w in launcher.workers)
+            stats = pool.statistics()
+            assert (stats.tasks_cancelled, stats.tasks_completed) == (1, 0)
+            no_identity_problems(pool)

@@ -325,6 +325,13 @@ class Jobs:
         if job.state not in (JobState.WAITING, JobState.RUNNING, JobState.SENT):
             return  # ended already: its caller was cancelled and is gone
         job.link = None
+        if job.given_up and job.state is JobState.RUNNING:
+            # Its caller gave up while it was being written (it waited on,
+            # kill_on_cancel=False): it never started, so, like a waiting
+            # job whose caller gave up, it never runs.
+            self.move(job, Move.CANCEL)
+            wake(job)
+            return
         if self.broken is not None:
             self.fail(job, self.broken_error())
             return
