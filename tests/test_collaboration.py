@@ -350,3 +350,108 @@ async def test_a_fake_pool_is_a_spawn_pool_only() -> None:
     with pytest.raises(SpawnOnlyError):
         async with fake_pool(start_method="forkserver"):
             pass  # pragma: no cover
+
+
+async def test_a_running_task_fails_when_its_worker_breaks_the_protocol(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A worker that, while it runs a task, confirms dropping a task it was
+    never sent is killed; the caller of the running task is woken with
+    BrokenWorkerError instead of waiting forever."""
+    caplog.set_level(logging.INFO, logger="triopool")
+
+    async def drop_unasked(worker: FakeWorker) -> None:
+        task = await worker.next_task()
+        assert task is not None
+        worker.send([_protocol.number_frame(_protocol.SKIPPED, 7)])
+        await trio.sleep_forever()  # until killed
+
+    with trio.fail_after(_BOUND):
+        async with fake_pool(drop_unasked, workers=1) as (pool, launcher):
+            with pytest.raises(BrokenWorkerError) as caught:
+                await pool.run_sync(operator.add, 1, 2)
+            first = launcher.workers[0]
+            assert caught.value.pid == first.pid
+            assert first.signals == [signal.SIGKILL]
+            assert first.started_tasks == [1]
+            assert "protocol_error" in events(caplog, first.pid)
+            assert await pool.run_sync(operator.add, 20, 22) == 42
+            stats = pool.statistics()
+            assert (stats.workers_lost, stats.tasks_failed) == (1, 1)
+            assert stats.tasks_completed == 1
+            no_identity_problems(pool)
+
+
+async def test_a_task_given_up_while_it_runs_is_not_run_again() -> None:
+    """With kill_on_cancel=False, a caller cancelled while its task runs
+    waits for that run's outcome; if the run fails with one of retry_on, the
+    task is not run again for a caller that gave up: it gets the failure."""
+    go = trio.Event()
+
+    async def die_running(worker: FakeWorker) -> None:
+        assert await worker.next_task() is not None
+        await go.wait()
+        worker.die(3)
+
+    with trio.fail_after(_BOUND):
+        async with fake_pool(
+            die_running, workers=1, retries=1, kill_on_cancel=False
+        ) as (pool, launcher):
+            async with trio.open_nursery() as nursery:
+                callers = Callers(pool, nursery)
+                await callers.start("given up", 1, 2)
+                callers.scopes["given up"].cancel()
+                await trio.testing.wait_all_tasks_blocked()
+                assert not callers.done["given up"].is_set()  # shielded
+                go.set()
+            error = callers.outcomes["given up"]
+            assert isinstance(error, BrokenWorkerError)
+            first = launcher.workers[0]
+            assert (error.pid, error.exitcode) == (first.pid, 3)
+            assert all(w.started_tasks == [] for w in launcher.workers[1:])
+            stats = pool.statistics()
+            assert (stats.tasks_retried, stats.tasks_failed) == (0, 1)
+            no_identity_problems(pool)
+
+
+async def test_a_task_given_up_before_it_started_does_not_run_elsewhere() -> None:
+    """With kill_on_cancel=False, a caller cancelled while its task is still
+    being written waits; if the worker then dies before it has the whole
+    task, the task never started, and it is not run on another worker for a
+    caller that gave up: the caller is cancelled."""
+    go = trio.Event()
+    big = b"x" * (1 << 20)  # more than a pipe holds: its write waits
+
+    async def die_unread(worker: FakeWorker) -> None:
+        await go.wait()
+        worker.die(3)
+
+    outcome: list[object] = []
+    given_up = trio.CancelScope()
+
+    async def call(pool: Pool) -> None:
+        with given_up:
+            try:
+                outcome.append(await pool.run_sync(len, big))
+            except trio.Cancelled:
+                outcome.append("cancelled")
+                raise
+
+    with trio.fail_after(_BOUND):
+        async with fake_pool(
+            die_unread, workers=1, retries=1, kill_on_cancel=False
+        ) as (pool, launcher):
+            await launcher.worker(0)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(call, pool)
+                await trio.testing.wait_all_tasks_blocked()
+                assert pool.statistics().tasks_running == 1
+                given_up.cancel()
+                await trio.testing.wait_all_tasks_blocked()
+                assert outcome == []  # shielded: it waits on
+                go.set()
+            assert outcome == ["cancelled"]
+            assert all(w.started_tasks == [] for w in launcher.workers)
+            stats = pool.statistics()
+            assert (stats.tasks_cancelled, stats.tasks_completed) == (1, 0)
+            no_identity_problems(pool)

@@ -20,7 +20,8 @@ Invariants:
   left does not end the job: :meth:`Jobs.run_failed` moves it back to
   WAITING (RETRY), at the front of the queue, and its caller sleeps on. Only
   a run that is over can fail (its worker gone, or its answer in), so a job
-  never runs twice at once.
+  never runs twice at once; and a job whose caller gave up on it (it waits
+  only for the outcome of the run under way) is not run again.
 - Task events (``_events``) are published here and nowhere else: by
   :meth:`Jobs.submit` and :meth:`Jobs.move`, and only while someone is
   subscribed (``feed`` is not None); with nobody, a move pays one None check.
@@ -183,6 +184,9 @@ class Job:
     retry_errors: bool = False
     #: Runs that failed so far.
     failed_runs: int = 0
+    #: Its caller gave up on it (see Jobs.abandon): a failed run is not
+    #: retried for a caller that no longer wants the outcome.
+    given_up: bool = False
     #: Instead of a parked caller: called once, with the job, when it ends
     #: (a job streamed by map/imap; see Pool.submit_nowait). It must not
     #: raise or block: it runs in the task that ended the job.
@@ -321,6 +325,13 @@ class Jobs:
         if job.state not in (JobState.WAITING, JobState.RUNNING, JobState.SENT):
             return  # ended already: its caller was cancelled and is gone
         job.link = None
+        if job.given_up and job.state is JobState.RUNNING:
+            # Its caller gave up while it was being written (it waited on,
+            # kill_on_cancel=False): it never started, so, like a waiting
+            # job whose caller gave up, it never runs.
+            self.move(job, Move.CANCEL)
+            wake(job)
+            return
         if self.broken is not None:
             self.fail(job, self.broken_error())
             return
@@ -377,7 +388,7 @@ class Jobs:
         if job.state is not JobState.RUNNING:
             return False  # ended already: its caller cancelled it
         job.failed_runs += 1
-        if job.retries > 0 and isinstance(error, job.retry_on):
+        if job.retries > 0 and not job.given_up and isinstance(error, job.retry_on):
             job.retries -= 1
             job.link = None
             job.deadline = math.inf
@@ -430,6 +441,7 @@ class Jobs:
         """The caller stops waiting. Returns False if it must wait on: for
         the outcome (``kill`` is false and the task runs), or for the worker's
         verdict on a job written ahead (a SKIP is asked for)."""
+        job.given_up = True
         state = job.state
         if state is JobState.SENT:
             if not job.skip:

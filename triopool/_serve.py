@@ -769,17 +769,24 @@ class Service:
                 worker, self.fatal_frame, timeout
             )
             self.fatal_frame = None
-        if end is not End.LOST:  # its pipe is at EOF, or it is ending
-            exitcode = await worker.reap_after_eof()
-            # Read after the wait: the feeder may have sent a job meanwhile.
+        if end is End.LOST:
             job = self.pipeline.current
-            # Jobs sent ahead never started: the worker starts one only after
-            # it has answered the one before, and every answer has been read.
-            self._unsend_all()
-            started = job is not None and self.pipeline.current_started(
-                worker.task_bytes_read()
-            )
-            _settle.lost(
-                self._jobs, worker, job, exitcode, started=started, killed=self.killed
-            )
+            if job is None or job.state is not JobState.RUNNING:
+                return end  # killed as its block ends; its job settled already
+            # It broke the protocol while running ``job``: settled like any
+            # death under a running job, once it has exited.
+            worker.kill()
+        # Its pipe is at EOF, or it is ending.
+        exitcode = await worker.reap_after_eof()
+        # Read after the wait: the feeder may have sent a job meanwhile.
+        job = self.pipeline.current
+        # Jobs sent ahead never started: the worker starts one only after
+        # it has answered the one before, and every answer has been read.
+        self._unsend_all()
+        started = job is not None and self.pipeline.current_started(
+            worker.task_bytes_read()
+        )
+        _settle.lost(
+            self._jobs, worker, job, exitcode, started=started, killed=self.killed
+        )
         return End.LOST
