@@ -13,6 +13,7 @@ capabilities, and the pool refuses ``kill_on_cancel=True``,
 from __future__ import annotations
 
 import traceback
+import uuid
 from typing import TYPE_CHECKING, Any
 
 from ._backend import Capabilities, Outcome, with_remote_traceback
@@ -24,11 +25,47 @@ if TYPE_CHECKING:
 __all__ = ["DaskBackend"]
 
 
+def _quiet_plugin(prefix: str) -> Any:
+    """A Dask worker plugin that drops the worker's ``Compute Failed`` log
+    record for the pool's own tasks (keys starting with ``prefix``) while the
+    pool is open: the caller receives that exception, so the worker's report
+    of it is noise. Any other record, another client's tasks included, is
+    left alone.
+
+    Defined in a function so that the classes travel by value (cloudpickle):
+    a worker need not have triopool installed.
+    """
+    import logging
+
+    from distributed.diagnostics.plugin import (  # pyright: ignore[reportMissingImports]  # an optional extra
+        WorkerPlugin,
+    )
+
+    def keep(record: logging.LogRecord) -> bool:
+        args = record.args
+        return not (
+            isinstance(record.msg, str)
+            and record.msg.startswith("Compute Failed")
+            and isinstance(args, tuple)
+            and bool(args)
+            and str(args[0]).startswith(prefix)
+        )
+
+    class QuietTaskErrors(WorkerPlugin):  # type: ignore[misc]
+        def setup(self, worker: Any) -> None:
+            logging.getLogger("distributed.worker").addFilter(keep)
+
+        def teardown(self, worker: Any) -> None:
+            logging.getLogger("distributed.worker").removeFilter(keep)
+
+    return QuietTaskErrors()
+
+
 class DaskBackend:
     """Run tasks as Dask futures: ``open_pool(backend=DaskBackend(), kill_on_cancel=False)``.
 
-    Each call is one ``client.submit(fn, *args, pure=False)``: never cached,
-    never merged with an equal call.
+    Each call is one ``client.submit(fn, *args)`` under a key of its own:
+    never cached, never merged with an equal call.
 
     Args:
         address: A scheduler address (``"tcp://127.0.0.1:8786"``) to connect
@@ -76,6 +113,10 @@ class DaskBackend:
         self._client: Any = None
         self._cluster: Any = None
         self._killed_worker: type[BaseException] | None = None
+        # The pool's task keys start with this, so that the quiet plugin
+        # (see _quiet_plugin) knows them from other clients' tasks.
+        self._key_prefix = ""
+        self._plugin_name = ""
 
     def __repr__(self) -> str:
         return f"DaskBackend(address={self.address!r})"
@@ -114,6 +155,16 @@ class DaskBackend:
                 self._client.close()
                 self._client = None
                 raise
+        token = uuid.uuid4().hex[:12]
+        self._key_prefix = f"triopool-{token}-"
+        self._plugin_name = f"triopool-quiet-{token}"
+        try:
+            self._client.register_plugin(
+                _quiet_plugin(self._key_prefix), name=self._plugin_name
+            )
+        except BaseException:
+            self.stop()
+            raise
         threads: int = sum(self._client.nthreads().values())
         return max(1, threads)
 
@@ -142,8 +193,10 @@ class DaskBackend:
     ) -> object:
         """Submit one Dask future; ``on_done`` fires on Dask's callback thread."""
         extra = {"retries": retries} if retries else {}
+        name = getattr(fn, "__name__", None) or type(fn).__name__
+        key = f"{self._key_prefix}{name}-{uuid.uuid4().hex}"
         try:
-            future = self._client.submit(fn, *args, pure=False, **extra)
+            future = self._client.submit(fn, *args, key=key, **extra)
         except Exception as exc:
             raise SerializationError(
                 f"could not send the task to Dask: {type(exc).__name__}: {exc}"
@@ -195,6 +248,13 @@ class DaskBackend:
         cluster, self._cluster = self._cluster, None
         try:
             if client is not None:
+                if cluster is None and self._plugin_name:
+                    # A cluster the pool does not own keeps running: leave
+                    # its workers' logging as it was.
+                    try:
+                        client.unregister_worker_plugin(self._plugin_name)
+                    except Exception:
+                        pass  # the cluster is going or gone; nothing to restore
                 client.close()
         finally:
             if cluster is not None:

@@ -9,6 +9,8 @@ backend did not start is never stopped.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -21,9 +23,43 @@ from ._errors import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
 __all__ = ["RayBackend"]
+
+# What ``ray.init`` logs at WARNING about the pool's own doing, which a
+# program that never configured logging would print: (logger, message start).
+# The pool starts Ray in a worker thread, so Ray cannot set its SIGTERM
+# handler (the pool stops the cluster itself); a local cluster the pool starts
+# has token authentication on by default, which is what it should be.
+_EXPECTED_INIT_RECORDS = (
+    ("ray._private.worker", "SIGTERM handler is not set because"),
+    (
+        "ray._private.authentication.authentication_token_setup",
+        "Token authentication is enabled for this Ray cluster",
+    ),
+)
+
+
+@contextlib.contextmanager
+def _quiet_init() -> Iterator[None]:
+    """Drop exactly the records of ``_EXPECTED_INIT_RECORDS`` while the block
+    runs (``ray.init``); every other record, and those loggers afterwards,
+    are left alone."""
+    filters = []
+    for name, start in _EXPECTED_INIT_RECORDS:
+
+        def keep(record: logging.LogRecord, start: str = start) -> bool:
+            return not (isinstance(record.msg, str) and record.msg.startswith(start))
+
+        logger = logging.getLogger(name)
+        logger.addFilter(keep)
+        filters.append((logger, keep))
+    try:
+        yield
+    finally:
+        for logger, keep in filters:
+            logger.removeFilter(keep)
 
 
 def _call(fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
@@ -99,7 +135,8 @@ class RayBackend:
                 if self.num_cpus is not None:
                     kwargs["num_cpus"] = self.num_cpus
             kwargs.update(self.init_kwargs)
-            ray.init(address="local" if local else self.address, **kwargs)
+            with _quiet_init():
+                ray.init(address="local" if local else self.address, **kwargs)
             self._initialized_here = True
         options: dict[str, Any] = {"max_retries": 0, "num_cpus": 1}
         if max_tasks_per_child is not None:
