@@ -16,13 +16,32 @@ import traceback
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from ._backend import Capabilities, Outcome, with_remote_traceback
+from ._backend import (
+    Capabilities,
+    Outcome,
+    check_engine_options,
+    with_remote_traceback,
+)
 from ._errors import BrokenWorkerError, SerializationError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
 
 __all__ = ["DaskBackend"]
+
+# The keyword arguments of ``Client.submit`` that a pool passes on as they are.
+DASK_TASK_OPTIONS = frozenset(
+    {"resources", "workers", "allow_other_workers", "priority", "fifo_timeout"}
+)
+# ``Client.submit`` arguments the pool sets from its own: the option to use
+# instead.
+_DASK_RESERVED = {
+    "retries": "the pool's retries",
+    "key": "nothing: each call has a key of its own",
+    "pure": "nothing: each call runs, never cached",
+    "actor": "nothing: a call is a task",
+    "actors": "nothing: a call is a task",
+}
 
 
 def _quiet_plugin(prefix: str) -> Any:
@@ -81,6 +100,12 @@ class DaskBackend:
         threads_per_worker: Threads per worker process of an owned cluster.
         worker_timeout: Seconds to wait, when the pool opens, for a cluster
             at ``address`` to have at least one worker.
+        task_options: ``Client.submit`` options for every call of the pool
+            (``{"resources": {"GPU": 1}, "priority": 10}``): any of
+            ``resources``, ``workers``, ``allow_other_workers``, ``priority``
+            and ``fifo_timeout``. A call's ``engine_options`` override them
+            key by key. An unknown key raises :class:`ValueError` naming it
+            and the valid ones.
 
     The pool keeps as many calls in flight as the cluster has worker threads
     when the pool opens. ``retries`` maps to Dask's own ``retries``, which runs
@@ -103,9 +128,11 @@ class DaskBackend:
         n_workers: int | None = None,
         threads_per_worker: int = 1,
         worker_timeout: float = 60.0,
+        task_options: Mapping[str, Any] | None = None,
     ) -> None:
         if address is not None and not isinstance(address, str):
             raise TypeError(f"address must be a str or None, got {address!r}")
+        self.task_options = self.check_engine_options(task_options, "task_options")
         self.address = address
         self.n_workers = n_workers
         self.threads_per_worker = threads_per_worker
@@ -168,6 +195,15 @@ class DaskBackend:
         threads: int = sum(self._client.nthreads().values())
         return max(1, threads)
 
+    def check_engine_options(
+        self, options: object, where: str = "engine_options"
+    ) -> dict[str, Any]:
+        """Return ``options`` as a dict of ``Client.submit`` options, or raise
+        naming the keys it does not take (the values are Dask's to check)."""
+        return check_engine_options(
+            "DaskBackend", where, options, DASK_TASK_OPTIONS, _DASK_RESERVED
+        )
+
     def check_retries(
         self, retries: int, retry_on: tuple[type[BaseException], ...]
     ) -> None:
@@ -190,9 +226,12 @@ class DaskBackend:
         *,
         retries: int = 0,
         retry_on: tuple[type[BaseException], ...] = (),
+        engine_options: Mapping[str, Any] | None = None,
     ) -> object:
         """Submit one Dask future; ``on_done`` fires on Dask's callback thread."""
-        extra = {"retries": retries} if retries else {}
+        extra = {**self.task_options, **(engine_options or {})}
+        if retries:
+            extra["retries"] = retries
         name = getattr(fn, "__name__", None) or type(fn).__name__
         key = f"{self._key_prefix}{name}-{uuid.uuid4().hex}"
         try:
