@@ -17,7 +17,12 @@ import trio.lowlevel
 
 import triopool
 from triopool import Pool, PoolStatistics
-from triopool._backend import Capabilities, Outcome, with_remote_traceback
+from triopool._backend import (
+    Capabilities,
+    Outcome,
+    check_engine_options,
+    with_remote_traceback,
+)
 from triopool._cluster import ClusterScheduler
 
 from . import workerfuncs
@@ -624,3 +629,84 @@ def test_ray_and_dask_take_the_retries_their_engine_has() -> None:
         triopool.open_pool(
             backend=triopool.DaskBackend(), kill_on_cancel=False, retries=1
         )
+
+
+class OptionsBackend(ThreadBackend):
+    """An engine with options of its own: ``colour`` only."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked_options: list[dict[str, Any] | None] = []
+
+    def check_engine_options(self, options: object) -> dict[str, Any]:
+        return check_engine_options(
+            self.name, "engine_options", options, frozenset({"colour"}), {}
+        )
+
+    def submit(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        on_done: Callable[[Outcome], None],
+        *,
+        engine_options: dict[str, Any] | None = None,
+    ) -> object:
+        self.asked_options.append(engine_options)
+        return super().submit(fn, args, on_done)
+
+
+async def test_engine_options_reach_the_backend_checked() -> None:
+    backend = OptionsBackend()
+    with trio.fail_after(10):
+        async with open_fake(backend) as pool:
+            assert await pool.run_sync(workerfuncs.add, 1, 2) == 3
+            assert await pool.run_sync(workerfuncs.add, 1, 2, engine_options={}) == 3
+            options = {"colour": "blue"}
+            assert (
+                await pool.run_sync(workerfuncs.add, 1, 2, engine_options=options) == 3
+            )
+            with pytest.raises(ValueError, match=r"'size'; valid ones are colour$"):
+                await pool.run_sync(workerfuncs.add, 1, 2, engine_options={"size": 1})
+    # Passed only when there are some; a refused call never reaches it.
+    assert backend.asked_options == [None, None, {"colour": "blue"}]
+
+
+async def test_engine_options_need_a_backend_that_takes_them() -> None:
+    with trio.fail_after(10):
+        async with open_fake(ThreadBackend()) as pool:
+            with pytest.raises(
+                ValueError, match=r"^ThreadBackend takes no engine_options"
+            ):
+                await pool.run_sync(workerfuncs.add, 1, 2, engine_options={"a": 1})
+            assert await pool.run_sync(workerfuncs.add, 1, 2, engine_options={}) == 3
+        async with triopool.open_pool(1) as local:
+            with pytest.raises(ValueError, match="needs a cluster backend"):
+                await local.run_sync(workerfuncs.add, 1, 2, engine_options={"a": 1})
+            assert await local.run_sync(workerfuncs.add, 1, 2, engine_options={}) == 3
+
+
+@pytest.mark.parametrize(
+    ("make", "valid", "reserved"),
+    [
+        (triopool.RayBackend, "num_gpus", "max_calls"),
+        (triopool.DaskBackend, "priority", "retries"),
+    ],
+)
+def test_ray_and_dask_name_the_task_options_they_take(
+    make: Callable[..., Any], valid: str, reserved: str
+) -> None:
+    # Checked when the backend is made, before anything starts.
+    assert make(task_options={valid: 1}).task_options == {valid: 1}
+    with pytest.raises(
+        ValueError, match=r"'colour', 'size'; valid ones are .*"
+    ) as info:
+        make(task_options={"size": 1, "colour": 2})
+    assert valid in str(info.value)
+    with pytest.raises(ValueError, match=f"cannot set {reserved} .use "):
+        make(task_options={reserved: 1})
+    with pytest.raises(TypeError, match="task_options must be a dict"):
+        make(task_options=[valid])
+    backend = make()
+    assert backend.check_engine_options({valid: 2}) == {valid: 2}
+    with pytest.raises(ValueError, match=r"^engine_options of .* 'size'"):
+        backend.check_engine_options({"size": 1})

@@ -8,7 +8,11 @@ and owns, which must be gone when the block exits.
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -20,9 +24,7 @@ from . import workerfuncs
 from .clusters import dask_cluster
 
 if TYPE_CHECKING:
-    import subprocess
     from collections.abc import Iterator
-    from pathlib import Path
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -89,3 +91,31 @@ async def test_ray_owned_local_cluster_is_stopped() -> None:
             assert pool.statistics().workers == 1
     assert pid1 != pid2  # max_calls=1: each task in a fresh worker
     assert not ray.is_initialized()
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("engine", ["ray", "dask"])
+def test_expected_outcomes_print_nothing(engine: str) -> None:
+    """Ray's SIGTERM-handler and token-auth warnings at start and Dask's
+    ``Compute Failed`` report of a task exception the caller receives are
+    the pool's own doing: a program that never configures logging prints
+    none of them, and the pool leaves no filter behind."""
+    pytest.importorskip("ray" if engine == "ray" else "distributed")
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.cluster_quiet_program", engine],
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    assert json.loads(done.stdout) == {
+        "result": 3,
+        "caught": "expected",
+        "filters": 0,
+    }

@@ -44,17 +44,20 @@ CAPACITY = 2
 @dataclass
 class Engine:
     name: str
-    make_backend: Callable[[], Any] | None
+    make_backend: Callable[..., Any] | None
     kill_running: bool
     options: dict[str, Any] = field(default_factory=dict)
     # Whether the cluster the test started is still up (pools never stop it).
     cluster_up: Callable[[], bool] = lambda: True
 
-    def open(self, **options: Any) -> AbstractAsyncContextManager[Any]:
+    def open(
+        self, *, task_options: dict[str, Any] | None = None, **options: Any
+    ) -> AbstractAsyncContextManager[Any]:
         merged = {**self.options, **options}
         if self.make_backend is None:
             return triopool.open_pool(CAPACITY, **merged)
-        return triopool.open_pool(backend=self.make_backend(), **merged)
+        backend = self.make_backend(task_options=task_options)
+        return triopool.open_pool(backend=backend, **merged)
 
 
 @pytest.fixture(
@@ -95,7 +98,7 @@ def engine(
         with dask_cluster(directory, nworkers=CAPACITY) as (address, processes):
             yield Engine(
                 "dask",
-                lambda: triopool.DaskBackend(address),
+                lambda **kw: triopool.DaskBackend(address, **kw),
                 kill_running=False,
                 options={"kill_on_cancel": False},
                 cluster_up=lambda: all(p.poll() is None for p in processes),
@@ -303,3 +306,80 @@ async def test_retries_on_the_engines_own_retry(engine: Engine, tmp_path: Path) 
     assert retryfuncs.overlaps(str(task)) == []
     if engine.name != "dask":
         assert first != second  # the worker it crashed is gone
+
+
+async def test_engine_options_unknown_keys_are_named(engine: Engine) -> None:
+    with trio.fail_after(120):
+        async with engine.open() as pool:
+            # An empty one is no option at all, on every engine.
+            assert await pool.run_sync(workerfuncs.add, 1, 2, engine_options={}) == 3
+            if engine.make_backend is None:
+                with pytest.raises(ValueError, match=r"engine_options.*backend"):
+                    await pool.run_sync(
+                        workerfuncs.add, 1, 2, engine_options={"num_cpus": 1}
+                    )
+            else:
+                valid = "num_gpus" if engine.name == "ray" else "priority"
+                with pytest.raises(ValueError, match="'bogus'") as info:
+                    await pool.run_sync(
+                        workerfuncs.add, 1, 2, engine_options={"bogus": 1, valid: 1}
+                    )
+                assert valid in str(info.value)  # among the valid ones
+                reserved = "max_retries" if engine.name == "ray" else "retries"
+                with pytest.raises(ValueError, match=f"{reserved} .use the pool's"):
+                    await pool.run_sync(
+                        workerfuncs.add, 1, 2, engine_options={reserved: 2}
+                    )
+                with pytest.raises(TypeError, match="engine_options"):
+                    await pool.run_sync(
+                        workerfuncs.add, 1, 2, engine_options=[("bogus", 1)]
+                    )
+                # None of them reached the engine, and the pool goes on.
+                assert await pool.run_sync(workerfuncs.add, 2, 2) == 4
+                assert pool.statistics().tasks_submitted == 2
+    if engine.make_backend is not None:
+        with pytest.raises(ValueError, match=r"task_options.*'bogus'"):
+            engine.make_backend(task_options={"bogus": 1})
+
+
+async def test_engine_options_reach_the_engine(engine: Engine) -> None:
+    if engine.make_backend is None:
+        pytest.skip("the local pool has no engine options")
+    with trio.fail_after(240):
+        if engine.name == "ray":
+            probe = "TRIOPOOL_ENGINE_OPTIONS_PROBE"
+
+            def env(value: str) -> dict[str, Any]:
+                return {"runtime_env": {"env_vars": {probe: value}}}
+
+            async with engine.open(task_options=env("pool")) as pool:
+                assert await pool.run_sync(workerfuncs.getenv, probe) == "pool"
+                per_call = await pool.run_sync(
+                    workerfuncs.getenv, probe, engine_options=env("call")
+                )
+                assert per_call == "call"
+            return
+        # Dask: pin tasks to one worker of two; without the pin, tasks that
+        # overlap spread over both.
+        async with engine.open() as pool:
+            pinned = await pool.run_sync(workerfuncs.dask_worker_address, 0.0)
+        pin = {"workers": [pinned], "allow_other_workers": False}
+
+        async def call(
+            pool: Any, options: dict[str, Any] | None, addresses: list[str]
+        ) -> None:
+            addresses.append(
+                await pool.run_sync(
+                    workerfuncs.dask_worker_address, 0.3, engine_options=options
+                )
+            )
+
+        for task_options, engine_options in ((pin, None), (None, pin)):
+            addresses: list[str] = []
+            async with (
+                engine.open(task_options=task_options) as pool,
+                trio.open_nursery() as nursery,
+            ):
+                for _ in range(4):
+                    nursery.start_soon(call, pool, engine_options, addresses)
+            assert addresses == [pinned] * 4

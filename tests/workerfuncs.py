@@ -371,3 +371,16 @@ def multiprocessing_authkey() -> bytes:
     import multiprocessing
 
     return bytes(multiprocessing.current_process().authkey)
+
+
+def getenv(name: str) -> str | None:
+    return os.environ.get(name)
+
+
+def dask_worker_address(seconds: float) -> str:
+    """The address of the Dask worker running this task, after ``seconds``."""
+    import distributed  # only ever called on a Dask worker
+
+    time.sleep(seconds)
+    address: str = distributed.get_worker().address
+    return address

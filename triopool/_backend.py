@@ -19,6 +19,7 @@ Invariants:
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
@@ -29,7 +30,14 @@ from ._errors import RemoteTraceback
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["Backend", "Capabilities", "Outcome", "TrioBridge", "with_remote_traceback"]
+__all__ = [
+    "Backend",
+    "Capabilities",
+    "Outcome",
+    "TrioBridge",
+    "check_engine_options",
+    "with_remote_traceback",
+]
 
 
 @attrs.frozen
@@ -74,6 +82,13 @@ class Backend(Protocol):
     a ``retry_on`` its engine's retry cannot follow, and its ``submit`` takes
     the keyword arguments ``retries`` and ``retry_on`` (passed only when
     ``retries`` is not 0). Without that method the pool refuses ``retries``.
+
+    A backend that takes engine options (per call: ``run_sync(...,
+    engine_options={...})``) has a method ``check_engine_options(options)``
+    that returns them as a dict or raises for a key its engine does not take
+    (see :func:`check_engine_options`), and its ``submit`` takes the keyword
+    argument ``engine_options`` (passed only when not empty). Without that
+    method the pool refuses any.
     """
 
     name: str
@@ -111,6 +126,45 @@ def with_remote_traceback(
     if traceback_text:
         exc.__cause__ = RemoteTraceback(traceback_text)
     return exc
+
+
+def check_engine_options(
+    backend: str,
+    where: str,
+    options: object,
+    valid: frozenset[str],
+    reserved: Mapping[str, str],
+) -> dict[str, Any]:
+    """Return ``options`` as a dict if every key is one the engine takes.
+
+    ``valid`` are the engine's option names a backend passes on as they are;
+    ``reserved`` maps the engine options the pool sets itself to the pool
+    option to use instead. The values are the engine's to check, when the
+    task is submitted.
+    """
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise TypeError(
+            f"{where} must be a dict of {backend}'s option names to values, "
+            f"got {options!r}"
+        )
+    given = dict(options)
+    for key in given:
+        if not isinstance(key, str):
+            raise TypeError(f"{where} keys must be str, got {key!r}")
+    taken = [key for key in given if key in reserved]
+    if taken:
+        uses = ", ".join(f"{key} (use {reserved[key]})" for key in taken)
+        raise ValueError(f"{where} of {backend} cannot set {uses}: the pool sets it")
+    unknown = sorted(key for key in given if key not in valid)
+    if unknown:
+        raise ValueError(
+            f"{where} of {backend} has unknown option(s) "
+            f"{', '.join(map(repr, unknown))}; valid ones are "
+            f"{', '.join(sorted(valid))}"
+        )
+    return given
 
 
 @attrs.define(eq=False)

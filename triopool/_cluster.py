@@ -100,6 +100,7 @@ class _Job:
     kill_on_cancel: bool
     retries: int
     retry_on: tuple[type[BaseException], ...]
+    engine_options: dict[str, Any] = attrs.field(factory=dict)
     done: trio.Event = attrs.field(factory=trio.Event)
     state: _State = _State.WAITING
     outcome: Outcome | None = None
@@ -181,6 +182,19 @@ def _check_options(backend: Backend, options: Mapping[str, Any]) -> None:
             f"{name} cannot retire workers, so max_tasks_per_child cannot be "
             "honoured: leave it at None"
         )
+
+
+def _check_engine_options(backend: Backend, options: object) -> dict[str, Any]:
+    """The backend's check of a call's ``engine_options`` (see Backend)."""
+    check = getattr(backend, "check_engine_options", None)
+    if check is None:
+        if options:
+            raise ValueError(
+                f"{backend.name} takes no engine_options, got {options!r}: remove it"
+            )
+        return {}
+    checked: dict[str, Any] = check(options)
+    return checked
 
 
 def open_cluster_scheduler(backend: Backend, options: Options) -> ClusterScheduler:
@@ -325,11 +339,14 @@ class ClusterScheduler:
         kill_on_cancel: bool,
         retries: int,
         retry_on: tuple[type[BaseException], ...],
+        *,
+        engine_options: object = None,
     ) -> Any:
         """Run ``fn(*args)`` on the engine and return its result, with the
         semantics of :meth:`triopool.Pool.run_sync` as far as the backend
         can honour them: an option it cannot honour raises
-        :class:`ValueError` naming both."""
+        :class:`ValueError` naming both. ``engine_options`` are the engine's
+        own options for this call, checked by the backend."""
         name = self._backend.name
         if soft_time_limit is not None:
             raise ValueError(f"{name} does not support soft_time_limit")
@@ -344,8 +361,10 @@ class ClusterScheduler:
                     f"{name} cannot stop a running task: time_limit cannot be enforced"
                 )
         _check_retries(self._backend, retries, retry_on)
+        engine = _check_engine_options(self._backend, engine_options)
         self.check_usable()
         job = _Job(fn, tuple(args), time_limit, kill_on_cancel, retries, retry_on)
+        job.engine_options = engine
         self._tasks_submitted += 1
         self._tasks_waiting += 1
         self._waiting.append(job)
@@ -397,18 +416,17 @@ class ClusterScheduler:
                 self._tasks_waiting -= 1
                 self._tasks_running += 1
                 deliver = self._bridge.callback(functools.partial(self._deliver, job))
+                # Only a backend with check_retries (check_engine_options)
+                # takes these keywords (see Backend): passed only when set.
+                extra: dict[str, Any] = {}
+                if job.retries:
+                    extra.update(retries=job.retries, retry_on=job.retry_on)
+                if job.engine_options:
+                    extra["engine_options"] = job.engine_options
                 try:
-                    if job.retries:
-                        # The engine's own retry: only a backend with
-                        # check_retries takes these (see Backend).
+                    if extra:
                         submit: Any = backend.submit
-                        job.handle = submit(
-                            job.fn,
-                            job.args,
-                            deliver,
-                            retries=job.retries,
-                            retry_on=job.retry_on,
-                        )
+                        job.handle = submit(job.fn, job.args, deliver, **extra)
                     else:
                         job.handle = backend.submit(job.fn, job.args, deliver)
                 except Exception as exc:

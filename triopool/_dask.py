@@ -13,22 +13,78 @@ capabilities, and the pool refuses ``kill_on_cancel=True``,
 from __future__ import annotations
 
 import traceback
+import uuid
 from typing import TYPE_CHECKING, Any
 
-from ._backend import Capabilities, Outcome, with_remote_traceback
+from ._backend import (
+    Capabilities,
+    Outcome,
+    check_engine_options,
+    with_remote_traceback,
+)
 from ._errors import BrokenWorkerError, SerializationError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
 
 __all__ = ["DaskBackend"]
+
+# The keyword arguments of ``Client.submit`` that a pool passes on as they are.
+DASK_TASK_OPTIONS = frozenset(
+    {"resources", "workers", "allow_other_workers", "priority", "fifo_timeout"}
+)
+# ``Client.submit`` arguments the pool sets from its own: the option to use
+# instead.
+_DASK_RESERVED = {
+    "retries": "the pool's retries",
+    "key": "nothing: each call has a key of its own",
+    "pure": "nothing: each call runs, never cached",
+    "actor": "nothing: a call is a task",
+    "actors": "nothing: a call is a task",
+}
+
+
+def _quiet_plugin(prefix: str) -> Any:
+    """A Dask worker plugin that drops the worker's ``Compute Failed`` log
+    record for the pool's own tasks (keys starting with ``prefix``) while the
+    pool is open: the caller receives that exception, so the worker's report
+    of it is noise. Any other record, another client's tasks included, is
+    left alone.
+
+    Defined in a function so that the classes travel by value (cloudpickle):
+    a worker need not have triopool installed.
+    """
+    import logging
+
+    from distributed.diagnostics.plugin import (  # pyright: ignore[reportMissingImports]  # an optional extra
+        WorkerPlugin,
+    )
+
+    def keep(record: logging.LogRecord) -> bool:
+        args = record.args
+        return not (
+            isinstance(record.msg, str)
+            and record.msg.startswith("Compute Failed")
+            and isinstance(args, tuple)
+            and bool(args)
+            and str(args[0]).startswith(prefix)
+        )
+
+    class QuietTaskErrors(WorkerPlugin):  # type: ignore[misc]
+        def setup(self, worker: Any) -> None:
+            logging.getLogger("distributed.worker").addFilter(keep)
+
+        def teardown(self, worker: Any) -> None:
+            logging.getLogger("distributed.worker").removeFilter(keep)
+
+    return QuietTaskErrors()
 
 
 class DaskBackend:
     """Run tasks as Dask futures: ``open_pool(backend=DaskBackend(), kill_on_cancel=False)``.
 
-    Each call is one ``client.submit(fn, *args, pure=False)``: never cached,
-    never merged with an equal call.
+    Each call is one ``client.submit(fn, *args)`` under a key of its own:
+    never cached, never merged with an equal call.
 
     Args:
         address: A scheduler address (``"tcp://127.0.0.1:8786"``) to connect
@@ -44,6 +100,12 @@ class DaskBackend:
         threads_per_worker: Threads per worker process of an owned cluster.
         worker_timeout: Seconds to wait, when the pool opens, for a cluster
             at ``address`` to have at least one worker.
+        task_options: ``Client.submit`` options for every call of the pool
+            (``{"resources": {"GPU": 1}, "priority": 10}``): any of
+            ``resources``, ``workers``, ``allow_other_workers``, ``priority``
+            and ``fifo_timeout``. A call's ``engine_options`` override them
+            key by key. An unknown key raises :class:`ValueError` naming it
+            and the valid ones.
 
     The pool keeps as many calls in flight as the cluster has worker threads
     when the pool opens. ``retries`` maps to Dask's own ``retries``, which runs
@@ -66,9 +128,11 @@ class DaskBackend:
         n_workers: int | None = None,
         threads_per_worker: int = 1,
         worker_timeout: float = 60.0,
+        task_options: Mapping[str, Any] | None = None,
     ) -> None:
         if address is not None and not isinstance(address, str):
             raise TypeError(f"address must be a str or None, got {address!r}")
+        self.task_options = self.check_engine_options(task_options, "task_options")
         self.address = address
         self.n_workers = n_workers
         self.threads_per_worker = threads_per_worker
@@ -76,6 +140,10 @@ class DaskBackend:
         self._client: Any = None
         self._cluster: Any = None
         self._killed_worker: type[BaseException] | None = None
+        # The pool's task keys start with this, so that the quiet plugin
+        # (see _quiet_plugin) knows them from other clients' tasks.
+        self._key_prefix = ""
+        self._plugin_name = ""
 
     def __repr__(self) -> str:
         return f"DaskBackend(address={self.address!r})"
@@ -114,8 +182,27 @@ class DaskBackend:
                 self._client.close()
                 self._client = None
                 raise
+        token = uuid.uuid4().hex[:12]
+        self._key_prefix = f"triopool-{token}-"
+        self._plugin_name = f"triopool-quiet-{token}"
+        try:
+            self._client.register_plugin(
+                _quiet_plugin(self._key_prefix), name=self._plugin_name
+            )
+        except BaseException:
+            self.stop()
+            raise
         threads: int = sum(self._client.nthreads().values())
         return max(1, threads)
+
+    def check_engine_options(
+        self, options: object, where: str = "engine_options"
+    ) -> dict[str, Any]:
+        """Return ``options`` as a dict of ``Client.submit`` options, or raise
+        naming the keys it does not take (the values are Dask's to check)."""
+        return check_engine_options(
+            "DaskBackend", where, options, DASK_TASK_OPTIONS, _DASK_RESERVED
+        )
 
     def check_retries(
         self, retries: int, retry_on: tuple[type[BaseException], ...]
@@ -139,11 +226,16 @@ class DaskBackend:
         *,
         retries: int = 0,
         retry_on: tuple[type[BaseException], ...] = (),
+        engine_options: Mapping[str, Any] | None = None,
     ) -> object:
         """Submit one Dask future; ``on_done`` fires on Dask's callback thread."""
-        extra = {"retries": retries} if retries else {}
+        extra = {**self.task_options, **(engine_options or {})}
+        if retries:
+            extra["retries"] = retries
+        name = getattr(fn, "__name__", None) or type(fn).__name__
+        key = f"{self._key_prefix}{name}-{uuid.uuid4().hex}"
         try:
-            future = self._client.submit(fn, *args, pure=False, **extra)
+            future = self._client.submit(fn, *args, key=key, **extra)
         except Exception as exc:
             raise SerializationError(
                 f"could not send the task to Dask: {type(exc).__name__}: {exc}"
@@ -195,6 +287,13 @@ class DaskBackend:
         cluster, self._cluster = self._cluster, None
         try:
             if client is not None:
+                if cluster is None and self._plugin_name:
+                    # A cluster the pool does not own keeps running: leave
+                    # its workers' logging as it was.
+                    try:
+                        client.unregister_worker_plugin(self._plugin_name)
+                    except Exception:
+                        pass  # the cluster is going or gone; nothing to restore
                 client.close()
         finally:
             if cluster is not None:

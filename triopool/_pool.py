@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 import trio
 
 from . import _context, _events, _map
-from ._cluster import open_cluster_scheduler
+from ._cluster import ClusterScheduler, open_cluster_scheduler
 from ._config import (
     POOL_DEFAULT,
     Options,
@@ -44,6 +44,7 @@ if TYPE_CHECKING:
         AsyncIterator,
         Callable,
         Iterable,
+        Mapping,
         Sequence,
     )
     from types import CoroutineType
@@ -170,6 +171,7 @@ class Pool:
         kill_on_cancel: bool | PoolDefault = POOL_DEFAULT,
         retries: int | PoolDefault = POOL_DEFAULT,
         retry_on: RetryOn | PoolDefault = POOL_DEFAULT,
+        engine_options: Mapping[str, Any] | None = None,
     ) -> CoroutineType[Any, Any, Any]: ...
     @overload
     def run_sync(  # type: ignore[overload-overlap]
@@ -181,6 +183,7 @@ class Pool:
         kill_on_cancel: bool | PoolDefault = POOL_DEFAULT,
         retries: int | PoolDefault = POOL_DEFAULT,
         retry_on: RetryOn | PoolDefault = POOL_DEFAULT,
+        engine_options: Mapping[str, Any] | None = None,
     ) -> AsyncFunctionPassedToRunSync: ...
     @overload
     def run_sync(
@@ -192,6 +195,7 @@ class Pool:
         kill_on_cancel: bool | PoolDefault = POOL_DEFAULT,
         retries: int | PoolDefault = POOL_DEFAULT,
         retry_on: RetryOn | PoolDefault = POOL_DEFAULT,
+        engine_options: Mapping[str, Any] | None = None,
     ) -> CoroutineType[Any, Any, T]: ...
     async def run_sync(  # type: ignore[misc]
         self,
@@ -202,6 +206,7 @@ class Pool:
         kill_on_cancel: bool | PoolDefault = POOL_DEFAULT,
         retries: int | PoolDefault = POOL_DEFAULT,
         retry_on: RetryOn | PoolDefault = POOL_DEFAULT,
+        engine_options: Mapping[str, Any] | None = None,
     ) -> T:
         """Run ``fn(*args)`` in a worker process and return its result.
 
@@ -232,6 +237,12 @@ class Pool:
             retry_on: The failures that are retried: exception classes
                 among :class:`BrokenWorkerError`, :class:`TimeLimitExceeded`
                 and the task's own exception types.
+            engine_options: With a cluster backend, the engine's own options
+                for this call (Ray task options, Dask ``submit`` options),
+                over the backend's ``task_options`` key by key; see
+                :doc:`cluster`. A key the backend does not take raises
+                :class:`ValueError` naming it and the valid ones. The local
+                pool has no engine and refuses a non-empty one.
 
         Returns:
             What ``fn`` returned.
@@ -288,6 +299,24 @@ class Pool:
         classes = (
             self._retry_on if retry_on is POOL_DEFAULT else retry_classes(retry_on)
         )
+        if engine_options:
+            if not isinstance(self._scheduler, ClusterScheduler):
+                raise ValueError(
+                    f"engine_options={engine_options!r} needs a cluster "
+                    "backend; the local pool has no engine to pass them to: "
+                    "remove it, or open the pool with backend=RayBackend() "
+                    "or DaskBackend()"
+                )
+            return await self._scheduler.run(  # type: ignore[no-any-return]
+                fn,
+                args,
+                time_limit,
+                soft_time_limit,
+                kill_on_cancel,
+                retries,
+                classes,
+                engine_options=engine_options,
+            )
         return await self._scheduler.run(  # type: ignore[no-any-return]
             fn, args, time_limit, soft_time_limit, kill_on_cancel, retries, classes
         )

@@ -9,10 +9,17 @@ backend did not start is never stopped.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from typing import TYPE_CHECKING, Any
 
-from ._backend import Capabilities, Outcome, with_remote_traceback
+from ._backend import (
+    Capabilities,
+    Outcome,
+    check_engine_options,
+    with_remote_traceback,
+)
 from ._errors import (
     BrokenWorkerError,
     RemoteError,
@@ -21,9 +28,67 @@ from ._errors import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator, Mapping
 
 __all__ = ["RayBackend"]
+
+# The options of Ray's ``f.options(...)`` that a pool passes on as they are.
+RAY_TASK_OPTIONS = frozenset(
+    {
+        "num_cpus",
+        "num_gpus",
+        "memory",
+        "resources",
+        "accelerator_type",
+        "runtime_env",
+        "scheduling_strategy",
+        "placement_group",
+        "placement_group_bundle_index",
+        "placement_group_capture_child_tasks",
+        "name",
+    }
+)
+# Ray options the pool sets from its own: the option to use instead.
+_RAY_RESERVED = {
+    "max_retries": "the pool's retries",
+    "retry_exceptions": "the pool's retry_on",
+    "max_calls": "the pool's max_tasks_per_child",
+    "num_returns": "nothing: a task returns one value",
+}
+
+# What ``ray.init`` logs at WARNING about the pool's own doing, which a
+# program that never configured logging would print: (logger, message start).
+# The pool starts Ray in a worker thread, so Ray cannot set its SIGTERM
+# handler (the pool stops the cluster itself); a local cluster the pool starts
+# has token authentication on by default, which is what it should be.
+_EXPECTED_INIT_RECORDS = (
+    ("ray._private.worker", "SIGTERM handler is not set because"),
+    (
+        "ray._private.authentication.authentication_token_setup",
+        "Token authentication is enabled for this Ray cluster",
+    ),
+)
+
+
+@contextlib.contextmanager
+def _quiet_init() -> Iterator[None]:
+    """Drop exactly the records of ``_EXPECTED_INIT_RECORDS`` while the block
+    runs (``ray.init``); every other record, and those loggers afterwards,
+    are left alone."""
+    filters = []
+    for name, start in _EXPECTED_INIT_RECORDS:
+
+        def keep(record: logging.LogRecord, start: str = start) -> bool:
+            return not (isinstance(record.msg, str) and record.msg.startswith(start))
+
+        logger = logging.getLogger(name)
+        logger.addFilter(keep)
+        filters.append((logger, keep))
+    try:
+        yield
+    finally:
+        for logger, keep in filters:
+            logger.removeFilter(keep)
 
 
 def _call(fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
@@ -50,6 +115,15 @@ class RayBackend:
             running.
         num_cpus: CPUs of a local cluster (``None``: Ray's default).
         init_kwargs: More keyword arguments for ``ray.init``.
+        task_options: Ray task options for every call of the pool
+            (``{"num_gpus": 1, "resources": {"model": 1}}``): any of
+            ``num_cpus`` (default 1), ``num_gpus``, ``memory``,
+            ``resources``, ``accelerator_type``, ``runtime_env``,
+            ``scheduling_strategy``, ``placement_group``,
+            ``placement_group_bundle_index``,
+            ``placement_group_capture_child_tasks`` and ``name``. A call's
+            ``engine_options`` override them key by key. An unknown key
+            raises :class:`ValueError` naming it and the valid ones.
 
     Example::
 
@@ -66,9 +140,11 @@ class RayBackend:
         *,
         num_cpus: int | None = None,
         init_kwargs: dict[str, Any] | None = None,
+        task_options: Mapping[str, Any] | None = None,
     ) -> None:
         if address is not None and not isinstance(address, str):
             raise TypeError(f"address must be a str or None, got {address!r}")
+        self.task_options = self.check_engine_options(task_options, "task_options")
         self.address = address
         self.num_cpus = num_cpus
         self.init_kwargs = dict(init_kwargs or {})
@@ -99,13 +175,24 @@ class RayBackend:
                 if self.num_cpus is not None:
                     kwargs["num_cpus"] = self.num_cpus
             kwargs.update(self.init_kwargs)
-            ray.init(address="local" if local else self.address, **kwargs)
+            with _quiet_init():
+                ray.init(address="local" if local else self.address, **kwargs)
             self._initialized_here = True
         options: dict[str, Any] = {"max_retries": 0, "num_cpus": 1}
+        options.update(self.task_options)
         if max_tasks_per_child is not None:
             options["max_calls"] = max_tasks_per_child
         self._remote = ray.remote(**options)(_call)
         return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+    def check_engine_options(
+        self, options: object, where: str = "engine_options"
+    ) -> dict[str, Any]:
+        """Return ``options`` as a dict of Ray task options, or raise naming
+        the keys Ray's tasks do not take (the values are Ray's to check)."""
+        return check_engine_options(
+            "RayBackend", where, options, RAY_TASK_OPTIONS, _RAY_RESERVED
+        )
 
     def check_retries(
         self, retries: int, retry_on: tuple[type[BaseException], ...]
@@ -133,12 +220,17 @@ class RayBackend:
         *,
         retries: int = 0,
         retry_on: tuple[type[BaseException], ...] = (),
+        engine_options: Mapping[str, Any] | None = None,
     ) -> object:
         """Submit one Ray task; ``on_done`` fires on a Ray thread."""
         remote = self._remote
+        options: dict[str, Any] = dict(engine_options or {})
         if retries:
             own = [cls for cls in retry_on if not issubclass(cls, BrokenWorkerError)]
-            remote = remote.options(max_retries=retries, retry_exceptions=own or False)
+            options.update(max_retries=retries, retry_exceptions=own or False)
+        if options:
+            # Ray checks the values here: its error reaches the caller as is.
+            remote = remote.options(**options)
         try:
             ref = remote.remote(fn, args)
         except Exception as exc:
