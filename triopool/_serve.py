@@ -220,7 +220,7 @@ class Service:
         """End the waits that ``why`` concerns, and record it for the reader.
 
         A job cancelled while it is being written cuts its write (the worker
-        is then killed: see :meth:`_write`); every other cause ends the
+        is then killed: see :meth:`_write_rest`); every other cause ends the
         reader's wait, now or as soon as its next one begins, and the reader
         acts on ``self.why`` (see :meth:`_interrupted`).
         """
@@ -376,28 +376,35 @@ class Service:
         self._jobs.idle.append(self)  # the feeder is parked: callers wake it
         return Next.IDLE
 
-    async def _write(
-        self, pieces: list[bytes | memoryview], job: Job | None, *, ahead: bool
-    ) -> bool:
-        """Write one frame whole: ``job``'s task, or SKIPs (``job`` None).
-
-        Returns False if nothing more can be written: the worker is gone (its
-        reader sees EOF), or a job's write was cut by its caller (the stream
-        is then out of sync and the worker is killed), or, ``ahead``, the
-        pipe had no room for the frame. A frame written ahead is one piece of
-        at most ``_pipes.ATOMIC_WRITE`` bytes, which a pipe takes whole or
-        not at all: it never waits. Any other write that finds the pipe full
-        waits for room, and only :meth:`interrupt` may cut that wait.
+    def _write(
+        self, pieces: list[bytes | memoryview], *, ahead: bool
+    ) -> list[bytes | memoryview] | None:
+        """Write one frame (a task, or SKIPs) as far as the pipe takes it now:
+        the one place frames go out. Returns the rest ([] once whole), for
+        :meth:`_write_rest`; None if nothing more can be written: the worker
+        is gone (its reader sees EOF), or, ``ahead``, the pipe had no room.
+        A frame written ahead is one piece of at most ``_pipes.ATOMIC_WRITE``
+        bytes, which a pipe takes whole or not at all: it never waits.
         """
+        try:
+            rest = self.worker.write_now(pieces)
+        except trio.BrokenResourceError:
+            return None
+        if rest and ahead:
+            return None
+        return rest
+
+    async def _write_rest(
+        self, rest: list[bytes | memoryview], job: Job | None
+    ) -> bool:
+        """Wait for room and write the rest of a frame (``job``'s task, or
+        SKIPs). Only :meth:`interrupt` may cut the wait; a write cut short
+        kills the worker, whose stream is then out of sync. Returns False if
+        it was cut or the worker is gone."""
         worker = self.worker
         self.writing = True
         self.writing_job = job
         try:
-            rest = worker.write_now(pieces)
-            if not rest:
-                return True
-            if ahead:
-                return False
             with trio.CancelScope() as scope:
                 self.write_scope = scope
                 await worker.send(rest)
@@ -416,7 +423,7 @@ class Service:
     async def _send(self, job: Job) -> None:
         """Start a waiting job on the free worker: write it whole.
 
-        If the worker is gone, or the write is cut (see :meth:`_write`), the
+        If the worker is gone, or the write is cut (see :meth:`_write_rest`), the
         reader sees EOF and settles the job.
         """
         worker = self.worker
@@ -437,7 +444,8 @@ class Service:
             if job.state is JobState.CANCELLED:
                 worker.kill()
                 return
-        if not await self._write(job.pieces, job, ahead=False):
+        rest = self._write(job.pieces, ahead=False)
+        if rest is None or (rest and not await self._write_rest(rest, job)):
             return
         now = trio.current_time()
         self.pipeline.written(job, worker.bytes_written, now)
@@ -449,7 +457,7 @@ class Service:
             if self.read_scope is not None:
                 self.read_scope.deadline = job.deadline
 
-    async def _send_ahead(self) -> None:
+    def _send_ahead(self) -> None:
         """Pipelining: while callers queue up, write more small jobs to this
         busy worker, so that it finds the next one waiting when it answers.
 
@@ -478,7 +486,7 @@ class Service:
             if (
                 len(pieces) != 1
                 or len(pieces[0]) > _pipes.ATOMIC_WRITE
-                or not await self._write(pieces, job, ahead=True)
+                or self._write(pieces, ahead=True) is None
             ):
                 self._jobs.waiting.appendleft(job)
                 return
@@ -498,7 +506,8 @@ class Service:
                 for number in self.pipeline.take_skips()
             ]
         )
-        if await self._write([data], None, ahead=False):
+        rest = self._write([data], ahead=False)
+        if rest is not None and (not rest or await self._write_rest(rest, None)):
             self.worker.process.signal(signal.SIGURG)
 
     async def _fault_before_send(self, faults: _faults.Plan, job: Job) -> None:
@@ -692,7 +701,7 @@ class Service:
                         return stray
                     continue
             if self._jobs.waiting:
-                await self._send_ahead()
+                self._send_ahead()
 
     def _retire(self, reason: str, text: str) -> End:
         """The worker is done: it reached a limit ``reason`` names (memory,
