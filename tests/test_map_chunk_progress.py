@@ -169,6 +169,26 @@ async def test_an_item_error_without_return_exceptions_ends_the_call(
             await assert_healthy(pool)
 
 
+async def test_an_item_error_named_in_retry_on_runs_that_item_again(
+    tmp_path: Path,
+) -> None:
+    items = plan(tmp_path, {2: mapfuncs.RAISE}, 6)
+    with trio.fail_after(TIMEOUT):
+        async with triopool.open_pool(1) as pool:
+            with pytest.raises(ValueError, match=r"^2\b") as info:
+                await pool.map(
+                    mapfuncs.counted,
+                    items,
+                    chunksize=6,
+                    retries=1,
+                    retry_on=(ValueError,),
+                )
+            assert info.value.args == (2,)
+            assert "triopool: 2 runs tried" in info.value.__notes__
+            assert mapfuncs.runs(str(tmp_path), 6) == [1, 1, 2, 0, 0, 0]
+            await assert_healthy(pool)
+
+
 async def test_only_maps_that_outlive_a_death_report_items(tmp_path: Path) -> None:
     parts: list[int] = []
 
