@@ -100,12 +100,16 @@ async def test_cancelled_caller_with_streamed_jobs_running() -> None:
                 with scope:
                     await pool.map(mapfuncs.sleep_for, [0.6] * 8, chunksize=1)
 
-            async with trio.open_nursery() as nursery:
+            async with pool.events() as events, trio.open_nursery() as nursery:
                 nursery.start_soon(run_map)
                 # Cancelled once both workers run one (however slowly they
                 # started), so that two jobs are running when it comes.
-                while pool.statistics().tasks_running < 2:
-                    await trio.sleep(0.01)
+                started = 0
+                async for event in events:
+                    if isinstance(event, triopool.TaskEvent):
+                        started += event.kind == "started"
+                        if started == 2:
+                            break
                 scope.cancel()
             assert scope.cancelled_caught
             # The running jobs ran to their end, shielded, like run_sync's.
