@@ -36,6 +36,12 @@ Invariants:
   ``kill_on_cancel=False``; written ahead: dropped by the worker, or run):
   the producer ends only once every streamed chunk has ended or was given
   up, so the rules below hold for them as for chunk tasks.
+- With ``return_exceptions=True`` or retries, streamed chunks of several
+  items report each item (see ``_chunk_parts``). One whose run failed is
+  split: its items done are handed on, and its items from the one at fault
+  (or the one after it) on are streamed again as a chunk of their own,
+  which its count in ``_chunks_running`` stands for. Nothing is streamed
+  again once the call is ending.
 - Leaving the ``async with`` cancels whatever still runs and waits for it:
   no task of the call outlives the block. After it, a take raises
   :class:`trio.ClosedResourceError`.
