@@ -56,7 +56,8 @@ async def test_a_death_mid_chunk_runs_no_finished_item_again(
             error = errors[0]
             assert isinstance(error, triopool.BrokenWorkerError)
             assert error.exitcode == 7
-            assert error.runs == 1
+            # Once in the chunk, once more in its rest reporting each item.
+            assert error.runs == 2
             if ordered:
                 assert values[:3] == [0, 1, 2]
                 assert values[3] is error
@@ -65,13 +66,15 @@ async def test_a_death_mid_chunk_runs_no_finished_item_again(
                 assert sorted(v for v in values if isinstance(v, int)) == [
                     0, 1, 2, 4, 5, 6, 7,
                 ]  # fmt: skip
-            # Each item ran once: the finished ones were not run again, nor
-            # was the one at fault.
-            assert mapfuncs.runs(str(tmp_path), 8) == [1] * 8
+            # The finished ones were not run again; the one at fault ran
+            # twice: the chunk reports quick items a few at a time, so its
+            # death did not tell which item ran, and its rest (items 3 to 7)
+            # ran again, each item reported at once, to find it.
+            assert mapfuncs.runs(str(tmp_path), 8) == [1, 1, 1, 2, 1, 1, 1, 1]
             stats = pool.statistics()
-            assert stats.workers_lost == 1
-            # The chunk, then the rest of it (items 4 to 7) as a chunk.
-            assert stats.tasks_submitted == 2
+            assert stats.workers_lost == 2
+            # The chunk, its rest, then the rest after the item at fault.
+            assert stats.tasks_submitted == 3
             await assert_healthy(pool)
 
 
@@ -206,7 +209,9 @@ async def test_only_maps_that_outlive_a_death_report_items(tmp_path: Path) -> No
                 mapfuncs.square, range(40), chunksize=10, return_exceptions=True
             )
             assert values == [x * x for x in range(40)]
-            assert len(parts) == 40
+            # Quick items in a row share a frame; each chunk sends one at least.
+            reported = len(parts)
+            assert 4 <= reported <= 40
             await pool.map(mapfuncs.square, range(40), chunksize=10, retries=1)
-            assert len(parts) == 80
+            assert 4 <= len(parts) - reported <= 40
             await assert_healthy(pool)

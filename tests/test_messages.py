@@ -309,3 +309,50 @@ def test_chunk_parts_without_failures() -> None:
     frames = [received(_messages.part_frame(value)) for value in (None, "a", 2.5)]
     assert _messages.decode_parts(frames) == ([None, "a", 2.5], None)
     assert _messages.decode_parts([]) == ([], None)
+
+
+def test_items_in_a_row_share_a_part() -> None:
+    row = received(_messages.values_part_frame([1, b"z" * 100_000, "c"]))
+    assert row.flags == _messages.PART_VALUES
+    more = received(_messages.values_part_frame([4]))
+    assert _messages.decode_parts([row, more]) == ([1, b"z" * 100_000, "c", 4], None)
+
+
+def test_a_row_that_does_not_pickle_is_sent_item_by_item() -> None:
+    # Only the item whose value does not pickle fails.
+    stream = b"".join(
+        bytes(piece) for piece in _messages.values_part_frame([1, threading.Lock(), 3])
+    )
+    decoder = _protocol.Decoder()
+    decoder.receive_data(stream)
+    frames: list[_protocol.Frame] = []
+    while isinstance(frame := decoder.next_frame(), _protocol.Frame):
+        frames.append(frame)
+    assert [frame.flags for frame in frames] == [
+        _messages.PART_VALUE,
+        _messages.PART_SERIAL_ERROR,
+        _messages.PART_VALUE,
+    ]
+    values, first_failed = _messages.decode_parts(frames)
+    assert first_failed == 1
+    assert values[0] == 1
+    assert values[2] == 3
+    assert isinstance(values[1], triopool.SerializationError)
+
+
+def test_a_row_that_does_not_unpickle_fails_each_of_its_items() -> None:
+    row = received(_messages.values_part_frame([1, 2]))
+    garbled = _protocol.Frame(
+        row.kind,
+        row.flags,
+        bytes(row.payload[: _messages.PART_COUNT.size]) + b"not a pickle",
+        row.buffers,
+    )
+    values, first_failed = _messages.decode_parts(
+        [received(_messages.part_frame(0)), garbled]
+    )
+    assert first_failed == 1
+    assert values[0] == 0
+    assert len(values) == 3
+    assert all(isinstance(value, triopool.SerializationError) for value in values[1:])
+    assert values[1] is not values[2]

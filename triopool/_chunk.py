@@ -16,12 +16,15 @@ rebuilds it exactly as ``run_sync`` would have raised it.
 
 With ``return_exceptions=True`` or ``retries``, where a worker's death
 mid-chunk does not end the call, the task is ``run_chunk_reporting(fn,
-items, catching)``: each item's outcome goes to the pool as a PART frame
-as soon as the item is done, so that when the worker dies the pool knows
-which items finished (it keeps their results), which one was running (it
-gets the error, or runs again) and which never started (they run
-elsewhere). A frame per item costs a write per item here and a frame per
-item in the pool, which plain maps do not pay.
+items, catching)``: the items' outcomes go to the pool as PART
+frames as they are done, so that when the worker dies the pool knows which
+items finished (it keeps their results), which one was running (it gets the
+error, or runs again) and which never started (they run elsewhere).
+Outcomes are sent at least every :data:`REPORT_EVERY` seconds of work (an
+item that takes longer is sent as soon as it is done, an exception at
+once), quick items several to a frame: a death can cost the items finished
+within that last moment, which run again, but never a write per quick item
+here nor a frame per item in the pool.
 
 Invariants: the results come back in the order of the items, one per item;
 without catching, the first item that raises ends the chunk, and its
@@ -37,7 +40,7 @@ from __future__ import annotations
 
 import time
 
-from ._messages import RemoteException, error_part_frame, part_frame
+from ._messages import RemoteException, error_part_frame, values_part_frame
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -86,34 +89,58 @@ def run_chunk_catching(
     return results, failures, time.perf_counter() - start
 
 
+#: A reporting chunk sends its items' values at least this often, in seconds
+#: of work: at most this much finished work runs again after a death, and
+#: quick items share a frame.
+REPORT_EVERY = 0.001
+
 #: How a running task sends a frame to the pool: set by the worker loop
 #: (``_child``) before it runs tasks; ``None`` outside a worker.
 send_part: Callable[[Pieces], None] | None = None
 
 
 def run_chunk_reporting(
-    fn: Callable[[ItemT], object], items: Sequence[ItemT], catching: bool
+    fn: Callable[[ItemT], object],
+    items: Sequence[ItemT],
+    catching: bool,
+    report_every: float = REPORT_EVERY,
 ) -> float:
-    """Call ``fn`` on the items in order, and send each item's outcome to
-    the pool as a PART frame once it is done; return the seconds the calls
-    took, in the worker.
+    """Call ``fn`` on the items in order, and send their outcomes to the
+    pool as PART frames, in order, as they are done (see the module
+    docstring for how often; ``report_every=0``: each item as soon as it is
+    done); return the seconds the calls took, in the worker.
 
-    An item that raises an ``Exception`` sends it as its part; then, unless
-    ``catching``, the chunk ends there (its remaining items never run: the
-    pool fails the call, or runs them again). A ``BaseException`` that is
-    not an ``Exception`` ends the chunk and the worker, with no part.
+    An item that raises an ``Exception`` sends it as its part at once;
+    then, unless ``catching``, the chunk ends there (its remaining items
+    never run: the pool fails the call, or runs them again). A
+    ``BaseException`` that is not an ``Exception`` ends the chunk and the
+    worker, with no part for it (the values before it are sent first).
     """
     send = send_part
     if send is None:
         raise RuntimeError("run_chunk_reporting runs only in a triopool worker")
-    start = time.perf_counter()
-    for item in items:
-        try:
-            value = fn(item)
-        except Exception as exc:
-            send(error_part_frame(exc))
-            if not catching:
-                break
-            continue
-        send(part_frame(value))
-    return time.perf_counter() - start
+    clock = time.perf_counter
+    start = sent_at = clock()
+    done: list[object] = []  # values not sent yet
+    try:
+        for item in items:
+            try:
+                done.append(fn(item))
+            except Exception as exc:
+                if done:
+                    send(values_part_frame(done))
+                    done = []
+                send(error_part_frame(exc))
+                sent_at = clock()
+                if not catching:
+                    break
+                continue
+            now = clock()
+            if now - sent_at >= report_every:
+                send(values_part_frame(done))
+                done = []
+                sent_at = now
+    finally:
+        if done:
+            send(values_part_frame(done))
+    return clock() - start

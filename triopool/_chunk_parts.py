@@ -76,7 +76,10 @@ class Reading:
     or exceptions with ``return_exceptions=True``). ``error`` is ``None``
     if that is every item; else the item after them (the one at fault: it
     was running when the run failed, or it raised) failed with ``error``,
-    and the items after it never ran. ``whole``: the run failed before any
+    and the items after it never ran; ``blamed``: it raised ``error``
+    itself, which it reported (else the run failed, and only a chunk that
+    reports every item at once tells for sure that the item after the
+    reported ones was running). ``whole``: the run failed before any
     item ran, for no item's fault (the task did not unpickle in the
     worker): no item can be blamed. ``seconds``: how long the items took
     in the worker, when the run ended normally.
@@ -84,6 +87,7 @@ class Reading:
 
     values: list[Any]
     error: BaseException | None = None
+    blamed: bool = False
     whole: bool = False
     seconds: float | None = None
 
@@ -108,7 +112,9 @@ def read(
     if first_failed is not None and not catching:
         # The item raised: the chunk stopped there (whatever became of the
         # worker afterwards).
-        return Reading(values[:first_failed], values[first_failed], seconds=seconds)
+        return Reading(
+            values[:first_failed], values[first_failed], blamed=True, seconds=seconds
+        )
     if len(values) >= count:
         # Every item is done: a death after the last one costs none of them.
         return Reading(values[:count], seconds=seconds)

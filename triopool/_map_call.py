@@ -70,7 +70,7 @@ import attrs
 import trio
 
 from . import _chunk_parts
-from ._chunk import run_chunk, run_chunk_reporting, run_timed_chunk
+from ._chunk import REPORT_EVERY, run_chunk, run_chunk_reporting, run_timed_chunk
 from ._config import POOL_DEFAULT, PoolDefault
 from ._errors import TimeLimitExceeded
 from ._map_tasks import (
@@ -473,18 +473,35 @@ class MapCall(Generic[ItemT, ResultT]):
     # Streaming dispatch: a chunk is a job whose end calls back, not a task.
 
     def _stream_chunk(
-        self, submit: Streamer, start: int, items: list[ItemT], runs: int = 0
+        self,
+        submit: Streamer,
+        start: int,
+        items: list[ItemT],
+        runs: int = 0,
+        *,
+        strict: bool = False,
+        suspected: int = 0,
     ) -> None:
         """Submit a chunk; :meth:`_streamed_ended` takes its outcome.
         ``runs``: the failed runs of its first item so far (the rest of a
-        reporting chunk, run again)."""
+        reporting chunk, run again); ``strict``: it reports each item at
+        once, to tell which one fails; ``suspected``: see ``Streamed``."""
         retries = self._retries
         if self._item_retries is not None and (len(items) > 1 or runs):
             # Each item is reported, and retried here, not by the pool.
             task: Callable[..., Any] = run_chunk_reporting
-            args: tuple[Any, ...] = (self._fn, items, self._return_exceptions)
+            every = 0.0 if strict else REPORT_EVERY
+            args: tuple[Any, ...] = (self._fn, items, self._return_exceptions, every)
             kind = _chunk_parts.REPORTING
-            entry = Streamed(start, items, kind, parts=[], runs=runs)
+            entry = Streamed(
+                start,
+                items,
+                kind,
+                parts=[],
+                runs=runs,
+                strict=strict,
+                suspected=suspected,
+            )
             retries = 0
         else:
             task, args, kind = streamed_task(
@@ -617,18 +634,33 @@ class MapCall(Generic[ItemT, ResultT]):
             return
         values = reading.values
         at = len(values)  # the item at fault
+        if not (entry.strict or reading.blamed) and len(items) - at > 1:
+            # Quick items are reported a few at a time: the first one not
+            # reported may have finished before the run failed. The rest
+            # runs again, each item reported at once, to find the one, which
+            # is charged with this run too.
+            self._stream_rest(
+                entry.start,
+                values,
+                items,
+                at,
+                entry.runs if at == 0 else 0,
+                strict=True,
+                suspected=1,
+            )
+            return
         if at and isinstance(error, TimeLimitExceeded):
             # The limit counts per chunk: the items before it took part of
             # the time, so this one may not be slow itself. It runs again
             # first in a chunk of its own, where the limit is all its own.
-            self._stream_rest(entry.start, values, items, at, 0)
+            self._stream_rest(entry.start, values, items, at, 0, strict=True)
             return
-        runs = (entry.runs if at == 0 else 0) + 1
+        runs = (entry.runs if at == 0 else 0) + 1 + entry.suspected
         assert self._item_retries is not None
         retries, retry_on = self._item_retries
         if runs <= retries and isinstance(error, retry_on):
             _chunk_parts.log_rerun(error, runs, retries - runs)
-            self._stream_rest(entry.start, values, items, at, runs)
+            self._stream_rest(entry.start, values, items, at, runs, strict=True)
             return
         _chunk_parts.runs_tried(error, runs)
         if not self._return_exceptions:
@@ -639,7 +671,15 @@ class MapCall(Generic[ItemT, ResultT]):
         self._stream_rest(entry.start, values, items, at + 1, 0)
 
     def _stream_rest(
-        self, start: int, values: list[Any], items: list[ItemT], rest: int, runs: int
+        self,
+        start: int,
+        values: list[Any],
+        items: list[ItemT],
+        rest: int,
+        runs: int,
+        *,
+        strict: bool = False,
+        suspected: int = 0,
     ) -> None:
         """Part of a reporting chunk is done: hand its ``values`` to the
         consumer, and submit its items from ``rest`` on (the first of which
@@ -654,7 +694,14 @@ class MapCall(Generic[ItemT, ResultT]):
         if values:
             self._chunk_done(start, values)
         if remaining and not ending and self._submit is not None:
-            self._stream_chunk(self._submit, start + rest, remaining, runs)
+            self._stream_chunk(
+                self._submit,
+                start + rest,
+                remaining,
+                runs,
+                strict=strict,
+                suspected=suspected,
+            )
 
     def _rerun_one_by_one(self, start: int, items: list[ItemT]) -> None:
         """Run a failed chunk's items again, a task each (``_chunks_running``

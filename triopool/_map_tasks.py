@@ -109,9 +109,14 @@ class Streamed:
     cancel: Callable[[], bool] | None = None
     ended: bool = False
     # A chunk that reports each item (see _chunk_parts): its PART frames,
-    # and how many runs its first item failed already.
+    # how many runs its first item failed already, and whether it reports
+    # each item at once (to tell which one fails); ``suspected``: runs that
+    # failed before it that no item could be blamed for (the item it blames
+    # is charged with them).
     parts: list[Any] | None = None
     runs: int = 0
+    strict: bool = False
+    suspected: int = 0
 
 
 def streamed_task(

@@ -41,6 +41,7 @@ from __future__ import annotations
 import enum
 import os
 import pickle
+import struct
 import sys
 
 from . import _protocol, _serialize
@@ -500,11 +501,30 @@ def decode_log(frame: _protocol.Frame) -> dict[str, Any]:
 
 
 # What a PART frame's payload holds, by its flags: the item's return value
-# (pickled as a RESULT frame's), its exception (as an ERROR frame's), or the
-# failure to pickle its value (as a SERIAL_ERROR frame's).
+# (pickled as a RESULT frame's), its exception (as an ERROR frame's), the
+# failure to pickle its value (as a SERIAL_ERROR frame's), or the values of
+# several items in a row (PART_COUNT, then the pickled list).
 PART_VALUE: Final = 0
 PART_ERROR: Final = 1
 PART_SERIAL_ERROR: Final = 2
+PART_VALUES: Final = 3
+PART_COUNT: Final = struct.Struct("<I")
+
+
+def values_part_frame(values: list[Any]) -> Pieces:
+    """The PART frame of items in a row that returned ``values``: one frame
+    for all of them, or, if the list does not pickle, one per item (so that
+    only the item whose value does not pickle fails)."""
+    try:
+        payload, buffers = _serialize.dumps_with_fallback(values)
+    except Exception:
+        return [piece for value in values for piece in part_frame(value)]
+    return _protocol.encode_frame(
+        _protocol.PART,
+        PART_COUNT.pack(len(values)) + payload,
+        buffers,
+        PART_VALUES,
+    )
 
 
 def part_frame(value: object) -> Pieces:
@@ -537,6 +557,25 @@ def decode_parts(frames: list[_protocol.Frame]) -> tuple[list[Any], int | None]:
     loads = pickle.loads
     for frame in frames:
         flags = frame.flags
+        if flags == PART_VALUES:
+            payload = memoryview(frame.payload)
+            (count,) = PART_COUNT.unpack_from(payload)
+            try:
+                values += loads(payload[PART_COUNT.size :], buffers=frame.buffers)
+                continue
+            except Exception as exc:
+                cause = exc
+            # No item of the row can be told apart: each fails alike.
+            if first_failed is None:
+                first_failed = len(values)
+            for _ in range(count):
+                item_error = SerializationError(
+                    "could not unpickle the task's result: "
+                    f"{type(cause).__name__}: {cause}"
+                )
+                item_error.__cause__ = cause
+                append(item_error)
+            continue
         if flags == PART_VALUE:
             try:
                 # The plain C unpickler, without a detour: once per item.
