@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from ._backend import Backend
     from ._config import RetryOn
     from ._events import EventStream
+    from ._handle import Handle
     from ._progress import MapProgress
     from ._scheduler import Scheduler
     from ._stats import PoolStatistics, WorkerInsight
@@ -320,6 +321,64 @@ class Pool:
         return await self._scheduler.run(  # type: ignore[no-any-return]
             fn, args, time_limit, soft_time_limit, kill_on_cancel, retries, classes
         )
+
+    async def put(self, obj: T) -> Handle[T]:
+        """Store ``obj`` once, for many tasks; return a :class:`Handle` to it.
+
+        Pass the handle instead of the object: as an argument of
+        :meth:`run_sync`, as an argument or keyword argument of a
+        :func:`functools.partial` given as ``fn`` (to :meth:`run_sync`,
+        :meth:`map` or :meth:`imap`), or as an item of :meth:`map` and
+        :meth:`imap`. The task receives the object itself. The object is
+        pickled once, here, and reaches each worker once: the local pool
+        writes it to a file (in memory, on ``/dev/shm``, where there is room)
+        that each worker reads the first time a task needs it and keeps; with
+        a backend it goes to the engine's object store (``ray.put``, Dask's
+        ``scatter``). Later changes to ``obj`` are not seen by the tasks.
+
+        The handle is valid until :meth:`release` or the end of the pool's
+        block, whichever comes first. Pickling (and sending) runs in a
+        worker thread, so a large object does not stall the Trio loop.
+
+        Args:
+            obj: Any object that pickles (with cloudpickle, when installed,
+                for what plain pickle cannot send).
+
+        Returns:
+            A handle for this pool's tasks (type checkers see a
+            ``Handle[T]``, not a ``T``: see :doc:`serialization`).
+
+        Raises:
+            SerializationError: ``obj`` cannot be pickled (or sent to the
+                engine).
+            BrokenPoolError: Workers keep failing to start.
+            trio.ClosedResourceError: The pool's block has exited.
+
+        Example::
+
+            model = await pool.put(load_model())
+            scores = await pool.map(functools.partial(score, model), rows)
+            pool.release(model)
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        return await self._scheduler.put(obj)
+
+    def release(self, handle: Handle[Any]) -> None:
+        """Forget a handle of :meth:`put` before the pool's block ends.
+
+        The object's file (or the engine's copy) is freed; workers drop
+        their copy when they next load another handle, or when they exit.
+        Release a handle only once the calls that use it have finished: a
+        task that starts later cannot get the object.
+
+        Raises:
+            TypeError: ``handle`` is not a :class:`Handle`.
+            ValueError: ``handle`` is not a live handle of this pool: it was
+                released already, or another pool put it.
+            trio.ClosedResourceError: The pool's block has exited (its
+                handles were released then).
+        """
+        self._scheduler.release(handle)
 
     @property
     def _submit_nowait(self) -> _map.Streamer | None:

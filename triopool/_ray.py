@@ -91,9 +91,11 @@ def _quiet_init() -> Iterator[None]:
             logger.removeFilter(keep)
 
 
-def _call(fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+def _call(fn: Callable[..., Any], *args: Any) -> Any:
     """The one remote function: the user's function travels as an argument,
-    so Ray exports a single function definition per pool."""
+    so Ray exports a single function definition per pool. The call's
+    arguments are the task's own, so Ray resolves an ``ObjectRef`` among them
+    (see ``_refs`` for those deeper in)."""
     return fn(*args)
 
 
@@ -232,7 +234,7 @@ class RayBackend:
             # Ray checks the values here: its error reaches the caller as is.
             remote = remote.options(**options)
         try:
-            ref = remote.remote(fn, args)
+            ref = remote.remote(fn, *args)
         except Exception as exc:
             raise SerializationError(
                 f"could not send the task to Ray: {type(exc).__name__}: {exc}"
@@ -270,6 +272,24 @@ class RayBackend:
             return Outcome(error=exc)
         except Exception as exc:
             return Outcome(error=exc)
+
+    def put(self, obj: object) -> object:
+        """``ray.put``: the object in Ray's object store, once (blocking)."""
+        try:
+            return self._ray.put(obj)
+        except Exception as exc:
+            raise SerializationError(
+                f"could not put the object in Ray's object store: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+
+    def release(self, ref: object) -> None:
+        """Forget a put object: Ray frees it once no task holds it."""
+        # Ray counts references: the pool dropping its own is the release.
+
+    def is_ref(self, obj: object) -> bool:
+        """Whether ``obj`` is a Ray ``ObjectRef`` (resolved before the task runs)."""
+        return isinstance(obj, self._ray.ObjectRef)
 
     def cancel(self, handle: object, *, kill: bool) -> None:
         """``ray.cancel``; with ``kill`` the worker running it is killed."""
