@@ -277,6 +277,14 @@ class DaskBackend:
             text += "".join(traceback.format_exception_only(remote))
         return Outcome(error=with_remote_traceback(remote, text))
 
+    @property
+    def client(self) -> Any:
+        """The pool's ``distributed.Client`` while the pool is open (else
+        ``None``): futures it makes (``backend.client.scatter(data)``) may be
+        passed to the pool's calls, which resolve them. Dask refuses futures
+        of another client."""
+        return self._client
+
     def put(self, obj: object) -> object:
         """``client.scatter``: the object on the cluster's workers, once
         (blocking); a Dask ``Future``."""

@@ -31,7 +31,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Handle"]
 
-T = TypeVar("T")
+# Covariant: a handle only gives its object out (a Handle[bool] is a
+# Handle[int]).
+T_co = TypeVar("T_co", covariant=True)
 
 #: A put object's file: this magic, the buffer count, the pickle's length,
 #: each out-of-band buffer's length; then the pickle and the buffers.
@@ -39,7 +41,7 @@ MAGIC = b"TPH1"
 HEADER = struct.Struct("<4sIQ")
 
 
-class Handle(Generic[T]):
+class Handle(Generic[T_co]):
     """A reference to an object stored once by :meth:`Pool.put`.
 
     Pass it to :meth:`Pool.run_sync` (as an argument), to :meth:`Pool.map`

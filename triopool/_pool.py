@@ -356,9 +356,10 @@ class Pool:
 
         Example::
 
-            model = await pool.put(load_model())
-            scores = await pool.map(functools.partial(score, model), rows)
-            pool.release(model)
+            handle = await pool.put(data)  # pickled once, read once per worker
+            # zlib.compress(data, level) for every level: data crosses once.
+            sizes = await pool.map(functools.partial(zlib.compress, handle), range(10))
+            pool.release(handle)
         """
         await trio.lowlevel.checkpoint_if_cancelled()
         return await self._scheduler.put(obj)
