@@ -11,6 +11,8 @@ import functools
 import glob
 import os
 import pickle
+import subprocess
+import sys
 import tempfile
 import threading
 import typing
@@ -24,6 +26,9 @@ from triopool import _handle, _refs
 from triopool._store import Store, StoreClosed
 
 from . import handlefuncs
+
+if typing.TYPE_CHECKING:
+    from pathlib import Path
 
 BLOB = os.urandom(1 << 20)
 
@@ -166,3 +171,30 @@ def test_lift_puts_references_at_the_top() -> None:
 
 def _run_chunk(fn: object, items: list[object]) -> tuple[object, list[object]]:
     return fn(), items  # type: ignore[operator]
+
+
+def test_the_store_removes_what_dead_processes_left(tmp_path: Path) -> None:
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    dead = tmp_path / f"triopool-{gone.stdout.strip()}-left"
+    dead.mkdir()
+    (dead / "triopool-x-1").write_bytes(b"left behind")
+    alive = tmp_path / f"triopool-{os.getpid()}-mine"
+    alive.mkdir()
+    other = tmp_path / "triopool-notapid-x"
+    other.mkdir()
+    store = Store(shm=str(tmp_path))
+    try:
+        handle = store.put(b"new")
+        assert os.path.dirname(os.path.dirname(str(_handle.ref_of(handle)))) == str(
+            tmp_path
+        )
+    finally:
+        store.close()
+    assert not dead.exists()
+    assert alive.exists()
+    assert other.exists()

@@ -7,6 +7,10 @@ a file in a directory private to the pool, and returns a
 ``_handle``). The directory is on ``/dev/shm`` (memory) when it exists and
 has room for the file, else in the system's temporary directory.
 
+A pool whose process was killed (SIGKILL) leaves its directory behind; the
+next store to make a directory in the same place removes those of processes
+that no longer exist.
+
 Invariants: a file exists from the moment its handle is returned until
 :meth:`Store.release` of that handle or :meth:`Store.close`; ``close`` removes
 every file and directory the store made, and after it ``put`` refuses. The
@@ -97,6 +101,7 @@ class Store:
                     base = shm
         directory = self._dirs.get(base)
         if directory is None:
+            _sweep(base)
             directory = tempfile.mkdtemp(prefix=f"triopool-{os.getpid()}-", dir=base)
             self._dirs[base] = directory
         return directory
@@ -136,6 +141,30 @@ class Store:
             self._dirs.clear()
         for directory in directories:
             shutil.rmtree(directory, ignore_errors=True)
+
+
+def _sweep(base: str) -> None:
+    """Remove what pools of dead processes left in ``base``: a process killed
+    (SIGKILL) never reached its pool's close. Only our own user's
+    directories, named ``triopool-<pid>-...``, whose process is gone."""
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return
+    uid = os.getuid() if hasattr(os, "getuid") else None
+    for name in names:
+        parts = name.split("-")
+        if len(parts) < 3 or parts[0] != "triopool" or not parts[1].isdigit():
+            continue
+        path = os.path.join(base, name)
+        try:
+            if uid is not None and os.stat(path).st_uid != uid:
+                continue
+            os.kill(int(parts[1]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            continue  # alive (maybe another user's), or not ours to look at
 
 
 def _write(file: Any, pieces: Iterable[bytes | memoryview]) -> None:
