@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 from typing import TYPE_CHECKING, Any
 
 from ._backend import (
@@ -99,6 +100,55 @@ def _call(fn: Callable[..., Any], *args: Any) -> Any:
     return fn(*args)
 
 
+class _Keeper:
+    """A thread that starts Ray, stays until :meth:`stop`, then shuts Ray down.
+
+    ``ray.init`` starts the local cluster's processes so that they die with
+    the *thread* that started them (Linux's parent-death signal follows the
+    thread). The pool starts its backend in a Trio worker thread, which
+    exits once idle for a while: Ray's processes, and the pool's tasks with
+    them, would die ten seconds into a pool. So ``ray.init`` runs here, in a
+    thread that lives as long as the cluster.
+    """
+
+    def __init__(
+        self, init: Callable[[], object], shutdown: Callable[[], object]
+    ) -> None:
+        self._shutdown = shutdown
+        self._ready = threading.Event()
+        self._release = threading.Event()
+        self._errors: list[BaseException] = []
+        self._thread = threading.Thread(
+            target=self._run, args=(init,), name="triopool Ray keeper", daemon=True
+        )
+        self._thread.start()
+        self._ready.wait()
+        if self._errors:
+            self._thread.join()
+            raise self._errors.pop()
+
+    def _run(self, init: Callable[[], object]) -> None:
+        try:
+            init()
+        except BaseException as exc:
+            self._errors.append(exc)
+            self._ready.set()
+            return
+        self._ready.set()
+        self._release.wait()
+        try:
+            self._shutdown()
+        except BaseException as exc:
+            self._errors.append(exc)
+
+    def stop(self) -> None:
+        """Shut Ray down (in the thread that started it); blocking."""
+        self._release.set()
+        self._thread.join()
+        if self._errors:
+            raise self._errors.pop()
+
+
 class RayBackend:
     """Run tasks as Ray tasks: ``open_pool(backend=RayBackend())``.
 
@@ -153,6 +203,7 @@ class RayBackend:
         self._ray: Any = None
         self._remote: Any = None
         self._initialized_here = False
+        self._keeper: _Keeper | None = None
 
     def __repr__(self) -> str:
         return f"RayBackend(address={self.address!r})"
@@ -177,8 +228,13 @@ class RayBackend:
                 if self.num_cpus is not None:
                     kwargs["num_cpus"] = self.num_cpus
             kwargs.update(self.init_kwargs)
-            with _quiet_init():
-                ray.init(address="local" if local else self.address, **kwargs)
+            address = "local" if local else self.address
+
+            def init() -> None:
+                with _quiet_init():
+                    ray.init(address=address, **kwargs)
+
+            self._keeper = _Keeper(init, ray.shutdown)
             self._initialized_here = True
         options: dict[str, Any] = {"max_retries": 0, "num_cpus": 1}
         options.update(self.task_options)
@@ -303,5 +359,7 @@ class RayBackend:
         backend did not start keeps running."""
         if self._initialized_here:
             self._initialized_here = False
-            self._ray.shutdown()
+            keeper, self._keeper = self._keeper, None
+            assert keeper is not None
+            keeper.stop()
         self._remote = None
