@@ -61,21 +61,23 @@ async def test_break_with_jobs_queued_written_ahead_and_running(
     received = 0
     with trio.fail_after(TIMEOUT):
         async with triopool.open_pool(2, kill_on_cancel=kill_on_cancel) as pool:
-            async with pool.imap(mapfuncs.sleep_for, delays, chunksize=1) as results:
+            async with pool.imap(
+                mapfuncs.sleep_for, delays, chunksize=1, max_in_flight=40
+            ) as results:
                 async for _value in results:
                     received += 1
                     if received == 31:
                         break
-            await assert_healthy(pool)
             stats = pool.statistics()
+            await assert_healthy(pool)
     assert received == 31
     assert (
         stats.tasks_submitted
         == stats.tasks_completed + stats.tasks_cancelled + stats.tasks_failed
     )
     # What ran to the end or was cancelled; nothing more was submitted than
-    # the window allowed (the default: 64 items per worker).
-    assert stats.tasks_submitted <= 31 + 128 + 1
+    # the window allowed.
+    assert stats.tasks_submitted <= 31 + 40 + 1
 
 
 async def test_an_error_cancels_the_streamed_rest() -> None:
@@ -94,8 +96,23 @@ async def test_an_error_cancels_the_streamed_rest() -> None:
 async def test_cancelled_caller_with_streamed_jobs_running() -> None:
     with trio.fail_after(TIMEOUT):
         async with triopool.open_pool(2, kill_on_cancel=False) as pool:
-            with trio.move_on_after(0.3) as scope:
-                await pool.map(mapfuncs.sleep_for, [0.6] * 8, chunksize=1)
+            scope = trio.CancelScope()
+
+            async def run_map() -> None:
+                with scope:
+                    await pool.map(mapfuncs.sleep_for, [0.6] * 8, chunksize=1)
+
+            async with pool.events() as events, trio.open_nursery() as nursery:
+                nursery.start_soon(run_map)
+                # Cancelled once both workers run one (however slowly they
+                # started), so that two jobs are running when it comes.
+                started = 0
+                async for event in events:
+                    if isinstance(event, triopool.TaskEvent):
+                        started += event.kind == "started"
+                        if started == 2:
+                            break
+                scope.cancel()
             assert scope.cancelled_caught
             # The running jobs ran to their end, shielded, like run_sync's.
             stats = pool.statistics()
