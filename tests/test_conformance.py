@@ -414,6 +414,29 @@ async def test_put_reaches_tasks_as_the_value(engine: Engine) -> None:
                 ]
 
 
+async def test_a_put_object_reaches_each_worker_once(engine: Engine) -> None:
+    """Every task a worker process runs with the handle gets the same object:
+    it was fetched (read, unpickled) once in that process, then kept."""
+    with trio.fail_after(120):
+        async with engine.open() as pool:
+            handle = await pool.put(BLOB)
+            seen: list[tuple[int, int, int]] = []
+
+            async def use() -> None:
+                seen.append(await pool.run_sync(handlefuncs.where_is, handle))
+
+            async with trio.open_nursery() as nursery:
+                for _ in range(20):
+                    nursery.start_soon(use)
+    assert len(seen) == 20
+    ids: dict[int, set[int]] = {}
+    for pid, ident, size in seen:
+        assert size == len(BLOB)
+        ids.setdefault(pid, set()).add(ident)
+    # where_is keeps each object alive: a second fetch could not reuse an id.
+    assert all(len(idents) == 1 for idents in ids.values()), ids
+
+
 async def test_put_release_and_bad_handles(engine: Engine) -> None:
     with trio.fail_after(120):
         async with engine.open() as pool:

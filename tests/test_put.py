@@ -198,3 +198,31 @@ def test_the_store_removes_what_dead_processes_left(tmp_path: Path) -> None:
     assert not dead.exists()
     assert alive.exists()
     assert other.exists()
+
+
+FETCHED: list[object] = []
+
+
+def fetch_counting(ref: object) -> object:
+    FETCHED.append(ref)
+    return f"value of {ref}"
+
+
+def test_lift_keeps_cached_objects_in_place_and_fetches_each_once() -> None:
+    def ref_of(obj: object) -> object | None:
+        if isinstance(obj, str) and obj.startswith("handle-"):
+            return _refs.Cached(obj, f"ref-{obj}", fetch_counting)
+        return None
+
+    fn = functools.partial(handlefuncs.sizes, "handle-a", second="handle-b")
+    lifted, args = _refs.lift(fn, (), ref_of)
+    assert lifted is _refs.apply
+    assert len(args) == 1  # nothing lifted: fetched in the task instead
+    plan = pickle.loads(pickle.dumps(args[0]))
+    FETCHED.clear()
+    first = _refs.apply(plan)
+    second = _refs.apply(plan)
+    assert (
+        first == second == (len("value of ref-handle-a"), len("value of ref-handle-b"))
+    )
+    assert FETCHED == ["ref-handle-a", "ref-handle-b"]

@@ -87,6 +87,10 @@ class ClusterHandles:
         self._live: dict[str, object] = {}
         # The backend's is_ref, once it can put (see Backend).
         self._is_ref: Callable[[object], bool] | None = getattr(backend, "is_ref", None)
+        # A backend whose tasks fetch put objects themselves, once per worker
+        # process (see _refs.Cached): a module-level function, pickled by
+        # name.
+        self._fetch: Callable[[object], Any] | None = getattr(backend, "fetch", None)
 
     async def put(self, obj: object, check_usable: Callable[[], None]) -> Handle[Any]:
         put: Callable[[object], object] | None = getattr(self._backend, "put", None)
@@ -132,6 +136,8 @@ class ClusterHandles:
             ref = self._live.get(obj.key)
             if ref is None:
                 raise _unknown(obj)
+            if self._fetch is not None:
+                return _refs.Cached(obj.key, ref, self._fetch)
             return ref
         is_ref = self._is_ref
         if is_ref is not None and is_ref(obj):

@@ -100,6 +100,13 @@ def _call(fn: Callable[..., Any], *args: Any) -> Any:
     return fn(*args)
 
 
+def _fetch(ref: object) -> Any:
+    """A put object, in a Ray task: ``ray.get`` (see ``_refs.Cached``)."""
+    import ray  # pyright: ignore[reportMissingImports]  # an optional extra
+
+    return ray.get(ref)
+
+
 class _Keeper:
     """A thread that starts Ray, stays until :meth:`stop`, then shuts Ray down.
 
@@ -328,6 +335,10 @@ class RayBackend:
             return Outcome(error=exc)
         except Exception as exc:
             return Outcome(error=exc)
+
+    # Tasks fetch a put object once per worker process and keep it: Ray would
+    # copy a bytes object out of its store again for every task.
+    fetch = staticmethod(_fetch)
 
     def put(self, obj: object) -> object:
         """``ray.put``: the object in Ray's object store, once (blocking)."""

@@ -20,12 +20,13 @@ engine's workers import it.
 from __future__ import annotations
 
 import functools
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["apply", "lift"]
+__all__ = ["Cached", "apply", "lift"]
 
 
 class _Slot:
@@ -40,6 +41,43 @@ class _Slot:
         return (_Slot, (self.index,))
 
 
+class Cached:
+    """A put object that each engine worker fetches once and keeps.
+
+    For an engine that would otherwise deserialize a stored object again for
+    every task (Ray copies a ``bytes`` object out of its store per task):
+    ``fetch(ref)`` runs in the task, on the first use in that worker process,
+    and the object is kept by ``key`` for the next tasks (the last
+    :data:`KEEP` objects; an older one is fetched again if used).
+    """
+
+    __slots__ = ("fetch", "key", "ref")
+
+    def __init__(self, key: str, ref: object, fetch: Callable[[object], Any]) -> None:
+        self.key = key
+        self.ref = ref
+        self.fetch = fetch
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Cached, (self.key, self.ref, self.fetch))
+
+
+#: How many fetched objects an engine worker keeps.
+KEEP = 4
+_kept: OrderedDict[str, Any] = OrderedDict()
+
+
+def _value_of(cached: Cached) -> Any:
+    try:
+        value = _kept.pop(cached.key)
+    except KeyError:
+        value = cached.fetch(cached.ref)
+    _kept[cached.key] = value
+    while len(_kept) > KEEP:
+        _kept.popitem(last=False)
+    return value
+
+
 def lift(
     fn: Callable[..., Any],
     args: tuple[Any, ...],
@@ -47,15 +85,21 @@ def lift(
 ) -> tuple[Callable[..., Any], tuple[Any, ...]]:
     """``(fn, args)``, or ``(apply, (plan, *refs))`` if references were found.
 
-    ``ref_of(obj)`` returns the engine reference ``obj`` is or stands for, or
-    ``None`` if it is neither; it raises for a handle it does not know.
+    ``ref_of(obj)`` returns the engine reference ``obj`` is or stands for
+    (or a :class:`Cached` for it, which stays in place and is fetched in the
+    task), or ``None`` if it is neither; it raises for a handle it does not
+    know.
     """
     refs: list[object] = []
+    cached: list[Cached] = []
 
     def swap(obj: object) -> object:
         ref = ref_of(obj)
         if ref is None:
             return obj
+        if type(ref) is Cached:
+            cached.append(ref)
+            return ref
         refs.append(ref)
         return _Slot(len(refs) - 1)
 
@@ -82,7 +126,7 @@ def lift(
 
     new_fn = top(fn, 0)
     new_args = tuple(top(arg, 1) for arg in args)
-    if not refs:
+    if not refs and not cached:
         return fn, args
     # The plan is an object of its own, not a tuple: Dask takes a tuple whose
     # first item is callable for a task of its graph.
@@ -135,6 +179,8 @@ def _fill(obj: object, values: tuple[Any, ...]) -> Any:
     cls = type(obj)
     if cls is _Slot:
         return values[obj.index]  # type: ignore[attr-defined]
+    if cls is Cached:
+        return _value_of(obj)  # type: ignore[arg-type]
     if cls is _Partial:
         partial: _Partial = obj  # type: ignore[assignment]
         return functools.partial(
