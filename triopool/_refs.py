@@ -8,7 +8,9 @@ its arguments deeper: in a :func:`functools.partial` given as ``fn``, in a
 :class:`~triopool.Handle` objects, which stand for one) and turns the call
 into ``apply(plan, *refs)``: each reference a top-level argument, which the
 engine resolves, and ``plan`` the call with a numbered slot in each place,
-which :func:`apply` fills in on the engine's worker.
+which :func:`apply` fills in on the engine's worker. A put object of an
+engine that would copy it out of its store for every task (Ray) stays in
+place as a :class:`Cached`, which the worker fetches once and keeps.
 
 Invariants: a call without references is returned as it is (no cost but the
 search, which looks only at the top: the arguments, a partial's arguments
