@@ -62,6 +62,11 @@ class LocalHandles:
             handle = await trio.to_thread.run_sync(self._store.put, obj)
         except StoreClosed:
             raise _closed() from None
+        except OSError:
+            # The pool closed while the file was written (its directory is
+            # gone): say that, not which file was missing.
+            check_usable()
+            raise
         try:
             check_usable()
         except BaseException:
