@@ -383,6 +383,12 @@ class Pool:
         self._scheduler.release(handle)
 
     @property
+    def _retry_defaults(self) -> tuple[int, tuple[type[BaseException], ...]]:
+        """The pool's ``retries`` and ``retry_on``: map's chunks that report
+        each item retry their items themselves (see ``_chunk_parts``)."""
+        return self._retries, self._retry_on
+
+    @property
     def _submit_nowait(self) -> _map.Streamer | None:
         """The streaming seam of map/imap, if the scheduler has one (the
         local one does: see ``LocalScheduler.submit_nowait``)."""

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Final
 import attrs
 import trio
 
-from . import _logs, _protocol, _settle
+from . import _chunk_parts, _logs, _protocol, _settle
 from ._errors import BrokenWorkerError
 from ._hooks import Hooks, Trace, TraceKind
 from ._hooks import current as current_hooks
@@ -592,11 +592,18 @@ class Service:
             if trace is not None:
                 trace(Trace("received", worker.pid, frame_kind=frame.kind))
             kind = frame.kind
-            if kind == _protocol.LOG or kind == _protocol.SKIPPED:
-                # Never an answer: a log record (see _logs), or a job sent
-                # ahead that the worker dropped.
+            if (
+                kind == _protocol.LOG
+                or kind == _protocol.SKIPPED
+                or kind == _protocol.PART
+            ):
+                # Never an answer: a log record (see _logs), a job sent
+                # ahead that the worker dropped, or an item of a chunk done.
                 if kind == _protocol.LOG:
                     _logs.handle(frame, worker.pid, worker.index)
+                elif kind == _protocol.PART:
+                    if not _chunk_parts.record(self.pipeline, frame, worker):
+                        return End.LOST
                 elif not self._skipped(frame):
                     return End.LOST
                 if self.hear_first and not worker.answer_waiting():
