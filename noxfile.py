@@ -196,6 +196,14 @@ def bench_map(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def bench_cluster(session: nox.Session) -> None:
+    """Benchmark the local pool, Ray and Dask, with and without pool.put() (installs the extras)."""
+    session.install("--upgrade", "pip>=25.1")
+    session.install(".[ray,dask]")
+    session.run("python", "bench/cluster.py", *session.posargs, env=ENGINE_ENV)
+
+
+@nox.session(python=PYTHON)
 def stress(session: nox.Session) -> None:
     """Run a storm for a while (-- --minutes N, --profile P; default 1, recycle).
 

@@ -106,3 +106,26 @@ async def test_quick_map_benchmark_reports_every_chunksize() -> None:
         assert seconds > 0, row
         assert ideal > 0, row
         assert tail >= 0, row
+
+
+async def test_quick_cluster_benchmark_reports_the_local_pool() -> None:
+    with trio.fail_after(120):
+        result = await trio.run_process(
+            [sys.executable, "bench/cluster.py", "--quick", "--engines", "local"],
+            cwd=ROOT,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    assert result.returncode == 0, result.stderr.decode()
+    rows = [
+        [cell.strip() for cell in line.strip("|").split("|")]
+        for line in result.stdout.decode().splitlines()
+        if line.startswith("| local ")
+    ]
+    assert len(rows) == 1, result.stdout.decode()
+    _, trivial, argument, put, ratio = rows[0]
+    assert float(trivial) >= 0
+    assert float(argument) >= 0
+    assert float(put) >= 0
+    assert ratio.endswith("x")

@@ -93,6 +93,24 @@ async def test_ray_owned_local_cluster_is_stopped() -> None:
     assert not ray.is_initialized()
 
 
+@pytest.mark.slow
+@pytest.mark.engine_fds
+async def test_ray_owned_local_cluster_outlives_the_thread_that_started_it() -> None:
+    """Ray's processes die with the thread that ran ``ray.init``; Trio's
+    worker threads exit after 10 s idle, so a pool whose Ray was started in
+    one lost its cluster then (the backend now starts it in a thread of its
+    own)."""
+    ray = pytest.importorskip("ray")
+    assert not ray.is_initialized()
+    backend = triopool.RayBackend(num_cpus=1)
+    with trio.fail_after(180):
+        async with triopool.open_pool(backend=backend) as pool:
+            pid = await pool.run_sync(workerfuncs.getpid)
+            await trio.sleep(12)  # past the idle thread's exit
+            assert await pool.run_sync(workerfuncs.getpid) == pid
+    assert not ray.is_initialized()
+
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -16,7 +16,9 @@ not counted as a test's leaks.
 
 from __future__ import annotations
 
+import functools
 import os
+import threading
 import traceback
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -26,7 +28,7 @@ import trio
 
 import triopool
 
-from . import retryfuncs, workerfuncs
+from . import handlefuncs, retryfuncs, workerfuncs
 from .clusters import dask_cluster
 
 if TYPE_CHECKING:
@@ -383,3 +385,111 @@ async def test_engine_options_reach_the_engine(engine: Engine) -> None:
                 for _ in range(4):
                     nursery.start_soon(call, pool, engine_options, addresses)
             assert addresses == [pinned] * 4
+
+
+# Data put once: pool.put() and handles (docs/serialization.rst).
+
+BLOB = bytes(range(256)) * 1024  # 256 KiB: travels out of band
+
+
+async def test_put_reaches_tasks_as_the_value(engine: Engine) -> None:
+    with trio.fail_after(120):
+        async with engine.open() as pool:
+            handle = await pool.put(BLOB)
+            assert isinstance(handle, triopool.Handle)
+            small = await pool.put({"a": [1, 2]})
+            assert await pool.run_sync(handlefuncs.type_name, handle) == "bytes"
+            assert await pool.run_sync(workerfuncs.identity, handle) == BLOB
+            assert await pool.run_sync(workerfuncs.identity, small) == {"a": [1, 2]}
+            # In a partial, by position and by keyword.
+            both = functools.partial(handlefuncs.sizes, handle, second=small)
+            assert await pool.run_sync(both) == (len(BLOB), 1)
+            # One handle, many tasks: in map's fn, and as map's items.
+            plus = functools.partial(handlefuncs.size_plus, handle)
+            assert await pool.map(plus, range(40)) == [len(BLOB) + i for i in range(40)]
+            assert await pool.map(len, [handle, small] * 5) == [len(BLOB), 1] * 5
+            async with pool.imap(plus, range(5), chunksize=2) as results:
+                assert [value async for value in results] == [
+                    len(BLOB) + i for i in range(5)
+                ]
+
+
+async def test_a_put_object_reaches_each_worker_once(engine: Engine) -> None:
+    """Every task a worker process runs with the handle gets the same object:
+    it was fetched (read, unpickled) once in that process, then kept."""
+    with trio.fail_after(120):
+        async with engine.open() as pool:
+            handle = await pool.put(BLOB)
+            seen: list[tuple[int, int, int]] = []
+
+            async def use() -> None:
+                seen.append(await pool.run_sync(handlefuncs.where_is, handle))
+
+            async with trio.open_nursery() as nursery:
+                for _ in range(20):
+                    nursery.start_soon(use)
+    assert len(seen) == 20
+    ids: dict[int, set[int]] = {}
+    for pid, ident, size in seen:
+        assert size == len(BLOB)
+        ids.setdefault(pid, set()).add(ident)
+    # where_is keeps each object alive: a second fetch could not reuse an id.
+    assert all(len(idents) == 1 for idents in ids.values()), ids
+
+
+async def test_put_release_and_bad_handles(engine: Engine) -> None:
+    with trio.fail_after(120):
+        async with engine.open() as pool:
+            handle = await pool.put(BLOB)
+            assert await pool.run_sync(len, handle) == len(BLOB)
+            pool.release(handle)
+            with pytest.raises(ValueError, match="not a live handle") as info:
+                pool.release(handle)
+            assert handle.key in str(info.value)
+            with pytest.raises(TypeError, match=r"triopool\.Handle"):
+                pool.release(BLOB)
+            with pytest.raises(triopool.SerializationError):
+                await pool.put(threading.Lock())
+            kept = await pool.put(b"kept")
+        with pytest.raises(trio.ClosedResourceError):
+            await pool.put(BLOB)
+        with pytest.raises(trio.ClosedResourceError):
+            pool.release(kept)
+
+
+async def test_engine_references_resolve(engine: Engine) -> None:
+    """A reference the user made with the engine itself (a Ray ObjectRef, a
+    Dask Future) is resolved where a handle would be."""
+    if engine.name == "local":
+        pytest.skip("the local pool has no engine references")
+    with trio.fail_after(120):
+        backend = engine.make_backend() if engine.make_backend else None
+        async with triopool.open_pool(backend=backend, **engine.options) as pool:
+            if engine.name == "ray":
+                import ray
+
+                ref = await trio.to_thread.run_sync(ray.put, BLOB)
+            else:
+                assert isinstance(backend, triopool.DaskBackend)
+                [ref] = await trio.to_thread.run_sync(
+                    functools.partial(backend.client.scatter, [BLOB], hash=False)
+                )
+            assert await pool.run_sync(handlefuncs.type_name, ref) == "bytes"
+            assert await pool.run_sync(len, ref) == len(BLOB)
+            plus = functools.partial(handlefuncs.size_plus, ref)
+            assert await pool.map(plus, range(4)) == [len(BLOB) + i for i in range(4)]
+            assert await pool.map(len, [ref, ref]) == [len(BLOB)] * 2
+
+
+async def test_a_handle_of_another_pool_is_refused(engine: Engine) -> None:
+    if engine.name == "local":
+        pytest.skip("see test_put.py: the local pool's workers refuse it")
+    with trio.fail_after(120):
+        async with engine.open() as pool:
+            foreign: triopool.Handle[bytes] = triopool.Handle(
+                "triopool-elsewhere-1", None, object()
+            )
+            with pytest.raises(ValueError, match="not a live handle"):
+                await pool.run_sync(len, foreign)
+            with pytest.raises(ValueError, match="not a live handle"):
+                pool.release(foreign)

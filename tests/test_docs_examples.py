@@ -160,6 +160,11 @@ EXPECTED: dict[str, list[str]] = {
     ],
     "cluster_ray.py": ["pi is about 3.1", "killed after 2.0 s"],
     "cluster_dask.py": ["total: 45", "words: [3, 3]"],
+    "put_once.py": [
+        "put 16777299 bytes",
+        "length in a worker: 16777216",
+        "16 digests, all alike: True",
+    ],
 }
 
 # Text an example must write to stderr (for what goes there, such as logging).

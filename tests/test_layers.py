@@ -45,6 +45,8 @@ FLOORS: dict[str, int] = {
     "_faults": 0,
     "_typing": 0,
     "_inside": 0,
+    "_handle": 0,
+    "_refs": 0,
     # What the worker runs and the payloads it sends: still standard library.
     "_messages": 1,
     "_chunk": 1,
@@ -55,6 +57,7 @@ FLOORS: dict[str, int] = {
     "_cli_worker": 1,
     "_demo": 1,
     "_forwarder": 1,
+    "_store": 1,
     # One process or one value: trio or attrs, and the floors below.
     "_context": 2,
     "_spawn": 2,
@@ -83,6 +86,7 @@ FLOORS: dict[str, int] = {
     "_ray": 3,
     "_dask": 3,
     "_scheduler": 3,
+    "_handles": 3,
     # The two schedulers: local worker processes, and a cluster engine.
     "_local": 4,
     "_cluster": 4,
@@ -115,6 +119,8 @@ WORKER_SIDE = frozenset(
         "_messages",
         "_inside",
         "_forwarder",
+        "_handle",
+        "_refs",
     }
 )
 

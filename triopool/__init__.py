@@ -24,6 +24,7 @@ from ._errors import WorkerStartError as WorkerStartError
 from ._events import EventStream as EventStream
 from ._events import TaskEvent as TaskEvent
 from ._events import WorkerEvent as WorkerEvent
+from ._handle import Handle as Handle
 from ._inside import WorkerInfo as WorkerInfo
 from ._inside import current_worker as current_worker
 from ._pool import Pool as Pool
@@ -60,6 +61,7 @@ __all__ = [
     "BrokenWorkerError",
     "DaskBackend",
     "EventStream",
+    "Handle",
     "MapProgress",
     "Pool",
     "PoolDefault",

@@ -89,6 +89,17 @@ class Backend(Protocol):
     (see :func:`check_engine_options`), and its ``submit`` takes the keyword
     argument ``engine_options`` (passed only when not empty). Without that
     method the pool refuses any.
+
+    A backend that can store objects for ``pool.put`` has the methods
+    ``put(obj) -> reference`` (blocking, run in a worker thread),
+    ``release(reference)`` and ``is_ref(obj) -> bool`` (whether ``obj`` is
+    one of its engine's references); the pool passes each reference among a
+    call's arguments (see ``_refs``) as a top-level argument of ``fn``, which
+    the engine must resolve to its value. With a ``fetch`` attribute too (a
+    module-level function, ``fetch(reference) -> object``, run in the task),
+    put objects are not lifted: each worker process fetches one once and
+    keeps it (see ``_refs.Cached``). Without ``put`` the pool refuses
+    ``put`` with :class:`NotImplementedError`.
     """
 
     name: str

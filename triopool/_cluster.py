@@ -45,6 +45,7 @@ from ._config import (
     retry_classes,
 )
 from ._errors import BrokenWorkerError, TimeLimitExceeded
+from ._handles import ClusterHandles
 from ._stats import PoolStatistics
 
 if TYPE_CHECKING:
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
 
     from ._config import Options
     from ._events import EventStream
+    from ._handle import Handle
     from ._stats import WorkerInsight
 
 __all__ = ["ClusterScheduler", "open_cluster_scheduler"]
@@ -259,6 +261,7 @@ class ClusterScheduler:
         self._workers_started = 0
         self._workers_lost = 0
         self._workers_stopped = 0
+        self._handles = ClusterHandles(backend)
 
     def describe(self) -> str:
         state = "closed" if self._closed else "open" if self._open else "starting"
@@ -363,7 +366,8 @@ class ClusterScheduler:
         _check_retries(self._backend, retries, retry_on)
         engine = _check_engine_options(self._backend, engine_options)
         self.check_usable()
-        job = _Job(fn, tuple(args), time_limit, kill_on_cancel, retries, retry_on)
+        fn, args = self._handles.lift(fn, tuple(args))
+        job = _Job(fn, args, time_limit, kill_on_cancel, retries, retry_on)
         job.engine_options = engine
         self._tasks_submitted += 1
         self._tasks_waiting += 1
@@ -401,6 +405,14 @@ class ClusterScheduler:
             )
         assert job.outcome is not None
         return job.outcome.unwrap()
+
+    async def put(self, obj: object) -> Handle[Any]:
+        self.check_usable()
+        return await self._handles.put(obj, self.check_usable)
+
+    def release(self, handle: Handle[Any]) -> None:
+        self.check_usable()
+        self._handles.release(handle)
 
     # The dispatcher and the engine's callbacks (all on the Trio thread)
 
@@ -549,6 +561,7 @@ class ClusterScheduler:
         finally:
             self._closing = True
             self._closed = True
+            self._handles.close()
             self._workers_stopped = self._capacity
             try:
                 with trio.CancelScope(shield=True):

@@ -43,6 +43,9 @@ _DASK_RESERVED = {
     "actors": "nothing: a call is a task",
 }
 
+# distributed.Future, once a pool has asked (see DaskBackend.is_ref).
+_future_type: Any = None
+
 
 def _quiet_plugin(prefix: str) -> Any:
     """A Dask worker plugin that drops the worker's ``Compute Failed`` log
@@ -273,6 +276,43 @@ class DaskBackend:
             text = "Traceback (most recent call last):\n" + text
             text += "".join(traceback.format_exception_only(remote))
         return Outcome(error=with_remote_traceback(remote, text))
+
+    @property
+    def client(self) -> Any:
+        """The pool's ``distributed.Client`` while the pool is open (else
+        ``None``): futures it makes (``backend.client.scatter(data)``) may be
+        passed to the pool's calls, which resolve them. Dask refuses futures
+        of another client."""
+        return self._client
+
+    def put(self, obj: object) -> object:
+        """``client.scatter``: the object on the cluster's workers, once
+        (blocking); a Dask ``Future``."""
+        try:
+            # In a list, so that a list or dict is put whole, not item by item.
+            futures = self._client.scatter([obj], hash=False)
+        except Exception as exc:
+            raise SerializationError(
+                f"could not scatter the object to Dask: {type(exc).__name__}: {exc}"
+            ) from exc
+        return futures[0]
+
+    def release(self, ref: object) -> None:
+        """Release a scattered object's future: Dask forgets the object once
+        no task needs it."""
+        try:
+            ref.release()  # type: ignore[attr-defined]
+        except Exception:
+            pass  # the client is closing
+
+    def is_ref(self, obj: object) -> bool:
+        """Whether ``obj`` is a Dask ``Future`` (resolved before the task runs)."""
+        global _future_type
+        if _future_type is None:
+            from distributed import Future  # pyright: ignore[reportMissingImports]  # an optional extra
+
+            _future_type = Future
+        return isinstance(obj, _future_type)
 
     def cancel(self, handle: object, *, kill: bool) -> None:
         """Release the future: a queued task never runs; a running one runs on."""

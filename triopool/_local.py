@@ -33,6 +33,7 @@ import trio
 
 from . import _context, _events, _hooks, _messages, _stats
 from ._config import POOL_DEFAULT, PoolDefault, _usable_cpus, retries_task_errors
+from ._handles import LocalHandles
 from ._jobs import Job, Jobs, JobState
 from ._slots import Slots
 
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 
     from ._config import PoolConfig, RetryOn
     from ._events import EventStream
+    from ._handle import Handle
     from ._stats import PoolStatistics, WorkerInsight
 
 
@@ -57,6 +59,7 @@ class LocalScheduler:
         self._jobs = Jobs()
         self._retry_errors = retries_task_errors(config.retry_on)
         self._feed = _events.Feed()
+        self._handles = LocalHandles()
         self._slots = Slots(
             config,
             _messages.worker_config(
@@ -250,6 +253,15 @@ class LocalScheduler:
 
         return cancel
 
+    async def put(self, obj: object) -> Handle[Any]:
+        self.check_usable()
+        return await self._handles.put(obj, self.check_usable)
+
+    def release(self, handle: Handle[Any]) -> None:
+        if self._closed or self._jobs.closing:
+            raise trio.ClosedResourceError("the pool is closed")
+        self._handles.release(handle)
+
     # Lifecycle
 
     @contextlib.asynccontextmanager
@@ -280,6 +292,8 @@ class LocalScheduler:
             # After the workers' last events: subscribers' iterations end.
             self._jobs.feed = None
             self._feed.close()
+            # The workers are gone: nothing reads the put objects any more.
+            self._handles.close()
         if body_error is not None:
             raise body_error
 

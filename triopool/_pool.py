@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     from ._backend import Backend
     from ._config import RetryOn
     from ._events import EventStream
+    from ._handle import Handle
     from ._progress import MapProgress
     from ._scheduler import Scheduler
     from ._stats import PoolStatistics, WorkerInsight
@@ -321,6 +322,65 @@ class Pool:
         return await self._scheduler.run(  # type: ignore[no-any-return]
             fn, args, time_limit, soft_time_limit, kill_on_cancel, retries, classes
         )
+
+    async def put(self, obj: T) -> Handle[T]:
+        """Store ``obj`` once, for many tasks; return a :class:`Handle` to it.
+
+        Pass the handle instead of the object: as an argument of
+        :meth:`run_sync`, as an argument or keyword argument of a
+        :func:`functools.partial` given as ``fn`` (to :meth:`run_sync`,
+        :meth:`map` or :meth:`imap`), or as an item of :meth:`map` and
+        :meth:`imap`. The task receives the object itself. The object is
+        pickled once, here, and reaches each worker once: the local pool
+        writes it to a file (in memory, on ``/dev/shm``, where there is room)
+        that each worker reads the first time a task needs it and keeps; with
+        a backend it goes to the engine's object store (``ray.put``, Dask's
+        ``scatter``). Later changes to ``obj`` are not seen by the tasks.
+
+        The handle is valid until :meth:`release` or the end of the pool's
+        block, whichever comes first. Pickling (and sending) runs in a
+        worker thread, so a large object does not stall the Trio loop.
+
+        Args:
+            obj: Any object that pickles (with cloudpickle, when installed,
+                for what plain pickle cannot send).
+
+        Returns:
+            A handle for this pool's tasks (type checkers see a
+            ``Handle[T]``, not a ``T``: see :doc:`serialization`).
+
+        Raises:
+            SerializationError: ``obj`` cannot be pickled (or sent to the
+                engine).
+            BrokenPoolError: Workers keep failing to start.
+            trio.ClosedResourceError: The pool's block has exited.
+
+        Example::
+
+            handle = await pool.put(data)  # pickled once, read once per worker
+            # zlib.compress(data, level) for every level: data crosses once.
+            sizes = await pool.map(functools.partial(zlib.compress, handle), range(10))
+            pool.release(handle)
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        return await self._scheduler.put(obj)
+
+    def release(self, handle: Handle[Any]) -> None:
+        """Forget a handle of :meth:`put` before the pool's block ends.
+
+        The object's file (or the engine's copy) is freed; workers drop
+        their copy when they next load another handle, or when they exit.
+        Release a handle only once the calls that use it have finished: a
+        task that starts later cannot get the object.
+
+        Raises:
+            TypeError: ``handle`` is not a :class:`Handle`.
+            ValueError: ``handle`` is not a live handle of this pool: it was
+                released already, or another pool put it.
+            trio.ClosedResourceError: The pool's block has exited (its
+                handles were released then).
+        """
+        self._scheduler.release(handle)
 
     @property
     def _retry_defaults(self) -> tuple[int, tuple[type[BaseException], ...]]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 from typing import TYPE_CHECKING, Any
 
 from ._backend import (
@@ -91,10 +92,68 @@ def _quiet_init() -> Iterator[None]:
             logger.removeFilter(keep)
 
 
-def _call(fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+def _call(fn: Callable[..., Any], *args: Any) -> Any:
     """The one remote function: the user's function travels as an argument,
-    so Ray exports a single function definition per pool."""
+    so Ray exports a single function definition per pool. The call's
+    arguments are the task's own, so Ray resolves an ``ObjectRef`` among them
+    (see ``_refs`` for those deeper in)."""
     return fn(*args)
+
+
+def _fetch(ref: object) -> Any:
+    """A put object, in a Ray task: ``ray.get`` (see ``_refs.Cached``)."""
+    import ray  # pyright: ignore[reportMissingImports]  # an optional extra
+
+    return ray.get(ref)
+
+
+class _Keeper:
+    """A thread that starts Ray, stays until :meth:`stop`, then shuts Ray down.
+
+    ``ray.init`` starts the local cluster's processes so that they die with
+    the *thread* that started them (Linux's parent-death signal follows the
+    thread). The pool starts its backend in a Trio worker thread, which
+    exits once idle for a while: Ray's processes, and the pool's tasks with
+    them, would die ten seconds into a pool. So ``ray.init`` runs here, in a
+    thread that lives as long as the cluster.
+    """
+
+    def __init__(
+        self, init: Callable[[], object], shutdown: Callable[[], object]
+    ) -> None:
+        self._shutdown = shutdown
+        self._ready = threading.Event()
+        self._release = threading.Event()
+        self._errors: list[BaseException] = []
+        self._thread = threading.Thread(
+            target=self._run, args=(init,), name="triopool Ray keeper", daemon=True
+        )
+        self._thread.start()
+        self._ready.wait()
+        if self._errors:
+            self._thread.join()
+            raise self._errors.pop()
+
+    def _run(self, init: Callable[[], object]) -> None:
+        try:
+            init()
+        except BaseException as exc:
+            self._errors.append(exc)
+            self._ready.set()
+            return
+        self._ready.set()
+        self._release.wait()
+        try:
+            self._shutdown()
+        except BaseException as exc:
+            self._errors.append(exc)
+
+    def stop(self) -> None:
+        """Shut Ray down (in the thread that started it); blocking."""
+        self._release.set()
+        self._thread.join()
+        if self._errors:
+            raise self._errors.pop()
 
 
 class RayBackend:
@@ -151,6 +210,7 @@ class RayBackend:
         self._ray: Any = None
         self._remote: Any = None
         self._initialized_here = False
+        self._keeper: _Keeper | None = None
 
     def __repr__(self) -> str:
         return f"RayBackend(address={self.address!r})"
@@ -175,8 +235,13 @@ class RayBackend:
                 if self.num_cpus is not None:
                     kwargs["num_cpus"] = self.num_cpus
             kwargs.update(self.init_kwargs)
-            with _quiet_init():
-                ray.init(address="local" if local else self.address, **kwargs)
+            address = "local" if local else self.address
+
+            def init() -> None:
+                with _quiet_init():
+                    ray.init(address=address, **kwargs)
+
+            self._keeper = _Keeper(init, ray.shutdown)
             self._initialized_here = True
         options: dict[str, Any] = {"max_retries": 0, "num_cpus": 1}
         options.update(self.task_options)
@@ -232,7 +297,7 @@ class RayBackend:
             # Ray checks the values here: its error reaches the caller as is.
             remote = remote.options(**options)
         try:
-            ref = remote.remote(fn, args)
+            ref = remote.remote(fn, *args)
         except Exception as exc:
             raise SerializationError(
                 f"could not send the task to Ray: {type(exc).__name__}: {exc}"
@@ -271,6 +336,28 @@ class RayBackend:
         except Exception as exc:
             return Outcome(error=exc)
 
+    # Tasks fetch a put object once per worker process and keep it: Ray would
+    # copy a bytes object out of its store again for every task.
+    fetch = staticmethod(_fetch)
+
+    def put(self, obj: object) -> object:
+        """``ray.put``: the object in Ray's object store, once (blocking)."""
+        try:
+            return self._ray.put(obj)
+        except Exception as exc:
+            raise SerializationError(
+                f"could not put the object in Ray's object store: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+
+    def release(self, ref: object) -> None:
+        """Forget a put object: Ray frees it once no task holds it."""
+        # Ray counts references: the pool dropping its own is the release.
+
+    def is_ref(self, obj: object) -> bool:
+        """Whether ``obj`` is a Ray ``ObjectRef`` (resolved before the task runs)."""
+        return isinstance(obj, self._ray.ObjectRef)
+
     def cancel(self, handle: object, *, kill: bool) -> None:
         """``ray.cancel``; with ``kill`` the worker running it is killed."""
         try:
@@ -283,5 +370,7 @@ class RayBackend:
         backend did not start keeps running."""
         if self._initialized_here:
             self._initialized_here = False
-            self._ray.shutdown()
+            keeper, self._keeper = self._keeper, None
+            assert keeper is not None
+            keeper.stop()
         self._remote = None

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
 
     from ._events import EventStream
+    from ._handle import Handle
     from ._stats import PoolStatistics, WorkerInsight
 
 
@@ -81,6 +82,16 @@ class Scheduler(Protocol):
     ) -> Awaitable[Any]:
         """Run ``fn(*args)`` with these limits, again after a failure named
         in ``retry_on`` up to ``retries`` times; return its outcome or raise."""
+        ...
+
+    async def put(self, obj: object) -> Handle[Any]:
+        """Store ``obj`` once where the workers get it; a handle that tasks
+        receive as ``obj`` (see ``_handles``). Raise as :meth:`check_usable`."""
+        ...
+
+    def release(self, handle: Handle[Any]) -> None:
+        """Forget a handle of :meth:`put`: :class:`ValueError` if it is not
+        a live one of this scheduler. Raise as :meth:`check_usable`."""
         ...
 
     def statistics(self) -> PoolStatistics:
