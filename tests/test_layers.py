@@ -55,6 +55,7 @@ FLOORS: dict[str, int] = {
     "_cli_worker": 1,
     "_demo": 1,
     "_forwarder": 1,
+    "_dask_child": 1,
     # One process or one value: trio or attrs, and the floors below.
     "_context": 2,
     "_spawn": 2,
@@ -113,8 +114,15 @@ WORKER_SIDE = frozenset(
         "_messages",
         "_inside",
         "_forwarder",
+        "_dask_child",
     }
 )
+
+#: What a worker-side module may import beyond the standard library: the
+#: engine it runs under, which its workers have.
+WORKER_SIDE_ENGINES: dict[str, frozenset[str]] = {
+    "_dask_child": frozenset({"cloudpickle", "distributed"}),
+}
 
 
 @attrs.frozen
@@ -321,6 +329,8 @@ def worker_side_violations(root: Path) -> list[str]:
         and not (
             edge.target in present
             or (not edge.internal and edge.target in sys.stdlib_module_names)
+            or edge.target
+            in WORKER_SIDE_ENGINES.get(edge.source.removeprefix("triopool."), ())
         )
     ]
 
