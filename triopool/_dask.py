@@ -88,7 +88,12 @@ class DaskBackend:
     """Run tasks as Dask futures: ``open_pool(backend=DaskBackend(), kill_on_cancel=False)``.
 
     Each call is one ``client.submit(fn, *args)`` under a key of its own:
-    never cached, never merged with an equal call.
+    never cached, never merged with an equal call. A call with
+    ``kill_on_cancel=True`` (the pool's default) or a ``time_limit`` runs in
+    a child process of its Dask worker instead, which the worker kills when
+    the call is cancelled or its time limit passes; that costs a Python
+    start per call, so pass ``kill_on_cancel=False`` to a pool whose tasks
+    need not be stopped midway.
 
     Args:
         address: A scheduler address (``"tcp://127.0.0.1:8786"``) to connect
