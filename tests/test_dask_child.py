@@ -116,3 +116,34 @@ def test_the_child_program_never_imports_trio_or_attrs() -> None:
     outcome = _dask_child.run_in_child(workerfuncs.loaded_modules, (), never)
     assert outcome[0] == "value"
     assert not {"trio", "attrs", "triopool"} & set(outcome[1])
+
+
+# A Dask worker that has neither triopool nor trio: the runner arrives by value.
+_NO_TRIOPOOL = r"""
+import pickle, sys
+class Refuse:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("triopool", "trio", "attrs"):
+            raise ImportError("no " + name + " on this worker")
+sys.meta_path.insert(0, Refuse())
+run, fn, args = pickle.loads(sys.stdin.buffer.read())
+print(run(fn, args, lambda: False))
+print(sorted({"triopool", "trio", "attrs"} & set(sys.modules)))
+"""
+
+
+def test_the_runner_travels_by_value_to_a_worker_without_triopool() -> None:
+    cloudpickle = pytest.importorskip("cloudpickle")
+    cloudpickle.register_pickle_by_value(_dask_child)  # as DaskBackend does
+    try:
+        blob = cloudpickle.dumps((_dask_child.run_in_child, len, ("abc",)))
+    finally:
+        cloudpickle.unregister_pickle_by_value(_dask_child)
+    done = subprocess.run(
+        [sys.executable, "-c", _NO_TRIOPOOL],
+        input=blob,
+        capture_output=True,
+        check=True,
+        timeout=60,
+    )
+    assert done.stdout.decode().split("\n")[:2] == ["('value', 3)", "[]"]
