@@ -194,11 +194,18 @@ async def test_cancel_running(engine: Engine) -> None:
 async def test_cancel_running_without_kill_waits(engine: Engine) -> None:
     with trio.fail_after(120):
         async with engine.open(kill_on_cancel=False) as pool:
-            result = None
-            with trio.move_on_after(0.3):
-                # Shielded like trio.to_thread.run_sync: the outcome arrives.
-                result = await pool.run_sync(workerfuncs.sleep, 1.0)
-            assert result == 1.0
+            results: list[float] = []
+
+            async def call() -> None:
+                results.append(await pool.run_sync(workerfuncs.sleep, 1.0))
+
+            with trio.CancelScope() as scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(call)
+                    await wait_running(pool, 1)
+                    scope.cancel()
+            # Shielded like trio.to_thread.run_sync: the outcome arrived.
+            assert results == [1.0]
             assert pool.statistics().workers_lost == 0
             assert await pool.run_sync(workerfuncs.add, 2, 2) == 4
 
