@@ -45,6 +45,10 @@ def test_a_child_that_dies_raises_with_its_pid_and_status() -> None:
     with pytest.raises(ChildProcessError) as info:
         _dask_child.run_in_child(workerfuncs.kill_self, (signal.SIGKILL,), never)
     assert getattr(info.value, _dask_child.DIED_ATTRIBUTE)[1] == -signal.SIGKILL
+    # A BaseException ends the child too, as it ends a local worker.
+    with pytest.raises(ChildProcessError) as info:
+        _dask_child.run_in_child(workerfuncs.raise_system_exit, (4,), never)
+    assert getattr(info.value, _dask_child.DIED_ATTRIBUTE)[1] == 4
 
 
 def test_what_cannot_be_pickled_is_named() -> None:
