@@ -73,7 +73,8 @@ sys.path[:] = pickle.loads(read_part())
 call = read_part()
 
 def watch():
-    stdin.read()  # returns at EOF: the worker died or gave up on the task
+    while os.read(0, 65536):  # b"" at EOF: the worker died or gave up
+        pass
     os._exit(70)
 
 threading.Thread(target=watch, daemon=True).start()
@@ -93,6 +94,17 @@ except Exception as exc:
     # Without this program's own frame: the task's frames only.
     text = traceback.format_exception(type(exc), exc, exc.__traceback__.tb_next)
     outcome = ("error", exc, "".join(text))
+except BaseException as exc:
+    # It ends the process, as it ends a local worker: no outcome is sent.
+    if not isinstance(exc, SystemExit):
+        traceback.print_exc()
+    code = exc.code if isinstance(exc, SystemExit) else 1
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    os._exit(0 if code is None else code if isinstance(code, int) else 1)
 try:
     blob = dumps(outcome)
     if outcome[0] == "error":
