@@ -77,3 +77,48 @@ def unpicklable_on_negative(x: int) -> object:
 
         return threading.Lock()
     return x
+
+
+#: What :func:`counted` does with its item, by name.
+OK, DIE, DIE_ONCE, HANG, RAISE = "ok", "die", "die once", "hang", "raise"
+
+
+def counted(job: tuple[str, int, str]) -> int:
+    """One run of item ``index``, recorded in ``folder``; returns ``index``.
+
+    Each run creates ``<index>-<n>`` with O_EXCL (so each run number is
+    claimed once, whatever process runs it), then does ``action``: ``OK``
+    returns; ``DIE`` exits the worker on every run, ``DIE_ONCE`` on its
+    first run only; ``HANG`` sleeps past any time limit; ``RAISE`` raises
+    ValueError(index).
+    """
+    folder, index, action = job
+    number = 1
+    while True:
+        try:
+            os.close(
+                os.open(
+                    os.path.join(folder, f"{index}-{number}"),
+                    os.O_CREAT | os.O_EXCL | os.O_WRONLY,
+                )
+            )
+        except FileExistsError:
+            number += 1
+            continue
+        break
+    if action == DIE or (action == DIE_ONCE and number == 1):
+        os._exit(7)
+    if action == HANG:
+        time.sleep(600)
+    if action == RAISE:
+        raise ValueError(index)
+    return index
+
+
+def runs(folder: str, count: int) -> list[int]:
+    """How many times :func:`counted` ran each of items ``0..count-1``."""
+    names = os.listdir(folder)
+    return [
+        sum(1 for name in names if name.split("-")[0] == str(index))
+        for index in range(count)
+    ]

@@ -91,8 +91,9 @@ async def test_a_worker_death_mid_chunk_costs_only_its_item(chunksize: int) -> N
             error = values[2]
             assert isinstance(error, triopool.BrokenWorkerError)
             assert error.exitcode == 7
-            # The chunk's run and the item's own run each killed a worker.
-            assert pool.statistics().workers_lost == 2
+            # Only the chunk's run killed a worker: the item at fault is not
+            # run again on its own.
+            assert pool.statistics().workers_lost == 1
             await assert_healthy(pool)
 
 
@@ -119,8 +120,9 @@ async def test_a_worker_death_with_auto_chunks_unordered() -> None:
 async def test_time_limits_with_chunks() -> None:
     with trio.fail_after(TIMEOUT):
         async with triopool.open_pool(2, time_limit=1.0) as pool:
-            # The limit counts per task: the chunk of four hits it; then each
-            # item runs on its own, and only the slow one hits it again.
+            # The limit counts per task: the chunk of four hits it; then the
+            # slow item runs again first in a task of its own (with the item
+            # after it), and hits it again alone.
             values = await pool.map(
                 mapfuncs.sleep_for,
                 [0.0, 0.0, 30.0, 0.0],

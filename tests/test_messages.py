@@ -264,3 +264,48 @@ def test_messages_compare_and_show_by_value() -> None:
     assert repr(text) == (
         "ExceptionText(type_name='builtins.OSError', message='gone', traceback='tb')"
     )
+
+
+def chunk_parts_stream() -> bytes:
+    """A chunk's PART frames as the worker writes them: a value, a large
+    bytes value (out of band), an exception, and a value that does not
+    pickle."""
+    pieces: list[bytes | memoryview] = []
+    pieces += _messages.part_frame(1)
+    pieces += _messages.part_frame(b"z" * 100_000)
+    pieces += _messages.error_part_frame(raised(ValueError("bad item")))
+    pieces += _messages.part_frame(threading.Lock())
+    return b"".join(bytes(piece) for piece in pieces)
+
+
+@pytest.mark.parametrize("step", [1, 7, 4096, 1 << 20])
+def test_chunk_parts_round_trip_whatever_the_split(step: int) -> None:
+    stream = chunk_parts_stream()
+    decoder = _protocol.Decoder()
+    frames: list[_protocol.Frame] = []
+    for start in range(0, len(stream), step):
+        decoder.receive_data(stream[start : start + step])
+        while isinstance(frame := decoder.next_frame(), _protocol.Frame):
+            frames.append(frame)
+    assert [frame.kind for frame in frames] == [_protocol.PART] * 4
+    assert [frame.flags for frame in frames] == [
+        _messages.PART_VALUE,
+        _messages.PART_VALUE,
+        _messages.PART_ERROR,
+        _messages.PART_SERIAL_ERROR,
+    ]
+    values, first_failed = _messages.decode_parts(frames)
+    assert values[:2] == [1, b"z" * 100_000]
+    assert first_failed == 2
+    error = values[2]
+    assert isinstance(error, ValueError)
+    assert error.args == ("bad item",)
+    assert isinstance(error.__cause__, triopool.RemoteTraceback)
+    assert isinstance(values[3], triopool.SerializationError)
+    assert str(values[3]).startswith("could not pickle the result in the worker")
+
+
+def test_chunk_parts_without_failures() -> None:
+    frames = [received(_messages.part_frame(value)) for value in (None, "a", 2.5)]
+    assert _messages.decode_parts(frames) == ([None, "a", 2.5], None)
+    assert _messages.decode_parts([]) == ([], None)

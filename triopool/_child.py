@@ -38,7 +38,16 @@ import os
 import signal
 import sys
 
-from . import _imports, _inside, _messages, _pipes, _process, _protocol, _serialize
+from . import (
+    _chunk,
+    _imports,
+    _inside,
+    _messages,
+    _pipes,
+    _process,
+    _protocol,
+    _serialize,
+)
 from ._errors import SoftTimeLimitExceeded
 
 TYPE_CHECKING = False
@@ -261,6 +270,27 @@ class _Pipes:
                 if soft_limit is not None:
                     soft_limit.release()
 
+    def send_part(self, pieces: list[bytes | memoryview]) -> None:
+        """Send a PART frame from the running task (a chunk's item is done).
+
+        As for :meth:`send_log`, the frame is never cut: a SIGURG or a soft
+        time limit that comes while it is written is acted on once it is out.
+        """
+        busy = self.busy
+        soft_limit = self.soft_limit
+        self.busy = True
+        if soft_limit is not None:
+            soft_limit.held = True
+        try:
+            self.send(pieces)
+        finally:
+            self.busy = busy
+            if not busy and self.signalled:
+                self.signalled = False
+                self.on_signal(signal.SIGURG, None)
+            if soft_limit is not None:
+                soft_limit.release()
+
     def answer(
         self,
         kind: int,
@@ -446,6 +476,7 @@ def main(fd_in: int, fd_out: int, parent_pid: int) -> None:
             pipes = _FaultyPipes(pipes, plan)
             if forwarding is not None:
                 forwarding.pipes = pipes
+    _chunk.send_part = pipes.send_part
     _serve(pipes, fixup, soft_limit, max_memory, worker_pid, state)
     if forwarding is not None:
         forwarding.stop()

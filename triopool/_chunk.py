@@ -14,6 +14,15 @@ in its place, described as the worker loop describes a task's exception
 (pickled if it pickles, and always its traceback as text), so the parent
 rebuilds it exactly as ``run_sync`` would have raised it.
 
+With ``return_exceptions=True`` or ``retries``, where a worker's death
+mid-chunk does not end the call, the task is ``run_chunk_reporting(fn,
+items, catching)``: each item's outcome goes to the pool as a PART frame
+as soon as the item is done, so that when the worker dies the pool knows
+which items finished (it keeps their results), which one was running (it
+gets the error, or runs again) and which never started (they run
+elsewhere). A frame per item costs a write per item here and a frame per
+item in the pool, which plain maps do not pay.
+
 Invariants: the results come back in the order of the items, one per item;
 without catching, the first item that raises ends the chunk, and its
 exception leaves as itself (the worker loop sends it, with its traceback,
@@ -28,12 +37,14 @@ from __future__ import annotations
 
 import time
 
-from ._messages import RemoteException
+from ._messages import RemoteException, error_part_frame, part_frame
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from typing import TypeVar
+
+    from ._messages import Pieces
 
     ItemT = TypeVar("ItemT")
     ResultT = TypeVar("ResultT")
@@ -73,3 +84,36 @@ def run_chunk_catching(
             append(None)
             failures[index] = RemoteException.of(exc).wire()
     return results, failures, time.perf_counter() - start
+
+
+#: How a running task sends a frame to the pool: set by the worker loop
+#: (``_child``) before it runs tasks; ``None`` outside a worker.
+send_part: Callable[[Pieces], None] | None = None
+
+
+def run_chunk_reporting(
+    fn: Callable[[ItemT], object], items: Sequence[ItemT], catching: bool
+) -> float:
+    """Call ``fn`` on the items in order, and send each item's outcome to
+    the pool as a PART frame once it is done; return the seconds the calls
+    took, in the worker.
+
+    An item that raises an ``Exception`` sends it as its part; then, unless
+    ``catching``, the chunk ends there (its remaining items never run: the
+    pool fails the call, or runs them again). A ``BaseException`` that is
+    not an ``Exception`` ends the chunk and the worker, with no part.
+    """
+    send = send_part
+    if send is None:
+        raise RuntimeError("run_chunk_reporting runs only in a triopool worker")
+    start = time.perf_counter()
+    for item in items:
+        try:
+            value = fn(item)
+        except Exception as exc:
+            send(error_part_frame(exc))
+            if not catching:
+                break
+            continue
+        send(part_frame(value))
+    return time.perf_counter() - start

@@ -42,7 +42,7 @@ import attrs
 import trio
 
 from . import _messages, _protocol
-from ._chunk import run_chunk, run_timed_chunk
+from ._chunk import run_chunk, run_chunk_catching, run_chunk_reporting, run_timed_chunk
 from ._errors import BrokenWorkerError, TimeLimitExceeded
 
 if TYPE_CHECKING:
@@ -127,7 +127,12 @@ _KIND: Final[tuple[TaskKind | None, ...]] = (
 )
 
 # map's chunk runners: their events name the mapped function instead.
-_CHUNK_RUNNERS: Final = (run_chunk, run_timed_chunk)
+_CHUNK_RUNNERS: Final = (
+    run_chunk,
+    run_timed_chunk,
+    run_chunk_catching,
+    run_chunk_reporting,
+)
 
 
 class Taker(Protocol):
@@ -201,6 +206,9 @@ class Job:
     #: (a job streamed by map/imap; see Pool.submit_nowait). It must not
     #: raise or block: it runs in the task that ended the job.
     on_end: Callable[[Job], None] | None = None
+    #: A map's chunk that reports each item (see _chunk_parts): the PART
+    #: frames its run sent so far. None: the job takes no PART frame.
+    parts: list[_protocol.Frame] | None = None
     #: The slot of the worker it was given to (set by its Pipeline).
     book: Book | None = None
     # Trio times. queued_at and started_at are taken only while someone

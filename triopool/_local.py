@@ -189,6 +189,7 @@ class LocalScheduler:
         *,
         retries: int | PoolDefault = POOL_DEFAULT,
         retry_on: RetryOn | PoolDefault = POOL_DEFAULT,
+        parts: list[Any] | None = None,
     ) -> Callable[[], bool]:
         """Submit ``fn(*args)`` with the pool's options, without a waiting task.
 
@@ -202,6 +203,8 @@ class LocalScheduler:
         with ``kill_on_cancel=False``, or a worker it was written ahead to
         has yet to drop it). Raises as :meth:`run` raises before it submits.
         ``retries`` and ``retry_on`` (checked already) override the pool's.
+        ``parts``: the task reports each item of a chunk (see
+        ``_chunk_parts``); its PART frames are appended to this list.
         """
         self.check_usable()
         config = self._config
@@ -234,6 +237,7 @@ class LocalScheduler:
                 on_end(functools.partial(_job_outcome, job))
 
         job.on_end = ended
+        job.parts = parts
         self._jobs.submit(job)
 
         def cancel() -> bool:

@@ -157,6 +157,9 @@ def _new_call(
     # A local pool streams chunks (see Pool._submit_nowait); others, such as
     # a cluster backend's, get a task per chunk.
     submit: Streamer | None = getattr(pool, "_submit_nowait", None)
+    item_retries = None
+    if submit is not None:
+        item_retries = _item_retries(pool, retries, retry_on, return_exceptions)
     if chunksize != "auto":
         if max_in_flight is None:
             max_in_flight = default_fixed_max_in_flight(workers, chunksize)
@@ -171,6 +174,7 @@ def _new_call(
             return_exceptions=return_exceptions,
             reporter=reporter_for(progress),
             submit=submit,
+            item_retries=item_retries,
         )
     if max_in_flight is None:
         max_in_flight = default_max_in_flight(workers)
@@ -191,7 +195,29 @@ def _new_call(
         return_exceptions=return_exceptions,
         reporter=reporter_for(progress),
         submit=submit,
+        item_retries=item_retries,
     )
+
+
+def _item_retries(
+    pool: Runner,
+    retries: int | PoolDefault,
+    retry_on: RetryOn | PoolDefault,
+    return_exceptions: bool,
+) -> tuple[int, tuple[type[BaseException], ...]] | None:
+    """The retries and retry classes of each item, when a worker's death in
+    the middle of a chunk does not end the call (``return_exceptions=True``,
+    or retries): its chunks then report each item (see ``_chunk_parts``).
+    ``None``: the first failure ends the call, and chunks answer once."""
+    defaults: tuple[int, tuple[type[BaseException], ...]] = getattr(
+        pool, "_retry_defaults", (0, ())
+    )
+    count = defaults[0] if retries is POOL_DEFAULT else retries
+    if not count and not return_exceptions:
+        return None
+    classes = defaults[1] if retry_on is POOL_DEFAULT else retry_on
+    assert isinstance(classes, tuple)
+    return count, classes
 
 
 @contextlib.asynccontextmanager

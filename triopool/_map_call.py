@@ -36,6 +36,12 @@ Invariants:
   ``kill_on_cancel=False``; written ahead: dropped by the worker, or run):
   the producer ends only once every streamed chunk has ended or was given
   up, so the rules below hold for them as for chunk tasks.
+- With ``return_exceptions=True`` or retries, streamed chunks of several
+  items report each item (see ``_chunk_parts``). One whose run failed is
+  split: its items done are handed on, and its items from the one at fault
+  (or the one after it) on are streamed again as a chunk of their own,
+  which its count in ``_chunks_running`` stands for. Nothing is streamed
+  again once the call is ending.
 - Leaving the ``async with`` cancels whatever still runs and waits for it:
   no task of the call outlives the block. After it, a take raises
   :class:`trio.ClosedResourceError`.
@@ -63,8 +69,10 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import attrs
 import trio
 
-from ._chunk import run_chunk, run_timed_chunk
+from . import _chunk_parts
+from ._chunk import run_chunk, run_chunk_reporting, run_timed_chunk
 from ._config import POOL_DEFAULT, PoolDefault
+from ._errors import TimeLimitExceeded
 from ._map_tasks import (
     CALL_ERRORS,
     CATCHING,
@@ -153,6 +161,12 @@ class MapCall(Generic[ItemT, ResultT]):
     # from the producer, without a task each (see _stream_chunk).
     _submit: Streamer | None = attrs.field(default=None, alias="submit")
     _streamed: set[Streamed] = attrs.field(factory=set)
+    # Streamed chunks report each item, and their items run again on their
+    # own (see _chunk_parts): these retries and retry classes per item.
+    # None: the first failure ends the call, and a chunk answers once.
+    _item_retries: tuple[int, tuple[type[BaseException], ...]] | None = attrs.field(
+        default=None, alias="item_retries"
+    )
     _stream_changed: trio.lowlevel.ParkingLot = attrs.field(
         factory=trio.lowlevel.ParkingLot
     )
@@ -458,28 +472,54 @@ class MapCall(Generic[ItemT, ResultT]):
 
     # Streaming dispatch: a chunk is a job whose end calls back, not a task.
 
-    def _stream_chunk(self, submit: Streamer, start: int, items: list[ItemT]) -> None:
-        """Submit a chunk; :meth:`_streamed_ended` takes its outcome."""
-        task, args, kind = streamed_task(
-            self._fn,
-            items,
-            return_exceptions=self._return_exceptions,
-            timed=self._planner is not None,
-        )
-        entry = Streamed(start, items, kind)
+    def _stream_chunk(
+        self, submit: Streamer, start: int, items: list[ItemT], runs: int = 0
+    ) -> None:
+        """Submit a chunk; :meth:`_streamed_ended` takes its outcome.
+        ``runs``: the failed runs of its first item so far (the rest of a
+        reporting chunk, run again)."""
+        retries = self._retries
+        if self._item_retries is not None and (len(items) > 1 or runs):
+            # Each item is reported, and retried here, not by the pool.
+            task: Callable[..., Any] = run_chunk_reporting
+            args: tuple[Any, ...] = (self._fn, items, self._return_exceptions)
+            kind = _chunk_parts.REPORTING
+            entry = Streamed(start, items, kind, parts=[], runs=runs)
+            retries = 0
+        else:
+            task, args, kind = streamed_task(
+                self._fn,
+                items,
+                return_exceptions=self._return_exceptions,
+                timed=self._planner is not None,
+            )
+            entry = Streamed(start, items, kind)
         self._streamed.add(entry)
         try:
-            cancel = submit(
-                task,
-                args,
-                functools.partial(self._streamed_ended, entry),
-                retries=self._retries,
-                retry_on=self._retry_on,
-            )
+            if entry.parts is None:
+                cancel = submit(
+                    task,
+                    args,
+                    functools.partial(self._streamed_ended, entry),
+                    retries=retries,
+                    retry_on=self._retry_on,
+                )
+            else:
+                cancel = submit(
+                    task,
+                    args,
+                    functools.partial(self._streamed_ended, entry),
+                    retries=retries,
+                    retry_on=self._retry_on,
+                    parts=entry.parts,
+                )
         except Exception as exc:
             # Not submitted (an item does not pickle, the pool is closing).
             self._streamed.discard(entry)
-            if kind == CATCHING and not isinstance(exc, CALL_ERRORS):
+            if (
+                kind == CATCHING
+                or (kind == _chunk_parts.REPORTING and self._return_exceptions)
+            ) and not isinstance(exc, CALL_ERRORS):
                 self._rerun_one_by_one(start, items)
             else:
                 self._chunk_ended()
@@ -511,6 +551,9 @@ class MapCall(Generic[ItemT, ResultT]):
             self._chunk_ended()
             return
         kind = entry.kind
+        if kind == _chunk_parts.REPORTING:
+            self._take_reported(entry, outcome)
+            return
         items = entry.items
         try:
             result = outcome()
@@ -531,6 +574,87 @@ class MapCall(Generic[ItemT, ResultT]):
         values = streamed_values(kind, result, len(items), planner)
         self._chunk_ended()
         self._chunk_done(entry.start, values)
+
+    def _take_reported(self, entry: Streamed, outcome: Callable[[], Any]) -> None:
+        """A reporting chunk ended (see ``_chunk_parts``): its items done
+        keep their outcomes; the item at fault gets its error or runs again;
+        the items after it, which never started, run again."""
+        items = entry.items
+        planner = self._planner
+        assert entry.parts is not None
+        try:
+            reading = _chunk_parts.read(
+                entry.parts, outcome, len(items), catching=self._return_exceptions
+            )
+        except Exception as exc:
+            self._chunk_ended()
+            self._chunk_failed(exc)
+            return
+        entry.parts = None
+        error = reading.error
+        if error is None:
+            if planner is not None and reading.seconds is not None:
+                planner.observe_run(len(items), reading.seconds)
+            self._chunk_ended()
+            self._chunk_done(entry.start, reading.values)
+            return
+        if planner is not None:
+            planner.observe_failure()
+        if isinstance(error, CALL_ERRORS):
+            self._chunk_ended()
+            self._chunk_failed(error)
+            return
+        if reading.whole:
+            # No item can be blamed: as a chunk that failed as a whole.
+            if self._return_exceptions and len(items) > 1:
+                self._rerun_one_by_one(entry.start, items)
+                return
+            self._chunk_ended()
+            if self._return_exceptions:
+                self._chunk_done(entry.start, [error])
+            else:
+                self._chunk_failed(error)
+            return
+        values = reading.values
+        at = len(values)  # the item at fault
+        if at and isinstance(error, TimeLimitExceeded):
+            # The limit counts per chunk: the items before it took part of
+            # the time, so this one may not be slow itself. It runs again
+            # first in a chunk of its own, where the limit is all its own.
+            self._stream_rest(entry.start, values, items, at, 0)
+            return
+        runs = (entry.runs if at == 0 else 0) + 1
+        assert self._item_retries is not None
+        retries, retry_on = self._item_retries
+        if runs <= retries and isinstance(error, retry_on):
+            _chunk_parts.log_rerun(error, runs, retries - runs)
+            self._stream_rest(entry.start, values, items, at, runs)
+            return
+        _chunk_parts.runs_tried(error, runs)
+        if not self._return_exceptions:
+            self._chunk_ended()
+            self._chunk_failed(error)
+            return
+        values.append(error)
+        self._stream_rest(entry.start, values, items, at + 1, 0)
+
+    def _stream_rest(
+        self, start: int, values: list[Any], items: list[ItemT], rest: int, runs: int
+    ) -> None:
+        """Part of a reporting chunk is done: hand its ``values`` to the
+        consumer, and submit its items from ``rest`` on (the first of which
+        failed ``runs`` runs already) as a chunk of their own, which the
+        chunk's count in ``_chunks_running`` stands for."""
+        remaining = items[rest:]
+        ending = self._error is not None or (
+            self._work_scope is not None and self._work_scope.cancel_called
+        )
+        if not remaining or ending or self._submit is None:
+            self._chunk_ended()
+        if values:
+            self._chunk_done(start, values)
+        if remaining and not ending and self._submit is not None:
+            self._stream_chunk(self._submit, start + rest, remaining, runs)
 
     def _rerun_one_by_one(self, start: int, items: list[ItemT]) -> None:
         """Run a failed chunk's items again, a task each (``_chunks_running``
@@ -558,7 +682,7 @@ class MapCall(Generic[ItemT, ResultT]):
             self._room_made.unpark_all()
         self._chunks_running -= 1
 
-    def _chunk_failed(self, error: Exception) -> None:
+    def _chunk_failed(self, error: BaseException) -> None:
         self._fail(error)
         if self._reporter is not None:
             self._reporter.failed += 1

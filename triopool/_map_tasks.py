@@ -73,7 +73,8 @@ class Streamer(Protocol):
     a task without a task of ours waiting for it; ``on_end`` gets a function
     that returns its result or raises its error, or ``None`` if it was
     cancelled before it ran; the returned ``cancel()`` says whether the task
-    is over (``True``) or ``on_end`` is still to come."""
+    is over (``True``) or ``on_end`` is still to come. ``parts``: the task
+    reports each item of a chunk, into this list (see ``_chunk_parts``)."""
 
     def __call__(
         self,
@@ -83,6 +84,7 @@ class Streamer(Protocol):
         *,
         retries: int | PoolDefault = ...,
         retry_on: RetryOn | PoolDefault = ...,
+        parts: list[Any] | None = ...,
     ) -> Callable[[], bool]: ...
 
 
@@ -106,6 +108,10 @@ class Streamed:
     kind: int
     cancel: Callable[[], bool] | None = None
     ended: bool = False
+    # A chunk that reports each item (see _chunk_parts): its PART frames,
+    # and how many runs its first item failed already.
+    parts: list[Any] | None = None
+    runs: int = 0
 
 
 def streamed_task(

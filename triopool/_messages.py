@@ -15,6 +15,8 @@ RESULT         worker    the task's return value itself
 ERROR, FATAL   worker    :class:`RemoteException`
 SERIAL_ERROR   worker    :class:`SerializationFailure`
 LOG            worker    a logging record's attributes (:func:`log_frame`)
+PART           worker    one item of a chunk: its value, or its error
+                         (:func:`part_frame`; the flags say which)
 =============  ========  ==================================================
 
 (SKIP and SKIPPED carry a task number: see ``_protocol.number_frame``.)
@@ -495,6 +497,70 @@ def decode_log(frame: _protocol.Frame) -> dict[str, Any]:
     """The parent's side of :func:`log_frame`."""
     fields: dict[str, Any] = pickle.loads(frame.payload)
     return fields
+
+
+# What a PART frame's payload holds, by its flags: the item's return value
+# (pickled as a RESULT frame's), its exception (as an ERROR frame's), or the
+# failure to pickle its value (as a SERIAL_ERROR frame's).
+PART_VALUE: Final = 0
+PART_ERROR: Final = 1
+PART_SERIAL_ERROR: Final = 2
+
+
+def part_frame(value: object) -> Pieces:
+    """The PART frame of a chunk's item that returned ``value``."""
+    try:
+        payload, buffers = _serialize.dumps_with_fallback(value)
+    except Exception as exc:
+        _, payload, buffers = serialization_failure_answer(Step.PICKLE_RESULT, exc)
+        return _protocol.encode_frame(
+            _protocol.PART, payload, buffers, PART_SERIAL_ERROR
+        )
+    return _protocol.encode_frame(_protocol.PART, payload, buffers, PART_VALUE)
+
+
+def error_part_frame(exc: BaseException) -> Pieces:
+    """The PART frame of a chunk's item that raised ``exc``."""
+    kind, payload, buffers = error_answer(exc)
+    flags = PART_ERROR if kind == _protocol.ERROR else PART_SERIAL_ERROR
+    return _protocol.encode_frame(_protocol.PART, payload, buffers, flags)
+
+
+def decode_parts(frames: list[_protocol.Frame]) -> tuple[list[Any], int | None]:
+    """The outcomes of a chunk's items from their PART frames, in order:
+    each item's value, or its exception rebuilt as :func:`outcome` would
+    raise it; and the index of the first item that failed (``None``: none
+    did). Never raises for what a frame holds."""
+    values: list[Any] = []
+    append = values.append
+    first_failed: int | None = None
+    loads = pickle.loads
+    for frame in frames:
+        flags = frame.flags
+        if flags == PART_VALUE:
+            try:
+                # The plain C unpickler, without a detour: once per item.
+                append(loads(frame.payload, buffers=frame.buffers))
+                continue
+            except Exception as exc:
+                error: BaseException = SerializationError(
+                    f"could not unpickle the task's result: {type(exc).__name__}: {exc}"
+                )
+                error.__cause__ = exc
+        elif flags == PART_ERROR:
+            error = task_exception(frame)
+        else:
+            try:
+                error = decode_serialization_failure(frame).to_error()
+            except Exception as exc:
+                error = SerializationError(
+                    f"could not unpickle the task's error: {type(exc).__name__}: {exc}"
+                )
+                error.__cause__ = exc
+        if first_failed is None:
+            first_failed = len(values)
+        append(error)
+    return values, first_failed
 
 
 def outcome(frame: _protocol.Frame) -> Any:

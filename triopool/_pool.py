@@ -323,6 +323,12 @@ class Pool:
         )
 
     @property
+    def _retry_defaults(self) -> tuple[int, tuple[type[BaseException], ...]]:
+        """The pool's ``retries`` and ``retry_on``: map's chunks that report
+        each item retry their items themselves (see ``_chunk_parts``)."""
+        return self._retries, self._retry_on
+
+    @property
     def _submit_nowait(self) -> _map.Streamer | None:
         """The streaming seam of map/imap, if the scheduler has one (the
         local one does: see ``LocalScheduler.submit_nowait``)."""
@@ -529,8 +535,8 @@ class Pool:
                 of the results received. ``None``: with ``"auto"``,
                 ``8192 * workers`` (two chunks of the largest automatic size,
                 4096, per worker); with an int ``chunksize``,
-                ``workers * max(2 * chunksize, 64)`` (two chunks per worker,
-                and enough small chunks to keep workers busy). If less
+                ``workers * max(16 * chunksize, 256)`` (sixteen chunks per
+                worker, and enough small chunks to keep workers busy). If less
                 than ``chunksize``, chunks hold ``max_in_flight`` items; with
                 ``"auto"``, chunks hold at most ``max_in_flight // (2 *
                 workers)`` items (at least one).

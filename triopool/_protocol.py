@@ -54,7 +54,12 @@ SKIPPED: Final = 10  # u64 task number: that task was dropped and never ran
 # Worker -> parent, at any time (forward_logs=True): a logging record made in
 # the worker. Never an answer: the parent handles it and reads on.
 LOG: Final = 11
-_KINDS: Final = frozenset(range(CONFIG, LOG + 1))
+# Worker -> parent, while a chunk of a map that asked for it runs (see
+# _chunk.run_chunk_reporting): one item's outcome, in item order, before the
+# task's answer. Never an answer: the parent records it and reads on. Its
+# flags say what the payload holds (see _messages.part_frame).
+PART: Final = 12
+_KINDS: Final = frozenset(range(CONFIG, PART + 1))
 
 # Flags on RESULT, ERROR and SERIAL_ERROR frames.
 OVER_MEMORY: Final = 1  # the worker's resident memory is above max_memory_per_child

@@ -65,6 +65,11 @@ def stop_job(jobs: Jobs, worker: Worker, job: Job) -> bool:
         f"worker {worker.pid} was killed",
         job.time_limit,
     )
+    if job.parts is not None:
+        # A map's chunk that reports its items: the items it had not
+        # finished run elsewhere as soon as it fails (see _chunk_parts), so
+        # the one it runs must be stopped first.
+        worker.kill()
     return jobs.run_failed(job, error, worker.pid, requeue=False)
 
 
