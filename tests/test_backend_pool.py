@@ -112,6 +112,28 @@ class ThreadBackend:
         self.stopped = True
 
 
+class OnRequestBackend(ThreadBackend):
+    """An engine that can kill only a call submitted as killable (Dask)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.capabilities = Capabilities(
+            kill_running=True, max_tasks_per_child=False, kill_on_request=True
+        )
+        self.killable: list[tuple[Any, bool]] = []
+
+    def submit(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        on_done: Callable[[Outcome], None],
+        *,
+        killable: bool = False,
+    ) -> object:
+        self.killable.append((args, killable))
+        return super().submit(fn, args, on_done)
+
+
 class CancelFails(ThreadBackend):
     """An engine whose cancel raises (a broken or disconnected client)."""
 
@@ -344,12 +366,10 @@ async def test_imap_first_error_propagates() -> None:
         ({"workers": 3}, "DaskBackend does not support workers=3"),
         ({"initializer": print}, "DaskBackend does not support initializer"),
         ({"soft_time_limit": 1.0}, "DaskBackend does not support soft_time_limit"),
-        ({}, "DaskBackend cannot stop a running task.*kill_on_cancel=False"),
         (
-            {"kill_on_cancel": False, "max_tasks_per_child": 2},
+            {"max_tasks_per_child": 2},
             "DaskBackend cannot retire workers.*max_tasks_per_child",
         ),
-        ({"kill_on_cancel": False, "time_limit": 2.0}, "DaskBackend.*time_limit"),
     ],
 )
 def test_dask_refuses_options_it_cannot_honour(
@@ -357,6 +377,10 @@ def test_dask_refuses_options_it_cannot_honour(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         triopool.open_pool(backend=triopool.DaskBackend(), **options)
+    # It kills a running task (in a child process of its worker), so these
+    # are honoured (nothing starts before the block is entered).
+    triopool.open_pool(backend=triopool.DaskBackend(), time_limit=5.0)
+    triopool.open_pool(backend=triopool.DaskBackend(), kill_on_cancel=True)
 
 
 def test_ray_refuses_local_only_options() -> None:
@@ -710,3 +734,63 @@ def test_ray_and_dask_name_the_task_options_they_take(
     assert backend.check_engine_options({valid: 2}) == {valid: 2}
     with pytest.raises(ValueError, match=r"^engine_options of .* 'size'"):
         backend.check_engine_options({"size": 1})
+
+
+async def test_a_backend_that_kills_on_request_is_told_which_calls() -> None:
+    backend = OnRequestBackend()
+    with trio.fail_after(20):
+        async with open_fake(backend) as pool:
+            assert await pool.run_sync(workerfuncs.add, 1, 0) == 1
+            assert await pool.run_sync(workerfuncs.add, 2, 0, kill_on_cancel=False) == 2
+            three = await pool.run_sync(
+                workerfuncs.add, 3, 0, kill_on_cancel=False, time_limit=5.0
+            )
+            assert three == 3
+            # Cancelled while running: a kill only for a killable call.
+            with trio.move_on_after(0.1):
+                await pool.run_sync(workerfuncs.sleep, 0.4, time_limit=5.0)
+            with pytest.raises(triopool.TimeLimitExceeded):
+                await pool.run_sync(
+                    workerfuncs.sleep, 0.5, kill_on_cancel=False, time_limit=0.1
+                )
+            # Both kills reach the pool through the run's token, as outcomes.
+            while pool.statistics().workers_lost < 2:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+            assert pool.statistics().workers_lost == 2
+    assert backend.killable == [
+        ((1, 0), True),  # kill_on_cancel=True, the pool's default
+        ((2, 0), False),
+        ((3, 0), True),  # a time limit
+        ((0.4,), True),
+        ((0.5,), True),
+    ]
+    assert [kill for _, kill in backend.cancelled] == [True, True]
+
+
+async def test_a_call_not_submitted_as_killable_is_never_killed() -> None:
+    backend = OnRequestBackend()
+    pools: list[Any] = []
+    errors: list[BaseException] = []
+
+    async def caller(pool: Any) -> None:
+        try:
+            await pool.run_sync(workerfuncs.sleep, 0.5)
+        except trio.ClosedResourceError as exc:
+            errors.append(exc)
+
+    async def leave_by_error(nursery: trio.Nursery) -> None:
+        async with open_fake(backend, kill_on_cancel=False) as pool:
+            pools.append(pool)
+            nursery.start_soon(caller, pool)
+            while pool.statistics().tasks_running < 1:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+            raise KeyError("leave")
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            with pytest.raises(KeyError):
+                await leave_by_error(nursery)
+    assert len(errors) == 1
+    assert backend.killable == [((0.5,), False)]
+    assert [kill for _, kill in backend.cancelled] == [False]
+    assert pools[0].statistics().workers_lost == 0

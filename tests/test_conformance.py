@@ -2,8 +2,9 @@
 
 Each engine param is skipped when its extra is not installed, so the default
 test session runs only ``local``; ``nox -s tests_distributed`` installs the
-extras and runs them all. Expectations follow each engine's capabilities
-(Dask cannot stop a running task, so it is tested with kill_on_cancel=False).
+extras and runs them all, with the same expectations: killing a running task
+(``kill_on_cancel``, ``time_limit``) included, which Dask does by running
+such a task in a child process of its worker.
 
 The Ray and Dask clusters are module-scoped fixtures, started by the test
 module and stopped in its teardown (Dask as separate ``dask scheduler`` and
@@ -47,7 +48,6 @@ CAPACITY = 2
 class Engine:
     name: str
     make_backend: Callable[..., Any] | None
-    kill_running: bool
     options: dict[str, Any] = field(default_factory=dict)
     # Whether the cluster the test started is still up (pools never stop it).
     cluster_up: Callable[[], bool] = lambda: True
@@ -74,7 +74,7 @@ def engine(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Engine]:
     if request.param == "local":
-        yield Engine("local", None, kill_running=True)
+        yield Engine("local", None)
     elif request.param == "ray":
         ray = pytest.importorskip("ray")
         ray.init(
@@ -89,7 +89,6 @@ def engine(
             yield Engine(
                 "ray",
                 triopool.RayBackend,
-                kill_running=True,
                 cluster_up=ray.is_initialized,
             )
         finally:
@@ -101,8 +100,6 @@ def engine(
             yield Engine(
                 "dask",
                 lambda **kw: triopool.DaskBackend(address, **kw),
-                kill_running=False,
-                options={"kill_on_cancel": False},
                 cluster_up=lambda: all(p.poll() is None for p in processes),
             )
 
@@ -176,32 +173,59 @@ async def test_cancel_queued(engine: Engine, tmp_path: Path) -> None:
 async def test_cancel_running(engine: Engine) -> None:
     with trio.fail_after(120):
         async with engine.open() as pool:
-            if engine.kill_running:
-                with trio.move_on_after(60) as scope:
-                    async with trio.open_nursery() as nursery:
-                        nursery.start_soon(pool.run_sync, workerfuncs.sleep, 60.0)
-                        await wait_running(pool, 1)
-                        await trio.sleep(0.5)
-                        nursery.cancel_scope.cancel()
-                # Cancelled promptly: the worker was killed, not waited for.
-                assert not scope.cancelled_caught
-                # And the kill did happen: the worker is counted lost once it
-                # is gone (Ray: once Ray reports the task killed), long
-                # before the task's 60 s are up.
-                with trio.fail_after(20):
-                    await wait_lost(pool, 1)
-                stats = pool.statistics()
-                assert stats.tasks_cancelled == 1
-                assert stats.workers_lost == 1
-            else:
-                with pytest.raises(ValueError, match="kill_on_cancel"):
-                    await pool.run_sync(workerfuncs.sleep, 0.1, kill_on_cancel=True)
-                result = None
-                with trio.move_on_after(0.3):
-                    # Shielded like trio.to_thread.run_sync: the outcome arrives.
-                    result = await pool.run_sync(workerfuncs.sleep, 1.0)
-                assert result == 1.0
+            with trio.move_on_after(60) as scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(pool.run_sync, workerfuncs.sleep, 60.0)
+                    await wait_running(pool, 1)
+                    await trio.sleep(0.5)
+                    nursery.cancel_scope.cancel()
+            # Cancelled promptly: the worker was killed, not waited for.
+            assert not scope.cancelled_caught
+            # And the kill did happen: the worker is counted lost once it is
+            # gone (Ray, Dask: once the engine reports the task ended), long
+            # before the task's 60 s are up.
+            with trio.fail_after(20):
+                await wait_lost(pool, 1)
+            stats = pool.statistics()
+            assert stats.tasks_cancelled == 1
+            assert stats.workers_lost == 1
             assert await pool.run_sync(workerfuncs.add, 2, 2) == 4
+
+
+async def test_cancel_running_without_kill_waits(engine: Engine) -> None:
+    with trio.fail_after(120):
+        async with engine.open(kill_on_cancel=False) as pool:
+            results: list[float] = []
+
+            async def call() -> None:
+                results.append(await pool.run_sync(workerfuncs.sleep, 1.0))
+
+            with trio.CancelScope() as scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(call)
+                    await wait_running(pool, 1)
+                    scope.cancel()
+            # Shielded like trio.to_thread.run_sync: the outcome arrived.
+            assert results == [1.0]
+            assert pool.statistics().workers_lost == 0
+            assert await pool.run_sync(workerfuncs.add, 2, 2) == 4
+
+
+async def test_time_limit(engine: Engine) -> None:
+    with trio.fail_after(120):
+        async with engine.open(time_limit=30.0) as pool:
+            with trio.fail_after(20):  # long before the task's 60 s
+                with pytest.raises(triopool.TimeLimitExceeded) as info:
+                    await pool.run_sync(workerfuncs.sleep, 60.0, time_limit=1.0)
+            assert info.value.time_limit == 1.0
+            # Under the pool's own limit, a task runs to its end.
+            assert await pool.run_sync(workerfuncs.sleep, 0.1) == 0.1
+            with trio.fail_after(20):
+                await wait_lost(pool, 1)
+            stats = pool.statistics()
+            assert stats.tasks_failed == 1
+            assert stats.tasks_completed == 1
+            assert stats.workers_lost == 1
 
 
 async def test_equal_calls_both_run(engine: Engine) -> None:
@@ -255,8 +279,7 @@ async def test_map_1000_with_bounded_in_flight(engine: Engine) -> None:
 
 
 async def test_clean_exit_cancels_what_it_submitted(engine: Engine) -> None:
-    # Dask cannot stop a running task: keep it short so the cluster is free soon.
-    seconds = 60.0 if engine.kill_running else 2.0
+    seconds = 60.0
     errors: list[BaseException] = []
     pools: list[Any] = []
 
@@ -362,8 +385,9 @@ async def test_engine_options_reach_the_engine(engine: Engine) -> None:
                 assert per_call == "call"
             return
         # Dask: pin tasks to one worker of two; without the pin, tasks that
-        # overlap spread over both.
-        async with engine.open() as pool:
+        # overlap spread over both. (kill_on_cancel=False: the probe asks the
+        # Dask worker, so it must run in the worker's thread, not a child.)
+        async with engine.open(kill_on_cancel=False) as pool:
             pinned = await pool.run_sync(workerfuncs.dask_worker_address, 0.0)
         pin = {"workers": [pinned], "allow_other_workers": False}
 
@@ -379,7 +403,7 @@ async def test_engine_options_reach_the_engine(engine: Engine) -> None:
         for task_options, engine_options in ((pin, None), (None, pin)):
             addresses: list[str] = []
             async with (
-                engine.open(task_options=task_options) as pool,
+                engine.open(task_options=task_options, kill_on_cancel=False) as pool,
                 trio.open_nursery() as nursery,
             ):
                 for _ in range(4):
@@ -493,3 +517,51 @@ async def test_a_handle_of_another_pool_is_refused(engine: Engine) -> None:
                 await pool.run_sync(len, foreign)
             with pytest.raises(ValueError, match="not a live handle"):
                 pool.release(foreign)
+
+
+async def test_killed_child_leaves_no_process_and_the_worker_serves(
+    engine: Engine, tmp_path: Path
+) -> None:
+    if engine.name != "dask":
+        pytest.skip("Dask's killable tasks run in a child process of its worker")
+    pids = tmp_path / "pids"
+    with trio.fail_after(120):
+        async with engine.open() as pool:
+            # In the worker's thread: which worker, and its pid.
+            address = await pool.run_sync(
+                workerfuncs.dask_worker_address, 0.0, kill_on_cancel=False
+            )
+            pin = {"workers": [address], "allow_other_workers": False}
+            worker_pid = await pool.run_sync(
+                workerfuncs.getpid, kill_on_cancel=False, engine_options=pin
+            )
+            with trio.move_on_after(60) as scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(
+                        functools.partial(
+                            pool.run_sync,
+                            workerfuncs.note_pids_then_sleep,
+                            str(pids),
+                            60.0,
+                            engine_options=pin,
+                        )
+                    )
+                    while not pids.exists() or not pids.read_text():  # noqa: ASYNC110
+                        await trio.sleep(0.01)
+                    nursery.cancel_scope.cancel()
+            assert not scope.cancelled_caught
+            child, parent = map(int, pids.read_text().split())
+            assert parent == worker_pid  # a child of the Dask worker
+            assert child != worker_pid
+            # Killed and reaped (a zombie keeps its /proc entry): no orphan.
+            while await trio.Path(f"/proc/{child}").exists():  # noqa: ASYNC110
+                await trio.sleep(0.01)
+            # The same worker process goes on serving, in its thread and in
+            # a child alike.
+            assert (
+                await pool.run_sync(
+                    workerfuncs.getpid, kill_on_cancel=False, engine_options=pin
+                )
+                == worker_pid
+            )
+            assert await pool.run_sync(workerfuncs.add, 1, 2, engine_options=pin) == 3

@@ -58,6 +58,7 @@ FLOORS: dict[str, int] = {
     "_demo": 1,
     "_forwarder": 1,
     "_store": 1,
+    "_dask_child": 1,
     # One process or one value: trio or attrs, and the floors below.
     "_context": 2,
     "_spawn": 2,
@@ -121,8 +122,15 @@ WORKER_SIDE = frozenset(
         "_forwarder",
         "_handle",
         "_refs",
+        "_dask_child",
     }
 )
+
+#: What a worker-side module may import beyond the standard library: the
+#: engine it runs under, which its workers have.
+WORKER_SIDE_ENGINES: dict[str, frozenset[str]] = {
+    "_dask_child": frozenset({"cloudpickle", "distributed"}),
+}
 
 
 @attrs.frozen
@@ -329,6 +337,8 @@ def worker_side_violations(root: Path) -> list[str]:
         and not (
             edge.target in present
             or (not edge.internal and edge.target in sys.stdlib_module_names)
+            or edge.target
+            in WORKER_SIDE_ENGINES.get(edge.source.removeprefix("triopool."), ())
         )
     ]
 

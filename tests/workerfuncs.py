@@ -384,3 +384,12 @@ def dask_worker_address(seconds: float) -> str:
     time.sleep(seconds)
     address: str = distributed.get_worker().address
     return address
+
+
+def note_pids_then_sleep(path: str, seconds: float) -> float:
+    """Write "pid parent_pid" to ``path``, then sleep ``seconds``."""
+    with open(path + ".tmp", "w") as file:
+        file.write(f"{os.getpid()} {os.getppid()}")
+    os.replace(path + ".tmp", path)
+    time.sleep(seconds)
+    return seconds

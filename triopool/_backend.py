@@ -49,12 +49,19 @@ class Capabilities:
             Without it the pool refuses ``kill_on_cancel=True``.
         max_tasks_per_child: Workers can be retired after a number of calls.
 
+        kill_on_request: ``kill_running`` holds only for a call submitted
+            with the keyword ``killable=True``, which the pool passes (only
+            then) for a call with ``kill_on_cancel=True`` or a ``time_limit``:
+            the engine runs such a call where it can stop it, at a cost, and
+            the others as cheaply as before (Dask: in a child process).
+
     Hard time limits need ``kill_running``: the pool cancels the call with a
     kill when its deadline passes.
     """
 
     kill_running: bool
     max_tasks_per_child: bool
+    kill_on_request: bool = False
 
 
 @attrs.frozen
@@ -100,6 +107,11 @@ class Backend(Protocol):
     put objects are not lifted: each worker process fetches one once and
     keeps it (see ``_refs.Cached``). Without ``put`` the pool refuses
     ``put`` with :class:`NotImplementedError`.
+
+    A backend whose capabilities have ``kill_on_request`` takes the keyword
+    argument ``killable=True`` in ``submit`` (passed only for a call that may
+    be killed); ``cancel(handle, kill=True)`` is then a kill only for such a
+    call.
     """
 
     name: str

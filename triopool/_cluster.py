@@ -435,6 +435,8 @@ class ClusterScheduler:
                     extra.update(retries=job.retries, retry_on=job.retry_on)
                 if job.engine_options:
                     extra["engine_options"] = job.engine_options
+                if self._on_request(job):
+                    extra["killable"] = True
                 try:
                     if extra:
                         submit: Any = backend.submit
@@ -452,6 +454,20 @@ class ClusterScheduler:
                 return
             self._kick = trio.Event()
             await self._kick.wait()
+
+    def _on_request(self, job: _Job) -> bool:
+        """Whether ``job`` must be submitted as killable: only a backend that
+        kills on request (see Capabilities) is told, and only for a call that
+        may need it."""
+        return self._backend.capabilities.kill_on_request and (
+            job.kill_on_cancel or job.time_limit is not None
+        )
+
+    def _can_kill(self, job: _Job) -> bool:
+        capabilities = self._backend.capabilities
+        return capabilities.kill_running and (
+            not capabilities.kill_on_request or self._on_request(job)
+        )
 
     def _arm_time_limit(self, job: _Job) -> None:
         if job.time_limit is not None and job.scope is not None:
@@ -493,7 +509,7 @@ class ClusterScheduler:
             self._tasks_running -= 1
             self._tasks_cancelled += 1
             if job in self._in_engine:
-                kill = self._backend.capabilities.kill_running
+                kill = self._can_kill(job)
                 self._cancel(job, kill=kill)
                 job.killed = kill
 
@@ -523,9 +539,8 @@ class ClusterScheduler:
                     error=trio.ClosedResourceError("the pool closed while the task ran")
                 ),
             )
-        kill = self._backend.capabilities.kill_running
         for job in in_engine:
-            self._cancel(job, kill=kill)
+            self._cancel(job, kill=self._can_kill(job))
 
     # Lifecycle
 

@@ -4,10 +4,13 @@ Dask is imported when the pool opens, never by ``import triopool``. The
 backend uses a synchronous ``distributed.Client`` (its own event-loop thread):
 no asyncio loop ever runs in Trio's thread, and no trio-asyncio.
 
-Dask cannot stop a task that has started: a cancelled running task runs to
-its end on its worker and its result is dropped. The backend says so in its
-capabilities, and the pool refuses ``kill_on_cancel=True``,
-``max_tasks_per_child`` and ``time_limit`` rather than ignoring them.
+Dask cannot stop a task that runs in a worker's thread: a cancelled running
+task runs to its end and its result is dropped. So a call that may have to be
+stopped (``kill_on_cancel=True`` or a ``time_limit``: the pool passes
+``killable=True``) runs in a child process of its Dask worker instead (see
+``_dask_child``), which is killed when the client releases the task; the
+other calls run in the worker's thread as they are. The pool refuses
+``max_tasks_per_child`` rather than ignoring it.
 """
 
 from __future__ import annotations
@@ -16,13 +19,14 @@ import traceback
 import uuid
 from typing import TYPE_CHECKING, Any
 
+from . import _dask_child
 from ._backend import (
     Capabilities,
     Outcome,
     check_engine_options,
     with_remote_traceback,
 )
-from ._errors import BrokenWorkerError, SerializationError
+from ._errors import BrokenWorkerError, RemoteError, SerializationError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -87,7 +91,12 @@ class DaskBackend:
     """Run tasks as Dask futures: ``open_pool(backend=DaskBackend(), kill_on_cancel=False)``.
 
     Each call is one ``client.submit(fn, *args)`` under a key of its own:
-    never cached, never merged with an equal call.
+    never cached, never merged with an equal call. A call with
+    ``kill_on_cancel=True`` (the pool's default) or a ``time_limit`` runs in
+    a child process of its Dask worker instead, which the worker kills when
+    the call is cancelled or its time limit passes; that costs a Python
+    start per call, so pass ``kill_on_cancel=False`` to a pool whose tasks
+    need not be stopped midway.
 
     Args:
         address: A scheduler address (``"tcp://127.0.0.1:8786"``) to connect
@@ -122,7 +131,9 @@ class DaskBackend:
     """
 
     name = "DaskBackend"
-    capabilities = Capabilities(kill_running=False, max_tasks_per_child=False)
+    capabilities = Capabilities(
+        kill_running=True, max_tasks_per_child=False, kill_on_request=True
+    )
 
     def __init__(
         self,
@@ -154,11 +165,15 @@ class DaskBackend:
     def start(self, max_tasks_per_child: int | None) -> int:
         """Connect to (or start) the cluster; return its total thread count."""
         assert max_tasks_per_child is None  # refused by the pool
+        import cloudpickle  # pyright: ignore[reportMissingImports]  # comes with Dask
         import dask  # pyright: ignore[reportMissingImports]  # an optional extra
         import distributed  # pyright: ignore[reportMissingImports]  # an optional extra
         from distributed.scheduler import KilledWorker  # pyright: ignore[reportMissingImports]  # an optional extra
 
         self._killed_worker = KilledWorker
+        # The killable calls' runner travels by value: a worker need not
+        # have triopool installed (see _dask_child).
+        cloudpickle.register_pickle_by_value(_dask_child)
         if self.address is None:
             with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
                 self._cluster = distributed.LocalCluster(
@@ -230,22 +245,34 @@ class DaskBackend:
         retries: int = 0,
         retry_on: tuple[type[BaseException], ...] = (),
         engine_options: Mapping[str, Any] | None = None,
+        killable: bool = False,
     ) -> object:
-        """Submit one Dask future; ``on_done`` fires on Dask's callback thread."""
+        """Submit one Dask future; ``on_done`` fires on Dask's callback thread.
+
+        A ``killable`` call runs in a child process of the Dask worker (see
+        ``_dask_child``), killed once the future is released."""
         extra = {**self.task_options, **(engine_options or {})}
         if retries:
             extra["retries"] = retries
         name = getattr(fn, "__name__", None) or type(fn).__name__
         key = f"{self._key_prefix}{name}-{uuid.uuid4().hex}"
         try:
-            future = self._client.submit(fn, *args, key=key, **extra)
+            if killable:
+                future = self._client.submit(
+                    _dask_child.run_killable, fn, *args, key=key, **extra
+                )
+            else:
+                future = self._client.submit(fn, *args, key=key, **extra)
         except Exception as exc:
             raise SerializationError(
                 f"could not send the task to Dask: {type(exc).__name__}: {exc}"
             ) from exc
 
         def done(future: Any) -> None:
-            on_done(self._outcome(future))
+            outcome = self._outcome(future)
+            if killable and outcome.error is None:
+                outcome = _child_outcome(outcome.value)
+            on_done(outcome)
 
         future.add_done_callback(done)
         return future
@@ -265,6 +292,21 @@ class DaskBackend:
         except Exception as lookup_error:
             return Outcome(error=lookup_error)
         assert self._killed_worker is not None
+        died = _pop_attribute(remote, _dask_child.DIED_ATTRIBUTE)
+        if isinstance(remote, ChildProcessError) and died is not None:
+            pid, exitcode = died
+            broken = BrokenWorkerError(
+                f"the task's process on its Dask worker died (exit status "
+                f"{exitcode}) while running the task",
+                pid,
+                exitcode,
+            )
+            broken.__cause__ = remote
+            return Outcome(error=broken)
+        child_text = _pop_attribute(remote, _dask_child.TRACEBACK_ATTRIBUTE)
+        if isinstance(child_text, str):
+            # It ran in a child process: that traceback is the task's own.
+            return Outcome(error=with_remote_traceback(remote, child_text))
         if isinstance(remote, self._killed_worker):
             broken = BrokenWorkerError(
                 f"the Dask worker died while running the task: {remote}", None, None
@@ -315,7 +357,9 @@ class DaskBackend:
         return isinstance(obj, _future_type)
 
     def cancel(self, handle: object, *, kill: bool) -> None:
-        """Release the future: a queued task never runs; a running one runs on."""
+        """Release the future: a queued task never runs; a running one runs
+        on, unless it is a killable call, whose child process its worker
+        then kills."""
         try:
             handle.cancel()  # type: ignore[attr-defined]
         except Exception:
@@ -338,3 +382,32 @@ class DaskBackend:
         finally:
             if cluster is not None:
                 cluster.close()
+
+
+def _pop_attribute(error: BaseException, name: str) -> Any:
+    """Remove and return what ``_dask_child`` set on an exception it raised
+    (``None`` if it set nothing), so that the caller's exception is the
+    task's as it was."""
+    values = getattr(error, "__dict__", None)
+    if not isinstance(values, dict):
+        return None
+    return values.pop(name, None)
+
+
+def _child_outcome(value: Any) -> Outcome:
+    """The outcome of a killable call from what ``_dask_child.run_in_child``
+    returned (its raised outcomes are mapped by ``DaskBackend._outcome``)."""
+    tag = value[0]
+    if tag == "value":
+        return Outcome(value=value[1])
+    if tag == "unpicklable-value":
+        return Outcome(
+            error=SerializationError(
+                f"the task's result could not be pickled: {value[1]}"
+            )
+        )
+    if tag == "unpicklable-error":
+        _, type_name, message, text = value
+        return Outcome(error=RemoteError(type_name, message, text))
+    # "killed": only a released task is killed, and its result never arrives.
+    return Outcome(error=RuntimeError("the Dask task was killed"))

@@ -18,8 +18,9 @@ async def main(address: str | None) -> None:
     # scheduler address such as "tcp://127.0.0.1:8786" connects to a running
     # cluster and leaves it running.
     backend = triopool.DaskBackend(address, n_workers=2)
-    # Dask cannot stop a running task: kill_on_cancel=True (the default) and
-    # time limits are refused with ValueError, so say so.
+    # kill_on_cancel=False: these tasks need not be stopped midway, so they
+    # run in the Dask worker's thread (with True, the default, each runs in a
+    # child process of its worker, which can be killed but costs a start).
     async with triopool.open_pool(backend=backend, kill_on_cancel=False) as pool:
         print("total:", await pool.run_sync(sum, range(10)))
         print("words:", await pool.map(word_count, ["a b c", "trio and dask"]))
