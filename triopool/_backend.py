@@ -89,6 +89,13 @@ class Backend(Protocol):
     (see :func:`check_engine_options`), and its ``submit`` takes the keyword
     argument ``engine_options`` (passed only when not empty). Without that
     method the pool refuses any.
+
+    A backend whose engine can grow or shrink (an autoscaling cluster, workers
+    that join or leave) has a method ``capacity() -> int``: how many calls may
+    be in flight at once now, blocking and cheap (one question to the engine);
+    the pool asks it in a thread while it has calls to run, every
+    ``capacity_interval`` seconds (an optional attribute; 1 by default).
+    Without that method the pool keeps the count :meth:`start` returned.
     """
 
     name: str
