@@ -93,8 +93,8 @@ class Backend(Protocol):
     A backend whose engine can grow or shrink (an autoscaling cluster, workers
     that join or leave) has a method ``capacity() -> int``: how many calls may
     be in flight at once now, blocking and cheap (one question to the engine);
-    the pool asks it in a thread while it has calls to run, every
-    ``capacity_interval`` seconds (an optional attribute; 1 by default).
+    the pool asks it in a thread every ``capacity_interval`` seconds (an
+    optional attribute; 1 by default) while it is open.
     Without that method the pool keeps the count :meth:`start` returned.
     """
 

@@ -257,8 +257,6 @@ class ClusterScheduler:
         self._max_tasks_per_child = max_tasks_per_child
         self._shutdown_timeout = shutdown_timeout
         self._capacity = 0
-        # Set by run() when the capacity follower waits for work (None else).
-        self._work_arrived: trio.Event | None = None
         self._waiting: deque[_Job] = deque()
         self._in_engine: set[_Job] = set()
         self._kick = trio.Event()
@@ -389,8 +387,6 @@ class ClusterScheduler:
         self._tasks_waiting += 1
         self._waiting.append(job)
         self._kick.set()
-        if self._work_arrived is not None:
-            self._work_arrived.set()
         try:
             with trio.CancelScope() as job.scope:
                 if job.state is _State.RUNNING:
@@ -465,15 +461,11 @@ class ClusterScheduler:
 
     async def _follow_capacity(self, capacity: Callable[[], int]) -> None:
         """Keep ``self._capacity`` at the engine's capacity (the backend's
-        ``capacity()``, asked in a thread) while the pool has calls: every
-        ``capacity_interval`` seconds, and at once when a call arrives at an
-        idle pool. An idle pool asks nothing."""
+        ``capacity()``, asked in a thread every ``capacity_interval``
+        seconds, idle or not: a map sizes itself from the count when it
+        starts, so it must be fresh then too)."""
         interval = getattr(self._backend, "capacity_interval", CAPACITY_INTERVAL)
         while True:
-            while not self._waiting and not self._in_engine:
-                self._work_arrived = trio.Event()
-                await self._work_arrived.wait()
-                self._work_arrived = None
             try:
                 # Abandoned on cancel: a slow engine never delays closing.
                 now = await trio.to_thread.run_sync(capacity, abandon_on_cancel=True)
