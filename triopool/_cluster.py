@@ -467,8 +467,10 @@ class ClusterScheduler:
         interval = getattr(self._backend, "capacity_interval", CAPACITY_INTERVAL)
         while True:
             try:
-                # Abandoned on cancel: a slow engine never delays closing.
-                now = await trio.to_thread.run_sync(capacity, abandon_on_cancel=True)
+                # Not abandoned on cancel: the question ends before the
+                # backend stops (an engine's client is not asked while it
+                # disconnects).
+                now = await trio.to_thread.run_sync(capacity)
             except Exception as exc:
                 # The engine will answer again; keep the capacity it had.
                 _log.debug(
