@@ -10,12 +10,14 @@ unchanged.
 Invariants:
 
 - At most ``capacity`` calls (the engine's worker slots) are submitted to the
-  engine at once. The capacity follows the engine (see :func:`_follow_capacity`)
-  unless ``open_pool(workers=N)`` fixed it; when it shrinks, calls already in
-  the engine run on and only new submissions wait; the rest wait in the pool's own FIFO queue, where
+  engine at once; the rest wait in the pool's own FIFO queue, where
   cancelling them is free and certain: they never reach the engine. Only the
   pool's dispatcher task submits, so a burst of callers never makes the Trio
   thread submit more than that many calls in a row.
+- The capacity follows the engine (the backend's ``capacity()``, see
+  ``_follow_capacity``) unless ``open_pool(workers=N)`` fixed it. It is never
+  below one; when it shrinks, the calls already in the engine run on and no
+  more are submitted until they are fewer than the capacity.
 - A submitted call is in flight until its outcome comes back through the
   run's :class:`trio.lowlevel.TrioToken`; only then does its slot count as
   free. The engine's callback threads never touch the pool.
@@ -292,7 +294,7 @@ class ClusterScheduler:
 
         - ``workers``: the slots the pool uses now: ``open_pool(workers=N)``,
           else the engine's capacity, followed while the pool runs (see
-          :func:`_follow_capacity`).
+          ``_follow_capacity``).
         - ``workers_alive``: the slots while the block runs; 0 once it exits.
           ``workers_busy`` are the slots holding a call the engine has not
           finished (a call being killed included), ``workers_idle`` the rest.
