@@ -94,8 +94,23 @@ async def test_an_error_cancels_the_streamed_rest() -> None:
 async def test_cancelled_caller_with_streamed_jobs_running() -> None:
     with trio.fail_after(TIMEOUT):
         async with triopool.open_pool(2, kill_on_cancel=False) as pool:
-            with trio.move_on_after(0.3) as scope:
-                await pool.map(mapfuncs.sleep_for, [0.6] * 8, chunksize=1)
+            scope = trio.CancelScope()
+
+            async def run_map() -> None:
+                with scope:
+                    await pool.map(mapfuncs.sleep_for, [0.6] * 8, chunksize=1)
+
+            async with pool.events() as events, trio.open_nursery() as nursery:
+                nursery.start_soon(run_map)
+                # Cancelled once both workers run one (however slowly they
+                # started), so that two jobs are running when it comes.
+                started = 0
+                async for event in events:
+                    if isinstance(event, triopool.TaskEvent):
+                        started += event.kind == "started"
+                        if started == 2:
+                            break
+                scope.cancel()
             assert scope.cancelled_caught
             # The running jobs ran to their end, shielded, like run_sync's.
             stats = pool.statistics()

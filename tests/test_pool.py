@@ -12,7 +12,7 @@ import signal
 import sys
 import time
 import traceback
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 import trio
@@ -21,6 +21,9 @@ import trio.testing
 import triopool
 from tests import workerfuncs as wf
 from tests.conftest import is_running, logged
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable
 
 # Generous bounds: the machine is small and shared; these catch hangs, not speed.
 TIMEOUT = 60
@@ -189,6 +192,31 @@ async def test_async_function_is_rejected() -> None:
                 await pool.run_sync(coro)  # type: ignore[misc]
             with pytest.raises(TypeError, match="regular function"):
                 await pool.run_sync(functools.partial(coro))  # type: ignore[misc]
+            for fn in _async_callables():
+                with pytest.raises(TypeError, match="regular function"):
+                    await pool.run_sync(fn)
+            # A sync function or builtin still runs.
+            assert await pool.run_sync(len, "abc") == 3
+
+
+class _Methods:
+    async def method(self) -> None:
+        pass
+
+
+def _async_callables() -> list[Callable[[], Any]]:
+    """Async callables that are not plain ``async def`` functions: an async
+    generator function, a bound async method and (Python 3.12+) a function
+    marked with inspect.markcoroutinefunction."""
+
+    async def agen() -> AsyncIterator[None]:
+        yield
+
+    found: list[Callable[[], Any]] = [agen, _Methods().method]
+    mark = getattr(inspect, "markcoroutinefunction", None)
+    if mark is not None:
+        found.append(mark(lambda: None))
+    return found
 
 
 @pytest.mark.parametrize(

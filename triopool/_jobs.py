@@ -79,6 +79,10 @@ class Move(enum.Enum):
     RETRY = "retry"
     CANCEL = "cancel"
 
+    # Members are singletons: hash them by identity, in C, as every move
+    # looks its edge up by its move (Enum's own hash is a Python method).
+    __hash__ = object.__hash__
+
 
 W, S, R = JobState.WAITING, JobState.SENT, JobState.RUNNING
 
@@ -99,6 +103,11 @@ TRANSITIONS: Final[dict[tuple[JobState, Move], JobState]] = {
     (W, Move.CANCEL): JobState.CANCELLED,
     (S, Move.CANCEL): JobState.CANCELLED,
     (R, Move.CANCEL): JobState.CANCELLED,
+}
+
+# TRANSITIONS by move, then by the old state's number (None: no such edge).
+_EDGES: Final[dict[Move, tuple[JobState | None, ...]]] = {
+    move: tuple(TRANSITIONS.get((state, move)) for state in JobState) for move in Move
 }
 
 # The counter of tasks in each state (see Jobs.counts).
@@ -142,8 +151,9 @@ class Book(Protocol):
     pid: int | None
     index: int
 
-    def task_ended(self, job: Job) -> None:
-        """A job that ran on the slot's worker ended there."""
+    def task_ended(self, job: Job, now: float | None) -> None:
+        """A job that ran on the slot's worker ended there (at ``now``, if
+        the caller read the clock already)."""
 
 
 @attrs.define(eq=False)
@@ -245,10 +255,9 @@ class Jobs:
     def move(self, job: Job, move: Move) -> None:
         """Change the job's state by the table, and the counters with it."""
         old = job.state
-        try:
-            new = TRANSITIONS[old, move]
-        except KeyError:
-            raise AssertionError(f"a {old.name} job cannot {move.value}") from None
+        new = _EDGES[move][old]
+        if new is None:
+            raise AssertionError(f"a {old.name} job cannot {move.value}")
         job.state = new
         counts = self.counts
         counts[_COUNTER[old]] -= 1
@@ -342,29 +351,37 @@ class Jobs:
             self.move(job, Move.PUT_BACK)
         self.dispatch(job, first=True)
 
-    def end(self, job: Job, move: Move) -> None:
+    def end(self, job: Job, move: Move, now: float | None = None) -> None:
         """End a running job (COMPLETE or FAIL) and wake its caller; a job
-        ended already (its caller cancelled it) stays as it is."""
+        ended already (its caller cancelled it) stays as it is. ``now``: the
+        time, if the caller has it."""
         if job.state is JobState.RUNNING:
             self.move(job, move)
             book = job.book
             if book is not None:
-                book.task_ended(job)
+                book.task_ended(job, now)
             wake(job)
 
-    def answered(self, job: Job, frame: _protocol.Frame, worker_pid: int) -> None:
-        """The worker answered the running job with ``frame``: it completes,
-        fails, or (a task error named in its ``retry_on``) runs again."""
+    def answered(
+        self,
+        job: Job,
+        frame: _protocol.Frame,
+        worker_pid: int,
+        now: float | None = None,
+    ) -> None:
+        """The worker answered the running job with ``frame`` (read at
+        ``now``): it completes, fails, or (a task error named in its
+        ``retry_on``) runs again."""
         job.link = None
         if frame.kind == _protocol.RESULT:
             job.frame = frame
-            self.end(job, Move.COMPLETE)
+            self.end(job, Move.COMPLETE, now)
         elif job.retry_errors and frame.kind == _protocol.ERROR:
             # Decoded here to tell its class, and kept: the caller raises it.
             self.run_failed(job, _messages.task_exception(frame), worker_pid)
         else:
             job.frame = frame
-            self.end(job, Move.FAIL)
+            self.end(job, Move.FAIL, now)
 
     def run_failed(
         self,

@@ -304,10 +304,10 @@ async def map_list(
     async with _running(call, iterable):
         while True:
             try:
-                start, values = await call.next_values()
+                ready = await call.ready_values()
             except StopAsyncIteration:
                 break
-            by_start[start] = values
+            by_start.update(ready)
     results: list[ResultT] = []
     while by_start:
         results += by_start.pop(len(results))

@@ -88,6 +88,13 @@ ItemT = TypeVar("ItemT")
 ResultT = TypeVar("ResultT")
 
 _NEVER = math.inf
+# The producer submits chunks without a schedule point while there is room,
+# for at most this long (seconds): a queue filled in one go keeps workers
+# fed ahead, while a slow input still lets other tasks run.
+_FEED_SLICE = 0.001
+# Once the window is full, the producer waits for room for at least this
+# share of it before it pulls again, rather than one chunk per result.
+_REFILL_SHARE = 4
 
 #: How long an async generator given as input gets to run its ``finally``
 #: when the call ends early, even if the call was cancelled.
@@ -211,6 +218,32 @@ class MapCall(Generic[ItemT, ResultT]):
         self._count_received(len(chunk.values) - first)
         return chunk.start + first, chunk.values[first:] if first else chunk.values
 
+    async def ready_values(self) -> list[tuple[int, list[ResultT]]]:
+        """Every chunk of results finished by now, after one schedule point,
+        waiting for the first if none is: :meth:`next_values`, for a
+        consumer that takes them all at once (``map``), without a schedule
+        point per chunk.
+
+        Raises StopAsyncIteration at the end, or the call's first error.
+        """
+        ready = [await self.next_values()]
+        while self._error is None:
+            chunk = self._ready_chunk()
+            if chunk is None:
+                break
+            self._next_start = chunk.start + len(chunk.values)
+            self._count_received(len(chunk.values))
+            ready.append((chunk.start, chunk.values))
+        return ready
+
+    def _ready_chunk(self) -> _Chunk[ResultT] | None:
+        """The next finished chunk to take from, taken out, if there is one."""
+        if self._ordered:
+            return self._by_start.pop(self._next_start, None)
+        if self._done:
+            return self._done.popleft()
+        return None
+
     async def _next_chunk(self) -> _Chunk[ResultT]:
         """Wait for the next chunk to take from, make it the head, return it."""
         while True:
@@ -229,10 +262,7 @@ class MapCall(Generic[ItemT, ResultT]):
                 continue
             chunk = self._head
             if chunk is None:
-                if self._ordered:
-                    chunk = self._by_start.pop(self._next_start, None)
-                elif self._done:
-                    chunk = self._done.popleft()
+                chunk = self._ready_chunk()
             if chunk is not None:
                 self._head = chunk
                 self._next_start = chunk.start + len(chunk.values)
@@ -305,14 +335,19 @@ class MapCall(Generic[ItemT, ResultT]):
     ) -> None:
         start = 0
         planner = self._planner
+        # Refill a full window by at least this many items at a time.
+        refill = max(size, self._max_in_flight // _REFILL_SHARE)
+        slice_ends = time.perf_counter() + _FEED_SLICE
         while True:
             if planner is not None:
                 size = await self._room_for_a_planned_chunk(planner)
                 pull_started = time.perf_counter()
             else:
-                while self._pulled - self._received + size > self._max_in_flight:
-                    self._resume_at = self._pulled + size - self._max_in_flight
-                    await self._room_made.park()
+                if self._pulled - self._received + size > self._max_in_flight:
+                    self._resume_at = self._pulled + refill - self._max_in_flight
+                    while self._pulled - self._received + size > self._max_in_flight:
+                        await self._room_made.park()
+                    slice_ends = time.perf_counter() + _FEED_SLICE
                 self._resume_at = _NEVER
             if sync_items is not None:
                 items = list(itertools.islice(sync_items, size))
@@ -338,7 +373,9 @@ class MapCall(Generic[ItemT, ResultT]):
                 start += len(items)
             if len(items) < size:
                 break
-            await trio.lowlevel.checkpoint()
+            if time.perf_counter() >= slice_ends:
+                await trio.lowlevel.checkpoint()
+                slice_ends = time.perf_counter() + _FEED_SLICE
         self._exhausted = True
         self._results_changed.unpark_all()
 

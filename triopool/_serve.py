@@ -160,11 +160,16 @@ class Service:
     # Elasticity and age (see _slots.Slots.run_timer): small, and apart from
     # the reading and writing below.
 
-    def past_age(self, now: float) -> bool:
-        """Whether the worker is past ``max_lifetime_per_child``: it takes
-        no more tasks, and retires at its first idle moment."""
+    def past_age(self, now: float | None = None) -> bool:
+        """Whether the worker is past ``max_lifetime_per_child`` (at ``now``,
+        else the clock's time): it takes no more tasks, and retires at its
+        first idle moment."""
         lifetime = self._config.max_lifetime_per_child
-        return lifetime is not None and now >= self.up_at + lifetime
+        if lifetime is None:
+            return False
+        if now is None:
+            now = trio.current_time()
+        return now >= self.up_at + lifetime
 
     def idle_since(self) -> float | None:
         """When the worker last became idle; None unless it idles now, with
@@ -471,7 +476,7 @@ class Service:
             not pipeline.may_write_ahead(self._hooks.ahead_after)
             or self.writing
             or self.worker.known_dead  # see _send
-            or self.past_age(trio.current_time())  # it takes no more
+            or self.past_age()  # it takes no more
         ):
             return
         current = pipeline.current
@@ -670,7 +675,7 @@ class Service:
                 )
                 self._jobs.end(job, Move.FAIL)
                 return End.LOST
-            self._jobs.answered(job, frame, worker.pid)
+            self._jobs.answered(job, frame, worker.pid, now)
             self.tasks_done += 1
             flags = frame.flags
             if flags & _protocol.OVER_MEMORY:

@@ -246,10 +246,10 @@ class SlotBook:
         self.pid = None
         self.pipeline = None
 
-    def task_ended(self, job: Job) -> None:
+    def task_ended(self, job: Job, now: float | None) -> None:
         finished = job.finished_at
         if finished is None:
-            finished = trio.current_time()
+            finished = trio.current_time() if now is None else now
         sent = job.sent_at
         seconds = 0.0 if sent is None else max(0.0, finished - sent)
         self.tasks_done += 1
