@@ -72,6 +72,7 @@ FLOORS: dict[str, int] = {
     "_hooks": 3,
     "_jobs": 3,
     "_pipeline": 3,
+    "_outbox": 3,
     "_settle": 3,
     "_serve": 3,
     "_slots": 3,

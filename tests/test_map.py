@@ -179,11 +179,11 @@ async def test_unbounded_input_is_pulled_lazily(
     await assert_healthy(pool)
 
 
-@pytest.mark.parametrize(("chunksize", "bound"), [(3, 128), (40, 160)])
+@pytest.mark.parametrize(("chunksize", "bound"), [(3, 512), (40, 1280)])
 async def test_default_max_in_flight_with_an_int_chunksize(
     pool: triopool.Pool, chunksize: int, bound: int
 ) -> None:
-    # The documented default: workers * max(2 * chunksize, 64) items.
+    # The documented default: workers * max(16 * chunksize, 256) items.
     source = CountingIterable()
     with trio.fail_after(TIMEOUT):
         async with pool.imap(mapfuncs.square, source, chunksize=chunksize) as results:
@@ -195,7 +195,7 @@ async def test_default_max_in_flight_with_an_int_chunksize(
     assert chunksize < source.pulled <= 1 + bound
 
 
-@pytest.mark.parametrize(("chunksize", "bound"), [(1, 128), (16, 128), (100, 400)])
+@pytest.mark.parametrize(("chunksize", "bound"), [(1, 512), (16, 512), (100, 3200)])
 async def test_default_max_in_flight_bounds_an_endless_input_with_a_slow_consumer(
     pool: triopool.Pool, chunksize: int, bound: int
 ) -> None:
@@ -225,20 +225,21 @@ async def test_map_of_a_large_input_holds_a_bounded_window(
     # what the workers have finished: a result is taken only after its chunk
     # completed, so pulled - completed <= pulled - taken <= max_in_flight.
     chunksize = 16
-    bound = 2 * 64  # the default max_in_flight with 2 workers
+    bound = 2 * 16 * chunksize  # the default max_in_flight with 2 workers
+    count = 4 * bound
     windows: list[int] = []
 
     def source() -> Iterator[int]:
-        for i in range(500):
+        for i in range(count):
             completed = pool.statistics().tasks_completed * chunksize
             windows.append(i + 1 - completed)
             yield i
 
     with trio.fail_after(TIMEOUT):
         results = await pool.map(mapfuncs.square, source(), chunksize=chunksize)
-    assert results == [i * i for i in range(500)]
-    assert pool.statistics().tasks_submitted == -(-500 // chunksize)
-    assert len(windows) == 500
+    assert results == [i * i for i in range(count)]
+    assert pool.statistics().tasks_submitted == -(-count // chunksize)
+    assert len(windows) == count
     assert max(windows) <= bound
     # The window was used, not just one chunk at a time.
     assert max(windows) > chunksize

@@ -64,6 +64,17 @@ async def test_a_task_that_crashes_its_worker_once_succeeds_with_one_retry(
     assert (lost.worker_pid, lost.task) == (first, "retried")  # type: ignore[attr-defined]
 
 
+async def workers_up(pool: triopool.Pool, count: int) -> None:
+    """Return once ``count`` workers of ``pool`` are up (idle or busy).
+
+    Polled: a worker goes idle after its "up" event, with no event of its own.
+    """
+    stats = pool.statistics()
+    while stats.workers_idle + stats.workers_busy < count:
+        await trio.sleep(0.05)
+        stats = pool.statistics()
+
+
 async def test_a_task_that_always_crashes_fails_after_retries_plus_one_deaths(
     tmp_path: Path,
 ) -> None:
@@ -72,6 +83,8 @@ async def test_a_task_that_always_crashes_fails_after_retries_plus_one_deaths(
     wrong: list[tuple[int, int]] = []
     poisoned = trio.Event()
 
+    submitted = False
+
     async def other_work(pool: triopool.Pool) -> None:
         nonlocal served_meanwhile
         i = 0
@@ -79,13 +92,17 @@ async def test_a_task_that_always_crashes_fails_after_retries_plus_one_deaths(
             answer = await pool.run_sync(workerfuncs.add, i, 1)
             if answer != i + 1:
                 wrong.append((i, answer))
-            if pool.statistics().tasks_retried and not poisoned.is_set():
-                served_meanwhile += 1  # between the poison's deaths
+            if submitted and not poisoned.is_set():
+                served_meanwhile += 1  # while the poison was run and re-run
             i += 1
 
     with trio.fail_after(90):
         async with triopool.open_pool(2) as pool, trio.open_nursery() as nursery:
+            # Both workers up first: then one can serve the others while
+            # the poison runs, however slowly workers start on this machine.
+            await workers_up(pool, 2)
             nursery.start_soon(other_work, pool)
+            submitted = True
             with pytest.raises(triopool.BrokenWorkerError) as info:
                 await pool.run_sync(retryfuncs.run, poison, "c", retries=2)
             poisoned.set()

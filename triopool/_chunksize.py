@@ -67,19 +67,25 @@ TAIL_FLOOR_SECONDS = 0.0002
 _DECAY = 0.5
 
 
-#: With an int ``chunksize``, the default ``max_in_flight`` holds at least
-#: this many items per worker: small chunks then queue deep enough that a
-#: worker finds its next task waiting while results travel back.
-MIN_ITEMS_PER_WORKER = 64
+#: With an int ``chunksize``, the default ``max_in_flight`` holds this many
+#: chunks per worker: the eight a busy worker may have written ahead (see
+#: ``_pipeline.MAX_AHEAD``) and as many queued behind them, so that a worker
+#: finds its next chunk waiting while results travel back and the window
+#: refills.
+CHUNKS_PER_WORKER = 16
+
+#: ... and at least this many items per worker, for small chunks.
+MIN_ITEMS_PER_WORKER = 256
 
 
 def default_fixed_max_in_flight(workers: int, chunksize: int) -> int:
     """The default ``max_in_flight`` with an int ``chunksize``, in items.
 
-    Two chunks per worker, and at least :data:`MIN_ITEMS_PER_WORKER` items
-    per worker: ``workers * max(2 * chunksize, 64)``.
+    :data:`CHUNKS_PER_WORKER` chunks per worker, and at least
+    :data:`MIN_ITEMS_PER_WORKER` items per worker: ``workers * max(16 *
+    chunksize, 256)``.
     """
-    return workers * max(2 * chunksize, MIN_ITEMS_PER_WORKER)
+    return workers * max(CHUNKS_PER_WORKER * chunksize, MIN_ITEMS_PER_WORKER)
 
 
 def default_max_in_flight(workers: int) -> int:

@@ -529,8 +529,8 @@ class Pool:
                 of the results received. ``None``: with ``"auto"``,
                 ``8192 * workers`` (two chunks of the largest automatic size,
                 4096, per worker); with an int ``chunksize``,
-                ``workers * max(2 * chunksize, 64)`` (two chunks per worker,
-                and enough small chunks to keep workers busy). If less
+                ``workers * max(16 * chunksize, 256)`` (sixteen chunks per
+                worker, and enough small chunks to keep workers busy). If less
                 than ``chunksize``, chunks hold ``max_in_flight`` items; with
                 ``"auto"``, chunks hold at most ``max_in_flight // (2 *
                 workers)`` items (at least one).

@@ -11,10 +11,10 @@ the worker's pipes.
 Invariants:
 
 - Only these tasks touch the worker, and only inside its owner's block.
-- One frame is written at a time, through :meth:`Service._write`, whether
-  it starts a task on a free worker, goes ahead of need to a busy one, or
-  carries SKIPs; a write cut short kills the worker, whose stream to us is
-  then out of sync.
+- One frame is written at a time, through the worker's
+  :class:`~triopool._outbox.Outbox`, whether it starts a task on a free
+  worker, goes ahead of need to a busy one, or carries SKIPs; a write cut
+  short kills the worker, whose stream to us is then out of sync.
 - Whatever ends a wait of the reader or a write early goes through
   :meth:`Service.interrupt`, which records why before it cancels; the one
   other cause is the running job's deadline, the reader's wait's own.
@@ -36,11 +36,12 @@ from typing import TYPE_CHECKING, Final
 import attrs
 import trio
 
-from . import _faults, _logs, _pipes, _protocol, _settle
+from . import _logs, _protocol, _settle
 from ._errors import BrokenWorkerError
-from ._hooks import Hooks, Trace, TraceKind, parent_fault
+from ._hooks import Hooks, Trace, TraceKind
 from ._hooks import current as current_hooks
 from ._jobs import Job, JobState, Move, wake
+from ._outbox import Outbox
 from ._pipeline import Pipeline
 
 if TYPE_CHECKING:
@@ -119,17 +120,18 @@ class Service:
     pipeline: Pipeline = attrs.field(factory=Pipeline)
     # The feeder is parked and nobody has woken it yet.
     parked: bool = False
-    # A frame is being written (``writing_job``'s, or SKIPs): nothing else
-    # may be written meanwhile.
-    writing: bool = False
-    writing_job: Job | None = None
+    # The one way frames go out to the worker, and the write in progress.
+    outbox: Outbox = attrs.field(
+        default=attrs.Factory(
+            lambda self: Outbox(self.worker, self._hooks), takes_self=True
+        )
+    )
     # The worker was killed for its current job but had jobs ahead: its
     # answers are read to its end, to learn which of them it started.
     killed: bool = False
-    # The scope of the reader's wait for a frame, and of a write that waits
-    # for room in the pipe (reader or feeder). Only interrupt() cancels them.
+    # The scope of the reader's wait for a frame. Only interrupt() cancels
+    # it (and the outbox's scope of a write that waits for room).
     read_scope: trio.CancelScope | None = None
-    write_scope: trio.CancelScope | None = None
     # Why the reader's wait must end, until the reader acts on it.
     why: Why = attrs.field(default=Why(0))
     # The feeder must take the next queued job or stop: the pool closed or
@@ -181,7 +183,7 @@ class Service:
             or pipeline.current is not None
             or pipeline.ahead
             or self.handed is not None
-            or self.writing
+            or self.outbox.writing
             or self not in self._jobs.idle
         ):
             return None
@@ -225,17 +227,15 @@ class Service:
         """End the waits that ``why`` concerns, and record it for the reader.
 
         A job cancelled while it is being written cuts its write (the worker
-        is then killed: see :meth:`_write_rest`); every other cause ends the
+        is then killed: see :meth:`Outbox.write_rest`); every other cause ends the
         reader's wait, now or as soon as its next one begins, and the reader
         acts on ``self.why`` (see :meth:`_interrupted`).
         """
-        if job is not None and job is self.writing_job:
-            if self.write_scope is not None:
-                self.write_scope.cancel()
+        if job is not None and self.outbox.cut(job):
             return
         self.why |= why
-        if why is Why.EXITED and self.write_scope is not None:
-            self.write_scope.cancel()
+        if why is Why.EXITED:
+            self.outbox.cut()
         if self.read_scope is not None:
             self.read_scope.cancel()
 
@@ -381,54 +381,10 @@ class Service:
         self._jobs.idle.append(self)  # the feeder is parked: callers wake it
         return Next.IDLE
 
-    def _write(
-        self, pieces: list[bytes | memoryview], *, ahead: bool
-    ) -> list[bytes | memoryview] | None:
-        """Write one frame (a task, or SKIPs) as far as the pipe takes it now:
-        the one place frames go out. Returns the rest ([] once whole), for
-        :meth:`_write_rest`; None if nothing more can be written: the worker
-        is gone (its reader sees EOF), or, ``ahead``, the pipe had no room.
-        A frame written ahead is one piece of at most ``_pipes.ATOMIC_WRITE``
-        bytes, which a pipe takes whole or not at all: it never waits.
-        """
-        try:
-            rest = self.worker.write_now(pieces)
-        except trio.BrokenResourceError:
-            return None
-        if rest and ahead:
-            return None
-        return rest
-
-    async def _write_rest(
-        self, rest: list[bytes | memoryview], job: Job | None
-    ) -> bool:
-        """Wait for room and write the rest of a frame (``job``'s task, or
-        SKIPs). Only :meth:`interrupt` may cut the wait; a write cut short
-        kills the worker, whose stream is then out of sync. Returns False if
-        it was cut or the worker is gone."""
-        worker = self.worker
-        self.writing = True
-        self.writing_job = job
-        try:
-            with trio.CancelScope() as scope:
-                self.write_scope = scope
-                await worker.send(rest)
-            if scope.cancelled_caught:
-                worker.kill()
-                if job is not None:
-                    self._trace("write cut", job, unread=worker.unread_task_bytes())
-                return False
-            return True
-        except trio.BrokenResourceError:
-            return False
-        finally:
-            self.writing = False
-            self.writing_job = self.write_scope = None
-
     async def _send(self, job: Job) -> None:
         """Start a waiting job on the free worker: write it whole.
 
-        If the worker is gone, or the write is cut (see :meth:`_write_rest`), the
+        If the worker is gone, or the write is cut (see :meth:`Outbox.write_rest`), the
         reader sees EOF and settles the job.
         """
         worker = self.worker
@@ -445,12 +401,12 @@ class Service:
         self._jobs.move(job, Move.START)
         faults = self._hooks.faults
         if faults is not None:
-            await self._fault_before_send(faults, job)
+            await self.outbox.fault_before_send(faults, job, self.tasks_done + 1)
             if job.state is JobState.CANCELLED:
                 worker.kill()
                 return
-        rest = self._write(job.pieces, ahead=False)
-        if rest is None or (rest and not await self._write_rest(rest, job)):
+        rest = self.outbox.write(job.pieces, ahead=False)
+        if rest is None or (rest and not await self.outbox.write_rest(rest, job)):
             return
         now = trio.current_time()
         self.pipeline.written(job, worker.bytes_written, now)
@@ -474,7 +430,7 @@ class Service:
         pipeline = self.pipeline
         if (
             not pipeline.may_write_ahead(self._hooks.ahead_after)
-            or self.writing
+            or self.outbox.writing
             or self.worker.known_dead  # see _send
             or self.past_age()  # it takes no more
         ):
@@ -489,9 +445,8 @@ class Service:
                 return
             pieces = job.pieces
             if (
-                len(pieces) != 1
-                or len(pieces[0]) > _pipes.ATOMIC_WRITE
-                or self._write(pieces, ahead=True) is None
+                not Outbox.fits_ahead(pieces)
+                or self.outbox.write(pieces, ahead=True) is None
             ):
                 self._jobs.waiting.appendleft(job)
                 return
@@ -511,17 +466,9 @@ class Service:
                 for number in self.pipeline.take_skips()
             ]
         )
-        rest = self._write([data], ahead=False)
-        if rest is not None and (not rest or await self._write_rest(rest, None)):
+        rest = self.outbox.write([data], ahead=False)
+        if rest is not None and (not rest or await self.outbox.write_rest(rest, None)):
             self.worker.process.signal(signal.SIGURG)
-
-    async def _fault_before_send(self, faults: _faults.Plan, job: Job) -> None:
-        """A test's fault before a job is written; its caller may give up
-        meanwhile, as during a write."""
-        self.writing_job = job
-        with trio.CancelScope() as self.write_scope:
-            await parent_fault(faults, self.worker, "before_send", self.tasks_done + 1)
-        self.writing_job = self.write_scope = None
 
     async def _read(self, retiring: Callable[[], None]) -> End:
         """Receive and deliver the worker's answers until it must go.
