@@ -104,3 +104,44 @@ def dask_cluster(
         finally:
             for process in reversed(processes):
                 stop_by_pid(process)
+
+
+@contextlib.contextmanager
+def dask_worker(
+    address: str, directory: Path, *, name: str
+) -> Iterator[subprocess.Popen[bytes]]:
+    """One more ``dask worker`` process (one thread, named ``name``) for the
+    scheduler at ``address``: yields it once it has registered; stopped by
+    its pid when the block exits (unless it has exited already, retired)."""
+    env = {**os.environ, "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "0"}
+    log_path = directory / f"dask-worker-{name}.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "distributed.cli.dask_worker",
+                address,
+                "--host",
+                "127.0.0.1",
+                "--nthreads",
+                "1",
+                "--name",
+                name,
+                "--no-dashboard",
+            ],
+            stdout=log,
+            stderr=log,
+            env=env,
+        )
+        try:
+            deadline = time.monotonic() + 180
+            while "Registered to:" not in log_path.read_text():
+                if process.poll() is not None:
+                    raise RuntimeError("the dask worker exited")
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the dask worker did not register")
+                time.sleep(0.1)
+            yield process
+        finally:
+            stop_by_pid(process)

@@ -4,6 +4,7 @@ semantics are tested without Ray or Dask installed."""
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import math
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from triopool._backend import (
     with_remote_traceback,
 )
 from triopool._cluster import ClusterScheduler
+from triopool._ray import ray_capacity
 
 from . import workerfuncs
 from .storm import check_counters
@@ -45,7 +47,7 @@ class ThreadBackend:
     name = "ThreadBackend"
 
     def __init__(self, capacity: int = 2, *, kill_running: bool = True) -> None:
-        self.capacity = capacity
+        self.threads = capacity
         self.capabilities = Capabilities(
             kill_running=kill_running, max_tasks_per_child=False
         )
@@ -58,9 +60,9 @@ class ThreadBackend:
         self.cancelled: list[tuple[object, bool]] = []
 
     def start(self, max_tasks_per_child: int | None) -> int:
-        self.executor = concurrent.futures.ThreadPoolExecutor(self.capacity)
+        self.executor = concurrent.futures.ThreadPoolExecutor(self.threads)
         self.started = True
-        return self.capacity
+        return self.threads
 
     def _run(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
         with self.lock:
@@ -363,7 +365,6 @@ async def test_imap_first_error_propagates() -> None:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"workers": 3}, "DaskBackend does not support workers=3"),
         ({"initializer": print}, "DaskBackend does not support initializer"),
         ({"soft_time_limit": 1.0}, "DaskBackend does not support soft_time_limit"),
         (
@@ -794,3 +795,150 @@ async def test_a_call_not_submitted_as_killable_is_never_killed() -> None:
     assert backend.killable == [((0.5,), False)]
     assert [kill for _, kill in backend.cancelled] == [False]
     assert pools[0].statistics().workers_lost == 0
+
+
+class ScalingBackend(ThreadBackend):
+    """A fake engine whose capacity the test changes (``slots``), as an
+    autoscaling cluster's; its threads are more than enough for any."""
+
+    capacity_interval = 0.01
+
+    def __init__(self, slots: int, *, fails: bool = False) -> None:
+        super().__init__(capacity=8)
+        self.slots = slots
+        self.fails = fails
+        self.asked = 0
+
+    def start(self, max_tasks_per_child: int | None) -> int:
+        super().start(max_tasks_per_child)
+        return self.slots
+
+    def capacity(self) -> int:
+        self.asked += 1
+        if self.fails:
+            raise ConnectionError("the engine did not answer")
+        return self.slots
+
+
+async def wait_until(condition: Callable[[], bool]) -> None:
+    while not condition():  # noqa: ASYNC110  (polling: nothing to wait on)
+        await trio.sleep(0.005)
+
+
+async def test_capacity_follows_the_engine() -> None:
+    backend = ScalingBackend(slots=1)
+    gate = threading.Event()
+    done: list[bool] = []
+    with trio.fail_after(20):
+        async with open_fake(backend) as pool:
+            await wait_until(lambda: backend.asked >= 2)  # asked while idle too
+
+            async def one() -> None:
+                done.append(await pool.run_sync(gate.wait, 20))
+
+            async with trio.open_nursery() as nursery:
+                for _ in range(5):
+                    nursery.start_soon(one)
+                await wait_until(lambda: backend.running == 1)
+                stats = pool.statistics()
+                assert (stats.workers, stats.tasks_running, stats.tasks_waiting) == (
+                    1,
+                    1,
+                    4,
+                )
+                backend.slots = 3  # the cluster grows
+                await wait_until(lambda: backend.running == 3)
+                stats = pool.statistics()
+                assert (stats.workers, stats.workers_busy, stats.tasks_waiting) == (
+                    3,
+                    3,
+                    2,
+                )
+                assert_identity(stats)
+                backend.slots = 0  # shrinks: never below one slot
+                await wait_until(lambda: pool.statistics().workers == 1)
+                stats = pool.statistics()
+                # The calls in the engine run on; none more is submitted.
+                assert (stats.tasks_running, stats.workers_busy) == (3, 1)
+                assert (stats.workers_started, stats.workers_stopped) == (3, 2)
+                assert_identity(stats)
+                gate.set()
+            assert (pool.statistics().workers_alive, pool.statistics().workers) == (
+                1,
+                1,
+            )
+        stats = pool.statistics()
+    assert done == [True] * 5
+    assert backend.max_running == 3
+    assert (stats.workers_started, stats.workers_alive, stats.workers_stopped) == (
+        3,
+        0,
+        3,
+    )
+    assert_identity(stats)
+
+
+async def test_explicit_workers_fix_the_capacity() -> None:
+    backend = ScalingBackend(slots=1)
+    gate = threading.Event()
+    with trio.fail_after(20):
+        async with (
+            open_fake(backend, workers=3) as pool,
+            trio.open_nursery() as nursery,
+        ):
+            for _ in range(4):
+                nursery.start_soon(pool.run_sync, gate.wait, 20)
+            await wait_until(lambda: backend.running == 3)
+            await trio.sleep(0.05)
+            assert pool.statistics().workers == 3
+            assert pool.statistics().tasks_waiting == 1
+            gate.set()
+    assert backend.asked == 0
+    assert backend.max_running == 3
+
+
+async def test_capacity_the_engine_cannot_tell_stays(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="triopool")
+    backend = ScalingBackend(slots=2, fails=True)
+    with trio.fail_after(20):
+        async with open_fake(backend) as pool:
+            assert await pool.run_sync(workerfuncs.sleep, 0.1) == 0.1
+            assert pool.statistics().workers == 2
+    assert backend.asked >= 1
+    errors = [
+        getattr(record, "error", None)
+        for record in caplog.records
+        if getattr(record, "event", None) == "capacity_unknown"
+    ]
+    assert errors
+    assert all("ConnectionError" in str(error) for error in errors)
+
+
+@pytest.mark.parametrize(
+    ("task_options", "expected"),
+    [
+        ({}, 8),
+        ({"num_cpus": 2}, 4),
+        ({"num_cpus": 3}, 2),
+        ({"num_cpus": 0.5}, 16),
+        ({"num_cpus": 0.1}, 80),
+        ({"num_gpus": 1}, 2),  # and one CPU each: the GPUs are fewer
+        ({"num_cpus": 0, "num_gpus": 0.5}, 4),
+        ({"memory": 4 * 2**30}, 2),
+        ({"resources": {"model": 1}}, 3),
+        ({"resources": {"absent": 1}}, 1),  # never below one
+        ({"num_cpus": 0}, 8),  # asks for nothing: one per CPU
+    ],
+)
+def test_ray_capacity_from_the_cluster_resources(
+    task_options: dict[str, Any], expected: int
+) -> None:
+    resources = {"CPU": 8.0, "GPU": 2.0, "memory": 10 * 2**30, "model": 3.0}
+    assert ray_capacity(resources, task_options) == expected
+
+
+def test_ray_capacity_of_an_empty_cluster_is_one() -> None:
+    assert ray_capacity({}, {}) == 1
+    assert ray_capacity({"CPU": 0.0}, {"num_cpus": 0}) == 1

@@ -8,6 +8,8 @@ and owns, which must be gone when the block exits.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
 import subprocess
@@ -20,11 +22,11 @@ import trio
 
 import triopool
 
-from . import workerfuncs
-from .clusters import dask_cluster
+from . import capacityfuncs, workerfuncs
+from .clusters import dask_cluster, dask_worker
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import AsyncIterator, Callable, Iterator
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -53,6 +55,84 @@ async def test_dask_cluster_of_separate_processes_outlives_the_pools(
                 assert await pool.run_sync(workerfuncs.add, n, 10) == n + 10
                 assert pool.statistics().workers == 2  # the worker's two threads
             assert all(process.poll() is None for process in processes)
+
+
+async def wait_until(condition: Callable[[], bool]) -> None:
+    while not condition():  # noqa: ASYNC110  (polling: nothing to wait on)
+        await trio.sleep(0.05)
+
+
+def retire(address: str, name: str) -> None:
+    """Retire the worker called ``name`` as an adaptive cluster scales down:
+    the scheduler moves its tasks elsewhere and the worker exits."""
+    import distributed  # pyright: ignore[reportMissingImports]  # an optional extra
+
+    with distributed.Client(address, set_as_default=False) as client:
+        workers = client.scheduler_info()["workers"]
+        [worker] = [key for key, info in workers.items() if info["name"] == name]
+        client.retire_workers([worker])
+
+
+@pytest.mark.engine_fds
+async def test_dask_capacity_follows_workers_that_join_and_leave(
+    tmp_path: Path,
+) -> None:
+    """A cluster of one worker thread grows by a worker while a map runs:
+    the pool submits to both (two tasks counted running at once, which a
+    capacity frozen at one never allows); the worker then retires and the map
+    still completes, with the capacity back at one."""
+    pytest.importorskip("distributed")
+    counter = tmp_path / "counter"
+    counter.mkdir()
+    task = functools.partial(capacityfuncs.overlapping, str(counter), 0.2)
+    produced = 0
+    enough = trio.Event()
+    results: list[int] = []
+
+    async def items() -> AsyncIterator[int]:
+        nonlocal produced
+        while not enough.is_set():
+            produced += 1
+            yield produced
+
+    with (
+        dask_cluster(tmp_path, nworkers=1) as (address, _),
+        contextlib.ExitStack() as stack,
+        trio.fail_after(240),
+    ):
+        backend = triopool.DaskBackend(address)
+        backend.capacity_interval = 0.1
+        async with triopool.open_pool(backend=backend, kill_on_cancel=False) as pool:
+            assert pool.statistics().workers == 1
+
+            async def consume() -> None:
+                async with pool.imap(
+                    task, items(), ordered=False, chunksize=1, max_in_flight=4
+                ) as stream:
+                    async for result in stream:
+                        results.append(result)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(consume)
+                await wait_until(lambda: bool(results))
+                assert capacityfuncs.most_at_once(str(counter)) == 1
+                await trio.to_thread.run_sync(
+                    stack.enter_context, dask_worker(address, tmp_path, name="extra")
+                )
+                await wait_until(lambda: pool.statistics().workers == 2)
+                await wait_until(lambda: capacityfuncs.most_at_once(str(counter)) == 2)
+                await trio.to_thread.run_sync(retire, address, "extra")
+                await wait_until(lambda: pool.statistics().workers == 1)
+                finished = len(results)
+                await wait_until(lambda: len(results) >= finished + 3)
+                enough.set()
+            stats = pool.statistics()
+    assert sorted(results) == list(range(1, produced + 1))
+    assert capacityfuncs.most_at_once(str(counter)) == 2
+    assert stats.workers == 1
+    assert stats.workers_started == 2  # one at the start, one joined
+    assert stats.workers_stopped == 1  # the one that retired
+    assert stats.tasks_completed == produced
 
 
 @pytest.fixture(scope="module")

@@ -112,6 +112,13 @@ class Backend(Protocol):
     argument ``killable=True`` in ``submit`` (passed only for a call that may
     be killed); ``cancel(handle, kill=True)`` is then a kill only for such a
     call.
+
+    A backend whose engine can grow or shrink (an autoscaling cluster, workers
+    that join or leave) has a method ``capacity() -> int``: how many calls may
+    be in flight at once now, blocking and cheap (one question to the engine);
+    the pool asks it in a thread every ``capacity_interval`` seconds (an
+    optional attribute; 1 by default) while it is open.
+    Without that method the pool keeps the count :meth:`start` returned.
     """
 
     name: str

@@ -14,6 +14,10 @@ Invariants:
   cancelling them is free and certain: they never reach the engine. Only the
   pool's dispatcher task submits, so a burst of callers never makes the Trio
   thread submit more than that many calls in a row.
+- The capacity follows the engine (the backend's ``capacity()``, see
+  ``_follow_capacity``) unless ``open_pool(workers=N)`` fixed it. It is never
+  below one; when it shrinks, the calls already in the engine run on and no
+  more are submitted until they are fewer than the capacity.
 - A submitted call is in flight until its outcome comes back through the
   run's :class:`trio.lowlevel.TrioToken`; only then does its slot count as
   free. The engine's callback threads never touch the pool.
@@ -30,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import functools
+import logging
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -59,12 +64,20 @@ if TYPE_CHECKING:
 
 __all__ = ["ClusterScheduler", "open_cluster_scheduler"]
 
+_log = logging.getLogger("triopool")
+
+# Seconds between two questions to the engine about its capacity (a backend
+# may say otherwise with a ``capacity_interval`` attribute).
+CAPACITY_INTERVAL = 1.0
+
 # The open_pool options a backend pool implements; any other option must stay
-# at its default. (A backend's own sizing replaces ``workers``.)
+# at its default. (``workers`` fixes how many calls are in the engine at once,
+# instead of following the engine's capacity.)
 # ``forward_logs`` is accepted either way and has no effect: the engine
 # collects its workers' logs itself (see docs/cluster.rst).
 _SUPPORTED = frozenset(
     {
+        "workers",
         "time_limit",
         "kill_on_cancel",
         "max_tasks_per_child",
@@ -78,7 +91,6 @@ _SUPPORTED = frozenset(
 
 # Why a backend pool refuses some options: the engine owns its workers.
 _WHY_NOT: Final = {
-    "workers": " (size the cluster through the backend)",
     "min_workers": ": the cluster's workers are the engine's, which sizes them itself",
     "idle_timeout": ": the cluster's workers are the engine's, which sizes them itself",
     "max_lifetime_per_child": (
@@ -218,6 +230,7 @@ def open_cluster_scheduler(backend: Backend, options: Options) -> ClusterSchedul
         shutdown_timeout=options.shutdown_timeout,
         retries=options.retries,
         retry_on=retry_classes(options.retry_on),
+        workers=options.workers,
     )
 
 
@@ -235,8 +248,11 @@ class ClusterScheduler:
         shutdown_timeout: float,
         retries: int = 0,
         retry_on: tuple[type[BaseException], ...] = (BrokenWorkerError,),
+        workers: int | None = None,
     ) -> None:
         self._backend = backend
+        # open_pool(workers=N): the capacity, fixed; None follows the engine.
+        self._fixed_capacity = workers
         self.time_limit = time_limit
         self.kill_on_cancel = kill_on_cancel
         self.retries = retries
@@ -279,7 +295,9 @@ class ClusterScheduler:
         thread), and the counters say what the pool did with them and what
         the engine reported, no more:
 
-        - ``workers``: the slots, counted when the pool opened.
+        - ``workers``: the slots the pool uses now: ``open_pool(workers=N)``,
+          else the engine's capacity, followed while the pool runs (see
+          ``_follow_capacity``).
         - ``workers_alive``: the slots while the block runs; 0 once it exits.
           ``workers_busy`` are the slots holding a call the engine has not
           finished (a call being killed included), ``workers_idle`` the rest.
@@ -287,9 +305,11 @@ class ClusterScheduler:
           pool (a time limit, or cancellation with ``kill_on_cancel``) and
           confirmed by the engine, or reported by the engine as a crash
           (:class:`~triopool.BrokenWorkerError`).
-        - ``workers_started``: the slots taken when the pool opened, plus one
-          per lost worker, which the engine replaces on its own.
-        - ``workers_stopped``: the slots given back when the pool closed.
+        - ``workers_started``: the slots taken when the pool opened, plus those
+          the engine's capacity grew by, plus one per lost worker, which the
+          engine replaces on its own.
+        - ``workers_stopped``: the slots the engine's capacity shrank by, plus
+          those given back when the pool closed.
         - ``workers_recycled`` and ``start_failures`` stay 0: the engine
           retires (Ray's ``max_calls``) and starts its processes where the
           pool cannot see.
@@ -469,6 +489,70 @@ class ClusterScheduler:
             not capabilities.kill_on_request or self._on_request(job)
         )
 
+    async def _follow_capacity(self, capacity: Callable[[], int]) -> None:
+        """Keep ``self._capacity`` at the engine's capacity (the backend's
+        ``capacity()``, asked in a thread every ``capacity_interval``
+        seconds, idle or not: a map sizes itself from the count when it
+        starts, so it must be fresh then too)."""
+        interval = getattr(self._backend, "capacity_interval", CAPACITY_INTERVAL)
+        while True:
+            try:
+                # Not abandoned on cancel: the question ends before the
+                # backend stops (an engine's client is not asked while it
+                # disconnects).
+                now = await trio.to_thread.run_sync(capacity)
+            except Exception as exc:
+                # The engine will answer again; keep the capacity it had.
+                _log.debug(
+                    "could not ask %s for its capacity: %r",
+                    self._backend.name,
+                    exc,
+                    extra={"event": "capacity_unknown", "error": repr(exc)},
+                )
+            else:
+                self._set_capacity(now)
+            await trio.sleep(interval)
+
+    def _set_capacity(self, capacity: int) -> None:
+        """Use ``capacity`` slots from now on (at least one). Growing submits
+        waiting calls at once; shrinking lets the calls in the engine finish
+        and submits no more until they are fewer than the capacity."""
+        capacity = max(1, int(capacity))
+        previous = self._capacity
+        if capacity == previous or self._closed:
+            return
+        self._capacity = capacity
+        if capacity > previous:
+            self._workers_started += capacity - previous
+            self._kick.set()
+        else:
+            self._workers_stopped += previous - capacity
+        _log.debug(
+            "%s capacity %d -> %d",
+            self._backend.name,
+            previous,
+            capacity,
+            extra={
+                "event": "capacity_changed",
+                "capacity": capacity,
+                "previous": previous,
+            },
+        )
+
+    async def _follow_capacity_in(
+        self, scope: trio.CancelScope, capacity: Callable[[], int]
+    ) -> None:
+        with scope:
+            await self._follow_capacity(capacity)
+
+    async def _dispatch_then_stop(self, following: trio.CancelScope) -> None:
+        """The dispatcher; once it is done (the pool closes), so is the
+        capacity follower."""
+        try:
+            await self._dispatch()
+        finally:
+            following.cancel()
+
     def _arm_time_limit(self, job: _Job) -> None:
         if job.time_limit is not None and job.scope is not None:
             job.scope.deadline = trio.current_time() + job.time_limit
@@ -553,15 +637,28 @@ class ClusterScheduler:
         try:
             # Engines start with blocking calls (seconds): in a thread, so the
             # Trio loop keeps running. Not abandoned on cancel: we must stop it.
-            self._capacity = await trio.to_thread.run_sync(
+            engine_capacity = await trio.to_thread.run_sync(
                 backend.start, self._max_tasks_per_child
             )
             started = True
+            self._capacity = self._fixed_capacity or max(1, engine_capacity)
             self._workers_started = self._capacity
             self._open = True
             async with trio.open_nursery() as nursery:
+                # Optional (see Backend): how many calls the engine takes now.
+                follow: Callable[[], int] | None = getattr(backend, "capacity", None)
+                following = trio.CancelScope()
+                if self._fixed_capacity is None and callable(follow):
+                    nursery.start_soon(
+                        self._follow_capacity_in,
+                        following,
+                        follow,
+                        name=f"triopool {backend.name} capacity",
+                    )
                 nursery.start_soon(
-                    self._dispatch, name=f"triopool {backend.name} dispatcher"
+                    self._dispatch_then_stop,
+                    following,
+                    name=f"triopool {backend.name} dispatcher",
                 )
                 try:
                     yield
@@ -577,7 +674,7 @@ class ClusterScheduler:
             self._closing = True
             self._closed = True
             self._handles.close()
-            self._workers_stopped = self._capacity
+            self._workers_stopped += self._capacity
             try:
                 with trio.CancelScope(shield=True):
                     self._cancel_all()

@@ -119,8 +119,9 @@ class DaskBackend:
             key by key. An unknown key raises :class:`ValueError` naming it
             and the valid ones.
 
-    The pool keeps as many calls in flight as the cluster has worker threads
-    when the pool opens. ``retries`` maps to Dask's own ``retries``, which runs
+    The pool keeps as many calls in flight as the cluster has worker threads,
+    and follows the cluster as workers join or leave (an adaptive cluster
+    included); ``open_pool(workers=N)`` fixes it at N. ``retries`` maps to Dask's own ``retries``, which runs
     again a task that raised any exception: it needs ``retry_on=(Exception,)``.
 
     Example::
@@ -134,6 +135,8 @@ class DaskBackend:
     capabilities = Capabilities(
         kill_running=True, max_tasks_per_child=False, kill_on_request=True
     )
+    # Seconds between two calls of capacity() while the pool has calls.
+    capacity_interval = 1.0
 
     def __init__(
         self,
@@ -210,6 +213,11 @@ class DaskBackend:
         except BaseException:
             self.stop()
             raise
+        return self.capacity()
+
+    def capacity(self) -> int:
+        """The worker threads of the cluster now (at least 1): it follows
+        workers that join or leave."""
         threads: int = sum(self._client.nthreads().values())
         return max(1, threads)
 

@@ -683,7 +683,9 @@ def open_pool(
 
     Args:
         workers: How many worker processes; ``None``: the number of CPUs this
-            process may use.
+            process may use. With a ``backend``: how many calls the pool
+            keeps in the engine at once; ``None``: as many as the cluster can
+            run, followed as it grows and shrinks.
         start_method: ``"spawn"`` (a fresh interpreter per worker) or
             ``"forkserver"``.
         forkserver_preload: Modules the fork server imports once, before it

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import threading
 from typing import TYPE_CHECKING, Any
@@ -69,6 +70,43 @@ _EXPECTED_INIT_RECORDS = (
         "Token authentication is enabled for this Ray cluster",
     ),
 )
+
+
+def _amount(value: object) -> float:
+    """A resource amount of a task option; anything else counts as none
+    (Ray itself refuses it when the task is submitted)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return 0.0
+    return float(value)
+
+
+def ray_capacity(
+    resources: Mapping[str, float], task_options: Mapping[str, Any]
+) -> int:
+    """How many tasks of ``task_options`` fit at once in a cluster whose
+    resources (``ray.cluster_resources()``: the totals of its alive nodes)
+    are ``resources``: for each resource a task asks for (``num_cpus``, 1 by
+    default; ``num_gpus``; ``memory``; ``resources``), how many times the
+    cluster holds it, the fewest of them; at least 1. A task that asks for
+    nothing counts one per CPU."""
+    cpus = task_options.get("num_cpus")
+    wants: dict[str, float] = {
+        "CPU": 1.0 if cpus is None else _amount(cpus),
+        "GPU": _amount(task_options.get("num_gpus")),
+        "memory": _amount(task_options.get("memory")),
+    }
+    custom = task_options.get("resources")
+    if isinstance(custom, dict):
+        wants.update((str(name), _amount(value)) for name, value in custom.items())
+    # A small tolerance: Ray keeps fractional resources to 4 decimals.
+    fits = [
+        math.floor(_amount(resources.get(name)) / amount + 1e-6)
+        for name, amount in wants.items()
+        if amount > 0
+    ]
+    if not fits:
+        fits = [math.floor(_amount(resources.get("CPU")))]
+    return max(1, min(fits))
 
 
 @contextlib.contextmanager
@@ -167,6 +205,10 @@ class RayBackend:
     kill uses ``ray.cancel(force=True)``, which kills its worker process.
     ``max_tasks_per_child`` maps to Ray's ``max_calls``.
 
+    The pool keeps as many calls in flight as the cluster's resources hold
+    tasks of ``task_options`` (by default one per CPU), and follows the
+    cluster as nodes join or leave; ``open_pool(workers=N)`` fixes it at N.
+
     Args:
         address: ``None`` (or ``"local"``) starts a local Ray cluster bound to
             127.0.0.1 that the pool owns and stops on exit; ``"auto"`` or a
@@ -192,6 +234,8 @@ class RayBackend:
 
     name = "RayBackend"
     capabilities = Capabilities(kill_running=True, max_tasks_per_child=True)
+    # Seconds between two calls of capacity() while the pool has calls.
+    capacity_interval = 1.0
 
     def __init__(
         self,
@@ -248,7 +292,12 @@ class RayBackend:
         if max_tasks_per_child is not None:
             options["max_calls"] = max_tasks_per_child
         self._remote = ray.remote(**options)(_call)
-        return max(1, int(ray.cluster_resources().get("CPU", 1)))
+        return self.capacity()
+
+    def capacity(self) -> int:
+        """How many of the pool's tasks the cluster can run at once now (see
+        :func:`ray_capacity`): it follows nodes that join or leave."""
+        return ray_capacity(self._ray.cluster_resources(), self.task_options)
 
     def check_engine_options(
         self, options: object, where: str = "engine_options"
