@@ -83,6 +83,7 @@ FLOORS: dict[str, int] = {
     "_map": 3,
     "_map_call": 3,
     "_map_tasks": 3,
+    "_map_input": 3,
     "_chunk_parts": 3,
     "_ray": 3,
     "_dask": 3,

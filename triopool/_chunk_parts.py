@@ -32,13 +32,14 @@ from typing import TYPE_CHECKING, Any, Final
 import attrs
 
 from . import _messages, _settle
-from ._errors import BrokenWorkerError, SerializationError
+from ._errors import BrokenWorkerError, SerializationError, TimeLimitExceeded
 from ._jobs import _say_runs
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from . import _protocol
+    from ._map_tasks import Streamed
     from ._pipeline import Pipeline
     from ._worker import Worker
 
@@ -128,6 +129,60 @@ def read(
     elif isinstance(error, SerializationError) and not values:
         return Reading([], error, whole=True)
     return Reading(values, error, seconds=seconds)
+
+
+@attrs.frozen
+class Rest:
+    """After a reporting chunk's run failed: hand ``values`` (the outcomes of
+    its first items) on, and run its items from ``index`` on again as a
+    chunk of their own, whose first item failed ``runs`` runs already, which
+    reports each item at once if ``strict``, and whose item at fault is
+    charged with ``suspected`` runs more (see ``_map_tasks.Streamed``)."""
+
+    values: list[Any]
+    index: int
+    runs: int
+    strict: bool
+    suspected: int = 0
+
+
+def rest_after(
+    reading: Reading,
+    count: int,
+    chunk: Streamed,
+    *,
+    retries: int,
+    retry_on: tuple[type[BaseException], ...],
+    catching: bool,
+) -> Rest | None:
+    """What follows a run of ``chunk`` (of ``count`` items) that failed with
+    ``reading.error`` for an item's fault: its rest runs again, or (None)
+    the call fails with the error. ``retries`` and ``retry_on`` are each
+    item's; ``catching``: ``return_exceptions``."""
+    error = reading.error
+    assert error is not None
+    values = reading.values
+    at = len(values)  # the item at fault
+    runs = chunk.runs if at == 0 else 0
+    if not (chunk.strict or reading.blamed) and count - at > 1:
+        # Quick items are reported a few at a time: the first one not
+        # reported may have finished before the run failed. The rest runs
+        # again, each item reported at once, to find the one, which is
+        # charged with this run too.
+        return Rest(values, at, runs, strict=True, suspected=1)
+    if at and isinstance(error, TimeLimitExceeded):
+        # The limit counts per chunk: the items before it took part of the
+        # time, so this one may not be slow itself. It runs again first in
+        # a chunk of its own, where the limit is all its own.
+        return Rest(values, at, 0, strict=True)
+    runs += 1 + chunk.suspected
+    if runs <= retries and isinstance(error, retry_on):
+        log_rerun(error, runs, retries - runs)
+        return Rest(values, at, runs, strict=True)
+    runs_tried(error, runs)
+    if not catching:
+        return None
+    return Rest([*values, error], at + 1, 0, strict=False)
 
 
 def runs_tried(error: BaseException, runs: int) -> None:

@@ -56,36 +56,33 @@ item, which would cap chunked throughput.
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import inspect
 import itertools
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterable, Iterable, Sized
+from collections.abc import AsyncIterable, Iterable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import attrs
 import trio
 
-from . import _chunk_parts
-from ._chunk import REPORT_EVERY, run_chunk, run_chunk_reporting, run_timed_chunk
+from . import _chunk_parts, _map_input
+from ._chunk import REPORT_EVERY, run_chunk_reporting
 from ._config import POOL_DEFAULT, PoolDefault
-from ._errors import TimeLimitExceeded
 from ._map_tasks import (
     CALL_ERRORS,
     CATCHING,
     Streamed,
-    outcomes,
+    chunk_values,
     outcomes_one_by_one,
     streamed_task,
     streamed_values,
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
-    from typing import Never, Self
+    from collections.abc import AsyncIterator, Callable, Iterator
+    from typing import Self
 
     from ._chunksize import ChunkPlanner
     from ._config import RetryOn
@@ -103,24 +100,6 @@ _FEED_SLICE = 0.001
 # Once the window is full, the producer waits for room for at least this
 # share of it before it pulls again, rather than one chunk per result.
 _REFILL_SHARE = 4
-
-#: How long an async generator given as input gets to run its ``finally``
-#: when the call ends early, even if the call was cancelled.
-_INPUT_CLOSE_GRACE = 2.0
-
-
-async def _close_input(items: AsyncGenerator[object, Never]) -> None:
-    """``aclose()`` an async generator input, inside the call's block.
-
-    Without it, an input left unfinished by a ``break``, an error or a
-    cancellation would be closed by the garbage collector, outside the block,
-    with a ``ResourceWarning`` from Trio, and any ``await`` in its ``finally``
-    would never run. The call's own cancellation must not cut its cleanup
-    short (a ``break`` cancels the producer), so it is shielded, for a while.
-    """
-    with trio.CancelScope(shield=True) as scope:
-        scope.deadline = trio.current_time() + _INPUT_CLOSE_GRACE
-        await items.aclose()
 
 
 @attrs.define(eq=False)
@@ -318,27 +297,20 @@ class MapCall(Generic[ItemT, ResultT]):
         self, work: trio.Nursery, source: Iterable[ItemT] | AsyncIterable[ItemT]
     ) -> None:
         size = min(self._chunksize, self._max_in_flight)
-        if (self._planner is not None or self._reporter is not None) and isinstance(
-            source, Sized
-        ):
+        if self._planner is not None or self._reporter is not None:
             # A known length lets the last chunks shrink (see _chunksize), and
             # progress show a total.
-            with contextlib.suppress(Exception):
-                self._total = len(source)
+            self._total = _map_input.known_length(source)
             if self._reporter is not None:
                 self._reporter.total = self._total
-        sync_items: Iterator[ItemT] | None = None
-        async_items: AsyncIterator[ItemT] | None = None
         if isinstance(source, AsyncIterable):
             async_items = aiter(source)
             try:
-                await self._feed_chunks(work, size, sync_items, async_items)
+                await self._feed_chunks(work, size, None, async_items)
             finally:
-                if inspect.isasyncgen(async_items):
-                    await _close_input(async_items)
+                await _map_input.close(async_items)
         else:
-            sync_items = iter(source)
-            await self._feed_chunks(work, size, sync_items, async_items)
+            await self._feed_chunks(work, size, iter(source), None)
 
     async def _feed_chunks(
         self,
@@ -368,14 +340,8 @@ class MapCall(Generic[ItemT, ResultT]):
                 self._pulled += len(items)
             else:
                 assert async_items is not None
-                items = []
-                for _ in range(size):
-                    try:
-                        item = await anext(async_items)
-                    except StopAsyncIteration:
-                        break
-                    items.append(item)
-                    self._pulled += 1
+                items = await _map_input.take(async_items, size)
+                self._pulled += len(items)
             if planner is not None:
                 planner.observe_input(len(items), time.perf_counter() - pull_started)
             if items:
@@ -412,39 +378,18 @@ class MapCall(Generic[ItemT, ResultT]):
 
     async def _run_chunk(self, start: int, items: list[ItemT]) -> None:
         try:
-            if self._return_exceptions:
-                values = await outcomes(self._pool, self._fn, items, self._planner)
-            elif self._planner is not None:
-                values, seconds = await self._pool.run_sync(
-                    run_timed_chunk,
-                    self._fn,
-                    items,
-                    retries=self._retries,
-                    retry_on=self._retry_on,
-                )
-                self._planner.observe_run(len(items), seconds)
-            elif len(items) == 1:
-                values = [
-                    await self._pool.run_sync(
-                        self._fn,
-                        items[0],
-                        retries=self._retries,
-                        retry_on=self._retry_on,
-                    )
-                ]
-            else:
-                values = await self._pool.run_sync(
-                    run_chunk,
-                    self._fn,
-                    items,
-                    retries=self._retries,
-                    retry_on=self._retry_on,
-                )
+            values = await chunk_values(
+                self._pool,
+                self._fn,
+                items,
+                return_exceptions=self._return_exceptions,
+                planner=self._planner,
+                retries=self._retries,
+                retry_on=self._retry_on,
+            )
         except Exception as exc:
             self._chunk_ended()
-            self._fail(exc)
-            if self._reporter is not None:
-                self._reporter.failed += 1
+            self._chunk_failed(exc)
             return
         except BaseException:
             self._chunk_ended()
@@ -512,24 +457,18 @@ class MapCall(Generic[ItemT, ResultT]):
             )
             entry = Streamed(start, items, kind)
         self._streamed.add(entry)
+        # Only a reporting chunk takes parts: a pool that cannot hear them
+        # (see Streamer) is never asked to.
+        parts = {} if entry.parts is None else {"parts": entry.parts}
         try:
-            if entry.parts is None:
-                cancel = submit(
-                    task,
-                    args,
-                    functools.partial(self._streamed_ended, entry),
-                    retries=retries,
-                    retry_on=self._retry_on,
-                )
-            else:
-                cancel = submit(
-                    task,
-                    args,
-                    functools.partial(self._streamed_ended, entry),
-                    retries=retries,
-                    retry_on=self._retry_on,
-                    parts=entry.parts,
-                )
+            cancel = submit(
+                task,
+                args,
+                functools.partial(self._streamed_ended, entry),
+                retries=retries,
+                retry_on=self._retry_on,
+                **parts,
+            )
         except Exception as exc:
             # Not submitted (an item does not pickle, the pool is closing).
             self._streamed.discard(entry)
@@ -632,60 +571,31 @@ class MapCall(Generic[ItemT, ResultT]):
             else:
                 self._chunk_failed(error)
             return
-        values = reading.values
-        at = len(values)  # the item at fault
-        if not (entry.strict or reading.blamed) and len(items) - at > 1:
-            # Quick items are reported a few at a time: the first one not
-            # reported may have finished before the run failed. The rest
-            # runs again, each item reported at once, to find the one, which
-            # is charged with this run too.
-            self._stream_rest(
-                entry.start,
-                values,
-                items,
-                at,
-                entry.runs if at == 0 else 0,
-                strict=True,
-                suspected=1,
-            )
-            return
-        if at and isinstance(error, TimeLimitExceeded):
-            # The limit counts per chunk: the items before it took part of
-            # the time, so this one may not be slow itself. It runs again
-            # first in a chunk of its own, where the limit is all its own.
-            self._stream_rest(entry.start, values, items, at, 0, strict=True)
-            return
-        runs = (entry.runs if at == 0 else 0) + 1 + entry.suspected
         assert self._item_retries is not None
         retries, retry_on = self._item_retries
-        if runs <= retries and isinstance(error, retry_on):
-            _chunk_parts.log_rerun(error, runs, retries - runs)
-            self._stream_rest(entry.start, values, items, at, runs, strict=True)
-            return
-        _chunk_parts.runs_tried(error, runs)
-        if not self._return_exceptions:
+        rest = _chunk_parts.rest_after(
+            reading,
+            len(items),
+            entry,
+            retries=retries,
+            retry_on=retry_on,
+            catching=self._return_exceptions,
+        )
+        if rest is None:
             self._chunk_ended()
             self._chunk_failed(error)
             return
-        values.append(error)
-        self._stream_rest(entry.start, values, items, at + 1, 0)
+        self._stream_rest(entry.start, items, rest)
 
     def _stream_rest(
-        self,
-        start: int,
-        values: list[Any],
-        items: list[ItemT],
-        rest: int,
-        runs: int,
-        *,
-        strict: bool = False,
-        suspected: int = 0,
+        self, start: int, items: list[ItemT], rest: _chunk_parts.Rest
     ) -> None:
-        """Part of a reporting chunk is done: hand its ``values`` to the
-        consumer, and submit its items from ``rest`` on (the first of which
-        failed ``runs`` runs already) as a chunk of their own, which the
-        chunk's count in ``_chunks_running`` stands for."""
-        remaining = items[rest:]
+        """Part of a reporting chunk is done: hand its values to the
+        consumer, and submit its items from ``rest.index`` on as a chunk of
+        their own, which the chunk's count in ``_chunks_running`` stands
+        for."""
+        values = rest.values
+        remaining = items[rest.index :]
         ending = self._error is not None or (
             self._work_scope is not None and self._work_scope.cancel_called
         )
@@ -696,11 +606,11 @@ class MapCall(Generic[ItemT, ResultT]):
         if remaining and not ending and self._submit is not None:
             self._stream_chunk(
                 self._submit,
-                start + rest,
+                start + rest.index,
                 remaining,
-                runs,
-                strict=strict,
-                suspected=suspected,
+                rest.runs,
+                strict=rest.strict,
+                suspected=rest.suspected,
             )
 
     def _rerun_one_by_one(self, start: int, items: list[ItemT]) -> None:

@@ -227,3 +227,32 @@ async def outcomes_one_by_one(
     if call_error:
         raise call_error[0]
     return values
+
+
+async def chunk_values(
+    pool: Runner,
+    fn: Callable[[ItemT], Any],
+    items: list[ItemT],
+    *,
+    return_exceptions: bool,
+    planner: ChunkPlanner | None,
+    retries: int | PoolDefault,
+    retry_on: RetryOn | PoolDefault,
+) -> list[Any]:
+    """A chunk's results as one task awaiting ``pool.run_sync`` (a pool
+    without streaming, such as a cluster's): its values in item order, or
+    with ``return_exceptions`` the outcomes of :func:`outcomes`; the first
+    exception otherwise."""
+    if return_exceptions:
+        return await outcomes(pool, fn, items, planner)
+    if planner is not None:
+        values, seconds = await pool.run_sync(
+            run_timed_chunk, fn, items, retries=retries, retry_on=retry_on
+        )
+        planner.observe_run(len(items), seconds)
+        return values
+    if len(items) == 1:
+        return [await pool.run_sync(fn, items[0], retries=retries, retry_on=retry_on)]
+    return await pool.run_sync(
+        run_chunk, fn, items, retries=retries, retry_on=retry_on
+    )
