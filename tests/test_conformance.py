@@ -255,6 +255,36 @@ async def test_worker_crash(engine: Engine) -> None:
             assert await pool.run_sync(workerfuncs.add, 2, 5) == 7
 
 
+async def test_capacity_is_the_engine_s_unless_a_count_is_given(
+    engine: Engine,
+) -> None:
+    """The pool runs as many calls at once as the engine has slots (local:
+    its workers; Ray: CPUs over a task's ``num_cpus``; Dask: worker
+    threads), and ``workers=N`` fixes the count on any engine. (A Dask
+    cluster that grows while a map runs: test_cluster_processes.)"""
+    with trio.fail_after(120):
+        async with engine.open() as pool, trio.open_nursery() as nursery:
+            assert pool.statistics().workers == CAPACITY
+            for _ in range(CAPACITY + 1):
+                nursery.start_soon(pool.run_sync, workerfuncs.sleep, 0.5)
+            await wait_running(pool, CAPACITY)
+            assert pool.statistics().tasks_waiting == 1
+        if engine.name == "ray":
+            async with engine.open(task_options={"num_cpus": 2}) as pool:
+                assert pool.statistics().workers == CAPACITY // 2
+        backend = engine.make_backend() if engine.make_backend else None
+        async with (
+            triopool.open_pool(1, backend=backend, **engine.options) as pool,
+            trio.open_nursery() as nursery,
+        ):
+            assert pool.statistics().workers == 1
+            for _ in range(2):
+                nursery.start_soon(pool.run_sync, workerfuncs.sleep, 0.5)
+            await wait_running(pool, 1)
+            stats = pool.statistics()
+            assert (stats.tasks_running, stats.tasks_waiting) == (1, 1)
+
+
 async def test_map_1000_with_bounded_in_flight(engine: Engine) -> None:
     busiest = 0
     ahead = 0
