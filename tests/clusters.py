@@ -74,19 +74,13 @@ def dask_cluster(
             assert address.startswith("tcp://127.0.0.1:"), address
             processes.append(
                 subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "distributed.cli.dask_worker",
+                    _worker_command(
                         address,
-                        "--host",
-                        "127.0.0.1",
                         "--nworkers",
                         str(nworkers),
                         "--nthreads",
                         str(nthreads),
-                        "--no-dashboard",
-                    ],
+                    ),
                     stdout=log,
                     stderr=log,
                     env=env,
@@ -117,19 +111,7 @@ def dask_worker(
     log_path = directory / f"dask-worker-{name}.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "distributed.cli.dask_worker",
-                address,
-                "--host",
-                "127.0.0.1",
-                "--nthreads",
-                "1",
-                "--name",
-                name,
-                "--no-dashboard",
-            ],
+            _worker_command(address, "--nthreads", "1", "--name", name),
             stdout=log,
             stderr=log,
             env=env,
@@ -145,3 +127,18 @@ def dask_worker(
             yield process
         finally:
             stop_by_pid(process)
+
+
+def _worker_command(address: str, *options: str) -> list[str]:
+    """The ``dask worker`` command for the scheduler at ``address``, on the
+    loopback interface, without a dashboard, with ``options``."""
+    return [
+        sys.executable,
+        "-m",
+        "distributed.cli.dask_worker",
+        address,
+        "--host",
+        "127.0.0.1",
+        *options,
+        "--no-dashboard",
+    ]

@@ -245,13 +245,7 @@ class _Pipes:
         me = _thread.get_ident()
         if self.writer == me:
             return
-        main = me == _MAIN_THREAD
-        soft_limit = self.soft_limit
-        busy = self.busy
-        if main:
-            self.busy = True
-            if soft_limit is not None:
-                soft_limit.held = True
+        held = self._hold() if me == _MAIN_THREAD else None
         try:
             with lock:
                 self.writer = me
@@ -262,13 +256,8 @@ class _Pipes:
                 finally:
                     self.writer = None
         finally:
-            if main:
-                self.busy = busy
-                if not busy and self.signalled:
-                    self.signalled = False
-                    self.on_signal(signal.SIGURG, None)
-                if soft_limit is not None:
-                    soft_limit.release()
+            if held is not None:
+                self._release(*held)
 
     def send_part(self, pieces: list[bytes | memoryview]) -> None:
         """Send a PART frame from the running task (a chunk's item is done).
@@ -276,20 +265,29 @@ class _Pipes:
         As for :meth:`send_log`, the frame is never cut: a SIGURG or a soft
         time limit that comes while it is written is acted on once it is out.
         """
-        busy = self.busy
-        soft_limit = self.soft_limit
-        self.busy = True
-        if soft_limit is not None:
-            soft_limit.held = True
+        held = self._hold()
         try:
             self.send(pieces)
         finally:
-            self.busy = busy
-            if not busy and self.signalled:
-                self.signalled = False
-                self.on_signal(signal.SIGURG, None)
-            if soft_limit is not None:
-                soft_limit.release()
+            self._release(*held)
+
+    def _hold(self) -> tuple[bool, _SoftLimit | None]:
+        """Hold a SIGURG or a soft time limit that comes while the main
+        thread writes a frame; returns what :meth:`_release` restores."""
+        busy, soft_limit = self.busy, self.soft_limit
+        self.busy = True
+        if soft_limit is not None:
+            soft_limit.held = True
+        return busy, soft_limit
+
+    def _release(self, busy: bool, soft_limit: _SoftLimit | None) -> None:
+        """The frame is out: act on what :meth:`_hold` held."""
+        self.busy = busy
+        if not busy and self.signalled:
+            self.signalled = False
+            self.on_signal(signal.SIGURG, None)
+        if soft_limit is not None:
+            soft_limit.release()
 
     def answer(
         self,
