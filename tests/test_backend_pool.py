@@ -825,6 +825,26 @@ async def wait_until(condition: Callable[[], bool]) -> None:
         await trio.sleep(0.005)
 
 
+async def test_an_auto_chunked_map_uses_a_cluster_that_grows() -> None:
+    # Slow items: chunks of one, two at a time per slot. Before the cluster
+    # grows, at most two chunks are out (one running); after, the map's
+    # window follows the new capacity and three run at once.
+    backend = ScalingBackend(slots=1)
+    with trio.fail_after(30):
+        async with open_fake(backend) as pool:
+
+            async def grow() -> None:
+                await wait_until(lambda: backend.running == 1)
+                assert backend.max_running == 1
+                backend.slots = 3
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(grow)
+                results = await pool.map(workerfuncs.sleep, [0.05] * 40)
+            assert results == [0.05] * 40
+    assert backend.max_running == 3
+
+
 async def test_capacity_follows_the_engine() -> None:
     backend = ScalingBackend(slots=1)
     gate = threading.Event()

@@ -146,6 +146,17 @@ class ChunkPlanner:
     def max_size(self) -> int:
         return self._max_size
 
+    @property
+    def workers(self) -> int:
+        return self._workers
+
+    @workers.setter
+    def workers(self, workers: int) -> None:
+        """The workers changed (a cluster that grows or shrinks)."""
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers!r}")
+        self._workers = workers
+
     def observe_run(self, items: int, seconds: float) -> None:
         """A chunk of ``items`` took ``seconds`` of worker time."""
         if items > 0:

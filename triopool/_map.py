@@ -12,6 +12,7 @@ what a chunk runs as on the pool. All three need only the small protocols of
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 from collections.abc import AsyncIterable, Iterable
 from typing import TYPE_CHECKING, Literal, TypeVar
@@ -176,8 +177,13 @@ def _new_call(
             submit=submit,
             item_retries=item_retries,
         )
+    resize = None
     if max_in_flight is None:
         max_in_flight = default_max_in_flight(workers)
+        if submit is None:
+            # A cluster's capacity follows its engine (see _cluster): so do
+            # the default window and the chunks at once.
+            resize = functools.partial(_follow_workers, pool)
     # Room for two of the largest chunks per worker within max_in_flight, so
     # that waiting for room for a whole chunk never starves a worker.
     largest = max(1, min(MAX_AUTO_CHUNK, max_in_flight // (2 * workers)))
@@ -190,6 +196,7 @@ def _new_call(
         max_in_flight,
         planner=planner,
         max_chunks=2 * workers,
+        resize=resize,
         retries=retries,
         retry_on=retry_on,
         return_exceptions=return_exceptions,
@@ -338,3 +345,14 @@ async def map_list(
     while by_start:
         results += by_start.pop(len(results))
     return results
+
+
+def _follow_workers(pool: Runner, planner: ChunkPlanner) -> tuple[int, int] | None:
+    """With ``chunksize="auto"`` and the default window: the new window and
+    chunks at once, ``(max_in_flight, max_chunks)``, if the pool's worker
+    count changed since ``planner`` last heard of it; else None."""
+    workers = max(1, pool.statistics().workers)
+    if workers == planner.workers:
+        return None
+    planner.workers = workers
+    return default_max_in_flight(workers), 2 * workers

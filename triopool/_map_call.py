@@ -127,6 +127,11 @@ class MapCall(Generic[ItemT, ResultT]):
     _planner: ChunkPlanner | None = attrs.field(default=None, alias="planner")
     # Chunks running at once.
     _max_chunks: int | float = attrs.field(default=math.inf, alias="max_chunks")
+    # Asked before each planned chunk: a new (max_in_flight, max_chunks) if
+    # the pool's workers changed (see _map._follow_workers).
+    _resize: Callable[[ChunkPlanner], tuple[int, int] | None] | None = attrs.field(
+        default=None, alias="resize"
+    )
     # Each chunk's run_sync options: retries apply to a chunk as a whole.
     _retries: int | PoolDefault = attrs.field(default=POOL_DEFAULT, alias="retries")
     _retry_on: RetryOn | PoolDefault = attrs.field(
@@ -362,6 +367,8 @@ class MapCall(Generic[ItemT, ResultT]):
     async def _room_for_a_planned_chunk(self, planner: ChunkPlanner) -> int:
         """Wait until the next chunk may start; return its size, planned then."""
         while True:
+            if self._resize is not None and (window := self._resize(planner)):
+                self._max_in_flight, self._max_chunks = window
             if self._chunks_running < self._max_chunks:
                 remaining = None
                 if self._total is not None:

@@ -253,6 +253,4 @@ async def chunk_values(
         return values
     if len(items) == 1:
         return [await pool.run_sync(fn, items[0], retries=retries, retry_on=retry_on)]
-    return await pool.run_sync(
-        run_chunk, fn, items, retries=retries, retry_on=retry_on
-    )
+    return await pool.run_sync(run_chunk, fn, items, retries=retries, retry_on=retry_on)
