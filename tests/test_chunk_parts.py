@@ -15,7 +15,7 @@ from triopool._jobs import Job
 from triopool._pipeline import Pipeline
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
     from triopool._worker import Worker
 
@@ -153,13 +153,22 @@ def check_item(x: int) -> int:
     return x * 10
 
 
+@pytest.fixture
+def sent() -> Iterator[list[_protocol.Frame]]:
+    """The frames reporting chunks send, through the seam the worker loop
+    sets (see _child.main)."""
+    frames: list[_protocol.Frame] = []
+    previous = _chunk.set_part_sender(lambda pieces: frames.append(frame(pieces)))
+    try:
+        yield frames
+    finally:
+        _chunk.set_part_sender(previous)
+
+
 @pytest.mark.parametrize("catching", [True, False])
-def test_the_worker_side_sends_a_part_per_item(
-    monkeypatch: pytest.MonkeyPatch, catching: bool
+def test_the_worker_side_sends_every_item(
+    sent: list[_protocol.Frame], catching: bool
 ) -> None:
-    # send_part is the seam the worker loop sets (see _child.main).
-    sent: list[_protocol.Frame] = []
-    monkeypatch.setattr(_chunk, "send_part", lambda pieces: sent.append(frame(pieces)))
     seconds = _chunk.run_chunk_reporting(check_item, [1, -2, 3], catching)
     assert seconds >= 0
     values, first_failed = _messages.decode_parts(sent)
@@ -171,7 +180,21 @@ def test_the_worker_side_sends_a_part_per_item(
     sent.clear()
     with pytest.raises(KeyboardInterrupt):
         _chunk.run_chunk_reporting(check_item, [1, 99, 3], catching)
-    assert len(sent) == 1  # the item that ends the worker sends no part
+    # The value before the item that ends the worker is sent; that item
+    # sends no part.
+    assert _messages.decode_parts(sent) == ([10], None)
+
+
+def test_quick_items_share_a_part_and_slow_ones_go_at_once(
+    sent: list[_protocol.Frame],
+) -> None:
+    _chunk.run_chunk_reporting(check_item, list(range(1, 51)), True)
+    assert _messages.decode_parts(sent) == ([10 * x for x in range(1, 51)], None)
+    assert len(sent) < 50  # quick items: far fewer frames than items
+    sent.clear()
+    # report_every=0: each item as soon as it is done.
+    _chunk.run_chunk_reporting(check_item, [1, 2, 3], True, 0.0)
+    assert len(sent) == 3
 
 
 def test_reporting_outside_a_worker_says_so() -> None:

@@ -474,7 +474,7 @@ def main(fd_in: int, fd_out: int, parent_pid: int) -> None:
             pipes = _FaultyPipes(pipes, plan)
             if forwarding is not None:
                 forwarding.pipes = pipes
-    _chunk.send_part = pipes.send_part
+    _chunk.set_part_sender(pipes.send_part)
     _serve(pipes, fixup, soft_limit, max_memory, worker_pid, state)
     if forwarding is not None:
         forwarding.stop()

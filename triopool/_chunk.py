@@ -95,8 +95,20 @@ def run_chunk_catching(
 REPORT_EVERY = 0.001
 
 #: How a running task sends a frame to the pool: set by the worker loop
-#: (``_child``) before it runs tasks; ``None`` outside a worker.
+#: (``_child``) before it runs tasks, through :func:`set_part_sender`;
+#: ``None`` outside a worker.
 send_part: Callable[[Pieces], None] | None = None
+
+
+def set_part_sender(
+    send: Callable[[Pieces], None] | None,
+) -> Callable[[Pieces], None] | None:
+    """Make ``send`` the way reporting chunks send their PART frames (the
+    worker loop does, once; a test may, around a call); return the one
+    before it, to put back."""
+    global send_part
+    previous, send_part = send_part, send
+    return previous
 
 
 def run_chunk_reporting(
