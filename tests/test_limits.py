@@ -259,7 +259,9 @@ async def test_no_task_goes_to_a_worker_retiring_for_memory() -> None:
             assert all(isinstance(pid, int) for pid in outcomes), outcomes
             retired = outcomes[0]
             assert retired not in outcomes[1:]
-            assert pool.statistics().workers_recycled == 1
+        # Counted once the retired worker is reaped, which may come after
+        # the new one answered: by the block's end, it has.
+        assert pool.statistics().workers_recycled == 1
 
 
 # 4. Retirement is clean
