@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import functools
 import os
-from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+from typing import TYPE_CHECKING, Literal, TypeAlias
 
 import pytest
 
-import triopool
+from triopool import _hooks
 
 if TYPE_CHECKING:
     import logging
@@ -150,22 +149,14 @@ StartMethod: TypeAlias = Literal["spawn", "forkserver"]
 
 
 @pytest.fixture(params=["spawn", "forkserver"])
-def start_method(
-    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
-) -> StartMethod:
-    """Run the test once per start method: ``triopool.open_pool`` defaults to it.
+def start_method(request: pytest.FixtureRequest) -> Iterator[StartMethod]:
+    """Run the test once per start method: a local pool opened without one
+    uses it (the ``start_method`` hook of ``triopool._hooks``).
 
     Use it with ``pytestmark = pytest.mark.usefixtures("start_method")`` so
     that every pool a test module opens is parametrized, tests added later
-    included; a call that names a start method keeps its own.
+    included; a call that names ``"forkserver"`` keeps it.
     """
     method: StartMethod = request.param
-    original = triopool.open_pool
-
-    @functools.wraps(original)
-    def open_pool(*args: Any, **kwargs: Any) -> Any:
-        kwargs.setdefault("start_method", method)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(triopool, "open_pool", open_pool)
-    return method
+    with _hooks.installed(start_method=method):
+        yield method

@@ -69,6 +69,9 @@ class Hooks:
     stray_frame: Callable[[int, StrayPoint], Frame | None] | None = None
     #: Tasks are written ahead only behind one that took at most this long.
     ahead_after: float = 0.002
+    #: The start method of a local pool opened without naming one (a test
+    #: suite's way to run every pool once per method); None: ``"spawn"``.
+    start_method: Literal["spawn", "forkserver"] | None = None
 
 
 _current = Hooks(faults=_faults.from_environment(_faults.PARENT_STAGES))

@@ -81,7 +81,7 @@ from ._map_tasks import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Iterator
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
     from typing import Self
 
     from ._chunksize import ChunkPlanner
@@ -384,8 +384,9 @@ class MapCall(Generic[ItemT, ResultT]):
             await self._room_made.park()
 
     async def _run_chunk(self, start: int, items: list[ItemT]) -> None:
-        try:
-            values = await chunk_values(
+        await self._deliver(
+            start,
+            chunk_values(
                 self._pool,
                 self._fn,
                 items,
@@ -393,7 +394,14 @@ class MapCall(Generic[ItemT, ResultT]):
                 planner=self._planner,
                 retries=self._retries,
                 retry_on=self._retry_on,
-            )
+            ),
+        )
+
+    async def _deliver(self, start: int, values: Awaitable[list[Any]]) -> None:
+        """A chunk run as a task of ours: await its ``values``, then hand them
+        to the consumer (or fail the call); either way the chunk has ended."""
+        try:
+            got = await values
         except Exception as exc:
             self._chunk_ended()
             self._chunk_failed(exc)
@@ -402,7 +410,7 @@ class MapCall(Generic[ItemT, ResultT]):
             self._chunk_ended()
             raise
         self._chunk_ended()
-        self._chunk_done(start, values)
+        self._chunk_done(start, got)
 
     def _chunk_done(self, start: int, values: list[Any]) -> None:
         """A chunk's results are in: count them, and hand them to the consumer."""
@@ -627,17 +635,7 @@ class MapCall(Generic[ItemT, ResultT]):
         self._work.start_soon(self._run_one_by_one, start, items)
 
     async def _run_one_by_one(self, start: int, items: list[ItemT]) -> None:
-        try:
-            values = await outcomes_one_by_one(self._pool, self._fn, items)
-        except Exception as exc:
-            self._chunk_ended()
-            self._chunk_failed(exc)
-            return
-        except BaseException:
-            self._chunk_ended()
-            raise
-        self._chunk_ended()
-        self._chunk_done(start, values)
+        await self._deliver(start, outcomes_one_by_one(self._pool, self._fn, items))
 
     def _chunk_ended(self) -> None:
         """One chunk fewer runs; wake the producer if it waited for that

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar, overload
 
 import trio
 
-from . import _context, _events, _map
+from . import _context, _events, _hooks, _map
 from ._cluster import ClusterScheduler, open_cluster_scheduler
 from ._config import (
     POOL_DEFAULT,
@@ -747,6 +747,8 @@ def open_pool(
         async with triopool.open_pool(4) as pool:
             total = await pool.run_sync(sum, range(10))
     """
+    if backend is None and start_method == "spawn":
+        start_method = _hooks.current().start_method or start_method
     options = Options(
         workers=workers,
         start_method=start_method,
